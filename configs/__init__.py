@@ -1,0 +1,1 @@
+"""Dataclass configurations, presets and dataset facts (no side effects at import)."""

@@ -1,0 +1,43 @@
+"""Facts about the supported datasets: one place for names, class counts and folder layouts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.errors import DUCHError
+
+CAPTIONS_PER_IMAGE = 5
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    key: str  # the CLI name: ucm, rsicd, demo
+    name: str  # the upper-case name used in file names: UCM, RSICD, DEMO
+    num_classes: int
+    num_images: int | None  # expected size of the real dataset (None: any)
+    image_ext: str
+    image_dir: str  # default image folder, relative to the data folder
+    default_data_dir: str = "data"  # default --data-dir (JSON and feature files live here)
+    image_dim: int | None = 512  # expected feature widths (None: any, but equal across views)
+    caption_dim: int | None = 768
+    synthetic: bool = False
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    # UCM captions release: images 1.tif ... 2100.tif in one folder
+    "ucm": DatasetInfo("ucm", "UCM", 21, 2100, ".tif", "UCM_captions/imgs"),
+    # RSICD release: images <class>_<n>.jpg in one folder
+    "rsicd": DatasetInfo("rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images"),
+    # generated offline demo in the UCM layout; encoders available offline decide the widths
+    "demo": DatasetInfo(
+        "demo", "DEMO", 6, None, ".png", "images", default_data_dir="data/demo",
+        image_dim=None, caption_dim=None, synthetic=True,
+    ),
+}
+
+
+def get_dataset(key: str) -> DatasetInfo:
+    """Look a dataset up by its CLI name (case-insensitive); unknown names are a clear error."""
+    info = DATASETS.get(str(key).lower())
+    if info is None:
+        raise DUCHError(f"unknown dataset {key!r}; choose one of: {', '.join(DATASETS)}")
+    return info

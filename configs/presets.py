@@ -1,0 +1,39 @@
+"""Training data presets (``--preset``): which augmented image and caption features pair with the base ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.errors import DUCHError
+
+BASE_IMAGE_SET = "center_crop_only"
+BASE_CAPTION_KEY = "raw"
+
+
+@dataclass(frozen=True)
+class Preset:
+    aug_image_set: str  # image transform set of the augmented image view
+    aug_caption_key: str  # JSON sentence key of the augmented caption view
+
+
+_RB = Preset("aug_center", "aug_rb")
+PRESETS: dict[str, Preset] = {
+    "default": _RB,
+    "baseline": _RB,
+    "img_aug_center": _RB,
+    "img_aug_center_txt_rb": _RB,
+    "txt_aug_rb": _RB,
+    "no_aug": Preset("center_crop_only", "raw"),
+    "each_img_random": Preset("each_img_random", "aug_rb"),
+    "img_aug_center_txt_bt_chain": Preset("aug_center", "aug_bt_chain"),
+    "txt_aug_bt_chain": Preset("aug_center", "aug_bt_chain"),
+    "txt_aug_bt_prob": Preset("aug_center", "aug_bt_prob"),
+    "img_aug_random": Preset("aug_random", "aug_rb"),
+    "img_aug_random_only": Preset("random_crop_only", "aug_rb"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise DUCHError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return preset

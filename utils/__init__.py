@@ -1,0 +1,1 @@
+"""Data I/O, splits, losses, metrics, logging and plots."""

@@ -1,0 +1,94 @@
+"""File I/O with atomic writes: a crash during a save leaves the previous file, never half a file."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from utils.errors import DUCHError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | Path, what: str = "JSON file", hint: str = ""):
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DUCHError(f"{what} {path} is not valid JSON: {err}") from None
+
+
+def write_h5(path: str | Path, key: str, array: np.ndarray, attrs: dict | None = None) -> None:
+    """Write one float32 dataset to an HDF5 file atomically, with optional provenance attributes."""
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            dset = f.create_dataset(key, data=np.asarray(array, dtype=np.float32))
+            for name, value in (attrs or {}).items():
+                dset.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+
+
+def read_h5(path: str | Path, key: str, hint: str = "") -> np.ndarray:
+    """Read one dataset of an HDF5 feature file; a missing file or key is a clear error."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"feature file not found: {path}" + (f"; make it with: {hint}" if hint else ""))
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise DUCHError(f"{path} has no dataset {key!r} (it has: {', '.join(f.keys()) or 'none'})")
+            return np.asarray(f[key][()], dtype=np.float32)
+    except OSError as err:
+        raise DUCHError(f"cannot read HDF5 file {path}: {err}") from None
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove it is writable, before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as err:
+        raise DUCHError(f"{what} {path} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
+    """Nothing the user made is overwritten unasked."""
+    if Path(path).exists() and not overwrite:
+        raise DUCHError(f"{path} already exists; pass --overwrite to replace it")

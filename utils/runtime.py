@@ -1,0 +1,48 @@
+"""Device choice, seeding and environment facts shared by every script."""
+from __future__ import annotations
+
+import platform
+import random
+
+import numpy as np
+
+from utils.errors import DUCHError
+
+
+def resolve_device(name: str = "auto"):
+    """``auto`` picks CUDA when available, else CPU; an explicit device that is absent is an error."""
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise DUCHError(f"invalid --device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DUCHError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """One seed drives Python, NumPy and torch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    """Library versions recorded in every run's configuration."""
+    import torch
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    try:
+        import h5py
+
+        out["h5py"] = h5py.__version__
+    except ImportError:
+        pass
+    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    return out
