@@ -1,0 +1,56 @@
+"""DUCH learning configuration: defaults of the original release and the paper."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+MODELS = ("duch",)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "ucm"
+    preset: str = "default"
+    bit: int = 32
+    model: str = "duch"
+    tag: str = "test"
+    epochs: int = 100
+    batch_size: int = 256
+    seed: int = 42
+    # loss weights: L = L_c + alpha L_adv + beta L_q + gamma L_bb
+    alpha: float = 0.01
+    beta: float = 0.001
+    gamma: float = 0.01
+    contrastive_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # inter, intra-image, intra-text
+    tau: float = 1.0
+    # optimisers and schedule
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    lr_discriminator: float = 1e-4
+    discriminator_betas: tuple[float, float] = (0.5, 0.9)
+    discriminator_weight_decay: float = 1e-4
+    lr_decay_freq: int = 50  # after epoch e with e % freq == 0, lr *= lr_decay
+    lr_decay: float = 0.8
+    lr_min: float = 1e-6
+    valid_freq: int = 100
+    map_k: int = 20  # retrieval_map_k: the mAP that selects the best model
+    original_quirks: bool = False
+    # files and devices, resolved at run time
+    data_dir: str = "data"
+    out_dir: str = "checkpoints"
+    img_aug_emb: str | None = None
+    device: str = "auto"
+    files: dict = field(default_factory=dict)
+
+    def run_name(self) -> str:
+        """``<dataset>_<bit>_<tag>_<preset>``: the run folder under ``out_dir``."""
+        return f"{self.dataset}_{self.bit}_{self.tag}_{self.preset}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    # the settings a resumed run must share with the run it continues
+    RESUME_KEYS = (
+        "dataset", "preset", "bit", "model", "batch_size", "seed", "alpha", "beta", "gamma",
+        "contrastive_weights", "tau", "lr", "weight_decay", "lr_discriminator", "discriminator_betas",
+        "discriminator_weight_decay", "lr_decay_freq", "lr_decay", "lr_min", "original_quirks", "files",
+    )

@@ -1,0 +1,54 @@
+"""Checkpoints: plain tensors and containers only, written atomically, read with weights_only=True."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.errors import DUCHError
+from utils.io import atomic_path
+
+BEST_NAME = "checkpoint_best.pt"
+LAST_NAME = "checkpoint_last.pt"
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """A kill during the save leaves the previous checkpoint in place."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # an unpickling error or a corrupt file: never fall back to full pickle
+        raise DUCHError(f"cannot load checkpoint {path} safely (weights_only=True): {err}") from None
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as plain containers (weights_only-loadable)."""
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

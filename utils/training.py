@@ -1,0 +1,165 @@
+"""The DUCH training loop (SPEC section 3): features live on the device, batches are index tensors."""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from configs.train import TrainConfig
+from models.duch import DUCH
+from utils import losses
+from utils.checkpoint import rng_state, set_rng_state
+from utils.evaluation import EvalSet, encode_sets, evaluate_codes
+
+VIEWS = ("i1", "i2", "t1", "t2")  # image, augmented image, caption, augmented caption
+LOSS_TERMS = ("total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator")
+
+
+class DUCHTrainer:
+    """Holds everything a run needs to continue: model, optimisers, B, output buffers, epoch."""
+
+    def __init__(self, cfg: TrainConfig, train_views: dict[str, torch.Tensor], query: EvalSet, db: EvalSet, device):
+        self.cfg = cfg
+        self.device = device
+        self.views = train_views
+        self.query, self.db = query, db
+        n_train = train_views["i1"].shape[0]
+        self.model = DUCH(train_views["i1"].shape[1], train_views["t1"].shape[1], cfg.bit).to(device)
+        self.opt_hash = torch.optim.Adam(self.model.hashing_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_disc = torch.optim.Adam(
+            self.model.discriminator.parameters(), lr=cfg.lr_discriminator,
+            betas=tuple(cfg.discriminator_betas), weight_decay=cfg.discriminator_weight_decay,
+        )
+        self.B = torch.sign(torch.randn(n_train, cfg.bit)).to(device)
+        self.buffers = {v: torch.zeros(n_train, cfg.bit, device=device) for v in VIEWS}
+        self.epoch = -1  # last finished epoch
+        self.best_score = -1.0
+        self.best_epoch = -1
+
+    # ---- one epoch ---------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        n_train = self.B.shape[0]
+        order = torch.randperm(n_train)  # on the CPU: the same order on every device
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        for start in range(0, n_train, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            if idx.numel() < 2:  # batch norm cannot train on one sample
+                continue
+            idx = idx.to(self.device)
+            batch_losses = self._train_step(idx)
+            for term, value in batch_losses.items():
+                sums[term] += value
+        self._update_codes()
+        if epoch % cfg.lr_decay_freq == 0:
+            for group in self.opt_hash.param_groups:
+                group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.lr_min)
+        self.epoch = epoch
+        return sums
+
+    def _train_step(self, idx: torch.Tensor) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        img_net, txt_net, disc = model.image_net, model.text_net, model.discriminator
+        t2_source = "t1" if cfg.original_quirks else "t2"  # QUIRK: the original fed txt1 where txt2 belongs
+        h = {
+            "i1": img_net(self.views["i1"][idx]),
+            "i2": img_net(self.views["i2"][idx]),
+            "t1": txt_net(self.views["t1"][idx]),
+            "t2": txt_net(self.views[t2_source][idx]),
+        }
+        for view in VIEWS:
+            self.buffers[view][idx] = h[view].detach()
+
+        # discriminator: captions are "real", images "fake"
+        self.opt_disc.zero_grad(set_to_none=True)
+        loss_disc = losses.discriminator_loss(disc, h["t1"].detach(), h["i1"].detach()) + losses.discriminator_loss(
+            disc, h["t2"].detach(), h["i2"].detach()
+        )
+        loss_disc.backward()
+        self.opt_disc.step()
+
+        # hashing networks
+        self.opt_hash.zero_grad(set_to_none=True)
+        outputs = [h[v] for v in VIEWS]
+        loss_c = losses.contrastive_loss(h["i1"], h["i2"], h["t1"], h["t2"], cfg.contrastive_weights)
+        fakes = (h["t1"], h["t2"]) if cfg.original_quirks else (h["i1"], h["i2"])  # QUIRK: original used t1, t2
+        loss_adv = losses.adversarial_generator_loss(disc, fakes)
+        loss_q = losses.quantization_loss(self.B[idx], outputs)
+        loss_bb = losses.bit_balance_loss(outputs)
+        loss = loss_c + cfg.alpha * loss_adv + cfg.beta * loss_q + cfg.gamma * loss_bb
+        loss.backward()
+        self.opt_hash.step()
+        return {
+            "total": loss.item(), "contrastive": loss_c.item(), "adversarial": loss_adv.item(),
+            "quantization": loss_q.item(), "bit_balance": loss_bb.item(), "discriminator": loss_disc.item(),
+        }
+
+    def _update_codes(self) -> None:
+        """B = sign(((Hi1 + Hi2)/2 + (Ht1 + Ht2)/2)/2) from this epoch's outputs."""
+        b = self.buffers
+        self.B = torch.sign(((b["i1"] + b["i2"]) / 2 + (b["t1"] + b["t2"]) / 2) / 2)
+
+    # ---- validation --------------------------------------------------------------------------------
+    def validate(self) -> dict:
+        codes = encode_sets(self.model, self.query, self.db)
+        return evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
+
+    def is_validation_epoch(self, epoch: int) -> bool:
+        """Every valid_freq epochs, and at the last epoch so that a best model always exists."""
+        return (epoch + 1) % self.cfg.valid_freq == 0 or epoch + 1 == self.cfg.epochs
+
+    @property
+    def lr(self) -> float:
+        return self.opt_hash.param_groups[0]["lr"]
+
+    # ---- state -------------------------------------------------------------------------------------
+    def model_payload(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "bit": self.cfg.bit,
+            "image_dim": self.model.image_net.net[0].in_features,
+            "caption_dim": self.model.text_net.net[0].in_features,
+            "epoch": self.epoch,
+        }
+
+    def state_payload(self) -> dict:
+        return {
+            **self.model_payload(),
+            "opt_hash": self.opt_hash.state_dict(),
+            "opt_disc": self.opt_disc.state_dict(),
+            "B": self.B,
+            "buffers": dict(self.buffers),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(),
+            "config": self.cfg.to_json(),
+        }
+
+    def load_state(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.opt_hash.load_state_dict(payload["opt_hash"])
+        self.opt_disc.load_state_dict(payload["opt_disc"])
+        self.B = payload["B"].to(self.device)
+        self.buffers = {v: payload["buffers"][v].to(self.device) for v in VIEWS}
+        self.epoch = int(payload["epoch"])
+        self.best_score = float(payload["best_score"])
+        self.best_epoch = int(payload["best_epoch"])
+        set_rng_state(payload["rng"])
+
+
+def run_epochs(trainer: DUCHTrainer, on_epoch_end) -> None:
+    """Train from the epoch after the last finished one; ``on_epoch_end(epoch, record)`` saves state."""
+    cfg = trainer.cfg
+    epochs = range(trainer.epoch + 1, cfg.epochs)
+    bar = tqdm(epochs, desc="train", unit="epoch", initial=trainer.epoch + 1, total=cfg.epochs, dynamic_ncols=True)
+    for epoch in bar:
+        start, lr = time.perf_counter(), trainer.lr
+        sums = trainer.train_epoch(epoch)
+        record = {"epoch": epoch, "lr": lr, "loss": sums, "time_s": round(time.perf_counter() - start, 4)}
+        if trainer.is_validation_epoch(epoch):
+            record["valid"] = trainer.validate()
+        bar.set_postfix(loss=f"{sums['total']:.4g}")
+        on_epoch_end(epoch, record)
+    bar.close()
