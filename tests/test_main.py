@@ -1,0 +1,178 @@
+"""main.py end to end: run folder contents, --test, --resume, and every bad input at the door."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from configs.datasets import get_dataset
+from tests.conftest import SMALL, run_main
+from utils.synthetic import make_synthetic_features
+
+TRAIN = ("--dataset", "demo", "--bit", "8", "--epochs", "3", "--batch-size", "32", "--valid-freq", "2")
+
+
+def train_args(data_dir, out_dir, *extra):
+    return (*TRAIN, "--data-dir", str(data_dir), "--out-dir", str(out_dir), *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    metrics = run_main(*train_args(demo_features, out))
+    return out / "demo_8_test_default", metrics
+
+
+def test_run_folder_contents(trained):
+    run_dir, metrics = trained
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "split.json", "history.jsonl", "checkpoint_best.pt", "checkpoint_last.pt", "metrics.json",
+            "codes.npz", "pr_curves.png", "p_at_k.png", "losses.png", "train.log"} <= names
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["bit"] == 8 and config["seed"] == 42 and config["original_quirks"] is False
+    assert config["resolved_device"] == "cpu" and "torch" in config["versions"] and config["files"]["caption_aug"].endswith("caption_emb_DEMO_aug_rb.h5")
+    split = json.loads((run_dir / "split.json").read_text())
+    n = SMALL["n_images"]
+    assert len(split["train"]) == n // 2 and len(split["query"]) + len(split["db"]) == n - n // 2
+    assert len(split["train_captions"]) == len(split["train"]) and len(split["db_captions"]) == len(split["db"])
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert set(history[0]["loss"]) == {"total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator"}
+    assert "valid" in history[1] and "valid" in history[2] and "valid" not in history[0]
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+        payload = torch.load(run_dir / name, weights_only=True)
+        assert payload["bit"] == 8
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for k in ("map@20", "map@10"):
+        assert set(saved[k]) == {"i2t", "t2i", "i2i", "t2t", "avg"}
+        assert saved[k]["avg"] == pytest.approx(np.mean([saved[k][d] for d in ("i2t", "t2i", "i2i", "t2t")]))
+    assert set(saved["p@k"]["i2t"]) and len(saved["precision_radius"]["t2i"]) == 9 and len(saved["recall_radius"]["i2i"]) == 9
+    codes = np.load(run_dir / "codes.npz")
+    assert codes["q_img"].dtype == np.int8 and codes["q_img"].shape == (len(split["query"]), 8)
+    assert codes["db_txt"].shape == (len(split["db"]), 8) and set(np.unique(codes["db_txt"])) <= {-1, 1}
+    assert codes["q_labels"].shape == (len(split["query"]),)
+    # class-structured features: far above chance after three epochs
+    assert metrics["map@20"]["avg"] > 2 * np.mean(list(metrics["chance"].values()))
+
+
+def test_test_mode_reproduces_metrics(trained, demo_features, capsys):
+    run_dir, metrics = trained
+    again = run_main(*train_args(demo_features, run_dir.parent, "--test"))
+    assert again["map@20"] == metrics["map@20"] and again["map@10"] == metrics["map@10"]
+    out = capsys.readouterr().out
+    assert "I->T" in out and "T->T" in out and "chance" in out
+
+
+def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
+    from utils.training import DUCHTrainer
+
+    full = tmp_path / "full"
+    run_main(*train_args(demo_features, full, "--epochs", "4"))
+    original_epoch = DUCHTrainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original_epoch(self, epoch)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(DUCHTrainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(*train_args(demo_features, part, "--epochs", "4"))
+    monkeypatch.setattr(DUCHTrainer, "train_epoch", original_epoch)
+    run_dir = part / "demo_8_test_default"
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
+    with pytest.raises(SystemExit):  # refuses to start over without --resume or --overwrite
+        run_main(*train_args(demo_features, part, "--epochs", "4"))
+    run_main(*train_args(demo_features, part, "--epochs", "4", "--resume"))
+    a, b = np.load(full / "demo_8_test_default" / "codes.npz"), np.load(run_dir / "codes.npz")
+    for key in ("q_img", "q_txt", "db_img", "db_txt"):
+        assert np.array_equal(a[key], b[key])
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [0, 1, 2, 3]
+
+
+def expect_error(capsys, *argv, match):
+    with pytest.raises(SystemExit) as exc:
+        run_main(*argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    return err
+
+
+def _copy_features(src, dst):
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in Path(src).iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_missing_feature_file_names_file_and_command(demo_features, tmp_path, capsys):
+    data = _copy_features(demo_features, tmp_path / "data")
+    (data / "caption_emb_DEMO_aug_rb.h5").unlink()
+    err = expect_error(capsys, *train_args(data, tmp_path / "out"), match="caption_emb_DEMO_aug_rb.h5")
+    assert "captions_augment.py --dataset demo --txt-aug rule-based" in err and "captions_embed.py" in err
+    (data / "image_emb_DEMO_aug_center_crop_only.h5").unlink()
+    expect_error(capsys, *train_args(data, tmp_path / "out"), match="images_augment.py --dataset demo --img-aug center_crop_only")
+
+
+def test_missing_json(tmp_path, capsys):
+    expect_error(capsys, *train_args(tmp_path, tmp_path / "out"), match="augmented_DEMO.json")
+
+
+def _write(path, key, array):
+    with h5py.File(path, "w") as f:
+        f.create_dataset(key, data=array)
+
+
+def test_row_mismatch_width_and_nan(demo_features, tmp_path, capsys):
+    data = _copy_features(demo_features, tmp_path / "data")
+    n = SMALL["n_images"]
+    _write(data / "caption_emb_DEMO_aug.h5", "caption_emb", np.ones((n, SMALL["caption_dim"]), np.float32))
+    expect_error(capsys, *train_args(data, tmp_path / "o"), match=f"{n} rows")
+    _write(data / "caption_emb_DEMO_aug.h5", "caption_emb", np.random.rand(5 * n, SMALL["caption_dim"] + 1).astype(np.float32))
+    expect_error(capsys, *train_args(data, tmp_path / "o"), match="width")
+    bad = np.random.rand(5 * n, SMALL["caption_dim"]).astype(np.float32)
+    bad[3, 1] = np.nan
+    _write(data / "caption_emb_DEMO_aug.h5", "caption_emb", bad)
+    expect_error(capsys, *train_args(data, tmp_path / "o"), match="NaN or inf")
+
+
+def test_ucm_requires_resnet_and_bert_widths(tmp_path, capsys):
+    make_synthetic_features(get_dataset("ucm"), tmp_path, n_images=42, image_dim=100, caption_dim=768)
+    expect_error(capsys, "--dataset", "ucm", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--epochs", "1", match="width 100, expected 512")
+
+
+def test_unknown_dataset_preset_model(tmp_path, capsys):
+    expect_error(capsys, "--dataset", "mnist", "--out-dir", str(tmp_path), match="unknown dataset 'mnist'")
+    expect_error(capsys, "--dataset", "demo", "--preset", "fancy", "--out-dir", str(tmp_path), match="unknown preset 'fancy'")
+    expect_error(capsys, "--dataset", "demo", "--model", "jdsh", "--out-dir", str(tmp_path), match="unknown model 'jdsh'")
+
+
+def test_test_without_model_and_with_other_bits(trained, demo_features, tmp_path, capsys):
+    expect_error(capsys, *train_args(demo_features, tmp_path, "--test"), match="no trained model")
+    run_dir, _ = trained
+    argv = [a if a != "8" else "16" for a in train_args(demo_features, run_dir.parent, "--test")]
+    (run_dir.parent / "demo_16_test_default").mkdir(exist_ok=True)
+    (run_dir.parent / "demo_16_test_default" / "checkpoint_best.pt").write_bytes((run_dir / "checkpoint_best.pt").read_bytes())
+    expect_error(capsys, *argv, match="8-bit model but --bit is 16")
+
+
+def test_out_dir_not_writable(demo_features, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    expect_error(capsys, *train_args(demo_features, blocker / "runs"), match="not writable")
+
+
+def test_cli_prints_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "main.py", "--dataset", "nope", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("error: unknown dataset 'nope'")
