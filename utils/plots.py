@@ -51,7 +51,10 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "") -> None:
         values = [h["loss"][term] for h in history]
         if any(v > 0 for v in values):
             ax.plot(epochs, values, label=term)
-    ax.set(xlabel="epoch", ylabel="loss (sum over the epoch)", yscale="log", title=f"training losses {title}".strip())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch (from 0)", ylabel="unweighted loss term, summed over the epoch", yscale="log", title=f"training losses {title}".strip())
     ax.grid(alpha=0.3)
     ax.legend()
     _save(plt, fig, path)
