@@ -176,3 +176,30 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("error: unknown dataset 'nope'")
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def killed_mid_write(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]  # no temporary left behind
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path, capsys):
+    from utils.checkpoint import load_checkpoint
+    from utils.errors import DUCHError
+
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": Path("x")}, path)  # an arbitrary Python object needs full unpickling
+    with pytest.raises(DUCHError, match="weights_only"):
+        load_checkpoint(path)

@@ -44,8 +44,10 @@ def encode_sets(model, query: EvalSet, db: EvalSet) -> Codes:
 
 def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True) -> dict:
     """Metrics of the four directions, plus the mean of each mAP over them under ``"avg"``."""
+    from tqdm import tqdm
+
     per_direction = {}
-    for name, (q_mod, db_mod) in DIRECTIONS.items():
+    for name, (q_mod, db_mod) in tqdm(DIRECTIONS.items(), desc="evaluate", unit="direction", leave=False, disable=not with_curves):
         per_direction[name] = retrieval_metrics(
             getattr(codes, f"q_{q_mod}"), getattr(codes, f"db_{db_mod}"), q_labels, db_labels,
             map_ks=MAP_KS, with_curves=with_curves,
