@@ -123,9 +123,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     run_epochs(trainer, on_epoch_end)
     times = [r["time_s"] for r in history]
     logger.info(f"training done: {len(history)} epochs, median {np.median(times):.3f} s per epoch; best epoch {trainer.best_epoch + 1}")
-    from utils.plots import plot_losses
-
-    plot_losses(history, run_dir / "losses.png", cfg.run_name())
     return test(cfg, run_dir=run_dir, data=data, device=device)
 
 
@@ -182,10 +179,13 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     with atomic_path(run_dir / "codes.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **codes.to_npz(data.query.labels, data.db.labels))
-    from utils.plots import plot_p_at_k, plot_pr_curves
+    from utils.plots import plot_losses, plot_p_at_k, plot_pr_curves
 
     plot_pr_curves(metrics, run_dir / "pr_curves.png", cfg.run_name())
     plot_p_at_k(metrics, run_dir / "p_at_k.png", cfg.run_name())
+    history = read_history(run_dir)
+    if history:
+        plot_losses(history, run_dir / "losses.png", cfg.run_name())
     logger.info(
         f"test of {ckpt_path} ({metrics['n_query']} queries, {metrics['n_db']} database items, {elapsed:.2f} s)\n"
         f"{format_map_table(metrics)}\nresults in {run_dir}"
