@@ -61,6 +61,7 @@ def main(args: argparse.Namespace) -> dict:
     from utils import runner
 
     cfg = config_from_args(args)
+    runner.check_config(cfg)  # bad flags are caught before any data is built or read
     if cfg.dataset == "demo" and args.data_dir is None:
         from utils.demo import ensure_demo_features
         from utils.logs import setup_logger

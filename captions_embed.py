@@ -1,0 +1,127 @@
+"""Embed the dataset captions (raw and every augmented set in the JSON) into HDF5 feature files.
+
+    python captions_embed.py --dataset ucm
+    python captions_embed.py --dataset ucm --model /path/to/bert-base-uncased --original-quirks
+
+Writes ``caption_emb_DS_aug.h5`` (raw captions) and ``caption_emb_DS_aug_<set>.h5`` for each of
+``aug_rb``, ``aug_bt_prob``, ``aug_bt_chain`` present, key ``caption_emb``, shape (5N, width),
+row ``5*j + i`` = sentence i of image j (SPEC sections 1-2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from configs.datasets import DATASETS, get_dataset
+from configs.files import (
+    CAPTION_AUG_KEYS, CAPTION_EMB_KEY, RAW_CAPTION_KEY, augmented_json_name, caption_emb_name,
+    data_path, dataset_json_name,
+)
+from models.text_encoder import (
+    DEFAULT_HIDDEN_STATES, DEFAULT_MAX_LENGTH, DEFAULT_TEXT_MODEL, OPERATORS, PUNCTUATION_REMOVED,
+    embed_captions, load_text_model,
+)
+from utils.dataset_json import captions, load_dataset_json, sentence_keys_present
+from utils.errors import DUCHError, exit_on_user_error
+from utils.io import check_writable_dir, write_h5
+from utils.runtime import resolve_device
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Embed dataset captions with a BERT-style model", add_help=add_help)
+    parser.add_argument("--dataset", default="ucm", choices=sorted(DATASETS), help="dataset (default: ucm)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the dataset JSON and the feature files (default: the dataset's, e.g. data)")
+    parser.add_argument("--model", default=DEFAULT_TEXT_MODEL,
+                        help=f"Hugging Face model name or local folder (default: {DEFAULT_TEXT_MODEL})")
+    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                        help=f"tokens per caption, longer ones truncated (default: {DEFAULT_MAX_LENGTH})")
+    parser.add_argument("--hidden-states", type=int, default=DEFAULT_HIDDEN_STATES,
+                        help=f"how many of the last hidden states to combine (default: {DEFAULT_HIDDEN_STATES})")
+    parser.add_argument("--operator", default="sum", choices=OPERATORS,
+                        help="combine the hidden states by sum, or concat along features (default: sum)")
+    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass (default: 64)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ... (default: auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing caption feature files")
+    parser.add_argument("--original-quirks", action="store_true",
+                        help="QUIRK of the original release: pad every caption to --max-length and average "
+                             "over all positions, padding included (default: mean over real tokens only)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def find_dataset_json(ds, data_dir: Path) -> Path:
+    """``augmented_DS.json`` when caption augmentation has run, else ``DS.json``."""
+    augmented = data_path(data_dir, augmented_json_name(ds))
+    if augmented.is_file():
+        return augmented
+    plain = data_path(data_dir, dataset_json_name(ds))
+    if plain.is_file():
+        return plain
+    raise DUCHError(
+        f"dataset JSON not found: neither {augmented} nor {plain} exists; put the {ds.name} captions file "
+        f"{plain.name} in {data_dir} (see README, Data), or pass --data-dir to the folder that holds it"
+    )
+
+
+@exit_on_user_error
+def main(args) -> dict[str, Path]:
+    """Embed every caption set; returns {sentence key: written file}."""
+    ds = get_dataset(args.dataset)
+    data_dir = Path(args.data_dir if args.data_dir is not None else ds.default_data_dir)
+    if args.batch_size < 1:
+        raise DUCHError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.hidden_states < 1:
+        raise DUCHError(f"--hidden-states must be at least 1 (got {args.hidden_states})")
+    if args.max_length < 2:
+        raise DUCHError(f"--max-length must be at least 2 (got {args.max_length})")
+
+    json_path = find_dataset_json(ds, data_dir)
+    data = load_dataset_json(json_path)
+    if RAW_CAPTION_KEY not in sentence_keys_present(data, [RAW_CAPTION_KEY]):
+        raise DUCHError(f"{json_path}: not every sentence has a {RAW_CAPTION_KEY!r} caption")
+    keys = [RAW_CAPTION_KEY] + sentence_keys_present(data, CAPTION_AUG_KEYS.values())
+    outputs = {key: data_path(data_dir, caption_emb_name(ds, key)) for key in keys}
+
+    # refuse before the long work, naming every file that is in the way
+    existing = [str(path) for path in outputs.values() if path.exists()]
+    if existing and not args.overwrite:
+        raise DUCHError(f"output already exists: {', '.join(existing)}; pass --overwrite to replace")
+    check_writable_dir(data_dir, "data folder")
+
+    device = resolve_device(args.device)
+    text_model = load_text_model(args.model, device)
+    width = text_model.width(args.hidden_states, args.operator)
+    print(f"{json_path}: {len(data['images'])} images, caption sets: {', '.join(keys)}; "
+          f"model {args.model} on {device}, width {width}")
+    if ds.caption_dim is not None and width != ds.caption_dim:
+        print(f"warning: width {width} differs from the {ds.caption_dim} the {ds.name} features normally have",
+              file=sys.stderr)
+
+    attrs = {
+        "model": args.model,
+        "model_source": text_model.source,
+        "max_length": args.max_length,
+        "hidden_states": args.hidden_states,
+        "operator": args.operator,
+        "original_quirks": int(args.original_quirks),
+        "pooling": (f"mean over all {args.max_length} positions, padding included (original quirk)"
+                    if args.original_quirks else "mean over real tokens (attention mask)"),
+        "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}",
+        "source_json": str(json_path),
+    }
+    for key, path in outputs.items():
+        emb = embed_captions(
+            text_model, captions(data, key),
+            max_length=args.max_length, hidden_states=args.hidden_states, operator=args.operator,
+            original_quirks=args.original_quirks, batch_size=args.batch_size,
+            progress=not args.no_progress, desc=f"embed {key}",
+        )
+        write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
+        print(f"wrote {path}: {CAPTION_EMB_KEY} {emb.shape[0]} x {emb.shape[1]} float32 ({key})")
+    return outputs
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

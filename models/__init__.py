@@ -1,0 +1,1 @@
+"""DUCH hashing networks and discriminator; encoders for preprocessing."""

@@ -1,0 +1,143 @@
+"""The nine image transform sets of the original release (SPEC section 2), in one place.
+
+Each set works on a PIL image as the original did (torchvision.transforms.v2 dispatches PIL inputs to
+PIL kernels), then resizes to 224x224 and converts to a float tensor in [0, 1], optionally followed
+by ImageNet mean/std normalisation (our default; the original release skipped it).
+
+Random transforms draw from torch's global generator; ``utils.images.ImageDataset`` seeds it per
+image from (seed, image index), which makes every output independent of batch size and workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from utils.errors import DUCHError
+
+IMAGE_AUG_SETS = (
+    "no_aug",
+    "center_crop_only",
+    "random_crop_only",
+    "aug_center",
+    "aug_random",
+    "rotation_cc",
+    "blur_cc",
+    "jitter_cc",
+    "each_img_random",
+)
+# each_img_random applies one of these, chosen per image
+EACH_IMG_RANDOM_CHOICES = ("rotation_cc", "blur_cc", "jitter_cc")
+
+OUTPUT_SIZE = (224, 224)  # ResNet input; (h, w) so that non-square images still batch
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugParams:
+    """The original's augmentation parameters (``--crop-size``, ``--rot-deg``, ``--blur-val``, ``--jit-str``)."""
+
+    crop_size: tuple[int, int] = (200, 200)
+    rot_deg: tuple[float, float] = (-10.0, -5.0)
+    blur_val: tuple[int, int, float, float] = (3, 3, 1.1, 1.3)  # kernel w, kernel h, sigma min, sigma max
+    jit_str: float = 0.5
+
+    @classmethod
+    def checked(cls, crop_size: Sequence = (200, 200), rot_deg: Sequence = (-10, -5),
+                blur_val: Sequence = (3, 3, 1.1, 1.3), jit_str: float = 0.5) -> "AugParams":
+        """Validate user-given values once, with messages that name the flag."""
+        if len(crop_size) != 2 or any(int(c) != c or c < 1 for c in crop_size):
+            raise DUCHError(f"--crop-size needs two positive integers CROP_H CROP_W, got {list(crop_size)}")
+        if len(rot_deg) != 2 or rot_deg[0] > rot_deg[1]:
+            raise DUCHError(f"--rot-deg needs MIN MAX with MIN <= MAX, got {list(rot_deg)}")
+        if len(blur_val) != 4:
+            raise DUCHError(f"--blur-val needs KW KH SMIN SMAX, got {list(blur_val)}")
+        kw, kh, smin, smax = blur_val
+        if any(int(k) != k or k < 1 or int(k) % 2 == 0 for k in (kw, kh)):
+            raise DUCHError(f"--blur-val kernel sizes must be positive odd integers, got {kw} {kh}")
+        if not 0 < smin <= smax:
+            raise DUCHError(f"--blur-val sigmas need 0 < SMIN <= SMAX, got {smin} {smax}")
+        if jit_str < 0:
+            raise DUCHError(f"--jit-str must be >= 0, got {jit_str}")
+        return cls(
+            (int(crop_size[0]), int(crop_size[1])),
+            (float(rot_deg[0]), float(rot_deg[1])),
+            (int(kw), int(kh), float(smin), float(smax)),
+            float(jit_str),
+        )
+
+
+def check_image_aug_set(name: str) -> str:
+    if name not in IMAGE_AUG_SETS:
+        raise DUCHError(f"unknown image transform set {name!r}; choose one of: {', '.join(IMAGE_AUG_SETS)}")
+    return name
+
+
+def _augmentations(name: str, p: AugParams) -> list:
+    """The set-specific PIL-stage transforms, in the original's order (augment, then crop)."""
+    from torchvision.transforms import v2
+
+    kw, kh, smin, smax = p.blur_val
+    blur = v2.GaussianBlur(kernel_size=(kw, kh), sigma=(smin, smax))
+    rotation = v2.RandomRotation(degrees=p.rot_deg)
+    center, rand = v2.CenterCrop(p.crop_size), v2.RandomCrop(p.crop_size)
+    s = p.jit_str
+    jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+    return {
+        "no_aug": [],
+        "center_crop_only": [center],
+        "random_crop_only": [rand],
+        "aug_center": [blur, rotation, center],
+        "aug_random": [blur, rotation, rand],
+        "rotation_cc": [rotation, center],
+        "blur_cc": [blur, center],
+        "jitter_cc": [jitter, center],
+    }[name]
+
+
+def build_transform(name: str, params: AugParams = AugParams(), normalize: bool = True) -> Callable:
+    """PIL image -> float tensor (3, 224, 224) for transform set ``name`` (not ``each_img_random``)."""
+    import torch
+    from torchvision.transforms import v2
+
+    check_image_aug_set(name)
+    if name == "each_img_random":
+        raise ValueError("each_img_random picks a set per image: use SeededTransform")
+    steps = _augmentations(name, params) + [
+        v2.Resize(OUTPUT_SIZE, antialias=True),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if normalize:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return v2.Compose(steps)
+
+
+class SeededTransform:
+    """Transform set ``name`` applied to image ``index`` with randomness seeded from (seed, index).
+
+    ``each_img_random`` picks its set per image from the same seed. Torch's global generator is
+    forked, so the caller's random state is left as it was.
+    """
+
+    def __init__(self, name: str, params: AugParams = AugParams(), normalize: bool = True, seed: int = 42):
+        check_image_aug_set(name)
+        self.name, self.seed = name, seed
+        names = EACH_IMG_RANDOM_CHOICES if name == "each_img_random" else (name,)
+        self.transforms = {n: build_transform(n, params, normalize) for n in names}
+
+    def set_for(self, index: int) -> tuple[str, int]:
+        """(transform set, torch seed) used for image ``index``."""
+        import numpy as np
+
+        torch_seed, choice = np.random.SeedSequence([self.seed, index]).generate_state(2)
+        name = EACH_IMG_RANDOM_CHOICES[int(choice) % 3] if self.name == "each_img_random" else self.name
+        return name, int(torch_seed)
+
+    def __call__(self, image, index: int):
+        import torch
+
+        name, torch_seed = self.set_for(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            return self.transforms[name](image)
