@@ -16,7 +16,7 @@ from pathlib import Path
 from configs.datasets import DATASETS, get_dataset
 from configs.files import (
     CAPTION_AUG_KEYS, CAPTION_EMB_KEY, RAW_CAPTION_KEY, augmented_json_name, caption_emb_name,
-    data_path, dataset_json_name,
+    current_dataset_json, data_path, dataset_json_name,
 )
 from models.text_encoder import (
     DEFAULT_HIDDEN_STATES, DEFAULT_MAX_LENGTH, DEFAULT_TEXT_MODEL, OPERATORS, PUNCTUATION_REMOVED,
@@ -53,12 +53,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def find_dataset_json(ds, data_dir: Path) -> Path:
     """``augmented_DS.json`` when caption augmentation has run, else ``DS.json``."""
-    augmented = data_path(data_dir, augmented_json_name(ds))
-    if augmented.is_file():
-        return augmented
-    plain = data_path(data_dir, dataset_json_name(ds))
-    if plain.is_file():
-        return plain
+    found = current_dataset_json(ds, data_dir)
+    if found.is_file():
+        return found
+    augmented, plain = data_path(data_dir, augmented_json_name(ds)), data_path(data_dir, dataset_json_name(ds))
     raise DUCHError(
         f"dataset JSON not found: neither {augmented} nor {plain} exists; put the {ds.name} captions file "
         f"{plain.name} in {data_dir} (see README, Data), or pass --data-dir to the folder that holds it"

@@ -42,6 +42,12 @@ def augmented_json_name(ds: DatasetInfo) -> str:
     return f"augmented_{ds.name}.json"
 
 
+def current_dataset_json(ds: DatasetInfo, data_dir: str | Path) -> Path:
+    """``augmented_DS.json`` once caption augmentation has run, else ``DS.json`` (which may not exist)."""
+    augmented = Path(data_dir) / augmented_json_name(ds)
+    return augmented if augmented.is_file() else Path(data_dir) / dataset_json_name(ds)
+
+
 def image_emb_name(
     ds: DatasetInfo,
     img_aug: str = "no_aug",

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configs.datasets import DatasetInfo
-from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, dataset_json_name
+from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
 from utils.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_json
@@ -54,9 +54,7 @@ def print_unchanged(key: str, stats: dict) -> None:
 
 def io_paths(ds: DatasetInfo, data_dir: str | Path) -> tuple[Path, Path]:
     """(input JSON, output JSON): the augmented file is its own input once it exists."""
-    data_dir = Path(data_dir)
-    out = data_dir / augmented_json_name(ds)
-    return (out if out.is_file() else data_dir / dataset_json_name(ds)), out
+    return current_dataset_json(ds, data_dir), Path(data_dir) / augmented_json_name(ds)
 
 
 def load_input(ds: DatasetInfo, data_dir: str | Path, key: str, overwrite: bool) -> tuple[dict, Path, Path]:

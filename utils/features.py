@@ -40,9 +40,9 @@ def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str, img_a
     """The files of SPEC section 1 for a preset; ``--img-aug-emb`` overrides the augmented image file."""
     data_dir = Path(data_dir)
     preset = get_preset(preset_name)
-    json_path = data_dir / files.augmented_json_name(ds)
-    if not json_path.is_file() and (data_dir / files.dataset_json_name(ds)).is_file():
-        json_path = data_dir / files.dataset_json_name(ds)  # labels are the same in both
+    json_path = files.current_dataset_json(ds, data_dir)  # labels are the same in both JSON files
+    if not json_path.is_file():
+        json_path = data_dir / files.augmented_json_name(ds)  # the one the presets expect, for the error
     image_aug = data_dir / files.image_emb_name(ds, preset.aug_image_set)
     if img_aug_emb:
         image_aug = Path(img_aug_emb)
