@@ -203,3 +203,11 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path, capsys):
     torch.save({"obj": Path("x")}, path)  # an arbitrary Python object needs full unpickling
     with pytest.raises(DUCHError, match="weights_only"):
         load_checkpoint(path)
+
+
+def test_original_quirks_run_never_reads_the_augmented_captions(demo_features, tmp_path):
+    data = _copy_features(demo_features, tmp_path / "data")
+    (data / "caption_emb_DEMO_aug_rb.h5").unlink()  # txt2 = txt1: the file is not needed
+    run_main(*train_args(data, tmp_path / "out", "--original-quirks", "--epochs", "1"))
+    config = json.loads((tmp_path / "out" / "demo_8_test_default" / "config.json").read_text())
+    assert config["original_quirks"] is True

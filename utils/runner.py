@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     trainer = DUCHTrainer(cfg, data.train_views, data.query, data.db, device)
     history: list[dict] = []
     if resume:
-        state = load_checkpoint(last_path, map_location=device)
+        state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
         _check_resumable(cfg, state.get("config", {}), last_path)
         trainer.load_state(state)
         history = [r for r in read_history(run_dir) if r["epoch"] <= trainer.epoch]
@@ -152,7 +152,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     check_writable_dir(run_dir, "run folder")
     logger = setup_logger(run_dir / "test.log")
     device = device or resolve_device(cfg.device)
-    payload = load_checkpoint(ckpt_path, map_location=device)
+    payload = load_checkpoint(ckpt_path)
     if int(payload.get("bit", -1)) != cfg.bit:
         raise DUCHError(f"{ckpt_path} holds a {payload.get('bit')}-bit model but --bit is {cfg.bit}; pass --bit {payload.get('bit')}")
     if data is None:
