@@ -125,29 +125,12 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
 
 
 def _pad(encoded: dict, rows: Sequence[int], length: int, tokenizer) -> dict:
-    """Pad the token lists of ``rows`` to ``length`` (on the tokenizer's padding side) as tensors."""
-    import torch
-
-    pad_values = {
-        "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0),
-        "attention_mask": 0,
-    }
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    batch = {}
-    for key in tokenizer.model_input_names:
-        if key not in encoded:
-            continue
-        out = torch.full((len(rows), length), pad_values.get(key, 0), dtype=torch.long)
-        for r, row in enumerate(rows):
-            values = torch.as_tensor(encoded[key][row], dtype=torch.long)
-            if left:
-                out[r, length - len(values):] = values
-            else:
-                out[r, : len(values)] = values
-        batch[key] = out
+    """The token lists of ``rows`` padded to ``length`` by the tokenizer itself, as tensors."""
+    subset = {key: [encoded[key][r] for r in rows] for key in encoded}
+    batch = dict(tokenizer.pad(subset, padding="max_length", max_length=length, return_tensors="pt"))
     if "attention_mask" not in batch:  # the pooling needs it even if the model does not take it
-        batch["_mask"] = (batch["input_ids"] != pad_values["input_ids"]).long()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batch["_mask"] = (batch["input_ids"] != pad_id).long()
     return batch
 
 
