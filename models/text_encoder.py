@@ -10,14 +10,13 @@ transformers is imported inside functions so that importing this module stays ch
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from models.hub import from_pretrained_local_first
 from utils.errors import DUCHError
 
 DEFAULT_TEXT_MODEL = "bert-base-uncased"
@@ -80,14 +79,6 @@ def _missing_model_error(name: str, reason: str) -> DUCHError:
     )
 
 
-def _from_pretrained(source: str, local_files_only: bool):
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
-    model = AutoModel.from_pretrained(source, local_files_only=local_files_only)
-    return tokenizer, model
-
-
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
     """Load tokenizer and encoder from a local folder or a hub name (cache first, then network).
 
@@ -99,24 +90,18 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
     name = str(name)
     path = Path(name).expanduser()
     if path.is_dir():
-        source, attempts = str(path.resolve()), (True,)
+        source = str(path.resolve())
     elif _looks_like_path(name):
         raise _missing_model_error(name, f"no such folder: {path}")
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        source, attempts = name, ((True,) if offline else (True, False))
-    reason = ""
-    for local_files_only in attempts:
-        if not local_files_only:
-            print(f"text model {name!r} is not in the local cache; downloading it from the Hugging Face Hub",
-                  file=sys.stderr)
-        try:
-            tokenizer, model = _from_pretrained(source, local_files_only)
-            break
-        except (OSError, ValueError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    else:
-        raise _missing_model_error(name, reason)
+        source = name
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = from_pretrained_local_first(AutoTokenizer, source)
+        model = from_pretrained_local_first(AutoModel, source)
+    except (OSError, ValueError) as err:
+        raise _missing_model_error(name, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
     if not getattr(model.config, "hidden_size", None) or not getattr(model.config, "num_hidden_layers", None):
         raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no hidden_size/num_hidden_layers)")
     device = torch.device(device)

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from models.hub import from_pretrained_local_first, hub_offline
 from utils.errors import DUCHError
 from utils.io import read_json, write_json
 
@@ -46,26 +47,6 @@ def missing_model_message(src: str, tgt: str, ref: str, mt_model_dir, err: Excep
         f"MarianMT model {HUB_ORG}/{name} could not be loaded from {ref}{detail}; with network run "
         f"`huggingface-cli download {HUB_ORG}/{name} --local-dir DIR/{name}` and pass --mt-model-dir DIR{now}"
     )
-
-
-def hub_offline() -> bool:
-    """True when Hugging Face Hub downloads are switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    import os
-
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def from_pretrained_local_first(cls, ref: str):
-    """A local folder, else the local Hugging Face cache, else (unless offline) a download."""
-    if Path(ref).is_dir():
-        return cls.from_pretrained(ref)
-    try:
-        return cls.from_pretrained(ref, local_files_only=True)
-    except Exception:
-        if hub_offline():
-            raise
-        return cls.from_pretrained(ref)
 
 
 class MarianTranslator:

@@ -231,7 +231,7 @@ class BertScorer:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from utils.backtranslation import from_pretrained_local_first
+        from models.hub import from_pretrained_local_first
 
         try:
             self.tokenizer = from_pretrained_local_first(AutoTokenizer, model_ref)

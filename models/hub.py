@@ -1,0 +1,32 @@
+"""Loading Hugging Face models: a local folder, else the local cache, else (unless offline) the Hub.
+
+One place for the lookup order shared by the caption encoder, BERTScore and MarianMT.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face Hub downloads are switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)
+
+
+def from_pretrained_local_first(cls, ref: str):
+    """``cls.from_pretrained`` from a local folder, else the local cache, else (unless offline) a download.
+
+    Errors propagate: callers turn them into one message naming the model and how to provide it.
+    """
+    if Path(ref).is_dir():
+        return cls.from_pretrained(ref)
+    try:
+        return cls.from_pretrained(ref, local_files_only=True)
+    except Exception:
+        if hub_offline():
+            raise
+        print(f"{ref!r} is not in the local Hugging Face cache; downloading it from the Hub", file=sys.stderr)
+        return cls.from_pretrained(ref)
