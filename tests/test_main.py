@@ -81,8 +81,9 @@ def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
 
     part = tmp_path / "part"
     monkeypatch.setattr(DUCHTrainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exc:  # Ctrl-C: a message saying how to resume, exit 130
         run_main(*train_args(demo_features, part, "--epochs", "4"))
+    assert exc.value.code == 130
     monkeypatch.setattr(DUCHTrainer, "train_epoch", original_epoch)
     run_dir = part / "demo_8_test_default"
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 1

@@ -120,7 +120,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         write_history(run_dir, history)
         save_checkpoint(last_path, trainer.state_payload())
 
-    run_epochs(trainer, on_epoch_end)
+    try:
+        run_epochs(trainer, on_epoch_end)
+    except KeyboardInterrupt:
+        logger.info(f"interrupted; {trainer.epoch + 1} epochs are saved in {last_path}; continue with the same command and --resume")
+        raise SystemExit(130) from None
     times = [r["time_s"] for r in history]
     logger.info(f"training done: {len(history)} epochs, median {np.median(times):.3f} s per epoch; best epoch {trainer.best_epoch + 1}")
     return test(cfg, run_dir=run_dir, data=data, device=device)
