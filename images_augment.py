@@ -96,8 +96,9 @@ def main(args: argparse.Namespace) -> Path:
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+    # channels_last: 1.4x faster on CPU (benchmarks/bench_image_encoder.py), same features to float rounding
     features = encode_images(model, loader, device, len(paths), train_mode=args.original_quirks,
-                             progress=not args.no_progress)
+                             channels_last=True, progress=not args.no_progress)
 
     write_h5(out_path, IMAGE_EMB_KEY, features, attrs={
         "dataset": ds.name,
@@ -108,6 +109,7 @@ def main(args: argparse.Namespace) -> Path:
         "original_quirks": bool(args.original_quirks),
         "network_mode": "train (batch-norm batch statistics)" if args.original_quirks else "eval",
         "normalization": "imagenet mean/std" if normalize else "none",
+        "memory_format": "channels_last",
         "batch_size": batch_size,
         "shuffled_batches": bool(args.original_quirks),
         "img_aug": img_aug,
