@@ -6,7 +6,6 @@ top level under ``augmentation_provenance``.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,17 +14,17 @@ from tqdm import tqdm
 
 from configs.datasets import DatasetInfo
 from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
+from models.text_encoder import preprocess_caption
 from utils.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_json
 
 PROVENANCE_KEY = "augmentation_provenance"
-_PUNCT_RE = re.compile(r"[.,!?]")
 
 
 def normalise(text: str) -> str:
-    """The caption as the embedder sees it (SPEC section 2): lower case, no . , ! ?, single spaces."""
-    return " ".join(_PUNCT_RE.sub(" ", text.lower()).split())
+    """The caption as the embedder sees it (``preprocess_caption``), with white space folded."""
+    return " ".join(preprocess_caption(text).split())
 
 
 def unchanged_share(data: dict, key: str) -> dict:
