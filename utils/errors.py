@@ -21,3 +21,14 @@ def exit_on_user_error(main):
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def did_you_mean(name, choices) -> str:
+    """' (did you mean X?)' for the closest valid name, or '' when none is close: for unknown-name errors."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower(), [str(c).lower() for c in choices], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    original = {str(c).lower(): str(c) for c in choices}[close[0]]
+    return f" (did you mean {original!r}?)"
