@@ -4,6 +4,7 @@ Names follow the authors' release so that their published feature files drop int
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -77,23 +78,31 @@ def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> st
     return f"caption_emb_{ds.name}_aug_{suffix}.h5"
 
 
-def image_emb_command(ds: DatasetInfo, img_aug: str) -> str:
+def _data_dir_flag(ds: DatasetInfo, data_dir: str | Path | None) -> str:
+    """`` --data-dir X`` when the user's data folder is not the dataset's default, so a fix-it command acts on it."""
+    if data_dir is None or Path(data_dir) == Path(ds.default_data_dir):
+        return ""
+    return f" --data-dir {shlex.quote(str(data_dir))}"
+
+
+def image_emb_command(ds: DatasetInfo, img_aug: str, data_dir: str | Path | None = None) -> str:
     """The command that writes an image feature file (for error messages)."""
     extra = "" if img_aug == "no_aug" else f" --img-aug {img_aug}"
-    return f"python images_augment.py --dataset {ds.key}{extra}"
+    return f"python images_augment.py --dataset {ds.key}{extra}{_data_dir_flag(ds, data_dir)}"
 
 
-def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> str:
+def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY, data_dir: str | Path | None = None) -> str:
     """The command(s) that write a caption feature file (for error messages)."""
-    embed = f"python captions_embed.py --dataset {ds.key}"
+    where = _data_dir_flag(ds, data_dir)
+    embed = f"python captions_embed.py --dataset {ds.key}{where}"
     if sentence_key == RAW_CAPTION_KEY:
         return embed
     txt_aug = TXT_AUG_BY_KEY.get(sentence_key, "rule-based")
-    return f"python captions_augment.py --dataset {ds.key} --txt-aug {txt_aug}, then {embed}"
+    return f"python captions_augment.py --dataset {ds.key} --txt-aug {txt_aug}{where}, then {embed}"
 
 
-def augmented_json_command(ds: DatasetInfo) -> str:
-    return f"python captions_augment.py --dataset {ds.key} --txt-aug rule-based"
+def augmented_json_command(ds: DatasetInfo, data_dir: str | Path | None = None) -> str:
+    return f"python captions_augment.py --dataset {ds.key} --txt-aug rule-based{_data_dir_flag(ds, data_dir)}"
 
 
 def data_path(data_dir: str | Path, name: str) -> Path:
