@@ -32,7 +32,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = TrainConfig()
     parser = RunArgumentParser(description=__doc__, add_help=add_help)
     parser.add_argument("--test", action="store_true",
-                        help="evaluate a trained run with the settings in its config.json, instead of training")
+                        help="evaluate a trained run with the settings in its config.json, instead of training (default: off)")
     parser.add_argument("--bit", type=int, default=d.bit, help="hash code length (default: %(default)s)")
     parser.add_argument("--model", default=d.model, help=f"model type, any case: {', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
@@ -105,7 +105,7 @@ def main(args: argparse.Namespace) -> dict:
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         runner.refuse(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")
-    if cfg.dataset == "demo" and args.data_dir is None and not args.test:
+    if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):  # a run's data is in its config
         from utils.demo import ensure_demo_features
         from utils.logs import setup_logger
 

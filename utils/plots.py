@@ -27,11 +27,14 @@ def _legend_below(ax, ncol: int = 3) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False, fontsize="small")
 
 
-def _save(plt, fig, path: str | Path) -> None:
+def _save(plt, fig, ax, path: str | Path) -> list[str]:
+    """Write the PNG; returns the legend's labels (what the plot shows, for tests and callers)."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
     plt.close(fig)
+    return labels
 
 
 def _chance_line(ax, metrics: dict) -> None:
@@ -47,7 +50,7 @@ def _chance_line(ax, metrics: dict) -> None:
 _STYLES = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--"), dict(marker="^", linestyle="-."), dict(marker="x", linestyle=":")]
 
 
-def plot_pr_curves(metrics: dict, path: str | Path, title: str = "") -> None:
+def plot_pr_curves(metrics: dict, path: str | Path, title: str = "") -> list[str]:
     plt, fig, ax = _figure()
     for style, (name, precision) in zip(_STYLES, metrics["precision_radius"].items()):
         ax.plot(metrics["recall_radius"][name], precision, markersize=4, label=DIRECTION_TITLES[name], **style)
@@ -56,10 +59,10 @@ def plot_pr_curves(metrics: dict, path: str | Path, title: str = "") -> None:
            title=f"PR curve over Hamming radii {title}".strip(), xlim=(0, 1), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     _legend_below(ax)
-    _save(plt, fig, path)
+    return _save(plt, fig, ax, path)
 
 
-def plot_p_at_k(metrics: dict, path: str | Path, title: str = "") -> None:
+def plot_p_at_k(metrics: dict, path: str | Path, title: str = "") -> list[str]:
     plt, fig, ax = _figure()
     for style, (name, curve) in zip(_STYLES, metrics["p@k"].items()):
         ks = [int(k) for k in curve]
@@ -68,10 +71,10 @@ def plot_p_at_k(metrics: dict, path: str | Path, title: str = "") -> None:
     ax.set(xlabel="K (top retrieved)", ylabel="precision@K", title=f"P@K {title}".strip(), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     _legend_below(ax)
-    _save(plt, fig, path)
+    return _save(plt, fig, ax, path)
 
 
-def plot_losses(history: list[dict], path: str | Path, title: str = "", weights: dict[str, float] | None = None) -> None:
+def plot_losses(history: list[dict], path: str | Path, title: str = "", weights: dict[str, float] | None = None) -> list[str]:
     """The weighted total (what the hashing networks minimise) and each weighted term of it.
 
     ``history`` holds each term unweighted and summed over the epoch; ``weights`` are alpha, beta and
@@ -101,4 +104,4 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "", weights:
            title=f"training losses {title}".strip())
     ax.grid(alpha=0.3)
     _legend_below(ax, ncol=2)
-    _save(plt, fig, path)
+    return _save(plt, fig, ax, path)
