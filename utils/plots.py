@@ -24,7 +24,7 @@ def _figure():
 
 
 def _legend_below(ax, ncol: int = 3) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False, fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=ncol, frameon=False, fontsize="small")
 
 
 def _save(plt, fig, ax, path: str | Path) -> list[str]:
@@ -75,17 +75,26 @@ def plot_p_at_k(metrics: dict, path: str | Path, title: str = "") -> list[str]:
 
 
 def plot_losses(history: list[dict], path: str | Path, title: str = "", weights: dict[str, float] | None = None) -> list[str]:
-    """The weighted total (what the hashing networks minimise) and each weighted term of it.
+    """Top: the weighted total the hashing networks minimise. Bottom: each weighted term of it (log scale).
 
     ``history`` holds each term unweighted and summed over the epoch; ``weights`` are alpha, beta and
     gamma by term (contrastive has weight 1). The discriminator's loss has its own optimiser and is not
-    part of the total: it is drawn apart.
+    part of the total: it is drawn apart, dotted. Returns the legend labels of both panels.
     """
-    plt, fig, ax = _figure()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(6.4, 7.2), sharex=True, height_ratios=(1, 1.4))
     weights = {"contrastive": 1.0, **(weights or {})}
     epochs = [h["epoch"] for h in history]
     total = np.array([h["loss"]["total"] for h in history])
-    ax.plot(epochs, total, color="black", linewidth=2.6, marker="o", markersize=3, label="total = L_c + alpha L_adv + beta L_q + gamma L_bb")
+    top.plot(epochs, total, color="black", linewidth=2, marker="o", markersize=3, label="total = L_c + alpha L_adv + beta L_q + gamma L_bb")
+    top.set(ylabel="weighted total", title=f"training losses {title}".strip())
+    top.grid(alpha=0.3)
+    top.legend(loc="best", frameon=True, fontsize="small")  # "best" places it where it covers no point
     symbols = {"contrastive": "L_c", "adversarial": "alpha L_adv", "quantization": "beta L_q", "bit_balance": "gamma L_bb"}
     for style, (term, symbol) in zip(_STYLES, symbols.items()):
         if term not in weights or term not in history[0]["loss"]:
@@ -96,12 +105,12 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "", weights:
     if "discriminator" in history[0]["loss"]:
         values = np.array([h["loss"]["discriminator"] for h in history])
         if (values > 0).any():
-            ax.plot(epochs, values, color="0.5", linewidth=1, linestyle=(0, (1, 1)), label="discriminator loss (own optimiser, not in total)")
-    from matplotlib.ticker import MaxNLocator
-
+            ax.plot(epochs, values, color="0.5", linewidth=1, linestyle=(0, (1, 1)), marker=".", label="discriminator loss (own optimiser, not in total)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch (1-based)", ylabel="loss summed over the epoch (weighted as labelled)", yscale="log",
-           title=f"training losses {title}".strip())
+    if len(set(epochs)) == 1:
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    ax.set(xlabel="epoch (1-based)", ylabel="weighted term (as labelled)", yscale="log")
     ax.grid(alpha=0.3)
     _legend_below(ax, ncol=2)
-    return _save(plt, fig, ax, path)
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    return labels + _save(plt, fig, ax, path)
