@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from configs.datasets import DATASETS
 from configs.presets import PRESETS
@@ -113,9 +114,13 @@ def main(args: argparse.Namespace) -> dict:
         encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
         if encoders:
             logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
-    if args.test:
-        return runner.test_run(cfg, typed, which=args.checkpoint)
-    return runner.train(cfg, resume=args.resume, overwrite=args.overwrite, typed=typed)
+    try:
+        if args.test:
+            return runner.test_run(cfg, typed, which=args.checkpoint)
+        return runner.train(cfg, resume=args.resume, overwrite=args.overwrite, typed=typed)
+    except KeyboardInterrupt:  # outside the epochs (which say how to resume): one line, no traceback
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

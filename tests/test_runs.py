@@ -329,3 +329,30 @@ def test_help_shows_purpose_and_defaults():
     for action in main.get_args_parser()._actions:
         if action.dest != "help":
             assert "default" in (action.help or ""), action.dest
+
+
+def test_test_refuses_when_the_runs_files_resolve_elsewhere(demo_features, tmp_path, monkeypatch, capsys):
+    data = _copy_features(demo_features, tmp_path / "data")
+    (data / "mine.h5").write_bytes((data / "image_emb_DEMO_aug_aug_center.h5").read_bytes())
+    monkeypatch.chdir(data)  # a relative --img-aug-emb found in the working folder
+    argv = train_args(data, tmp_path / "o", "--epochs", "1", "--img-aug-emb", "mine.h5")
+    run_main(*argv)
+    monkeypatch.chdir(tmp_path)  # now the same name means <data-dir>/mine.h5 ... which is the same file
+    run_main(*argv, "--test")
+    (data / "other").mkdir()
+    (data / "other" / "mine.h5").write_bytes((data / "mine.h5").read_bytes())
+    monkeypatch.chdir(data / "other")  # and here another file of that name
+    expect_error(capsys, *argv, "--test", match="now resolve to other files (image_aug:")
+
+
+def test_interrupt_before_the_first_epoch_leaves_nothing(demo_features, tmp_path, monkeypatch, capsys):
+    from utils import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "RunData", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        run_main(*train_args(demo_features, tmp_path / "o"))
+    assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -26,7 +26,8 @@ class FeatureFiles:
     caption_aug: Path
 
     def to_json(self) -> dict:
-        return {k: str(v) for k, v in self.__dict__.items()}
+        """Absolute paths: a run's record says which files it read, whatever the working folder."""
+        return {k: str(Path(v).resolve()) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -140,7 +141,8 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
             f"(half train, then 20 % of the rest as queries and the others as the database)"
         )
     labels = image_labels(data, ds, paths.dataset_json)
-    n_classes = int(data.get("num_classes", labels.max() + 1))
+    n_classes = data.get("num_classes")
+    n_classes = n_classes if isinstance(n_classes, int) and not isinstance(n_classes, bool) else int(labels.max()) + 1
     img_hint = files.image_emb_command(ds, BASE_IMAGE_SET, data_dir)
     image = _load_checked(paths.image, files.IMAGE_EMB_KEY, n, None, img_hint, "image feature")
     image_aug = _load_checked(

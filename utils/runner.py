@@ -217,6 +217,18 @@ def _clear_run_outputs(run_dir: Path) -> None:
                 path.unlink()
 
 
+FEATURE_FILE_KEYS = ("image", "image_aug", "caption", "caption_aug")
+
+
+def _check_same_files(saved: dict, now: dict, flag: str) -> None:
+    """The feature files a bound run resolves to must be the ones it was trained on (the JSON may have
+    gained augmented captions since: its labels and raw captions are the same)."""
+    changed = [k for k in FEATURE_FILE_KEYS if k in saved and k in now and Path(saved[k]).resolve() != Path(now[k]).resolve()]
+    if changed:
+        detail = "; ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
+        raise DUCHError(f"{flag}: the run's feature files now resolve to other files ({detail}); run it from the folder it was trained in")
+
+
 def _check_widths(payload: dict, data: RunData, ckpt_path: Path) -> None:
     widths = data.features.widths
     if (payload["image_dim"], payload["caption_dim"]) != (widths["image"], widths["caption"]):
@@ -287,7 +299,10 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None) -> dict:
     logger = setup_logger(run_dir / "train.log")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    saved_files = dict(cfg.files)
     data = RunData(cfg, device)
+    if saved is not None:
+        _check_same_files(saved_files, cfg.files, "--resume")
     warnings = run_warnings(cfg, data)
     trainer = DUCHTrainer(cfg, data.train_views, data.query, data.db, device)
     history: list[dict] = []
@@ -391,7 +406,9 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
                         f"the checkpoint does not belong to this run folder")
     if data is None:
         seed_everything(cfg.seed)
+        saved_files = dict(cfg.files)
         data = RunData(cfg, device)
+        _check_same_files(saved_files, cfg.files, "--test")
         warnings = run_warnings(cfg, data)
         _log_warnings(logger, warnings)
         write_json(run_dir / f"test_config{suffix}.json", _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
