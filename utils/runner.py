@@ -60,10 +60,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise DUCHError(f"--tau must be positive, got {cfg.tau}")
 
 
-def check_data_dir(cfg: TrainConfig) -> None:
+def check_data_dir(cfg: TrainConfig, source: str = "--data-dir") -> None:
     """A mistyped --data-dir is reported, never created."""
     if not Path(cfg.data_dir).is_dir():
-        raise DUCHError(f"data folder {cfg.data_dir} does not exist (--data-dir); it holds the dataset JSON and the feature files")
+        raise DUCHError(f"data folder {cfg.data_dir} does not exist ({source}); it holds the dataset JSON and the feature files")
 
 
 def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, typed
             refuse(f"--resume: no {LAST_NAME} in {run_dir} to continue from")
         saved = read_run_config(run_dir, "--resume")
         cfg = bind_to_run(cfg, set(typed), saved, run_dir, "resume")
-    check_data_dir(cfg)
+    check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}" if resume else "--data-dir")
     out_created, run_created = not Path(cfg.out_dir).exists(), not run_dir.exists()
     check_writable_dir(run_dir, "run folder")
     if overwrite:
@@ -383,7 +383,7 @@ def test_run(cfg: TrainConfig, typed: set[str] | frozenset = frozenset(), which:
     run_dir = run_dir_of(cfg)
     _checkpoint_path(cfg, run_dir, which)
     cfg = bind_to_run(cfg, set(typed), read_run_config(run_dir, "--test"), run_dir, "test")
-    check_data_dir(cfg)
+    check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}")
     return test(cfg, run_dir=run_dir, which=which)
 
 
