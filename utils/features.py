@@ -14,7 +14,6 @@ from utils.errors import DUCHError
 from utils.io import read_h5, read_h5_attrs, read_json
 
 MIN_IMAGES = 10  # fewer leave an empty query set (20 % of the half not trained on) and NaN metrics
-DEMO_ENCODERS_FILE = "demo_encoders.json"  # written by utils/demo.py beside the demo's features
 
 
 @dataclass
@@ -107,10 +106,12 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
     initialisation)" for ``--weights none``), a ``random_weights`` attribute, and for caption files made
     by the offline demo, its ``demo_encoders.json`` record of a random text model.
     """
+    from utils.demo import ENCODERS_FILE  # here: utils.demo imports this module
+
     attrs = read_h5_attrs(path, key)
     weights = str(attrs.get("weights", ""))
     random = weights.startswith("none") or bool(attrs.get("random_weights", False))
-    encoders_path = path.parent / DEMO_ENCODERS_FILE
+    encoders_path = path.parent / ENCODERS_FILE
     if not random and "model" in attrs and encoders_path.is_file():
         encoders = read_json(encoders_path, "demo encoder record")
         random = (

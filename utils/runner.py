@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, typed
     try:
         return _train(cfg, run_dir, saved)
     except BaseException:
-        if run_created and not last_path.exists():  # nothing to resume: leave no empty run folder
+        if (run_created or overwrite) and not last_path.exists():  # nothing to resume: leave no empty run folder
             close_log_files()
             shutil.rmtree(run_dir, ignore_errors=True)
             if out_created:
