@@ -356,3 +356,12 @@ def test_interrupt_before_the_first_epoch_leaves_nothing(demo_features, tmp_path
         run_main(*train_args(demo_features, tmp_path / "o"))
     assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_overwrite_with_bad_data_keeps_the_old_run(demo_features, tmp_path, capsys):
+    data = _copy_features(demo_features, tmp_path / "data")
+    out = tmp_path / "runs"
+    run_main(*train_args(data, out, "--epochs", "1"))
+    (data / "caption_emb_DEMO_aug.h5").unlink()
+    expect_error(capsys, *train_args(data, out, "--epochs", "1", "--overwrite"), match="caption_emb_DEMO_aug.h5")
+    assert (out / RUN / "checkpoint_best.pt").is_file() and (out / RUN / "metrics.json").is_file()

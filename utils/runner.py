@@ -268,10 +268,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, typed
     check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}" if resume else "--data-dir")
     out_created, run_created = not Path(cfg.out_dir).exists(), not run_dir.exists()
     check_writable_dir(run_dir, "run folder")
-    if overwrite:
-        _clear_run_outputs(run_dir)
     try:
-        return _train(cfg, run_dir, saved)
+        return _train(cfg, run_dir, saved, overwrite)
     except BaseException:
         if (run_created or overwrite) and not last_path.exists():  # nothing to resume: leave no empty run folder
             close_log_files()
@@ -294,15 +292,17 @@ def _epoch_line(cfg: TrainConfig, record: dict) -> str:
     )
 
 
-def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool) -> dict:
     last_path = run_dir / LAST_NAME
-    logger = setup_logger(run_dir / "train.log")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     saved_files = dict(cfg.files)
-    data = RunData(cfg, device)
+    data = RunData(cfg, device)  # before --overwrite deletes anything: bad data leaves the old run intact
     if saved is not None:
         _check_same_files(saved_files, cfg.files, "--resume")
+    if overwrite:
+        _clear_run_outputs(run_dir)
+    logger = setup_logger(run_dir / "train.log")
     warnings = run_warnings(cfg, data)
     trainer = DUCHTrainer(cfg, data.train_views, data.query, data.db, device)
     history: list[dict] = []
