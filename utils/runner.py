@@ -160,7 +160,7 @@ def _norm(value):
 
 
 def _same_setting(key: str, typed, saved) -> bool:
-    if key == "data_dir":
+    if key in ("data_dir", "img_aug_emb") and typed is not None and saved is not None:  # one folder, two spellings
         return str(typed) == str(saved) or Path(typed).resolve() == Path(saved).resolve()
     return _norm(typed) == _norm(saved)
 

@@ -161,7 +161,10 @@ class DUCHTrainer:
 
 
 def run_epochs(trainer: DUCHTrainer, on_epoch_end) -> None:
-    """Train from the epoch after the last finished one; ``on_epoch_end(epoch, record)`` saves state."""
+    """Train from the epoch after the last finished one; ``on_epoch_end(epoch, record)`` saves state.
+
+    ``epoch`` counts from 0 (the original's schedule tests it); ``record["epoch"]`` is 1-based, as users read it.
+    """
     cfg = trainer.cfg
     epochs = range(trainer.epoch + 1, cfg.epochs)
     bar = tqdm(epochs, desc="train", unit="epoch", initial=trainer.epoch + 1, total=cfg.epochs, dynamic_ncols=True)
