@@ -223,7 +223,7 @@ def test_demo_random_text_encoder_is_read_from_its_record(tmp_path):
     assert "RANDOM weights" in random_encoder_warning(path, "caption_emb")
 
 
-def test_bit_below_eight_warns(seeded_run):
+def test_bit_below_eight_warns():
     from utils.runner import run_warnings
 
     class Data:  # only what run_warnings reads
