@@ -1,10 +1,29 @@
 """Finding and loading the dataset's images, and the Dataset that feeds them to the encoder."""
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from utils.errors import DUCHError
+
+# PIL's own default (about 89 megapixels): larger images are refused as possible decompression bombs
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+# How images that are not 8 bits per sample become the encoder's 8-bit RGB input (recorded in the
+# feature file's provenance when such an image is met). Deterministic, per pixel, never a clipped white.
+HIGH_BIT_DEPTH_RULE = (
+    "16-bit integer images (PIL modes I;16*, and I with values in 0..65535) are scaled by their type's range: "
+    "round(v * 255 / 65535); floating-point images (mode F) must hold values in [0, 1] and are scaled by 255; "
+    "multi-band 16-bit TIFFs are read as Pillow reads them (the high byte of each sample: the same scale); "
+    "single-band images are replicated to RGB; of 4-band RGBA/RGBX images (e.g. RGB + near infrared) the first three "
+    "bands are used"
+)
+_UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 
 def find_image(image_dir: Path, filename: str, classname: str | None = None) -> Path:
@@ -27,27 +46,102 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     return [find_image(image_dir, entry["filename"], entry.get("classname")) for entry in images]
 
 
-def load_image(path: str | Path):
-    """The image as an RGB PIL image; an unreadable file is a clear error."""
-    from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+    """``PIL.Image.open`` with every failure as one DUCHError naming the file.
 
+    Images above ``max_pixels`` (0 or None: no limit) are refused, as PIL refuses decompression bombs.
+    """
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels or None
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DUCHError(f"cannot read image {path}: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse from 1x the limit, not 2x
+            try:
+                with Image.open(path) as image:
+                    yield image
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+                raise DUCHError(
+                    f"image {path} is too large to be read safely ({err}); if you trust the file, pass "
+                    f"--max-image-pixels with a larger limit (0: no limit)"
+                ) from None
+            except _UNREADABLE as err:
+                raise DUCHError(f"cannot read image {path}: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
-def check_images_readable(paths: Sequence[Path]) -> None:
-    """Cheap header check of every image before the long work (decoding errors are still caught later)."""
-    from PIL import Image, UnidentifiedImageError
+def describe_image(image) -> str:
+    """The pixel format, as recorded in provenance: the PIL mode, and a TIFF's real bits per sample."""
+    bits = getattr(image, "tag_v2", {}).get(258) if hasattr(image, "tag_v2") else None
+    bits = max(bits) if isinstance(bits, (tuple, list)) and bits else bits
+    if isinstance(bits, int) and bits > 8 and image.mode in ("RGB", "RGBA", "RGBX", "CMYK", "L", "LA"):
+        return f"{image.mode} ({bits}-bit TIFF read as 8 bits: high byte)"
+    return image.mode
 
-    for path in paths:
+
+def is_high_bit_depth(description: str) -> bool:
+    return description.startswith(("I", "F")) or "-bit TIFF" in description
+
+
+def to_rgb8(image, path: str | Path = "image"):
+    """The image as 8-bit RGB for the transforms, by ``HIGH_BIT_DEPTH_RULE``; unconvertible ones are refused."""
+    from PIL import Image
+
+    if not image.mode.startswith(("I", "F")):
+        return image.convert("RGB")  # 8-bit modes as PIL converts them (RGBA, RGBX: the first three bands)
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise DUCHError(
+                f"image {path} is a floating-point image with values in [{np.nanmin(values):g}, {np.nanmax(values):g}]; "
+                f"only values in [0, 1] are converted (scaled by 255): rescale it, or save it as 8- or 16-bit"
+            )
+        scaled = values.astype(np.float64) * 255.0
+    else:
+        if values.min() < 0 or values.max() > 65535:
+            raise DUCHError(
+                f"image {path} is a {image.mode} image with values in [{values.min()}, {values.max()}], outside the "
+                f"16-bit range 0..65535 that is converted (scaled by 255/65535): save it as 8- or 16-bit"
+            )
+        scaled = values.astype(np.float64) * (255.0 / 65535.0)
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+    """The image as an 8-bit RGB PIL image (``to_rgb8``); an unreadable or too large file is a clear error."""
+    with _opened(path, max_pixels) as image:
         try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            image.load()
+        except _UNREADABLE as err:
             raise DUCHError(f"cannot read image {path}: {err}") from None
+        return to_rgb8(image, path)
+
+
+def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Counter:
+    """Cheap header check of every image before the long work; returns how many images of each format.
+
+    Decoding errors are still caught later, while encoding.
+    """
+    formats: Counter = Counter()
+    for path in paths:
+        with _opened(path, max_pixels) as image:
+            formats[describe_image(image)] += 1
+    return formats
+
+
+def original_image_order(num_images: int, seed: int = 42) -> np.ndarray:
+    """The original's encoding order: ``np.random.seed(seed); np.random.permutation(num_images)``."""
+    return np.random.RandomState(seed).permutation(num_images)
+
+
+def consecutive_batches(order: Iterable[int], batch_size: int) -> list[list[int]]:
+    """``order`` cut into consecutive batches (the original's DataLoader with ``shuffle=False``)."""
+    order = [int(i) for i in order]
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 class ImageDataset:
@@ -57,9 +151,10 @@ class ImageDataset:
     ends as one clear message in the main process (see ``collate_or_error``).
     """
 
-    def __init__(self, paths: Sequence[Path], transform: Callable):
+    def __init__(self, paths: Sequence[Path], transform: Callable, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         self.paths = list(paths)
         self.transform = transform  # (PIL image, index) -> tensor
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -69,7 +164,7 @@ class ImageDataset:
 
         path = self.paths[index]
         try:
-            image = load_image(path)
+            image = load_image(path, self.max_pixels)
         except DUCHError as err:
             return torch.empty(0), index, str(err)
         try:
