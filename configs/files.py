@@ -145,8 +145,8 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path) -> str:
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
     if settings is None:
-        return (f"images_augment.py writes image_emb_{ds.name}_aug_<set>.h5 files, not {Path(path).name}; "
-                f"check the --img-aug-emb path")
+        return (f"python images_augment.py --dataset {ds.key} --img-aug <set> (which writes "
+                f"image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
     return image_emb_command(ds, **settings)
 
 

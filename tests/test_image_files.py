@@ -120,7 +120,7 @@ def test_img_aug_emb_hint_names_the_command_for_that_file():
         "python images_augment.py --dataset ucm --img-aug rotation_cc --rot-deg -20 -10"
     assert files.image_emb_command_for_file(UCM, "image_emb_UCM_aug_jitter_cc_1.0.h5").endswith("--jit-str 1.0")
     other = files.image_emb_command_for_file(UCM, "/x/my_features.h5")
-    assert "my_features.h5" in other and "--img-aug-emb" in other and "python images_augment.py" not in other
+    assert "my_features.h5" in other and "--img-aug-emb" in other and "--img-aug <set>" in other
     assert "--img-aug-emb" in files.image_emb_command_for_file(UCM, "image_emb_UCM_aug_mirror.h5")
 
 
@@ -292,3 +292,14 @@ def test_help_shows_purpose_and_defaults(capsys):
     for default in ("(default: ucm)", "(default: no_aug)", "(default: [200, 200])", "(default: [-10, -5])",
                     "(default: 0.5)", "(default: 42)", "(default: imagenet)"):
         assert default in text
+
+
+def test_missing_img_aug_emb_file_names_the_command_that_makes_it(demo_features):
+    from utils.features import load_features, resolve_files
+
+    for name, hint in [("image_emb_DEMO_aug_rotation_cc_-20_-10.h5", "--img-aug rotation_cc --rot-deg -20 -10"),
+                       ("mine.h5", "check the --img-aug-emb path")]:
+        paths = resolve_files(DEMO, demo_features, "default", name)
+        with pytest.raises(DUCHError) as exc:
+            load_features(DEMO, paths, "default")
+        assert name in str(exc.value) and hint in str(exc.value)
