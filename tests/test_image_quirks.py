@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import warnings
 
 import h5py
 import numpy as np
@@ -175,16 +174,3 @@ def test_each_img_random_quirk_run_uses_those_choices(data_dir, weights_file, sm
         for start in range(0, N_IMAGES, BATCH):
             rows = perm[start:start + BATCH]
             np.testing.assert_allclose(features[rows], model(inputs[rows]).numpy(), rtol=1e-4, atol=1e-4)
-
-
-def test_default_mode_rows_do_not_depend_on_batches(data_dir, weights_file, tmp_path):
-    # eval mode: the paper's default is independent of batch size and order
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        args = ["--dataset", "demo", "--data-dir", str(data_dir), "--weights", str(weights_file),
-                "--num-workers", "0", "--no-progress", "--overwrite", "--img-aug", "center_crop_only"]
-        out = images_augment.main(images_augment.get_args_parser().parse_args(args + ["--batch-size", "4"]))
-        a = read_h5(out, IMAGE_EMB_KEY)
-        out = images_augment.main(images_augment.get_args_parser().parse_args(args + ["--batch-size", "1"]))
-        b = read_h5(out, IMAGE_EMB_KEY)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
