@@ -21,13 +21,20 @@ DEFAULT_BATCH_SIZE = 64
 PARTIAL_SAVE_EVERY_S = 60.0  # progress of a long run is saved this often (and when it is interrupted)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except where the help text already says what an unset flag means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from utils.image_transforms import IMAGE_AUG_SETS
     from utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
     parser = argparse.ArgumentParser(
         description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=add_help,
+        formatter_class=_HelpFormatter, add_help=add_help,
     )
     parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME", help=f"one of: {', '.join(DATASETS)}")
     parser.add_argument("--img-aug", default="no_aug", metavar="IMG_AUG_SET",
