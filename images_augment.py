@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 from configs.datasets import DATASETS, get_dataset
@@ -92,7 +93,7 @@ def _load_partial(path: Path, fingerprint: str, num_images: int):
                 print(f"note: {path} was made with other settings; starting afresh", file=sys.stderr)
                 return None
             return saved["features"].copy(), saved["filled"].copy()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         print(f"note: {path} is unreadable; starting afresh", file=sys.stderr)
         return None
 
@@ -207,7 +208,7 @@ def _main(args: argparse.Namespace) -> Path:
 
     try:
         features = encode_image_files(
-            paths, model, transform, device, batches=batches, train_mode=quirks, num_workers=args.num_workers,
+            model, transform, paths, device, num_workers=args.num_workers, batches=batches, train_mode=quirks,
             channels_last=True, progress=not args.no_progress, max_pixels=args.max_image_pixels,
             features=features, filled=filled, on_batch=on_batch,
         )

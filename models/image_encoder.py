@@ -141,9 +141,9 @@ def encode_images(model, loader, device, num_images: int, train_mode: bool = Fal
     return features
 
 
-def encode_image_files(paths, model, transform, device="cpu", batch_size: int = 64, batches=None,
-                       train_mode: bool = False, num_workers: int = 0, channels_last: bool = True,
-                       progress: bool = False, max_pixels: int | None = None, features: np.ndarray | None = None,
+def encode_image_files(model, transform, paths, device="cpu", batch_size: int = 64, num_workers: int = 0, *,
+                       batches=None, train_mode: bool = False, channels_last: bool = True, progress: bool = False,
+                       max_pixels: int | None = None, features: np.ndarray | None = None,
                        filled: np.ndarray | None = None, on_batch=None) -> np.ndarray:
     """Features (len(paths), 512) of image files, rows in the order of ``paths``: the one encoding entry point.
 
@@ -158,6 +158,8 @@ def encode_image_files(paths, model, transform, device="cpu", batch_size: int = 
 
     device = torch.device(device)
     n = len(paths)
+    if n == 0:
+        return np.zeros((0, FEATURE_DIM), np.float32)
     if batches is None:
         batches = consecutive_batches(range(n), batch_size)
     if filled is not None:

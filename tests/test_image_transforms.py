@@ -17,6 +17,7 @@ from PIL import Image
 
 import images_augment
 from configs.files import IMAGE_EMB_KEY
+from models.image_encoder import build_image_encoder, encode_image_files
 from utils.demo_data import make_demo_dataset
 from utils.image_transforms import EACH_IMG_RANDOM_CHOICES, AugParams, SeededTransform, build_transform
 from utils.io import read_h5
@@ -231,3 +232,11 @@ def test_features_equal_an_independent_resnet18_forward(tmp_path):
         expected = h.mean(dim=(2, 3))[0].numpy()
     np.testing.assert_allclose(features[2], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(features[1], expected, atol=1e-3)
+
+    # the importable entry point (search.py encodes new images with it) gives the same rows
+    paths = [data_dir / "images" / e["filename"] for e in json.loads((data_dir / "DEMO.json").read_text())["images"]]
+    model, _ = build_image_encoder(str(weights))
+    again = encode_image_files(model, SeededTransform("center_crop_only", normalize=True, seed=42), paths[1:3],
+                               "cpu", batch_size=1)
+    np.testing.assert_allclose(again, features[1:3], rtol=1e-5, atol=1e-6)
+    assert encode_image_files(model, None, [], "cpu").shape == (0, 512)
