@@ -300,3 +300,11 @@ def test_missing_img_aug_emb_file_names_the_command_that_makes_it(demo_features)
         with pytest.raises(DUCHError) as exc:
             load_features(DEMO, paths, "default")
         assert name in str(exc.value) and hint in str(exc.value)
+
+
+def test_bad_flags_are_one_line_before_any_work(demo_dir, tmp_path, capsys):
+    err = run_error(capsys, demo_dir, "--img-aug", "jitter_cc", "--jit-str", "3")  # hue 0.6 > 0.5: torchvision refuses
+    assert "--jit-str" in err and "2.5" in err
+    missing = tmp_path / "mistyped"
+    err = run_error(capsys, missing)
+    assert str(missing / "DEMO.json") in err and not missing.exists()  # a mistyped --data-dir is not created
