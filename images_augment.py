@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"images per batch (default: {DEFAULT_BATCH_SIZE}; with --original-quirks the "
-                             "original's 525 for UCM, 500 for RSICD)")
+                             "original's 525 for UCM, 500 for RSICD; 150 for the demo)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loading worker processes (0: load in the main process)")
     parser.add_argument("--seed", type=int, default=42,
