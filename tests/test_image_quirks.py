@@ -174,3 +174,28 @@ def test_each_img_random_quirk_run_uses_those_choices(data_dir, weights_file, sm
         for start in range(0, N_IMAGES, BATCH):
             rows = perm[start:start + BATCH]
             np.testing.assert_allclose(features[rows], model(inputs[rows]).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_interrupted_quirk_run_resumes_with_the_same_batches(data_dir, weights_file, small_batches, tmp_path,
+                                                             monkeypatch):
+    import shutil
+
+    from utils.images import ImageDataset
+
+    clean, _ = run(data_dir, weights_file, "--img-aug", "center_crop_only")
+    other = shutil.copytree(data_dir, tmp_path / "other", ignore=shutil.ignore_patterns("*.h5", ".*"))
+    original_getitem, calls = ImageDataset.__getitem__, []
+
+    def interrupt_in_second_batch(self, index):
+        calls.append(index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_getitem(self, index)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", interrupt_in_second_batch)
+    with pytest.raises(SystemExit) as exc:
+        run(other, weights_file, "--img-aug", "center_crop_only")
+    assert exc.value.code == 130
+    monkeypatch.setattr(ImageDataset, "__getitem__", original_getitem)
+    resumed, _ = run(other, weights_file, "--img-aug", "center_crop_only")
+    np.testing.assert_allclose(resumed, clean, rtol=1e-6, atol=1e-6)  # batches [5 2] and [4 3] as before
