@@ -68,6 +68,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="seed of the random transforms, of --weights none and of the original's encoding order")
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="refuse larger images (PIL's decompression-bomb limit); 0: no limit")
+    parser.add_argument("--bit-depth", type=int, default=16, metavar="BITS",
+                        help="significant bits of 16-bit images, e.g. 12 for 12-bit sensor data stored in 16-bit "
+                             "files: they are scaled to 8 bits by 255 / (2^BITS - 1); 8-bit images are unaffected")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--original-quirks", action="store_true",
                         help="reproduce the original release: its encoding order and batches, network in training "
@@ -123,7 +126,7 @@ def _main(args: argparse.Namespace) -> Path:
     from utils.dataset_json import load_dataset_json
     from utils.image_transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, SeededTransform,
                                         check_image_aug_set, original_each_img_random_choices)
-    from utils.images import (HIGH_BIT_DEPTH_RULE, check_images_readable, consecutive_batches, find_images,
+    from utils.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
                               is_high_bit_depth, original_image_order)
     from utils.io import check_writable_dir, refuse_overwrite, write_h5
     from utils.runtime import resolve_device, seed_everything, versions
@@ -136,6 +139,8 @@ def _main(args: argparse.Namespace) -> Path:
     batch_size = args.batch_size or (ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE)
     if batch_size < 1 or args.num_workers < 0 or args.max_image_pixels < 0:
         raise DUCHError("--batch-size must be >= 1, --num-workers >= 0 and --max-image-pixels >= 0")
+    if not 9 <= args.bit_depth <= 16:
+        raise DUCHError(f"--bit-depth is the significant bits of 16-bit images: 9..16, got {args.bit_depth}")
     data_dir = Path(args.data_dir or ds.default_data_dir)
     image_dir = Path(args.image_dir) if args.image_dir else data_dir / ds.image_dir
     out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str)
@@ -144,11 +149,11 @@ def _main(args: argparse.Namespace) -> Path:
     data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}")
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
-    formats = check_images_readable(paths, args.max_image_pixels)
+    formats = check_images_readable(paths, args.max_image_pixels, args.bit_depth)
     high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
     if high_bit_depth:
         print(f"note: {high_bit_depth} images are not 8-bit ({', '.join(sorted(f for f in formats if is_high_bit_depth(f)))}); "
-              f"converted to 8 bits as documented: {HIGH_BIT_DEPTH_RULE}", file=sys.stderr)
+              f"converted to 8 bits as documented: {high_bit_depth_rule(args.bit_depth)}", file=sys.stderr)
     device = resolve_device(args.device)
 
     # the order of work: the original's permutation and batches in quirk mode (its training-mode batch
@@ -185,7 +190,7 @@ def _main(args: argparse.Namespace) -> Path:
         "resize": list(OUTPUT_SIZE),
         "seed": args.seed,
         "image_formats": dict(formats),
-        "high_bit_depth_conversion": HIGH_BIT_DEPTH_RULE if high_bit_depth else "none needed (8-bit images)",
+        "high_bit_depth_conversion": high_bit_depth_rule(args.bit_depth) if high_bit_depth else "none needed (8-bit images)",
         "synthetic_dataset": bool(ds.synthetic or data.get("synthetic", False)),
         "versions": versions(),
     }
@@ -209,7 +214,7 @@ def _main(args: argparse.Namespace) -> Path:
     try:
         features = encode_image_files(
             model, transform, paths, device, num_workers=args.num_workers, batches=batches, train_mode=quirks,
-            channels_last=True, progress=not args.no_progress, max_pixels=args.max_image_pixels,
+            channels_last=True, progress=not args.no_progress, max_pixels=args.max_image_pixels, bit_depth=args.bit_depth,
             features=features, filled=filled, on_batch=on_batch,
         )
     except BaseException as err:  # Ctrl-C or a bad image: keep what was encoded, for the rerun

@@ -183,6 +183,23 @@ def test_16_bit_and_float_images_are_scaled_not_white(tmp_path):
     np.testing.assert_array_equal(dark, np.rint(twelve.astype(np.float64) * 255 / 65535).astype(np.uint8))
 
 
+def test_bit_depth_of_the_data(demo_dir, tmp_path, capsys):
+    twelve = gray8().astype(np.uint16) * 16  # 12-bit sensor data in a 16-bit file
+    Image.fromarray(twelve).save(tmp_path / "twelve.png")
+    converted = np.asarray(load_image(tmp_path / "twelve.png", bit_depth=12))[..., 0]
+    np.testing.assert_array_equal(converted, np.rint(twelve.astype(np.float64) * 255 / 4095).astype(np.uint8))
+    assert converted.max() >= 250  # the full 8-bit range, not a dark image
+    Image.fromarray(np.full((8, 8), 5000, np.uint16)).save(tmp_path / "thirteen.png")
+    with pytest.raises(DUCHError, match=r"thirteen\.png.*0\.\.4095.*--bit-depth"):
+        load_image(tmp_path / "thirteen.png", bit_depth=12)
+    # a multi-band 16-bit TIFF reaches us as 8 bits: --bit-depth cannot apply, said before any work
+    data_dir = copy(demo_dir, tmp_path)
+    write_tiff(data_dir / "images" / "1.png", np.full((16, 16, 3), 4000, np.uint16))
+    err = run_error(capsys, data_dir, "--bit-depth", "12")
+    assert str(data_dir / "images" / "1.png") in err and "--bit-depth" in err
+    assert "--bit-depth" in run_error(capsys, data_dir, "--bit-depth", "20")
+
+
 def test_multi_band_images(tmp_path):
     rng = np.random.default_rng(1)
     rgbn = rng.integers(0, 256, (40, 50, 4), dtype=np.uint8)

@@ -14,15 +14,25 @@ from utils.errors import DUCHError
 # PIL's own default (about 89 megapixels): larger images are refused as possible decompression bombs
 DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
-# How images that are not 8 bits per sample become the encoder's 8-bit RGB input (recorded in the
-# feature file's provenance when such an image is met). Deterministic, per pixel, never a clipped white.
-HIGH_BIT_DEPTH_RULE = (
-    "16-bit integer images (PIL modes I;16*, and I with values in 0..65535) are scaled by their type's range: "
-    "round(v * 255 / 65535); floating-point images (mode F) must hold values in [0, 1] and are scaled by 255; "
-    "multi-band 16-bit TIFFs are read as Pillow reads them (the high byte of each sample: the same scale); "
-    "single-band images are replicated to RGB; of 4-band RGBA/RGBX images (e.g. RGB + near infrared) the first three "
-    "bands are used"
-)
+
+def high_bit_depth_rule(bit_depth: int = 16) -> str:
+    """How images that are not 8 bits per sample become the encoder's 8-bit RGB input.
+
+    Deterministic, per pixel, never a clipped white; recorded in the feature file's provenance.
+    ``bit_depth``: the significant bits of 16-bit images (e.g. 12 for 12-bit sensor data in 16-bit files).
+    """
+    top = 2 ** bit_depth - 1
+    return (
+        f"16-bit integer images (PIL modes I;16*, and I) hold {bit_depth}-bit values 0..{top} and are scaled by "
+        f"that range: round(v * 255 / {top}) (larger values are refused; --bit-depth sets the bits); "
+        "floating-point images (mode F) must hold values in [0, 1] and are scaled by 255; "
+        "multi-band 16-bit TIFFs are read as Pillow reads them (the high byte of each sample, i.e. 16 bits scaled "
+        "to 8); single-band images are replicated to RGB; of 4-band RGBA/RGBX images (e.g. RGB + near infrared) "
+        "the first three bands are used"
+    )
+
+
+HIGH_BIT_DEPTH_RULE = high_bit_depth_rule(16)
 _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 
@@ -86,8 +96,8 @@ def is_high_bit_depth(description: str) -> bool:
     return description.startswith(("I", "F")) or "-bit TIFF" in description
 
 
-def to_rgb8(image, path: str | Path = "image"):
-    """The image as 8-bit RGB for the transforms, by ``HIGH_BIT_DEPTH_RULE``; unconvertible ones are refused."""
+def to_rgb8(image, path: str | Path = "image", bit_depth: int = 16):
+    """The image as 8-bit RGB for the transforms, by ``high_bit_depth_rule``; unconvertible ones are refused."""
     from PIL import Image
 
     if not image.mode.startswith(("I", "F")):
@@ -101,27 +111,31 @@ def to_rgb8(image, path: str | Path = "image"):
             )
         scaled = values.astype(np.float64) * 255.0
     else:
-        if values.min() < 0 or values.max() > 65535:
+        top = 2 ** bit_depth - 1
+        if values.min() < 0 or values.max() > top:
+            more = " (pass --bit-depth with the real bit depth of the data)" if values.max() <= 65535 and \
+                values.min() >= 0 else ": save it as 8- or 16-bit"
             raise DUCHError(
                 f"image {path} is a {image.mode} image with values in [{values.min()}, {values.max()}], outside the "
-                f"16-bit range 0..65535 that is converted (scaled by 255/65535): save it as 8- or 16-bit"
+                f"{bit_depth}-bit range 0..{top} that is converted (scaled by 255/{top}){more}"
             )
-        scaled = values.astype(np.float64) * (255.0 / 65535.0)
+        scaled = values.astype(np.float64) * (255.0 / top)
     gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return Image.fromarray(gray, "L").convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, bit_depth: int = 16):
     """The image as an 8-bit RGB PIL image (``to_rgb8``); an unreadable or too large file is a clear error."""
     with _opened(path, max_pixels) as image:
         try:
             image.load()
         except _UNREADABLE as err:
             raise DUCHError(f"cannot read image {path}: {err}") from None
-        return to_rgb8(image, path)
+        return to_rgb8(image, path, bit_depth)
 
 
-def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Counter:
+def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                          bit_depth: int = 16) -> Counter:
     """Cheap header check of every image before the long work; returns how many images of each format.
 
     Decoding errors are still caught later, while encoding.
@@ -129,7 +143,13 @@ def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAUL
     formats: Counter = Counter()
     for path in paths:
         with _opened(path, max_pixels) as image:
-            formats[describe_image(image)] += 1
+            description = describe_image(image)
+        if bit_depth < 16 and "-bit TIFF" in description:
+            raise DUCHError(
+                f"image {path} is a multi-band 16-bit TIFF, which Pillow reads only to 8 bits (the high byte), so "
+                f"--bit-depth {bit_depth} cannot apply to it; convert it to 8 bits per sample, or use --bit-depth 16"
+            )
+        formats[description] += 1
     return formats
 
 
@@ -151,10 +171,11 @@ class ImageDataset:
     ends as one clear message in the main process (see ``collate_or_error``).
     """
 
-    def __init__(self, paths: Sequence[Path], transform: Callable, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(self, paths: Sequence[Path], transform: Callable, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 bit_depth: int = 16):
         self.paths = list(paths)
         self.transform = transform  # (PIL image, index) -> tensor
-        self.max_pixels = max_pixels
+        self.max_pixels, self.bit_depth = max_pixels, bit_depth
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,7 +185,7 @@ class ImageDataset:
 
         path = self.paths[index]
         try:
-            image = load_image(path, self.max_pixels)
+            image = load_image(path, self.max_pixels, self.bit_depth)
         except DUCHError as err:
             return torch.empty(0), index, str(err)
         try:
