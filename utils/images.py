@@ -85,7 +85,7 @@ def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS)
 
 def describe_image(image) -> str:
     """The pixel format, as recorded in provenance: the PIL mode, and a TIFF's real bits per sample."""
-    bits = getattr(image, "tag_v2", {}).get(258) if hasattr(image, "tag_v2") else None
+    bits = getattr(image, "tag_v2", {}).get(258)  # TIFF BitsPerSample
     bits = max(bits) if isinstance(bits, (tuple, list)) and bits else bits
     if isinstance(bits, int) and bits > 8 and image.mode in ("RGB", "RGBA", "RGBX", "CMYK", "L", "LA"):
         return f"{image.mode} ({bits}-bit TIFF read as 8 bits: high byte)"
