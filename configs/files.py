@@ -126,7 +126,7 @@ def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> st
     return f"caption_emb_{ds.name}_aug_{suffix}.h5"
 
 
-def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", rot_deg: Sequence[float] | None = None,
+def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", *, rot_deg: Sequence[float] | None = None,
                       blur_val: Sequence[float] | None = None, jit_str: float | None = None) -> str:
     """The command that writes an image feature file (for error messages)."""
     command = f"python images_augment.py --dataset {ds.key}"
