@@ -90,8 +90,17 @@ def original_perm(n):
     return np.random.permutation(n)
 
 
-def test_original_batches_decide_every_row(data_dir, weights_file, small_batches):
-    features, attrs = run(data_dir, weights_file, "--img-aug", "center_crop_only")
+@pytest.fixture(scope="module")
+def center_crop_run(data_dir, weights_file):
+    """center_crop_only in quirk mode with the demo's batch fact patched to BATCH."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(datasets.DATASETS, "demo",
+                      dataclasses.replace(datasets.DATASETS["demo"], original_image_batch_size=BATCH))
+        return run(data_dir, weights_file, "--img-aug", "center_crop_only")
+
+
+def test_original_batches_decide_every_row(data_dir, weights_file, center_crop_run):
+    features, attrs = center_crop_run
     assert attrs["batch_size"] == BATCH and attrs["network_mode"].startswith("train")
     assert attrs["normalization"] == "none"
     perm = original_perm(N_IMAGES)
@@ -176,13 +185,13 @@ def test_each_img_random_quirk_run_uses_those_choices(data_dir, weights_file, sm
             np.testing.assert_allclose(features[rows], model(inputs[rows]).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_interrupted_quirk_run_resumes_with_the_same_batches(data_dir, weights_file, small_batches, tmp_path,
-                                                             monkeypatch):
+def test_interrupted_quirk_run_resumes_with_the_same_batches(data_dir, weights_file, center_crop_run, small_batches,
+                                                             tmp_path, monkeypatch):
     import shutil
 
     from utils.images import ImageDataset
 
-    clean, _ = run(data_dir, weights_file, "--img-aug", "center_crop_only")
+    clean = center_crop_run[0]
     other = shutil.copytree(data_dir, tmp_path / "other", ignore=shutil.ignore_patterns("*.h5", ".*"))
     original_getitem, calls = ImageDataset.__getitem__, []
 
