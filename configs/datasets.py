@@ -25,17 +25,22 @@ class DatasetInfo:
     # the dataset's documented label rule: False = every image carries an integer ``classcode``;
     # True = when no image carries one, the class is the file name before its last '_' (SPEC section 1)
     labels_from_filenames: bool = False
+    # the original release's images_augment.py batch (its training-mode batch norm depends on it)
+    original_image_batch_size: int = 525
 
 
 DATASETS: dict[str, DatasetInfo] = {
     # UCM captions release: images 1.tif ... 2100.tif in one folder
-    "ucm": DatasetInfo("ucm", "UCM", 21, 2100, ".tif", "UCM_captions/imgs"),
+    "ucm": DatasetInfo("ucm", "UCM", 21, 2100, ".tif", "UCM_captions/imgs", original_image_batch_size=525),
     # RSICD release: images <class>_<n>.jpg in one folder
-    "rsicd": DatasetInfo("rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images", labels_from_filenames=True),
+    "rsicd": DatasetInfo(
+        "rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images", original_image_batch_size=500, labels_from_filenames=True,
+    ),
     # generated offline demo in the UCM layout; encoders available offline decide the widths
     "demo": DatasetInfo(
         "demo", "DEMO", 6, None, ".png", "images", default_data_dir="data/demo",
         image_dim=None, caption_dim=None, synthetic=True,
+        original_image_batch_size=150,  # a quarter of the default demo (600 images), as 525 is of UCM
     ),
 }
 

@@ -310,6 +310,8 @@ def test_fix_it_commands_keep_data_dir_and_out_dir(demo_features, tmp_path, caps
     assert files.image_emb_command(ucm, "aug_center") == "python images_augment.py --dataset ucm --img-aug aug_center"
     assert files.image_emb_command(ucm, "aug_center", "data") == "python images_augment.py --dataset ucm --img-aug aug_center"
     assert files.caption_emb_command(ucm, "aug_rb", "/my data").count("--data-dir '/my data'") == 2
+    assert files.image_emb_command(ucm, "rotation_cc", "/d", rot_deg=(-10, -5)).endswith("--rot-deg -10 -5 --data-dir /d")
+    assert files.image_emb_command_for_file(ucm, "/d/image_emb_UCM_aug_jitter_cc_1.0.h5", data_dir="/d").endswith("--jit-str 1.0 --data-dir /d")
     data = _copy_features(demo_features, tmp_path / "mine")
     (data / "caption_emb_DEMO_aug_rb.h5").unlink()
     err = expect_error(capsys, *train_args(data, tmp_path / "o"), match="caption_emb_DEMO_aug_rb.h5")
