@@ -106,21 +106,33 @@ def main(args: argparse.Namespace) -> dict:
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         runner.refuse(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")
-    if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):  # a run's data is in its config
-        from utils.demo import ensure_demo_features
-        from utils.logs import setup_logger
+    from utils import distributed
 
-        logger = setup_logger()
-        encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
-        if encoders:
-            logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
+    if distributed.torchrun_world_size() > 1:  # launched by torchrun: one process per device
+        if args.test:
+            runner.refuse("--test evaluates in one process: run it with python main.py --test, not torchrun")
+        distributed.init_from_env(cfg.device)
     try:
+        if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):  # a run's data is in its config
+            from utils.demo import ensure_demo_features
+            from utils.logs import setup_logger
+
+            if distributed.context().is_main:
+                logger = setup_logger()
+                encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
+                if encoders:
+                    logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
+            distributed.barrier()
         if args.test:
             return runner.test_run(cfg, typed, which=args.checkpoint)
-        return runner.train(cfg, resume=args.resume, overwrite=args.overwrite, typed=typed)
+        metrics = runner.train(cfg, resume=args.resume, overwrite=args.overwrite, typed=typed)
+        distributed.barrier()  # the other ranks wait for rank 0's test of the trained model
+        return metrics
     except KeyboardInterrupt:  # outside the epochs (which say how to resume): one line, no traceback
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ wherever a user reads them (history, logs, metrics, checkpoints).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
@@ -19,6 +20,7 @@ import torch
 from configs.datasets import get_dataset
 from configs.presets import get_preset
 from configs.train import MODELS, TrainConfig
+from utils import distributed
 from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from utils.errors import DUCHError, did_you_mean
 from utils.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
@@ -271,7 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, typed
     try:
         return _train(cfg, run_dir, saved, overwrite)
     except BaseException:
-        if (run_created or overwrite) and not last_path.exists():  # nothing to resume: leave no empty run folder
+        if (run_created or overwrite) and not last_path.exists() and distributed.context().is_main:  # nothing to resume: leave no empty run folder
             close_log_files()
             shutil.rmtree(run_dir, ignore_errors=True)
             if out_created:
@@ -293,44 +295,54 @@ def _epoch_line(cfg: TrainConfig, record: dict) -> str:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool) -> dict:
+    """Under torchrun every rank trains (utils/distributed_training.py); rank 0 alone writes, logs and tests."""
     last_path = run_dir / LAST_NAME
-    device = resolve_device(cfg.device)
+    ctx = distributed.context()
+    device = ctx.device if ctx.distributed else resolve_device(cfg.device)
     seed_everything(cfg.seed)
     saved_files = dict(cfg.files)
     data = RunData(cfg, device)  # before --overwrite deletes anything: bad data leaves the old run intact
     if saved is not None:
         _check_same_files(saved_files, cfg.files, "--resume")
-    if overwrite:
+    if overwrite and ctx.is_main:
         _clear_run_outputs(run_dir)
-    logger = setup_logger(run_dir / "train.log")
+    logger = setup_logger(run_dir / "train.log" if ctx.is_main else None, level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
-    trainer = DUCHTrainer(cfg, data.train_views, data.query, data.db, device)
+    if ctx.distributed:
+        from utils.distributed_training import DistributedDUCHTrainer as Trainer
+    else:
+        Trainer = DUCHTrainer
+    trainer = Trainer(cfg, data.train_views, data.query, data.db, device)
     history: list[dict] = []
-    record = _config_record(cfg, device, "train", data, warnings)
+    record = _config_record(cfg, device, "train", data, warnings, **ctx.record())
     if saved is not None:
         state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
         _check_widths(state, data, last_path)
         trainer.load_state(state)
         history = [r for r in read_history(run_dir) if r["epoch"] <= trainer.epoch + 1]
-        resumed = {"time": record["time"], "after_epoch": trainer.epoch + 1, "argv": record["argv"], "git_commit": record["git_commit"]}
+        resumed = {"time": record["time"], "after_epoch": trainer.epoch + 1, "argv": record["argv"], "git_commit": record["git_commit"],
+                   **ctx.record()}
         if cfg.epochs != saved["epochs"]:
             resumed["epochs"] = [saved["epochs"], cfg.epochs]
             logger.info(f"--epochs raised from {saved['epochs']} to {cfg.epochs} (recorded in {CONFIG_NAME} under 'resumed')")
         record.update(time=saved.get("time"), argv=saved.get("argv"), git_commit=saved.get("git_commit"),
-                      resumed=[*saved.get("resumed", []), resumed])
+                      world_size=saved.get("world_size", 1), backend=saved.get("backend"), resumed=[*saved.get("resumed", []), resumed])
         logger.info(f"resuming {run_dir} after epoch {trainer.epoch + 1} of {cfg.epochs}")
     _log_warnings(logger, warnings)
     for note in width_notes(get_dataset(cfg.dataset), data.features.widths):
         logger.info(note)
-    write_json(run_dir / CONFIG_NAME, record)
-    write_json(run_dir / SPLIT_NAME, data.split.to_json(), indent=None)
+    if ctx.is_main:
+        write_json(run_dir / CONFIG_NAME, record)
+        write_json(run_dir / SPLIT_NAME, data.split.to_json(), indent=None)
     s = data.split
     logger.info(
         f"DUCH {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, {'original-release quirks' if cfg.original_quirks else 'paper method'}, "
-        f"device {device}; train {len(s.train)} / query {len(s.query)} / database {len(s.db)} images"
+        f"device {device}{f' x {ctx.world_size} ranks ({ctx.backend})' if ctx.distributed else ''}; train {len(s.train)} / query {len(s.query)} / database {len(s.db)} images"
     )
 
     def on_epoch_end(epoch: int, record: dict) -> None:
+        if not ctx.is_main:
+            return
         history.append(record)
         logger.info(_epoch_line(cfg, record), extra=FILE_ONLY)
         if "valid" in record:
@@ -350,6 +362,8 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
         else:
             logger.info("interrupted before the first epoch ended; nothing was saved")
         raise SystemExit(130) from None
+    if not ctx.is_main:
+        return {}
     times = [r["time_s"] for r in history]
     logger.info(f"training done: {len(history)} epochs, median {np.median(times):.3f} s per epoch; best epoch {trainer.best_epoch + 1}")
     return test(cfg, run_dir=run_dir, data=data, device=device, warnings=warnings)

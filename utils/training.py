@@ -48,6 +48,7 @@ class DUCHTrainer:
         self.epoch = -1  # last finished epoch
         self.best_score = -1.0
         self.best_epoch = -1
+        self.show_progress = True  # the epoch bar (one rank's under torchrun)
 
     # ---- one epoch ---------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -68,16 +69,24 @@ class DUCHTrainer:
         self.epoch = epoch
         return sums
 
-    def _train_step(self, idx: torch.Tensor) -> dict[str, float]:
-        cfg, model = self.cfg, self.model
-        img_net, txt_net, disc = model.image_net, model.text_net, model.discriminator
-        t2_source = "t1" if cfg.original_quirks else "t2"  # QUIRK: the original fed txt1 where txt2 belongs
-        h = {
+    def _hash_outputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The four views' hash outputs for the rows ``idx`` (a distributed trainer computes its shard and gathers)."""
+        img_net, txt_net = self.model.image_net, self.model.text_net
+        t2_source = "t1" if self.cfg.original_quirks else "t2"  # QUIRK: the original fed txt1 where txt2 belongs
+        return {
             "i1": img_net(self.views["i1"][idx]),
             "i2": img_net(self.views["i2"][idx]),
             "t1": txt_net(self.views["t1"][idx]),
             "t2": txt_net(self.views[t2_source][idx]),
         }
+
+    def _reduce_gradients(self) -> None:
+        """Between the hashing loss's backward and its step: a distributed trainer sums gradients over ranks."""
+
+    def _train_step(self, idx: torch.Tensor) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        disc = model.discriminator
+        h = self._hash_outputs(idx)
         for view in VIEWS:
             self.buffers[view][idx] = h[view].detach()
 
@@ -99,6 +108,7 @@ class DUCHTrainer:
         loss_bb = losses.bit_balance_loss(outputs)
         loss = loss_c + cfg.alpha * loss_adv + cfg.beta * loss_q + cfg.gamma * loss_bb
         loss.backward()
+        self._reduce_gradients()
         self.opt_hash.step()
         return {
             "total": loss.item(), "contrastive": loss_c.item(), "adversarial": loss_adv.item(),
@@ -167,7 +177,8 @@ def run_epochs(trainer: DUCHTrainer, on_epoch_end) -> None:
     """
     cfg = trainer.cfg
     epochs = range(trainer.epoch + 1, cfg.epochs)
-    bar = tqdm(epochs, desc="train", unit="epoch", initial=trainer.epoch + 1, total=cfg.epochs, dynamic_ncols=True)
+    bar = tqdm(epochs, desc="train", unit="epoch", initial=trainer.epoch + 1, total=cfg.epochs, dynamic_ncols=True,
+               disable=not trainer.show_progress)
     for epoch in bar:
         start, lr = time.perf_counter(), trainer.lr
         sums = trainer.train_epoch(epoch)
