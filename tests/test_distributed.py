@@ -1,12 +1,15 @@
 """torchrun training on CPU (gloo, 2 ranks spawned by the test) equals one process on the same global batch."""
 import json
+import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import run_main
 from tests.test_main import train_args
@@ -27,6 +30,31 @@ def torchrun(*argv, nproc=2):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def _rank_main(rank, world, port, argv):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        run_main(*argv)
+    except SystemExit as exc:
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    os._exit(0)
+
+
+def forked_ranks(*argv, world=2):
+    """The ranks torchrun would start, forked from this process (torch already imported: a second, not ten)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_rank_main, args=(rank, world, port, argv)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    assert [proc.exitcode for proc in procs] == [0] * world
 
 
 def history(run_dir):
@@ -81,14 +109,14 @@ def test_resume_under_torchrun(one_process, demo_features, tmp_path):
     """One process trains 2 epochs; 2 ranks resume it to 3: the same as 3 epochs in one process."""
     out = tmp_path / "resumed"
     run_main(*train_args(demo_features, out, *ARGS, "--epochs", "2"))
-    torchrun(*train_args(demo_features, out, *ARGS, "--resume"))
+    forked_ranks(*train_args(demo_features, out, *ARGS, "--resume"))
     assert_same_training(one_process, out / RUN)
     config = json.loads((out / RUN / "config.json").read_text())
     assert config["world_size"] == 1 and config["resumed"][0]["world_size"] == 2
 
 
-def test_test_is_refused_under_torchrun(demo_features, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    proc = subprocess.run([sys.executable, "main.py", *train_args(demo_features, tmp_path, "--test")],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert proc.returncode == 2 and "python main.py --test, not torchrun" in proc.stderr
+def test_test_is_refused_under_torchrun(demo_features, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exc:
+        run_main(*train_args(demo_features, tmp_path, "--test"))
+    assert exc.value.code == 2 and "python main.py --test, not torchrun" in capsys.readouterr().err
