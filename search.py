@@ -134,6 +134,9 @@ def run_query(args: argparse.Namespace) -> list[dict]:
     if any(q.kind == "text" and not q.text.strip() for q in queries):
         raise DUCHError("empty text query; give a sentence, e.g. --text \"a river next to green fields\"")
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars say nothing to a searcher
     index = SearchIndex.open(args.index)
     index.set_nprobe(args.nprobe)
     encoder = QueryEncoder(index, args.device)
@@ -156,7 +159,9 @@ def run_query(args: argparse.Namespace) -> list[dict]:
     elif args.json:
         write_text(args.json, json.dumps(results[0], indent=2, ensure_ascii=False) + "\n")
     if args.html:
-        write_page(args.html, results[0])
+        m = index.manifest
+        write_page(args.html, results[0], about=f"{m['bit']}-bit codes of {m['run']['dir']} ({m['checkpoint']['which']} "
+                   f"checkpoint, epoch {m['checkpoint']['epoch']}), {index.size(args.target)} {args.target}")
         print(f"wrote {args.html}")
     return results
 

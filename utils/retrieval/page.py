@@ -15,6 +15,8 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 .query { display: flex; gap: 16px; align-items: center; background: #fff; border: 1px solid #ddd; border-radius: 8px;
          padding: 12px 16px; margin-bottom: 20px; }
 .query .text { font-size: 18px; font-style: italic; }
+.query .qimg { width: 160px; flex-shrink: 0; }
+.query .qimg img, .query .qimg .thumb-missing { width: 160px; height: 160px; object-fit: cover; border-radius: 4px; display: block; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 14px; }
 .card { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 8px; font-size: 13px; }
 .card img, .thumb-missing { width: 100%; aspect-ratio: 1 / 1; object-fit: cover; border-radius: 4px; display: block; }
@@ -51,18 +53,18 @@ def _image_tag(path, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt, quote=True)}">'
 
 
-def render_page(result: dict, title: str = "DUCH search") -> str:
+def render_page(result: dict, title: str = "DUCH search", about: str = "") -> str:
     """The HTML of one query's results (``utils.retrieval.search.search`` output)."""
     q = result["query"]
     esc = html.escape
     if q["kind"] == "text":
         query_html = f'<div class="text">&ldquo;{esc(q["text"])}&rdquo;</div>'
     elif q["kind"] == "image":
-        query_html = f'<div style="width:160px">{_image_tag(q["path"], "query image")}</div><div class="file">{esc(q["path"])}</div>'
+        query_html = f'<div class="qimg">{_image_tag(q["path"], "query image")}</div><div class="file">{esc(q["path"])}</div>'
     else:
         query_html = f'<div class="file">{esc(q["modality"])} row {q["row"]}</div>'
         if q.get("query_path"):
-            query_html = f'<div style="width:160px">{_image_tag(q["query_path"], "query image")}</div>' + query_html
+            query_html = f'<div class="qimg">{_image_tag(q["query_path"], "query image")}</div>' + query_html
         if q.get("query_caption"):
             query_html += f'<div class="text">&ldquo;{esc(q["query_caption"])}&rdquo;</div>'
     cards = []
@@ -73,10 +75,11 @@ def render_page(result: dict, title: str = "DUCH search") -> str:
             f'<div class="card">{_image_tag(r.get("path"), str(r.get("filename")))}'
             f'<div><span class="rank">#{r["rank"]}</span><span class="dist">{dist}</span></div>'
             f'<div class="file">{esc(str(r.get("filename")))} (row {r["row"]})</div>'
-            f'<div class="cls">{esc(str(r.get("class")))}</div>{caption}</div>'
+            f'<div class="cls">{esc(str(r.get("class")))}{" &middot; " + esc(r["split"]) if r.get("split") else ""}</div>{caption}</div>'
         )
     meta = (f"{len(result['results'])} nearest {esc(q['target'])} by Hamming distance"
-            + (", re-ranked by cosine of the continuous outputs" if q.get("rerank") else "") + " &middot; ties by row")
+            + (", re-ranked by cosine of the continuous outputs" if q.get("rerank") else "") + " &middot; ties by row"
+            + (f" &middot; {esc(about)}" if about else ""))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>"
@@ -86,7 +89,7 @@ def render_page(result: dict, title: str = "DUCH search") -> str:
     )
 
 
-def write_page(path: str | Path, result: dict, title: str = "DUCH search") -> None:
+def write_page(path: str | Path, result: dict, title: str = "DUCH search", about: str = "") -> None:
     from utils.io import write_text
 
-    write_text(path, render_page(result, title))
+    write_text(path, render_page(result, title, about))
