@@ -109,8 +109,6 @@ def run_query(args: argparse.Namespace) -> list[dict]:
     from utils.retrieval.page import write_page
     from utils.retrieval.search import Query, QueryEncoder, SearchIndex, format_table, search
 
-    if args.k < 1:
-        raise DUCHError(f"-k must be at least 1, got {args.k}")
     if args.row is not None and args.modality is None:
         raise DUCHError("--row needs --modality image or --modality caption")
     if args.queries and args.html:
@@ -131,8 +129,6 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         queries = [Query.parse_line(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not queries:
             raise DUCHError(f"--queries file {path} holds no query")
-    if any(q.kind == "text" and not q.text.strip() for q in queries):
-        raise DUCHError("empty text query; give a sentence, e.g. --text \"a river next to green fields\"")
 
     from transformers.utils import logging as hf_logging
 

@@ -94,7 +94,7 @@ def bench_codes(n: int, args, rng) -> dict:
         print(f"numpy brute force (bitwise_count, 1 thread): {t_np:.2f} ms for one query; faiss is "
               f"{t_np / row['flat_single_ms']:.1f}x faster alone; same top-{args.k} incl. tie order: {same}")
 
-    nlist = args.nlist or max(1, int(4 * np.sqrt(n)))
+    nlist = args.nlist or max(1, min(int(4 * np.sqrt(n)), args.train_size // 39))  # >= 39 training codes per list
     train = codes[rng.choice(n, min(n, args.train_size), replace=False)]
     start = time.perf_counter()
     quantizer = faiss.IndexBinaryFlat(args.bits)
@@ -158,9 +158,9 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="batched timings: best of")
     parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     parser.add_argument("--centres", type=int, default=4096, help="clusters of the synthetic codes")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(n))")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(n), at most train-size / 39)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 8, 32, 128])
-    parser.add_argument("--train-size", type=int, default=200_000, help="codes the IVF quantizer is trained on")
+    parser.add_argument("--train-size", type=int, default=50_000, help="codes the IVF quantizer is trained on")
     parser.add_argument("--numpy-max", type=int, default=2_000_000, help="largest size for the numpy Hamming brute force")
     parser.add_argument("--float-size", type=int, default=1_000_000, help="items of the float cosine benchmark (0: skip)")
     parser.add_argument("--dim", type=int, default=512)

@@ -338,9 +338,11 @@ def test_index_of_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
 
     import torch
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run["run"], run, ignore=shutil.ignore_patterns("index"))
-    run_search("index", "--run", run, "--no-progress")
+    built = tmp_path / "built"
+    shutil.copytree(tiny_run["run"], built, ignore=shutil.ignore_patterns("index"))
+    run_search("index", "--run", built, "--no-progress")
+    run = built.rename(tmp_path / "moved")  # a run folder moved with its index still works
+    run_search("query", "--index", run / "index", "--text", "a river", "--quiet")
     payload = torch.load(run / "checkpoint_best.pt", weights_only=True)
     payload["epoch"] = 99  # retrained or resumed: another file
     torch.save(payload, run / "checkpoint_best.pt")

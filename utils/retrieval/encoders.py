@@ -186,11 +186,11 @@ def encode_image_files(model, transform, paths: Sequence[Path], device, batch_si
     """Raw 512-d features of ``paths`` in order, as ``images_augment.py`` computes them (channels_last, eval)."""
     import torch
 
-    from models.image_encoder import encode_images
+    from models.image_encoder import FEATURE_DIM, encode_images
     from utils.images import ImageDataset, collate_or_error
 
     if not len(paths):
-        return np.zeros((0, 512), np.float32)
+        return np.zeros((0, FEATURE_DIM), np.float32)
     loader = torch.utils.data.DataLoader(
         ImageDataset(paths, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
         collate_fn=collate_or_error,

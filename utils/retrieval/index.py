@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -22,6 +23,8 @@ import numpy as np
 
 from configs import files
 from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
+from configs.presets import BASE_IMAGE_SET
+from models.image_encoder import FEATURE_DIM
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.retrieval.encoders import (
@@ -282,7 +285,7 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
         if not shard_paths[i].is_file():
             return False
         try:
-            return np.load(shard_paths[i], mmap_mode="r").shape == (len(paths[starts[i]:starts[i] + opts.shard_size]), 512)
+            return np.load(shard_paths[i], mmap_mode="r").shape == (len(paths[starts[i]:starts[i] + opts.shard_size]), FEATURE_DIM)
         except (OSError, ValueError):
             return False
 
@@ -386,7 +389,7 @@ def build_index(opts: IndexOptions) -> dict:
     payload = load_checkpoint(run.checkpoint)
     bit = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
-                          files.image_emb_command(ds, "center_crop_only"), "image feature")
+                          files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
     caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, CAPTIONS_PER_IMAGE * n, int(payload["caption_dim"]),
                             files.caption_emb_command(ds), "caption feature")
     image_attrs, caption_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY), read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
@@ -396,6 +399,11 @@ def build_index(opts: IndexOptions) -> dict:
         raise DUCHError(f"the image features {paths.image} carry no record of their encoder, so --image-dir cannot encode new "
                         f"images the same way; name it with --weights (imagenet, none or a .pth file) and --img-aug "
                         f"(the transform set the features were made with, e.g. center_crop_only)")
+    if image_spec is not None and image_raw.shape[1] != FEATURE_DIM:
+        if opts.image_dir is not None or opts.weights:
+            raise DUCHError(f"the image features {paths.image} are {image_raw.shape[1]} wide, not ResNet18's {FEATURE_DIM}: "
+                            f"new images cannot be encoded like them")
+        image_spec = None
 
     device = resolve_device(opts.device)
     model = run.load_model(device, payload)
@@ -440,7 +448,8 @@ def build_index(opts: IndexOptions) -> dict:
         "bit": bit,
         "bytes_per_code": int((bit + 7) // 8),
         "run": {"dir": str(run.run_dir), "config": cfg},
-        "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint), "sha256": sha256_of(run.checkpoint),
+        "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()), "sha256": sha256_of(run.checkpoint),
+                       "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
                        "epoch": int(payload.get("epoch", -1)) + 1},
         "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": CAPTIONS_PER_IMAGE * n,
                     "image_dir": str(image_dir), "images_found": n - missing},

@@ -66,6 +66,9 @@ class SearchIndex:
             if self.faiss[modality].ntotal != n or len(self.metadata[modality]) != n:
                 raise DUCHError(f"{index_dir}: the {modality} codes, faiss index and metadata disagree in length; "
                                 f"rebuild the index with --overwrite")
+            nprobe = (manifest.get("index", {}).get(modality) or {}).get("nprobe")
+            if nprobe and hasattr(self.faiss[modality], "nprobe"):
+                self.faiss[modality].nprobe = int(nprobe)
 
     @classmethod
     def open(cls, index_dir: str | Path, verify_checkpoint: bool = True) -> "SearchIndex":
@@ -81,7 +84,7 @@ class SearchIndex:
         if manifest.get("format") != FORMAT:
             raise DUCHError(f"{manifest_path} is not a manifest of search.py index")
         if verify_checkpoint:
-            check_checkpoint(manifest)
+            check_checkpoint(manifest, index_dir)
         return cls(index_dir, manifest)
 
     def _file(self, name: str) -> Path:
@@ -128,10 +131,22 @@ def order_by_distance_then_row(distances: np.ndarray, rows: np.ndarray) -> tuple
     return np.take_along_axis(distances, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
-def check_checkpoint(manifest: dict) -> None:
-    """The index must come from the checkpoint the run holds now: its sha256 is compared."""
+def checkpoint_file(manifest: dict, index_dir: Path) -> Path:
+    """The checkpoint an index was built from: its recorded path, else the same place relative to the index
+    (an index folder moved together with its run)."""
     record = manifest["checkpoint"]
     path = Path(record["path"])
+    if not path.is_file() and record.get("relative_to_index"):
+        moved = index_dir / record["relative_to_index"]
+        if moved.is_file():
+            return moved
+    return path
+
+
+def check_checkpoint(manifest: dict, index_dir: Path) -> None:
+    """The index must come from the checkpoint the run holds now: its sha256 is compared."""
+    record = manifest["checkpoint"]
+    path = checkpoint_file(manifest, index_dir)
     if not path.is_file():
         raise DUCHError(f"the checkpoint this index was built from, {path}, no longer exists (run folder moved or "
                         f"deleted); rebuild the index from the run: python search.py index --run RUN_DIR --overwrite")
@@ -173,9 +188,9 @@ class QueryEncoder:
     @property
     def model(self):
         if self._model is None:
-            record = self.index.manifest["checkpoint"]
-            run = TrainedRun(Path(self.index.manifest["run"]["dir"]), self.index.manifest["run"]["config"],
-                             Path(record["path"]), record["which"])
+            manifest = self.index.manifest
+            path = checkpoint_file(manifest, self.index.dir)
+            run = TrainedRun(path.parent, manifest["run"]["config"], path, manifest["checkpoint"]["which"])
             self._model = run.load_model(self.device)
         return self._model
 
@@ -275,6 +290,9 @@ def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Q
     else:
         outputs = encoder.encode(queries)
         codes = pack_outputs(outputs)
+        for i, q in enumerate(queries):
+            if q.kind == "row":  # the stored code, not the sign of its float16 output
+                codes[i] = index.codes[ROW_MODALITIES[q.modality]][q.row]
     if not queries:
         return []
     depth = max(k, shortlist) if rerank else k
