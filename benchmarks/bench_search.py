@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.retrieval.index import make_binary_index  # noqa: E402
-from utils.retrieval.search import order_by_distance_then_row  # noqa: E402
+from utils.retrieval.search import faiss_threads, order_by_distance_then_row  # noqa: E402
 
 
 def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Generator, chunk: int = 1 << 20) -> np.ndarray:
@@ -79,10 +79,13 @@ def bench_codes(n: int, args, rng) -> dict:
     t_batch, (d_exact, i_exact) = timed(lambda: index.search(queries, args.k), args.repeat)
     d_exact, i_exact = order_by_distance_then_row(d_exact, i_exact)
     row["flat_batch_ms"] = 1000 * t_batch / args.queries
-    row["flat_single_ms"] = single_query_ms(lambda q: index.search(q, args.k), queries, args.single)
+    row["flat_single_ms_threads"] = single_query_ms(lambda q: index.search(q, args.k), queries, args.single)
+    with faiss_threads(1):  # as search.py runs a single query
+        row["flat_single_ms"] = single_query_ms(lambda q: index.search(q, args.k), queries, args.single)
     row["bytes_per_item"] = index.code_size
     print(f"IndexBinaryFlat exact top-{args.k}: {row['flat_batch_ms']:.3f} ms/query in batches of {args.queries}, "
-          f"{row['flat_single_ms']:.2f} ms for one query alone; {index.code_size} bytes per item "
+          f"{row['flat_single_ms']:.2f} ms for one query alone on 1 thread as search.py "
+          f"({row['flat_single_ms_threads']:.2f} ms on {args.threads}); {index.code_size} bytes per item "
           f"({n * index.code_size / 2**20:.0f} MiB)")
 
     if n <= args.numpy_max:
@@ -108,7 +111,8 @@ def bench_codes(n: int, args, rng) -> dict:
     for nprobe in args.nprobe:
         ivf.nprobe = nprobe
         t, (d, i) = timed(lambda: ivf.search(queries, args.k), args.repeat)
-        single = single_query_ms(lambda q: ivf.search(q, args.k), queries, args.single)
+        with faiss_threads(1):
+            single = single_query_ms(lambda q: ivf.search(q, args.k), queries, args.single)
         # recall@k against exact: a returned item counts if it is one of the exact top k, or ties with the k-th
         true_d = np.bitwise_count(codes[np.maximum(i, 0)] ^ queries[:, None, :]).sum(axis=2)
         tie_recall = float(((true_d <= kth) & (i >= 0)).sum() / i_exact.size)
@@ -133,7 +137,8 @@ def bench_float(n: int, args, rng) -> dict:
     index = faiss.IndexFlatIP(dim)
     index.add(x)
     t_batch, _ = timed(lambda: index.search(q, args.k))
-    single = single_query_ms(lambda a: index.search(a, args.k), q, args.single)
+    with faiss_threads(1):  # one query alone, as the codes
+        single = single_query_ms(lambda a: index.search(a, args.k), q, args.single)
 
     def numpy_topk(a):
         scores = a @ x.T

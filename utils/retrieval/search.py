@@ -7,6 +7,7 @@ the continuous (pre-sign) network outputs stored in the index.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +120,31 @@ class SearchIndex:
         query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
         if not len(query_codes) or k == 0:
             return np.zeros((len(query_codes), 0), np.int32), np.zeros((len(query_codes), 0), np.int64)
-        distances, rows = self.faiss[target].search(query_codes, k)
+        with faiss_threads(1 if len(query_codes) < FEW_QUERIES else None):
+            distances, rows = self.faiss[target].search(query_codes, k)
         return order_by_distance_then_row(distances, rows)
+
+
+FEW_QUERIES = 8  # below this, one thread: as fast alone, and no OpenMP spin-waits on a busy machine
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None):
+    """faiss's OpenMP threads set to ``n`` inside the block (None: unchanged).
+
+    Measured on 2 cores (benchmarks/bench_search.py): one query over 1M codes takes the same time on one
+    thread as on two, while two threads on a machine busy with other work spin-wait for each other (100x slower)."""
+    import faiss
+
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def order_by_distance_then_row(distances: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
