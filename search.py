@@ -42,6 +42,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ix.add_argument("--crop-size", type=int, nargs=2, default=[200, 200], metavar=("CROP_H", "CROP_W"), help="with --weights: crop size (default: 200 200)")
     ix.add_argument("--image-seed", type=int, default=42, help="with --weights none: the seed images_augment.py used (default: %(default)s)")
     ix.add_argument("--no-normalize", action="store_true", help="with --weights: the features were made without ImageNet normalisation")
+    ix.add_argument("--bit-depth", type=int, default=None, metavar="BITS",
+                    help="significant bits of 16-bit images, as images_augment.py --bit-depth (default: the features' record, else 16)")
     ix.add_argument("--text-model", default=None,
                     help="text model for text queries when the caption features do not record theirs (HF name or folder; overrides the record)")
     ix.add_argument("--text-max-length", type=int, default=64, help="with --text-model: tokens per caption (default: %(default)s)")
@@ -87,7 +89,7 @@ def run_index(args: argparse.Namespace) -> dict:
         run_dir=Path(args.run), data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint, index_type=args.index_type,
         nlist=args.nlist, nprobe=args.nprobe, image_dir=args.image_dir, dataset_image_dir=args.dataset_image_dir,
         weights=args.weights, img_aug=args.img_aug, crop_size=tuple(args.crop_size), image_seed=args.image_seed,
-        no_normalize=args.no_normalize, text_model=args.text_model, text_max_length=args.text_max_length,
+        no_normalize=args.no_normalize, bit_depth=args.bit_depth, text_model=args.text_model, text_max_length=args.text_max_length,
         text_hidden_states=args.text_hidden_states, text_operator=args.text_operator,
         text_original_quirks=args.text_original_quirks, device=args.device, batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,

@@ -262,6 +262,7 @@ def _image_dir(root: Path, data: Path) -> Path:
     Image.open(data / "images" / "3.png").save(folder / "sub" / "b.tif")
     grey = (np.asarray(Image.open(data / "images" / "5.png").convert("L")).astype(np.uint16) * 257)
     Image.fromarray(grey).save(folder / "sub" / "c16.png")
+    Image.fromarray((grey // 257).astype(np.uint8)).save(folder / "sub" / "c8.png")  # the same picture in 8 bits
     Image.open(data / "images" / "7.png").convert("RGB").save(folder / "d.jpg", quality=95)
     (folder / "notes.txt").write_text("not an image")
     return folder
@@ -275,12 +276,14 @@ def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_pa
     run_search(*args, "--out", tmp_path / "full")
     full = tmp_path / "full"
     meta = [json.loads(line) for line in (full / "metadata_images.jsonl").read_text().splitlines()]
-    assert [m["filename"] for m in meta[12:]] == ["a.png", "d.jpg", "sub/b.tif", "sub/c16.png"]
+    assert [m["filename"] for m in meta[12:]] == ["a.png", "d.jpg", "sub/b.tif", "sub/c16.png", "sub/c8.png"]
     assert all(m["split"] == "new" for m in meta[12:])
     codes = np.load(full / "codes_images.npy")
     assert codes[12].tobytes() == codes[0].tobytes() and codes[14].tobytes() == codes[2].tobytes()  # same image, same code
+    outputs = np.load(full / "outputs_images.npy")
+    assert np.array_equal(outputs[15], outputs[16])  # 16-bit and 8-bit versions of one picture: one output
 
-    original = index_module.encode_image_files
+    original = index_module.encode_shard
     calls = []
 
     def interrupted(*a, **kw):
@@ -289,13 +292,13 @@ def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_pa
             raise KeyboardInterrupt
         return original(*a, **kw)
 
-    monkeypatch.setattr(index_module, "encode_image_files", interrupted)
+    monkeypatch.setattr(index_module, "encode_shard", interrupted)
     with pytest.raises(SystemExit) as exc:
         run_search(*args, "--out", tmp_path / "part")
     assert exc.value.code == 130
     part = tmp_path / "part"
     assert not (part / "manifest.json").exists() and len(list((part / "image_dir_features").glob("shard_*.npy"))) == 1
-    monkeypatch.setattr(index_module, "encode_image_files", original)
+    monkeypatch.setattr(index_module, "encode_shard", original)
     calls.clear()
     run_search(*args, "--out", part)
     for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl",

@@ -21,6 +21,7 @@ from utils.errors import DUCHError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _FILE_WEIGHTS = re.compile(r"^file (?P<path>.+) \(sha256 (?P<sha>[0-9a-f]{64})\)$")
+_BIT_DEPTH = re.compile(r"hold (?P<bits>\d+)-bit values")  # utils.images.high_bit_depth_rule, as recorded
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class ImageEncoderSpec:
     seed: int = 42
     weights_sha256: str | None = None
     features_train_mode: bool = False  # the features were made with batch statistics (--original-quirks)
+    bit_depth: int = 16  # significant bits of 16-bit images (images_augment.py --bit-depth)
     source: str = "feature file attributes"
 
     def to_json(self) -> dict:
@@ -136,16 +138,18 @@ class ImageEncoderSpec:
             seed=int(attrs.get("seed", defaults.seed)),
             weights_sha256=sha,
             features_train_mode=bool(attrs.get("original_quirks", False)),
+            bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(str(attrs.get("high_bit_depth_conversion", "")))) else 16,
         )
 
     @classmethod
-    def from_flags(cls, weights: str, img_aug: str, crop_size: Sequence[int], seed: int, normalize: bool) -> "ImageEncoderSpec":
+    def from_flags(cls, weights: str, img_aug: str, crop_size: Sequence[int], seed: int, normalize: bool,
+                   bit_depth: int = 16) -> "ImageEncoderSpec":
         from utils.image_transforms import AugParams, check_image_aug_set
 
         params = AugParams.checked(crop_size=crop_size)
         sha = sha256_of(weights) if weights not in ("imagenet", "none") and Path(weights).is_file() else None
         return cls(weights=weights, img_aug=check_image_aug_set(img_aug), crop_size=params.crop_size, seed=seed,
-                   normalize=normalize, weights_sha256=sha, source="flags (--weights, --img-aug)")
+                   normalize=normalize, weights_sha256=sha, bit_depth=bit_depth, source="flags (--weights, --img-aug)")
 
     def build(self, device):
         """(ResNet18 in eval mode on ``device``, transform (PIL image, index) -> tensor)."""
@@ -171,6 +175,18 @@ class ImageEncoderSpec:
         transform = SeededTransform(self.img_aug, params, normalize=self.normalize, seed=self.seed)
         return model.to(device).eval(), transform
 
+    def encode(self, encoder, paths: Sequence[Path], device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+        """Raw 512-d features of image files, rows in order, as images_augment.py computes them; ``encoder`` from ``build``."""
+        from models.image_encoder import encode_image_files
+
+        model, transform = encoder
+        return encode_image_files(model, transform, list(paths), device, batch_size, num_workers, bit_depth=self.bit_depth)
+
+    def check_readable(self, paths: Sequence[Path]) -> None:
+        from utils.images import check_images_readable
+
+        check_images_readable(list(paths), bit_depth=self.bit_depth)
+
 
 def find_image_files(folder: str | Path) -> list[Path]:
     """Every tif/tiff/png/jpg/jpeg below ``folder`` (recursively), sorted by relative path."""
@@ -180,22 +196,6 @@ def find_image_files(folder: str | Path) -> list[Path]:
     found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def encode_image_files(model, transform, paths: Sequence[Path], device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Raw 512-d features of ``paths`` in order, as ``images_augment.py`` computes them (channels_last, eval)."""
-    import torch
-
-    from models.image_encoder import FEATURE_DIM, encode_images
-    from utils.images import ImageDataset, collate_or_error
-
-    if not len(paths):
-        return np.zeros((0, FEATURE_DIM), np.float32)
-    loader = torch.utils.data.DataLoader(
-        ImageDataset(paths, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_or_error,
-    )
-    return encode_images(model, loader, device, len(paths), channels_last=True, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------

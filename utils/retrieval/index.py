@@ -10,6 +10,7 @@ under ``image_dir_features/``, each written atomically, so an interrupted run re
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,8 +29,8 @@ from models.image_encoder import FEATURE_DIM
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.retrieval.encoders import (
-    FeatureStats, ImageEncoderSpec, TextEncoderSpec, encode_image_files, find_image_files, hash_outputs,
-    pack_outputs, read_h5_attrs, sha256_of,
+    FeatureStats, ImageEncoderSpec, TextEncoderSpec, find_image_files, hash_outputs, pack_outputs, read_h5_attrs,
+    sha256_of,
 )
 
 FORMAT = "duch-search-index"
@@ -117,6 +118,7 @@ class IndexOptions:
     crop_size: tuple = (200, 200)
     image_seed: int = 42
     no_normalize: bool = False
+    bit_depth: int | None = None
     # the text model when the caption features carry no record of theirs
     text_model: str | None = None
     text_max_length: int = 64
@@ -139,6 +141,8 @@ class IndexOptions:
                 raise DUCHError(f"--{name} must be at least 1, got {value}")
         if self.nlist is not None and self.nlist < 1:
             raise DUCHError(f"--nlist must be at least 1, got {self.nlist}")
+        if self.bit_depth is not None and not 9 <= self.bit_depth <= 16:
+            raise DUCHError(f"--bit-depth is the significant bits of 16-bit images: 9..16, got {self.bit_depth}")
         if self.num_workers < 0:
             raise DUCHError(f"--num-workers must be >= 0, got {self.num_workers}")
 
@@ -242,8 +246,12 @@ def _metadata(data: dict, labels: np.ndarray, classes: list[str], splits: list[s
 def image_encoder_spec(attrs: dict, opts: IndexOptions) -> ImageEncoderSpec | None:
     """The recorded recipe of the image features; flags only when there is no record (or --weights is given)."""
     if opts.weights:
-        return ImageEncoderSpec.from_flags(opts.weights, opts.img_aug, opts.crop_size, opts.image_seed, not opts.no_normalize)
-    return ImageEncoderSpec.from_attrs(attrs)
+        spec = ImageEncoderSpec.from_flags(opts.weights, opts.img_aug, opts.crop_size, opts.image_seed, not opts.no_normalize)
+    else:
+        spec = ImageEncoderSpec.from_attrs(attrs)
+    if spec is not None and opts.bit_depth is not None:
+        spec = dataclasses.replace(spec, bit_depth=opts.bit_depth)
+    return spec
 
 
 def text_encoder_spec(attrs: dict, opts: IndexOptions) -> TextEncoderSpec | None:
@@ -257,16 +265,19 @@ def text_encoder_spec(attrs: dict, opts: IndexOptions) -> TextEncoderSpec | None
                            source="flags (--text-model ...)")
 
 
+def encode_shard(spec: ImageEncoderSpec, encoder, paths: list[Path], device, opts: "IndexOptions") -> np.ndarray:
+    """One shard's raw features (a seam for the interruption test)."""
+    return spec.encode(encoder, paths, device, opts.batch_size, opts.num_workers)
+
+
 def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device, opts: IndexOptions) -> tuple[list[Path], np.ndarray]:
     """Raw features of every image below ``image_dir``, shard by shard; finished shards are kept and reused."""
     from tqdm import tqdm
 
-    from utils.images import check_images_readable
-
     paths = find_image_files(image_dir)
     if not paths:
         raise DUCHError(f"no images (tif, tiff, png, jpg) found under {image_dir}")
-    check_images_readable(paths)  # a bad file stops before the long work, named
+    spec.check_readable(paths)  # a bad file stops before the long work, named
     shard_dir = out_dir / SHARDS_DIR
     plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
             "encoder": spec.to_json(), "shard_size": opts.shard_size}
@@ -292,12 +303,12 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
     todo = [i for i in range(len(starts)) if not complete(i)]
     done_images = len(paths) - sum(len(paths[starts[i]:starts[i] + opts.shard_size]) for i in todo)
     if todo:
-        model, transform = spec.build(device)
+        encoder = spec.build(device)
         with tqdm(total=len(paths), initial=done_images, unit="img", desc="encode --image-dir", disable=not opts.progress) as bar:
             try:
                 for i in todo:
                     chunk = paths[starts[i]:starts[i] + opts.shard_size]
-                    features = encode_image_files(model, transform, chunk, device, opts.batch_size, opts.num_workers)
+                    features = encode_shard(spec, encoder, chunk, device, opts)
                     with atomic_path(shard_paths[i]) as tmp:
                         with open(tmp, "wb") as f:
                             np.save(f, features)

@@ -18,7 +18,7 @@ import numpy as np
 from utils.errors import DUCHError
 from utils.io import read_json
 from utils.retrieval.encoders import (
-    FeatureStats, ImageEncoderSpec, TextEncoderSpec, encode_image_files, hash_outputs, pack_outputs, sha256_of,
+    FeatureStats, ImageEncoderSpec, TextEncoderSpec, hash_outputs, pack_outputs, sha256_of,
 )
 from utils.retrieval.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
 
@@ -254,17 +254,16 @@ class QueryEncoder:
         return ImageEncoderSpec.from_json(record)
 
     def embed_images(self, paths: Sequence[str | Path]) -> np.ndarray:
-        from utils.images import check_images_readable
-
+        """Raw image features, exactly as images_augment.py computes them (before standardisation)."""
         paths = [Path(p) for p in paths]
         for path in paths:
             if not path.is_file():
                 raise DUCHError(f"image not found: {path}")
-        check_images_readable(paths)
+        spec = self.image_spec()
+        spec.check_readable(paths)
         if self._image_model is None:
-            self._image_model = self.image_spec().build(self.device)
-        model, transform = self._image_model
-        return encode_image_files(model, transform, paths, self.device, self.batch_size)
+            self._image_model = spec.build(self.device)
+        return spec.encode(self._image_model, paths, self.device, self.batch_size)
 
     def encode_images(self, paths: Sequence[str | Path]) -> np.ndarray:
         features = self.image_stats.apply(self.embed_images(paths))
