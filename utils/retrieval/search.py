@@ -231,8 +231,7 @@ class QueryEncoder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Raw sentence features, exactly as captions_embed.py computes them (before standardisation)."""
         for text in texts:
-            if not str(text).strip():
-                raise DUCHError("empty text query; give a sentence, e.g. --text \"a river next to green fields\"")
+            require_text(text)
         spec = self.text_spec()
         if self._text_model is None:
             self._text_model = spec.load(self.device)
@@ -285,9 +284,14 @@ class QueryEncoder:
         return out
 
 
-def check_query(index: SearchIndex, query: Query) -> None:
-    if query.kind == "text" and not (query.text or "").strip():
+def require_text(text: str | None) -> None:
+    if not str(text or "").strip():
         raise DUCHError("empty text query; give a sentence, e.g. --text \"a river next to green fields\"")
+
+
+def check_query(index: SearchIndex, query: Query) -> None:
+    if query.kind == "text":
+        require_text(query.text)
     if query.kind == "row":
         if query.modality not in ROW_MODALITIES:
             raise DUCHError(f"--row needs --modality image or caption, got {query.modality!r}")
@@ -298,7 +302,9 @@ def check_query(index: SearchIndex, query: Query) -> None:
 
 def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Query], target: str = "images", k: int = 10,
            rerank: bool = False, shortlist: int = DEFAULT_SHORTLIST) -> list[dict]:
-    """Results of every query: ``{"query", "results": [{"rank", "row", "distance", ...}]}``."""
+    """Results of every query: ``{"query", "results": [{"rank", "row", "distance", ...}]}``.
+
+    ``encoder`` holds the models across calls (one is made when None)."""
     if target not in TARGETS:
         raise DUCHError(f"unknown --target {target!r}; choose images or captions")
     if k < 1:
@@ -307,17 +313,13 @@ def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Q
         raise DUCHError(f"--shortlist must be at least 1, got {shortlist}")
     for q in queries:
         check_query(index, q)
-    if all(q.kind == "row" for q in queries):
-        outputs = np.stack([index.outputs(ROW_MODALITIES[q.modality])[q.row] for q in queries]).astype(np.float32) if queries else None
-        codes = np.stack([index.codes[ROW_MODALITIES[q.modality]][q.row] for q in queries]) if queries else None
-    else:
-        outputs = encoder.encode(queries)
-        codes = pack_outputs(outputs)
-        for i, q in enumerate(queries):
-            if q.kind == "row":  # the stored code, not the sign of its float16 output
-                codes[i] = index.codes[ROW_MODALITIES[q.modality]][q.row]
     if not queries:
         return []
+    outputs = (encoder or QueryEncoder(index)).encode(queries)  # stored rows need no model
+    codes = pack_outputs(outputs)
+    for i, q in enumerate(queries):
+        if q.kind == "row":  # the stored code, not the sign of its float16 output
+            codes[i] = index.codes[ROW_MODALITIES[q.modality]][q.row]
     depth = max(k, shortlist) if rerank else k
     distances, rows = index.hamming_topk(target, codes, depth)
     cosines = None
