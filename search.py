@@ -143,7 +143,7 @@ def run_query(args: argparse.Namespace) -> list[dict]:
     start = time.perf_counter()
     results = search(index, encoder, queries, target=args.target, k=args.k, rerank=args.rerank, shortlist=args.shortlist)
     elapsed = time.perf_counter() - start
-    if not args.quiet and not (args.queries and not args.json):
+    if not args.quiet and not args.queries:  # --queries: the JSON lines are the output
         for result in results:
             print(format_table(result) + "\n")
     if args.queries:
