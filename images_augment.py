@@ -84,6 +84,16 @@ def _partial_path(out_path: Path) -> Path:
     return out_path.with_name(f".{out_path.name}.partial.npz")
 
 
+def _part_path(out_path: Path, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` of a torchrun job keeps its shard's rows: its partial file, kept when the rank is done
+    until rank 0 has merged every shard into the output."""
+    return out_path.with_name(f".{out_path.name}.part-{rank}-of-{world_size}.npz")
+
+
+def _part_fingerprint(fingerprint: str, rank: int) -> str:
+    return json.dumps({"settings": fingerprint, "rank": rank})
+
+
 def _load_partial(path: Path, fingerprint: str, num_images: int):
     """(features, filled) saved by an interrupted run with the same settings, or None."""
     import numpy as np
@@ -110,13 +120,37 @@ def _save_partial(path: Path, fingerprint: str, features, filled) -> None:
         np.savez(f, features=features, filled=filled, fingerprint=np.array(fingerprint))
 
 
+def _merge_parts(out_path: Path, settings_fingerprint: str, shard_rows: list[list[int]], width: int, num_images: int,
+                 attrs: dict) -> None:
+    """Rank 0 writes the ranks' part files into the output, one part in memory at a time, then deletes them."""
+    world_size = len(shard_rows)
+    parts = [_part_path(out_path, rank, world_size) for rank in range(world_size)]
+
+    def pieces():
+        for rank, rows in enumerate(shard_rows):
+            saved = _load_partial(parts[rank], _part_fingerprint(settings_fingerprint, rank), len(rows))
+            if saved is None or not saved[1].all():
+                raise DUCHError(f"rank {rank}'s part file {parts[rank]} is missing or incomplete; rerun the same command")
+            yield rows, saved[0]
+
+    from utils.io import write_h5_rows
+
+    write_h5_rows(out_path, IMAGE_EMB_KEY, (num_images, width), pieces(), attrs=attrs)
+    for part in parts:
+        part.unlink(missing_ok=True)
+
+
 @exit_on_user_error
 def main(args: argparse.Namespace) -> Path:
+    from utils import distributed
+
     try:
         return _main(args)
     except KeyboardInterrupt:
         print("error: interrupted; no feature file was written", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        distributed.shutdown()
 
 
 def _main(args: argparse.Namespace) -> Path:
@@ -124,7 +158,8 @@ def _main(args: argparse.Namespace) -> Path:
 
     from models.image_encoder import build_image_encoder, encode_image_files
     from utils.dataset_json import load_dataset_json
-    from utils.image_transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, SeededTransform,
+    from utils import distributed
+    from utils.image_transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, RowsTransform, SeededTransform,
                                         check_image_aug_set, original_each_img_random_choices)
     from utils.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
                               is_high_bit_depth, original_image_order)
@@ -149,18 +184,26 @@ def _main(args: argparse.Namespace) -> Path:
     data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}")
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
-    formats = check_images_readable(paths, args.max_image_pixels, args.bit_depth)
-    high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
-    if high_bit_depth:
-        print(f"note: {high_bit_depth} images are not 8-bit ({', '.join(sorted(f for f in formats if is_high_bit_depth(f)))}); "
-              f"converted to 8 bits as documented: {high_bit_depth_rule(args.bit_depth)}", file=sys.stderr)
-    device = resolve_device(args.device)
+    ctx = distributed.init_from_env(args.device) if distributed.torchrun_world_size() > 1 else distributed.context()
+    device = ctx.device if ctx.distributed else resolve_device(args.device)
 
     # the order of work: the original's permutation and batches in quirk mode (its training-mode batch
     # norm makes every row depend on its batch mates); JSON order otherwise (eval mode: rows independent)
     order = original_image_order(len(paths), args.seed) if quirks else np.arange(len(paths))
     batches = consecutive_batches(order, batch_size)
     choices = original_each_img_random_choices(order, args.seed) if quirks and img_aug == "each_img_random" else None
+    # under torchrun each rank encodes a contiguous run of these batches: the one-process batches, so the
+    # same rows in quirk mode and the same batch shapes (bitwise the same features on CPU) in the default
+    shards = [batches[slice(*distributed.shard_bounds(len(batches), ctx.world_size, r))] for r in range(ctx.world_size)]
+    shard_rows = [[i for batch in shard for i in batch] for shard in shards]
+    rows = shard_rows[ctx.rank]
+
+    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, args.max_image_pixels, args.bit_depth)
+    formats = distributed.sum_counters(formats)
+    high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
+    if high_bit_depth and ctx.is_main:
+        print(f"note: {high_bit_depth} images are not 8-bit ({', '.join(sorted(f for f in formats if is_high_bit_depth(f)))}); "
+              f"converted to 8 bits as documented: {high_bit_depth_rule(args.bit_depth)}", file=sys.stderr)
 
     seed_everything(args.seed)  # also makes --weights none reproducible
     model, weights_description = build_image_encoder(args.weights)
@@ -192,16 +235,26 @@ def _main(args: argparse.Namespace) -> Path:
         "image_formats": dict(formats),
         "high_bit_depth_conversion": high_bit_depth_rule(args.bit_depth) if high_bit_depth else "none needed (8-bit images)",
         "synthetic_dataset": bool(ds.synthetic or data.get("synthetic", False)),
+        "world_size": ctx.world_size,
         "versions": versions(),
     }
     # an interrupted run resumes from its saved rows when every setting that shapes them is the same
     fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {
         "paths": [str(p) for p in paths], "device_type": device.type}, sort_keys=True, default=str)
+    work_paths, work_batches = paths, batches
     partial_path = _partial_path(out_path)
-    resumed = _load_partial(partial_path, fingerprint, len(paths))
+    if ctx.distributed:  # this rank's images, with the seeds of their JSON rows; its partial file is its part
+        transform = RowsTransform(transform, rows)
+        work_paths = [paths[i] for i in rows]
+        starts = np.cumsum([0] + [len(batch) for batch in shards[ctx.rank]])
+        work_batches = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+        partial_path = _part_path(out_path, ctx.rank, ctx.world_size)
+        settings_fingerprint, fingerprint = fingerprint, _part_fingerprint(fingerprint, ctx.rank)
+    resumed = _load_partial(partial_path, fingerprint, len(work_paths))
     features, filled = resumed if resumed else (None, None)
     if resumed:
-        print(f"resuming: {int(filled.sum())} of {len(paths)} images already encoded in {partial_path}", file=sys.stderr)
+        rank = f"rank {ctx.rank}: " if ctx.distributed else ""
+        print(f"{rank}resuming: {int(filled.sum())} of {len(work_paths)} images already encoded in {partial_path}", file=sys.stderr)
         # batch-norm buffers change in train mode, but only batch statistics shape the outputs
     state = {"features": features, "filled": filled, "saved_at": time.monotonic()}
 
@@ -213,9 +266,9 @@ def _main(args: argparse.Namespace) -> Path:
 
     try:
         features = encode_image_files(
-            model, transform, paths, device, num_workers=args.num_workers, batches=batches, train_mode=quirks,
-            channels_last=True, progress=not args.no_progress, max_pixels=args.max_image_pixels, bit_depth=args.bit_depth,
-            features=features, filled=filled, on_batch=on_batch,
+            model, transform, work_paths, device, num_workers=args.num_workers, batches=work_batches, train_mode=quirks,
+            channels_last=True, progress=not args.no_progress and ctx.is_main, max_pixels=args.max_image_pixels,
+            bit_depth=args.bit_depth, features=features, filled=filled, on_batch=on_batch,
         )
     except BaseException as err:  # Ctrl-C or a bad image: keep what was encoded, for the rerun
         done = 0 if state["filled"] is None else int(state["filled"].sum())
@@ -228,10 +281,17 @@ def _main(args: argparse.Namespace) -> Path:
             raise SystemExit(130) from None
         raise
 
-    write_h5(out_path, IMAGE_EMB_KEY, features, attrs=attrs)
+    if ctx.distributed:
+        _save_partial(partial_path, fingerprint, features, np.ones(len(work_paths), dtype=bool))  # this shard is done
+        distributed.barrier()
+        if not ctx.is_main:
+            return out_path
+        _merge_parts(out_path, settings_fingerprint, shard_rows, features.shape[1], len(paths), attrs)
+    else:
+        write_h5(out_path, IMAGE_EMB_KEY, features, attrs=attrs)
     partial_path.unlink(missing_ok=True)
-    print(f"wrote {out_path}: {IMAGE_EMB_KEY} {features.shape[0]} x {features.shape[1]} float32 "
-          f"({img_aug}, weights: {weights_description})")
+    print(f"wrote {out_path}: {IMAGE_EMB_KEY} {len(paths)} x {features.shape[1]} float32 "
+          f"({img_aug}, weights: {weights_description}" + (f"; {ctx.world_size} ranks" if ctx.distributed else "") + ")")
     return out_path
 
 

@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> dict:
 
             if distributed.context().is_main:
                 logger = setup_logger()
-                encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
+                with distributed.one_process():
+                    encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
                 if encoders:
                     logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
             distributed.barrier()

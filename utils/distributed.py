@@ -8,6 +8,7 @@ order a one-process run uses, so gathering the shards in rank order gives back t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ class Context:
 
 
 _CONTEXT = Context()
+_ONE_PROCESS = False  # inside ``one_process()``
+
+
 
 
 def context() -> Context:
@@ -52,8 +56,23 @@ def context() -> Context:
     return _CONTEXT
 
 
+@contextlib.contextmanager
+def one_process():
+    """Work that one rank does alone (rank 0 making the demo features by calling images_augment.main) runs
+    inside as a plain one-process job: scripts called here neither join nor leave the process group."""
+    global _CONTEXT, _ONE_PROCESS
+    saved = _CONTEXT, _ONE_PROCESS
+    _CONTEXT, _ONE_PROCESS = Context(device=_CONTEXT.device), True
+    try:
+        yield
+    finally:
+        _CONTEXT, _ONE_PROCESS = saved
+
+
 def torchrun_world_size() -> int:
-    """WORLD_SIZE that torchrun set, 1 outside torchrun."""
+    """WORLD_SIZE that torchrun set, 1 outside torchrun (and inside ``one_process``)."""
+    if _ONE_PROCESS:
+        return 1
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -96,14 +115,27 @@ def init_from_env(device_name: str = "auto") -> Context:
 def shutdown() -> None:
     """Leave the process group (a no-op for one process)."""
     global _CONTEXT
+    if _ONE_PROCESS:
+        return
     if dist.is_initialized():
         dist.destroy_process_group()
     _CONTEXT = Context(device=_CONTEXT.device)
 
 
 def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if context().world_size > 1:
         dist.barrier()
+
+
+def sum_counters(counts):
+    """A ``collections.Counter`` summed over ranks (every rank gets the total)."""
+    from collections import Counter
+
+    if context().world_size == 1:
+        return counts
+    gathered = [None] * context().world_size
+    dist.all_gather_object(gathered, dict(counts))
+    return sum((Counter(c) for c in gathered), Counter())
 
 
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -208,7 +240,7 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and context().world_size > 1):
             return super().forward(x)
         count = torch.tensor([float(x.shape[0])], dtype=x.dtype, device=x.device)
         summed = all_reduce_sum(torch.cat([x.sum(dim=0), count]))

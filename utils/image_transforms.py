@@ -171,3 +171,14 @@ class SeededTransform:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
             return self.transforms[name](image)
+
+
+class RowsTransform:
+    """``transform`` of JSON row ``rows[i]`` for the i-th image of a subset: a rank's shard under torchrun
+    encodes its own image list with the seeds of the rows the images have in the whole dataset."""
+
+    def __init__(self, transform: Callable, rows: Sequence[int]):
+        self.transform, self.rows = transform, [int(r) for r in rows]
+
+    def __call__(self, image, index: int):
+        return self.transform(image, self.rows[index])

@@ -61,6 +61,11 @@ def read_json(path: str | Path, what: str = "JSON file", hint: str = ""):
         raise DUCHError(f"{what} {path} is not valid JSON: {err}") from None
 
 
+def _set_attrs(dset, attrs: dict | None) -> None:
+    for name, value in (attrs or {}).items():
+        dset.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+
+
 def write_h5(path: str | Path, key: str, array: np.ndarray, attrs: dict | None = None) -> None:
     """Write one float32 dataset to an HDF5 file atomically, with optional provenance attributes."""
     import h5py
@@ -68,8 +73,29 @@ def write_h5(path: str | Path, key: str, array: np.ndarray, attrs: dict | None =
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             dset = f.create_dataset(key, data=np.asarray(array, dtype=np.float32))
-            for name, value in (attrs or {}).items():
-                dset.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+            _set_attrs(dset, attrs)
+
+
+def write_h5_rows(path: str | Path, key: str, shape: tuple[int, int], pieces, attrs: dict | None = None) -> None:
+    """Write a float32 dataset of ``shape`` from ``pieces``, (rows, array) pairs that together fill every row
+    once, atomically: one piece in memory at a time (the merge of torchrun ranks' shards)."""
+    import h5py
+
+    filled = np.zeros(shape[0], dtype=bool)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            dset = f.create_dataset(key, shape=shape, dtype=np.float32)
+            for rows, array in pieces:
+                rows = np.asarray(rows, dtype=np.int64)
+                if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+                    dset[rows[0]: rows[0] + len(rows)] = np.asarray(array, dtype=np.float32)
+                elif len(rows):
+                    sort = np.argsort(rows)
+                    dset[rows[sort]] = np.asarray(array, dtype=np.float32)[sort]
+                filled[rows] = True
+            if not filled.all():
+                raise RuntimeError(f"{int((~filled).sum())} rows of {path} were not written")
+            _set_attrs(dset, attrs)
 
 
 def read_h5(path: str | Path, key: str, hint: str = "") -> np.ndarray:
