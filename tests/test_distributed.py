@@ -1,12 +1,15 @@
-"""torchrun training on CPU (gloo, 2 ranks spawned by the test) equals one process on the same global batch."""
+"""torchrun on CPU (gloo, 2 ranks spawned by the test): training equals one process on the same global batch, and
+images_augment.py's merged shards equal the one-process file."""
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -32,29 +35,32 @@ def torchrun(*argv, nproc=2):
     return proc
 
 
-def _rank_main(rank, world, port, argv):
+def _rank_main(rank, world, port, work):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        run_main(*argv)
+        work()
     except SystemExit as exc:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
+    except BaseException:
+        os._exit(1)
     os._exit(0)
 
 
-def forked_ranks(*argv, world=2):
-    """The ranks torchrun would start, forked from this process (torch already imported: a second, not ten)."""
+def forked_ranks(work, world=2):
+    """Run ``work()`` in the ranks torchrun would start, forked from this process (torch is already imported:
+    a second, where torchrun takes ten); returns their exit codes."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_rank_main, args=(rank, world, port, argv)) for rank in range(world)]
+    procs = [fork.Process(target=_rank_main, args=(rank, world, port, work)) for rank in range(world)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(timeout=300)
-    assert [proc.exitcode for proc in procs] == [0] * world
+    return [proc.exitcode for proc in procs]
 
 
 def history(run_dir):
@@ -109,7 +115,7 @@ def test_resume_under_torchrun(one_process, demo_features, tmp_path):
     """One process trains 2 epochs; 2 ranks resume it to 3: the same as 3 epochs in one process."""
     out = tmp_path / "resumed"
     run_main(*train_args(demo_features, out, *ARGS, "--epochs", "2"))
-    forked_ranks(*train_args(demo_features, out, *ARGS, "--resume"))
+    assert forked_ranks(lambda: run_main(*train_args(demo_features, out, *ARGS, "--resume"))) == [0, 0]
     assert_same_training(one_process, out / RUN)
     config = json.loads((out / RUN / "config.json").read_text())
     assert config["world_size"] == 1 and config["resumed"][0]["world_size"] == 2
@@ -120,3 +126,83 @@ def test_test_is_refused_under_torchrun(demo_features, tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as exc:
         run_main(*train_args(demo_features, tmp_path, "--test"))
     assert exc.value.code == 2 and "python main.py --test, not torchrun" in capsys.readouterr().err
+
+
+# ---- images_augment.py ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from utils.demo_data import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("images"), images_per_class=2)  # 12 images
+
+
+def encode(data_dir, *extra):
+    import warnings
+
+    import images_augment
+
+    args = images_augment.get_args_parser().parse_args(
+        ["--dataset", "demo", "--data-dir", str(data_dir), "--weights", "none", "--num-workers", "0", "--no-progress",
+         "--batch-size", "5", *extra])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # --weights none
+        return images_augment.main(args)
+
+
+def one_process_features(data_dir, *extra):
+    """One process, one thread: CPU convolutions round alike only with the same thread count (torchrun's ranks have 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return read_with_attrs(encode(data_dir, *extra))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def read_with_attrs(path):
+    with h5py.File(path, "r") as f:
+        return f["image_emb"][()], dict(f["image_emb"].attrs)
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.h5", ".*"))
+    return dst
+
+
+@pytest.mark.parametrize("extra", [(), ("--original-quirks", "--img-aug", "each_img_random")], ids=["default", "quirks"])
+def test_images_from_two_ranks_equal_one_process(images, tmp_path, extra):
+    """Bitwise: whole one-process batches go to ranks (batches of 5: 5 + 5 on rank 0, 2 on rank 1)."""
+    one, one_attrs = one_process_features(copy_dataset(images, tmp_path / "one"), *extra)
+    two_dir = copy_dataset(images, tmp_path / "two")
+    assert forked_ranks(lambda: encode(two_dir, *extra)) == [0, 0]
+    name = "image_emb_DEMO_aug_each_img_random.h5" if extra else "image_emb_DEMO_aug_no_aug.h5"
+    two, two_attrs = read_with_attrs(two_dir / name)
+    assert np.array_equal(one, two)
+    assert (one_attrs["world_size"], two_attrs["world_size"]) == (1, 2)
+    differ = {k for k in one_attrs if str(one_attrs[k]) != str(two_attrs[k])}
+    assert differ <= {"world_size", "dataset_json", "versions"}
+    assert sorted(p.name for p in two_dir.iterdir()) == sorted(["DEMO.json", "images", name])  # no part file left
+
+
+def test_images_resume_from_the_ranks_part_files(images, tmp_path, monkeypatch, capfd):
+    """Both ranks finish their part files, then the merge dies: the rerun encodes nothing and merges them."""
+    import images_augment
+
+    data = copy_dataset(images, tmp_path / "data")
+    real_merge = images_augment._merge_parts
+
+    def merge_dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images_augment, "_merge_parts", merge_dies)
+    assert forked_ranks(lambda: encode(data)) == [130, 0]
+    parts = sorted(p.name for p in data.glob(".*part-*"))
+    assert parts == [".image_emb_DEMO_aug_no_aug.h5.part-0-of-2.npz", ".image_emb_DEMO_aug_no_aug.h5.part-1-of-2.npz"]
+    monkeypatch.setattr(images_augment, "_merge_parts", real_merge)
+    capfd.readouterr()
+    assert forked_ranks(lambda: encode(data)) == [0, 0]
+    err = capfd.readouterr().err
+    assert "rank 0: resuming: 10 of 10 images" in err and "rank 1: resuming: 2 of 2 images" in err
+    one, _ = one_process_features(copy_dataset(images, tmp_path / "one"))
+    assert np.array_equal(read_with_attrs(data / "image_emb_DEMO_aug_no_aug.h5")[0], one)
+    assert not list(data.glob(".*part-*"))
