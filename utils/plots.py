@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils.evaluation import DIRECTION_TITLES
+from utils.retrieval.evaluation import DIRECTION_TITLES
 from utils.io import atomic_path
 
 

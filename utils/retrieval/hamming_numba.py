@@ -1,0 +1,112 @@
+"""Compiled (numba) kernels of the counting engine: codes of up to 128 bits, one label word per item.
+
+Imported only by ``utils.retrieval.hamming`` when numba is installed. Two passes over the database
+for each query, both O(N) with O(bits) state, distances from XOR + popcount of 64-bit words:
+
+- ``count_pairs``: histogram of (distance, relevant) pairs, 4 queries per database sweep so that each
+  database word is loaded once for 4 queries and the 4 histograms do not wait on each other;
+- ``rank_pass``: items at distance <= dmax (a few per query) in database order, with their exact rank
+  and relevant rank, for mAP@K and P@K.
+
+Codes are word columns ``w0`` (and ``w1`` or None for codes of up to 64 bits). Labels are one
+scalar per item: signed int64 class codes (relevant when equal) or uint64 label bit-sets (relevant
+when they share a bit). Compiled code is cached on disk (``cache=True``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """The CPU's popcount instruction (LLVM ctpop) on a uint64."""
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.uint64(types.uint64), codegen
+
+
+def _distance(a, b, w0, w1, j):  # typed by the overload below
+    pass
+
+
+@overload(_distance, inline="always")
+def _distance_impl(a, b, w0, w1, j):
+    if w1 is None or isinstance(w1, types.NoneType):
+        return lambda a, b, w0, w1, j: np.int64(_popcount(a ^ w0[j]))
+    return lambda a, b, w0, w1, j: np.int64(_popcount(a ^ w0[j]) + _popcount(b ^ w1[j]))
+
+
+def _relevant(lq, lx):  # typed by the overload below
+    pass
+
+
+@overload(_relevant, inline="always")
+def _relevant_impl(lq, lx):
+    if isinstance(lq, types.Integer) and lq.signed:
+        return lambda lq, lx: lq == lx  # class codes
+    return lambda lq, lx: (lq & lx) != 0  # label bit-sets
+
+
+@njit(inline="always")
+def _second_word(q1, i):
+    if q1 is None:
+        return np.uint64(0)
+    return q1[i]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def count_pairs(q0, q1, w0, w1, q_labels, db_labels, bits, out):
+    """out[i, 2 d + r] = number of database items at distance d from query i, relevant (r = 1) or not."""
+    n_q, n_db = q0.shape[0], w0.shape[0]
+    width = 2 * (bits + 1)
+    n_tiles = (n_q + 3) // 4
+    for t in prange(n_tiles):
+        s = 4 * t
+        i0, i1, i2, i3 = s, min(s + 1, n_q - 1), min(s + 2, n_q - 1), min(s + 3, n_q - 1)
+        a0, a1, a2, a3 = q0[i0], q0[i1], q0[i2], q0[i3]
+        b0, b1, b2, b3 = _second_word(q1, i0), _second_word(q1, i1), _second_word(q1, i2), _second_word(q1, i3)
+        l0, l1, l2, l3 = q_labels[i0], q_labels[i1], q_labels[i2], q_labels[i3]
+        h = np.zeros(4 * width, np.int32)  # rows past n_q repeat the last query and are dropped
+        for j in range(n_db):
+            lx = db_labels[j]
+            h[2 * _distance(a0, b0, w0, w1, j) + _relevant(l0, lx)] += 1
+            h[width + 2 * _distance(a1, b1, w0, w1, j) + _relevant(l1, lx)] += 1
+            h[2 * width + 2 * _distance(a2, b2, w0, w1, j) + _relevant(l2, lx)] += 1
+            h[3 * width + 2 * _distance(a3, b3, w0, w1, j) + _relevant(l3, lx)] += 1
+        for a in range(min(4, n_q - s)):
+            for b in range(width):
+                out[s + a, b] = h[a * width + b]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def rank_pass(q0, q1, w0, w1, q_labels, db_labels, dmax, before_all, before_rel, m, bin_of_rank, ap_sum, hits_bin):
+    """For items at distance <= dmax[i], in database order: rank p = before_all[d] + (place in bucket d);
+    relevant rank j likewise. Adds j / p to ap_sum[i, k] while j <= m[i, k], and counts relevant items
+    with p <= len(bin_of_rank) - 1 into hits_bin[i, bin_of_rank[p]]."""
+    n_q, n_db = q0.shape[0], w0.shape[0]
+    n_k = m.shape[1]
+    p_max = bin_of_rank.shape[0] - 1
+    for i in prange(n_q):
+        top = dmax[i]
+        if top < 0:
+            continue
+        a, b, lq = q0[i], _second_word(q1, i), q_labels[i]
+        seen_all = np.zeros(top + 1, np.int64)
+        seen_rel = np.zeros(top + 1, np.int64)
+        for j in range(n_db):
+            d = _distance(a, b, w0, w1, j)
+            if d <= top:
+                p = before_all[i, d] + seen_all[d] + 1
+                seen_all[d] += 1
+                if _relevant(lq, db_labels[j]):
+                    r = before_rel[i, d] + seen_rel[d] + 1
+                    seen_rel[d] += 1
+                    for k in range(n_k):
+                        if r <= m[i, k]:
+                            ap_sum[i, k] += r / p
+                    if p <= p_max:
+                        hits_bin[i, bin_of_rank[p]] += 1
