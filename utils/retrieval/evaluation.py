@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from utils.errors import DUCHError
 from utils.retrieval.hamming import as_code_words
 from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS, as_labels, check_map_ks, retrieval_metrics
+
+if TYPE_CHECKING:
+    import torch
 
 DIRECTIONS = {"i2t": ("img", "txt"), "t2i": ("txt", "img"), "i2i": ("img", "img"), "t2t": ("txt", "txt")}
 DIRECTION_TITLES = {"i2t": "I->T", "t2i": "T->I", "i2i": "I->I", "t2t": "T->T", "q2db": "Q->DB"}
