@@ -6,7 +6,7 @@ for each query, both O(N) with O(bits) state, distances from XOR + popcount of 6
 - ``count_pairs``: histogram of (distance, relevant) pairs, 4 queries per database sweep so that each
   database word is loaded once for 4 queries and the 4 histograms do not wait on each other;
 - ``rank_pass``: items at distance <= dmax (a few per query) in database order, with their exact rank
-  and relevant rank, for mAP@K and P@K.
+  and relevant rank, for mAP@K and P@K; also 4 queries per sweep.
 
 Codes are word columns ``w0`` (and ``w1`` or None for codes of up to 64 bits). Labels are one
 scalar per item: signed int64 class codes (relevant when equal) or uint64 label bit-sets (relevant
@@ -82,31 +82,50 @@ def count_pairs(q0, q1, w0, w1, q_labels, db_labels, bits, out):
                 out[s + a, b] = h[a * width + b]
 
 
+@njit(inline="always")
+def _visit(i, t, d, lx, lq, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin):
+    """One item at distance d <= dmax of query i (slot t of its tile), met in database order."""
+    p = before_all[i, d] + seen_all[t, d] + 1  # rank: items closer, then items of this distance before it
+    seen_all[t, d] += 1
+    if _relevant(lq, lx):
+        r = before_rel[i, d] + seen_rel[t, d] + 1  # relevant rank, likewise
+        seen_rel[t, d] += 1
+        for k in range(m.shape[1]):
+            if r <= m[i, k]:
+                ap_sum[i, k] += r / p
+        if p < bin_of_rank.shape[0]:
+            hits_bin[i, bin_of_rank[p]] += 1
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def rank_pass(q0, q1, w0, w1, q_labels, db_labels, dmax, before_all, before_rel, m, bin_of_rank, ap_sum, hits_bin):
     """For items at distance <= dmax[i], in database order: rank p = before_all[d] + (place in bucket d);
-    relevant rank j likewise. Adds j / p to ap_sum[i, k] while j <= m[i, k], and counts relevant items
-    with p <= len(bin_of_rank) - 1 into hits_bin[i, bin_of_rank[p]]."""
+    relevant rank r likewise. Adds r / p to ap_sum[i, k] while r <= m[i, k], and counts relevant items
+    with p < len(bin_of_rank) into hits_bin[i, bin_of_rank[p]]. 4 queries per database sweep."""
     n_q, n_db = q0.shape[0], w0.shape[0]
-    n_k = m.shape[1]
-    p_max = bin_of_rank.shape[0] - 1
-    for i in prange(n_q):
-        top = dmax[i]
-        if top < 0:
-            continue
-        a, b, lq = q0[i], _second_word(q1, i), q_labels[i]
-        seen_all = np.zeros(top + 1, np.int64)
-        seen_rel = np.zeros(top + 1, np.int64)
+    n_tiles = (n_q + 3) // 4
+    for t in prange(n_tiles):
+        s = 4 * t
+        i0, i1, i2, i3 = s, min(s + 1, n_q - 1), min(s + 2, n_q - 1), min(s + 3, n_q - 1)
+        a0, a1, a2, a3 = q0[i0], q0[i1], q0[i2], q0[i3]
+        b0, b1, b2, b3 = _second_word(q1, i0), _second_word(q1, i1), _second_word(q1, i2), _second_word(q1, i3)
+        l0, l1, l2, l3 = q_labels[i0], q_labels[i1], q_labels[i2], q_labels[i3]
+        top0 = dmax[i0]  # rows past n_q repeat the last query and visit nothing
+        top1 = dmax[i1] if s + 1 < n_q else -1
+        top2 = dmax[i2] if s + 2 < n_q else -1
+        top3 = dmax[i3] if s + 3 < n_q else -1
+        seen_all = np.zeros((4, before_all.shape[1]), np.int64)
+        seen_rel = np.zeros((4, before_all.shape[1]), np.int64)
         for j in range(n_db):
-            d = _distance(a, b, w0, w1, j)
-            if d <= top:
-                p = before_all[i, d] + seen_all[d] + 1
-                seen_all[d] += 1
-                if _relevant(lq, db_labels[j]):
-                    r = before_rel[i, d] + seen_rel[d] + 1
-                    seen_rel[d] += 1
-                    for k in range(n_k):
-                        if r <= m[i, k]:
-                            ap_sum[i, k] += r / p
-                    if p <= p_max:
-                        hits_bin[i, bin_of_rank[p]] += 1
+            d0, d1 = _distance(a0, b0, w0, w1, j), _distance(a1, b1, w0, w1, j)
+            d2, d3 = _distance(a2, b2, w0, w1, j), _distance(a3, b3, w0, w1, j)
+            if (d0 <= top0) | (d1 <= top1) | (d2 <= top2) | (d3 <= top3):  # rare: one branch for the four
+                lx = db_labels[j]
+                if d0 <= top0:
+                    _visit(i0, 0, d0, lx, l0, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                if d1 <= top1:
+                    _visit(i1, 1, d1, lx, l1, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                if d2 <= top2:
+                    _visit(i2, 2, d2, lx, l2, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                if d3 <= top3:
+                    _visit(i3, 3, d3, lx, l3, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
