@@ -219,3 +219,21 @@ def test_one_hot_rows_become_class_codes():
     labels = as_labels(np.eye(3, dtype=np.int64)[[2, 0, 1]])
     assert labels.classes.tolist() == [2, 0, 1] and labels.n_labels == 3
     assert as_labels(np.array([[1, 1, 0], [0, 0, 1]])).classes is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_working_memory_stays_under_the_budget(kernel):
+    """tracemalloc peak of one direction (packing, counts, chunks) under --memory-gb, with N 50 x the chunk."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    q, d = random_codes(rng, 60, 64, 30), random_codes(rng, 20_000, 64, 30)
+    ql, dl = rng.integers(0, 6, 60), rng.integers(0, 6, 20_000)
+    budget_gb = 8 / 1024  # 8 MB: the numpy kernel takes 20 queries at a time (20 bytes per pair)
+    whole = retrieval_metrics(q, d, ql, dl, kernel=kernel)
+    tracemalloc.start()
+    got = retrieval_metrics(q, d, ql, dl, kernel=kernel, memory_gb=budget_gb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < budget_gb * 2**30
+    assert_same(got, whole, tol=1e-12)
