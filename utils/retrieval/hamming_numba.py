@@ -1,6 +1,6 @@
 """Compiled (numba) kernels of the counting engine: codes of up to 128 bits, one label word per item.
 
-Imported only by ``utils.retrieval.hamming`` when numba is installed. Two passes over the database
+Imported only by ``utils.retrieval.metrics`` when numba is installed. Two passes over the database
 for each query, both O(N) with O(bits) state, distances from XOR + popcount of 64-bit words:
 
 - ``count_pairs``: histogram of (distance, relevant) pairs, 4 queries per database sweep so that each
