@@ -237,3 +237,17 @@ def test_working_memory_stays_under_the_budget(kernel):
     tracemalloc.stop()
     assert peak < budget_gb * 2**30
     assert_same(got, whole, tol=1e-12)
+
+
+def test_without_numba_the_numpy_kernel_is_used(monkeypatch):
+    from utils.retrieval import metrics
+
+    rng = np.random.default_rng(6)
+    q, d = random_codes(rng, 8, 16), random_codes(rng, 40, 16)
+    ql, dl = rng.integers(0, 3, 8), rng.integers(0, 3, 40)
+    want = retrieval_metrics(q, d, ql, dl)
+    monkeypatch.setattr(metrics, "_numba_module", lambda: None)
+    assert metrics.resolve_kernel("auto", as_code_words(q), ql) == "numpy"
+    assert_same(retrieval_metrics(q, d, ql, dl), want)
+    with pytest.raises(DUCHError, match="numba"):
+        retrieval_metrics(q, d, ql, dl, kernel="numba")
