@@ -251,3 +251,21 @@ def test_without_numba_the_numpy_kernel_is_used(monkeypatch):
     assert_same(retrieval_metrics(q, d, ql, dl), want)
     with pytest.raises(DUCHError, match="numba"):
         retrieval_metrics(q, d, ql, dl, kernel="numba")
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("bits,multi_hot", [(64, False), (128, False), (32, True)])
+def test_kernels_agree_on_class_structured_codes(bits, multi_hot):
+    """Larger than the reference loops allow: the two kernels on clustered codes (d_max inside the clusters)."""
+    rng = np.random.default_rng(bits)
+    centres = random_codes(rng, 12, bits)
+    ql, dl = rng.integers(0, 12, 150), rng.integers(0, 12, 4000)
+    q, d = centres[ql].copy(), centres[dl].copy()
+    q[rng.random(q.shape) < 0.15] *= -1
+    d[rng.random(d.shape) < 0.2] *= -1
+    if multi_hot:
+        ql, dl = np.eye(12, dtype=np.int64)[ql], np.eye(12, dtype=np.int64)[dl]
+        dl[rng.random(dl.shape) < 0.05] = 1  # some items carry extra labels
+    fast = retrieval_metrics(q, d, ql, dl, map_ks=(20, 10, 100), kernel="numba")
+    assert_same(fast, retrieval_metrics(q, d, ql, dl, map_ks=(20, 10, 100), kernel="numpy"), tol=1e-12)
+    assert fast["map@20"] > 0.9  # clustered: the second pass visits only a cluster's near part
