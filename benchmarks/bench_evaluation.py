@@ -28,11 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.retrieval.evaluation import DIRECTIONS, Codes, evaluate_codes  # noqa: E402
-from utils.retrieval.metrics import resolve_kernel  # noqa: E402
+from utils.retrieval.metrics import P_AT_K_CUTOFFS, resolve_kernel  # noqa: E402
 from utils.retrieval.hamming import as_code_words  # noqa: E402
 
 DENSE_BYTES_PER_PAIR = 45
-P_AT_K_CUTOFFS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 
 
 # ---- the dense implementation this engine replaced (utils/metrics.py before issue 7), unchanged ----------
@@ -131,7 +130,7 @@ def run_engine(codes, q_labels, db_labels, memory_gb):
     c = Codes(**{k: codes[k] for k in ("q_img", "q_txt", "db_img", "db_txt")})
     tracemalloc.start()
     start, cpu = time.perf_counter(), cpu_seconds()
-    metrics = evaluate_codes(c, q_labels, db_labels, memory_gb=memory_gb)
+    metrics = evaluate_codes(c, q_labels, db_labels, memory_gb=memory_gb, progress=False)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

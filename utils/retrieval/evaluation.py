@@ -89,10 +89,12 @@ def evaluate_directions(
     return out
 
 
-def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, **kwargs) -> dict:
-    """Metrics of the four directions, plus the mean of each mAP over them under ``"avg"``."""
+def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, progress: bool | None = None, **kwargs) -> dict:
+    """Metrics of the four directions, plus the mean of each mAP over them under ``"avg"``.
+    A progress bar by default only with curves (not during validation)."""
     pairs = {name: (getattr(codes, f"q_{q_mod}"), getattr(codes, f"db_{db_mod}")) for name, (q_mod, db_mod) in DIRECTIONS.items()}
-    return evaluate_directions(pairs, q_labels, db_labels, with_curves=with_curves, progress=with_curves, **kwargs)
+    progress = with_curves if progress is None else progress
+    return evaluate_directions(pairs, q_labels, db_labels, with_curves=with_curves, progress=progress, **kwargs)
 
 
 def load_codes_file(path: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
