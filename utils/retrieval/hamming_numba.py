@@ -3,8 +3,8 @@
 Imported only by ``utils.retrieval.metrics`` when numba is installed. Two passes over the database
 for each query, both O(N) with O(bits) state, distances from XOR + popcount of 64-bit words:
 
-- ``count_pairs``: histogram of (distance, relevant) pairs, 4 queries per database sweep so that each
-  database word is loaded once for 4 queries and the 4 histograms do not wait on each other;
+- ``count_pairs``: histogram of (distance, relevant) pairs, 8 queries per database sweep so that each
+  database word is loaded once for 8 queries and the 8 histograms do not wait on each other;
 - ``rank_pass``: items at distance <= dmax (a few per query) in database order, with their exact rank
   and relevant rank, for mAP@K and P@K; also 4 queries per sweep.
 
@@ -58,26 +58,38 @@ def _second_word(q1, i):
     return q1[i]
 
 
+@njit(inline="always")
+def _tally(h, row, a, b, lq, w0, w1, lx, j):
+    h[row + 2 * _distance(a, b, w0, w1, j) + _relevant(lq, lx)] += 1
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def count_pairs(q0, q1, w0, w1, q_labels, db_labels, bits, out):
-    """out[i, 2 d + r] = number of database items at distance d from query i, relevant (r = 1) or not."""
+    """out[i, 2 d + r] = number of database items at distance d from query i, relevant (r = 1) or not.
+    8 queries per database sweep (measured: 1.6 -> 1.1 ns per pair over 4 queries per sweep)."""
     n_q, n_db = q0.shape[0], w0.shape[0]
     width = 2 * (bits + 1)
-    n_tiles = (n_q + 3) // 4
-    for t in prange(n_tiles):
-        s = 4 * t
+    for t in prange((n_q + 7) // 8):
+        s = 8 * t
         i0, i1, i2, i3 = s, min(s + 1, n_q - 1), min(s + 2, n_q - 1), min(s + 3, n_q - 1)
-        a0, a1, a2, a3 = q0[i0], q0[i1], q0[i2], q0[i3]
+        i4, i5, i6, i7 = min(s + 4, n_q - 1), min(s + 5, n_q - 1), min(s + 6, n_q - 1), min(s + 7, n_q - 1)
+        a0, a1, a2, a3, a4, a5, a6, a7 = q0[i0], q0[i1], q0[i2], q0[i3], q0[i4], q0[i5], q0[i6], q0[i7]
         b0, b1, b2, b3 = _second_word(q1, i0), _second_word(q1, i1), _second_word(q1, i2), _second_word(q1, i3)
+        b4, b5, b6, b7 = _second_word(q1, i4), _second_word(q1, i5), _second_word(q1, i6), _second_word(q1, i7)
         l0, l1, l2, l3 = q_labels[i0], q_labels[i1], q_labels[i2], q_labels[i3]
-        h = np.zeros(4 * width, np.int32)  # rows past n_q repeat the last query and are dropped
+        l4, l5, l6, l7 = q_labels[i4], q_labels[i5], q_labels[i6], q_labels[i7]
+        h = np.zeros(8 * width, np.int32)  # rows past n_q repeat the last query and are dropped
         for j in range(n_db):
             lx = db_labels[j]
-            h[2 * _distance(a0, b0, w0, w1, j) + _relevant(l0, lx)] += 1
-            h[width + 2 * _distance(a1, b1, w0, w1, j) + _relevant(l1, lx)] += 1
-            h[2 * width + 2 * _distance(a2, b2, w0, w1, j) + _relevant(l2, lx)] += 1
-            h[3 * width + 2 * _distance(a3, b3, w0, w1, j) + _relevant(l3, lx)] += 1
-        for a in range(min(4, n_q - s)):
+            _tally(h, 0, a0, b0, l0, w0, w1, lx, j)
+            _tally(h, width, a1, b1, l1, w0, w1, lx, j)
+            _tally(h, 2 * width, a2, b2, l2, w0, w1, lx, j)
+            _tally(h, 3 * width, a3, b3, l3, w0, w1, lx, j)
+            _tally(h, 4 * width, a4, b4, l4, w0, w1, lx, j)
+            _tally(h, 5 * width, a5, b5, l5, w0, w1, lx, j)
+            _tally(h, 6 * width, a6, b6, l6, w0, w1, lx, j)
+            _tally(h, 7 * width, a7, b7, l7, w0, w1, lx, j)
+        for a in range(min(8, n_q - s)):
             for b in range(width):
                 out[s + a, b] = h[a * width + b]
 
