@@ -88,12 +88,25 @@ def main(args) -> dict[str, Path]:
         raise DUCHError(f"output already exists: {', '.join(existing)}; pass --overwrite to replace")
     check_writable_dir(data_dir, "data folder")
 
-    device = resolve_device(args.device)
+    from utils import distributed
+
+    ctx = distributed.init_from_env(args.device) if distributed.torchrun_world_size() > 1 else distributed.context()
+    try:
+        return _embed_all(args, ds, json_path, data, outputs, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _embed_all(args, ds, json_path: Path, data: dict, outputs: dict[str, Path], ctx) -> dict[str, Path]:
+    """Under torchrun each rank embeds its run of the one-process batches into a part file; rank 0 merges them."""
+    device = ctx.device if ctx.distributed else resolve_device(args.device)
     text_model = load_text_model(args.model, device)
     width = text_model.width(args.hidden_states, args.operator)
-    print(f"{json_path}: {len(data['images'])} images, caption sets: {', '.join(keys)}; "
-          f"model {args.model} on {device}, width {width}")
-    if ds.caption_dim is not None and width != ds.caption_dim:
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    launch = f"; {ctx.world_size} ranks" if ctx.distributed else ""
+    say(f"{json_path}: {len(data['images'])} images, caption sets: {', '.join(outputs)}; "
+        f"model {args.model} on {device}{launch}, width {width}")
+    if ds.caption_dim is not None and width != ds.caption_dim and ctx.is_main:
         print(f"warning: width {width} differs from the {ds.caption_dim} the {ds.name} features normally have",
               file=sys.stderr)
 
@@ -108,17 +121,66 @@ def main(args) -> dict[str, Path]:
                     if args.original_quirks else "mean over real tokens (attention mask)"),
         "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}",
         "source_json": str(json_path),
+        "world_size": ctx.world_size,
     }
     for key, path in outputs.items():
-        emb = embed_captions(
-            text_model, captions(data, key),
-            max_length=args.max_length, hidden_states=args.hidden_states, operator=args.operator,
-            original_quirks=args.original_quirks, batch_size=args.batch_size,
-            progress=not args.no_progress, desc=f"embed {key}",
-        )
-        write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
-        print(f"wrote {path}: {CAPTION_EMB_KEY} {emb.shape[0]} x {emb.shape[1]} float32 ({key})")
+        texts = captions(data, key)
+        settings = dict(texts=len(texts), batch_size=args.batch_size, progress=not args.no_progress and ctx.is_main,
+                        max_length=args.max_length, hidden_states=args.hidden_states, operator=args.operator,
+                        original_quirks=args.original_quirks, desc=f"embed {key}")
+        if not ctx.distributed:
+            emb = embed_captions(text_model, texts, **{k: v for k, v in settings.items() if k != "texts"})
+            write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
+        else:
+            _embed_shard(text_model, texts, path, {**attrs, "sentence_key": key}, settings, ctx)
+        say(f"wrote {path}: {CAPTION_EMB_KEY} {len(texts)} x {width} float32 ({key}{launch})")
     return outputs
+
+
+def _embed_shard(text_model, texts, path: Path, attrs: dict, settings: dict, ctx) -> None:
+    """This rank's part file (kept from an interrupted run with the same settings), then rank 0's merge."""
+    import json
+
+    from utils import distributed
+    from utils.io import write_h5_rows
+
+    def fingerprint(rank):
+        kept = {k: v for k, v in settings.items() if k not in ("progress", "desc")}
+        return json.dumps({"attrs": attrs, "settings": kept, "sha": _texts_digest(texts), "rank": rank},
+                          sort_keys=True, default=str)
+
+    part = distributed.part_path(path, ctx.rank, ctx.world_size)
+    if distributed.load_part(part, fingerprint(ctx.rank)) is None:
+        rows, emb = embed_captions(text_model, texts, shard=(ctx.rank, ctx.world_size),
+                                   **{k: v for k, v in settings.items() if k != "texts"})
+        distributed.save_part(part, fingerprint(ctx.rank), rows=rows, features=emb)
+    else:
+        print(f"rank {ctx.rank}: {part} holds this rank's {path.name} rows already", file=sys.stderr)
+    distributed.barrier()
+    if not ctx.is_main:
+        return
+    parts = [distributed.part_path(path, rank, ctx.world_size) for rank in range(ctx.world_size)]
+
+    def pieces():
+        for rank, part_file in enumerate(parts):
+            saved = distributed.load_part(part_file, fingerprint(rank))
+            if saved is None:
+                raise DUCHError(f"rank {rank}'s part file {part_file} is missing; rerun the same command")
+            yield saved["rows"], saved["features"]
+
+    write_h5_rows(path, CAPTION_EMB_KEY, (len(texts), text_model.width(attrs["hidden_states"], attrs["operator"])),
+                  pieces(), attrs=attrs)
+    for part_file in parts:
+        part_file.unlink(missing_ok=True)
+
+
+def _texts_digest(texts) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -84,12 +84,6 @@ def _partial_path(out_path: Path) -> Path:
     return out_path.with_name(f".{out_path.name}.partial.npz")
 
 
-def _part_path(out_path: Path, rank: int, world_size: int) -> Path:
-    """Where rank ``rank`` of a torchrun job keeps its shard's rows: its partial file, kept when the rank is done
-    until rank 0 has merged every shard into the output."""
-    return out_path.with_name(f".{out_path.name}.part-{rank}-of-{world_size}.npz")
-
-
 def _part_fingerprint(fingerprint: str, rank: int) -> str:
     return json.dumps({"settings": fingerprint, "rank": rank})
 
@@ -123,8 +117,10 @@ def _save_partial(path: Path, fingerprint: str, features, filled) -> None:
 def _merge_parts(out_path: Path, settings_fingerprint: str, shard_rows: list[list[int]], width: int, num_images: int,
                  attrs: dict) -> None:
     """Rank 0 writes the ranks' part files into the output, one part in memory at a time, then deletes them."""
+    from utils import distributed
+
     world_size = len(shard_rows)
-    parts = [_part_path(out_path, rank, world_size) for rank in range(world_size)]
+    parts = [distributed.part_path(out_path, rank, world_size) for rank in range(world_size)]
 
     def pieces():
         for rank, rows in enumerate(shard_rows):
@@ -248,7 +244,7 @@ def _main(args: argparse.Namespace) -> Path:
         work_paths = [paths[i] for i in rows]
         starts = np.cumsum([0] + [len(batch) for batch in shards[ctx.rank]])
         work_batches = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
-        partial_path = _part_path(out_path, ctx.rank, ctx.world_size)
+        partial_path = distributed.part_path(out_path, ctx.rank, ctx.world_size)
         settings_fingerprint, fingerprint = fingerprint, _part_fingerprint(fingerprint, ctx.rank)
     resumed = _load_partial(partial_path, fingerprint, len(work_paths))
     features, filled = resumed if resumed else (None, None)

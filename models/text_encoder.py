@@ -132,8 +132,13 @@ def embed_captions(
     sort_by_length: bool | None = None,
     progress: bool = True,
     desc: str = "embed captions",
-) -> np.ndarray:
+    shard: tuple[int, int] | None = None,
+):
     """Sentence vectors (len(texts), width) as float32, rows in the order of ``texts``.
+
+    ``shard=(rank, world_size)`` (a torchrun rank's share): embed only that rank's contiguous run of the
+    one-process batches and return ``(rows, vectors)``, ``vectors[i]`` being the vector of ``texts[rows[i]]``;
+    the same batches as one process, so the same vectors.
 
     Default: mean over real tokens, each batch padded to its longest caption and batches formed
     from captions of similar length (neither can change the result: masked positions never reach
@@ -169,6 +174,15 @@ def embed_captions(
     out = np.empty((len(cleaned), width), dtype=np.float32)
 
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    position = None
+    if shard is not None:
+        from utils.distributed import shard_bounds
+
+        batches = batches[slice(*shard_bounds(len(batches), shard[1], shard[0]))]
+        shard_rows = np.asarray([r for rows in batches for r in rows], dtype=np.int64)
+        position = np.empty(len(cleaned), dtype=np.int64)
+        position[shard_rows] = np.arange(len(shard_rows))
+        out = np.empty((len(shard_rows), width), dtype=np.float32)
     with torch.inference_mode():
         for rows in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             length = max_length if pad_to_max_length else max(lengths[r] for r in rows)
@@ -182,8 +196,8 @@ def embed_captions(
             else:
                 weights = mask.unsqueeze(-1).to(tokens.dtype)
                 pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-            out[rows] = pooled.float().cpu().numpy()
-    return out
+            out[rows if position is None else position[rows]] = pooled.float().cpu().numpy()
+    return out if shard is None else (shard_rows, out)
 
 
 def offline_demo_text_model() -> Path | None:

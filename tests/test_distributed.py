@@ -206,3 +206,39 @@ def test_images_resume_from_the_ranks_part_files(images, tmp_path, monkeypatch, 
     one, _ = one_process_features(copy_dataset(images, tmp_path / "one"))
     assert np.array_equal(read_with_attrs(data / "image_emb_DEMO_aug_no_aug.h5")[0], one)
     assert not list(data.glob(".*part-*"))
+
+
+# ---- captions_embed.py ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("quirks", [False, True], ids=["default", "quirks"])
+def test_caption_embeddings_from_two_ranks_equal_one_process(tmp_path, quirks):
+    """15 captions in batches of 4 sorted by length (default) or in order (quirk): 2 + 2 batches per rank."""
+    import captions_embed
+    from tests.test_captions_embed import make_json, read
+    from tests.tiny_bert import save_tiny_bert
+
+    model = save_tiny_bert(tmp_path / "bert", num_layers=4)
+    dirs = {}
+    for name in ("one", "two"):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        make_json(dirs[name] / "augmented_UCM.json", with_aug=True)
+
+    def embed(data_dir):
+        argv = ["--data-dir", str(data_dir), "--model", str(model), "--device", "cpu", "--batch-size", "4", "--no-progress",
+                *(["--original-quirks"] if quirks else [])]
+        return captions_embed.main(captions_embed.get_args_parser().parse_args(argv))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outputs = embed(dirs["one"])
+    finally:
+        torch.set_num_threads(threads)
+    assert forked_ranks(lambda: embed(dirs["two"])) == [0, 0]
+    assert set(outputs) == {"raw", "aug_rb"}
+    for path in outputs.values():
+        one, one_attrs, _ = read(path)
+        two, two_attrs, _ = read(dirs["two"] / path.name)
+        assert np.array_equal(one, two), path.name
+        assert (one_attrs["world_size"], two_attrs["world_size"]) == (1, 2)
+    assert not list(dirs["two"].glob(".*part-*"))
