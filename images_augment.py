@@ -253,6 +253,9 @@ def _main(args: argparse.Namespace) -> Path:
         print(f"{rank}resuming: {int(filled.sum())} of {len(work_paths)} images already encoded in {partial_path}", file=sys.stderr)
         # batch-norm buffers change in train mode, but only batch statistics shape the outputs
     state = {"features": features, "filled": filled, "saved_at": time.monotonic()}
+    to_encode = len(work_paths) - (int(filled.sum()) if filled is not None else 0)
+    distributed.barrier()  # the ranks start encoding together: the time below is the job's
+    started = time.perf_counter()
 
     def on_batch(features, filled):
         state["features"], state["filled"] = features, filled
@@ -280,12 +283,16 @@ def _main(args: argparse.Namespace) -> Path:
     if ctx.distributed:
         _save_partial(partial_path, fingerprint, features, np.ones(len(work_paths), dtype=bool))  # this shard is done
         distributed.barrier()
+        to_encode = distributed.sum_counters({"images": to_encode})["images"]
         if not ctx.is_main:
             return out_path
         _merge_parts(out_path, settings_fingerprint, shard_rows, features.shape[1], len(paths), attrs)
     else:
         write_h5(out_path, IMAGE_EMB_KEY, features, attrs=attrs)
     partial_path.unlink(missing_ok=True)
+    elapsed = time.perf_counter() - started
+    print(f"encoded {to_encode} images in {elapsed:.2f} s ({to_encode / max(elapsed, 1e-9):.2f} images/s"
+          f"{f', {ctx.world_size} ranks' if ctx.distributed else ''})")
     print(f"wrote {out_path}: {IMAGE_EMB_KEY} {len(paths)} x {features.shape[1]} float32 "
           f"({img_aug}, weights: {weights_description}" + (f"; {ctx.world_size} ranks" if ctx.distributed else "") + ")")
     return out_path
