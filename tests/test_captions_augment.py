@@ -9,7 +9,7 @@ from utils import backtranslation as bt
 from utils import caption_augment
 from utils.errors import DUCHError
 from utils.rule_based_augment import (
-    DEFAULT_LEXICON, GloveNeighbours, Lexicon, LexiconTagger, RuleBasedAugmenter, build_augmenter,
+    DEFAULT_LEXICON, Lexicon, LexiconTagger, RuleBasedAugmenter,
 )
 
 CAPTIONS = {
@@ -154,22 +154,6 @@ def test_bertscore_choice_and_threshold():
     cands = lambda w, t: ["stream", "brook"]  # noqa: E731
     assert RuleBasedAugmenter(tagger, cands, Scorer())("A river .", 0) == "A brook ."
     assert RuleBasedAugmenter(tagger, cands, Scorer(), threshold=0.95)("A river .", 0) == "A river ."
-
-
-def test_glove_neighbours_threshold(tmp_path):
-    path = tmp_path / "glove.txt"
-    path.write_text("river 1 0 0\nstream 0.9 0.1 0\nwaterway 0.7 0.7 0\ncar 0 0 1\n")
-    nb = GloveNeighbours(path, min_sim=0.65)
-    assert nb.candidates("River") == ["stream", "waterway"]
-    assert GloveNeighbours(path, min_sim=0.8).candidates("river") == ["stream"]
-    assert nb.candidates("unknownword") == []
-
-
-def test_glove_route_names_missing_resources():
-    with pytest.raises(DUCHError) as exc:
-        build_augmenter(route="glove", glove_path=None, bertscore_model=None, log=lambda m: None)
-    msg = str(exc.value)
-    assert "glove-wiki-gigaword-200" in msg and "--glove" in msg and "BERTScore" in msg
 
 
 def test_shipped_lexicon_is_consistent_and_keeps_names():
