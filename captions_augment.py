@@ -23,8 +23,8 @@ PURPOSE = "Augment dataset captions (rule-based or back-translation) into augmen
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", default="ucm", help=f"dataset: {', '.join(DATASETS)}")
-    parser.add_argument("--txt-aug", default="rule-based", help=f"augmentation type: {', '.join(CAPTION_AUG_KEYS)}")
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME", help=f"dataset: {', '.join(DATASETS)}")
+    parser.add_argument("--txt-aug", default="rule-based", metavar="TXT_AUG_TYPE", help=f"augmentation type: {', '.join(CAPTION_AUG_KEYS)}")
     parser.add_argument("--data-dir", default=None, help="folder of the dataset JSON (None: the dataset's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ...")
     parser.add_argument("--batch-size", default=32, type=int, help="sentences per translation batch")

@@ -449,5 +449,6 @@ def test_help_shows_purpose_and_defaults():
     text = captions_augment.get_args_parser().format_help()
     assert captions_augment.PURPOSE in " ".join(text.split())
     for option in ("--batch-size", "--seed", "--route", "--glove-min-sim", "--bt-langs", "--flush-every"):
-        block = text[text.index(option):]
+        block = text.split("options:")[1]
+        block = block[block.index(option):]
         assert "(default:" in block[:400], option

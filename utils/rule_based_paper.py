@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from models.hub import suggest_model
 from utils.errors import DUCHError
 
 GLOVE_NAME = "glove-wiki-gigaword-200"
@@ -187,15 +188,7 @@ def find_bertscore_model(ref: str) -> Resource:
         return Resource(what, "present", f"Hugging Face cache ({Path(cached).parent})")
     if not hub_offline() and network_reachable(HF_HOST):
         return Resource(what, "download", "Hugging Face Hub")
-    return Resource(what, "missing", how=how + _suggest_model(ref))
-
-
-def _suggest_model(ref: str) -> str:
-    from bert_score.utils import model2layers
-
-    from utils.errors import did_you_mean
-
-    return did_you_mean(ref, model2layers)
+    return Resource(what, "missing", how=how + suggest_model(ref))
 
 
 def shipped_baseline(model_name: str, lang: str = BERTSCORE_LANG) -> Path | None:
@@ -239,7 +232,7 @@ def make_bertscore(ref: str = BERTSCORE_MODEL, layer: int | None = None, baselin
     if layer is None:
         layer = model2layers.get(name)
         if layer is None:
-            raise DUCHError(f"bert_score has no layer for model {ref!r}{_suggest_model(name)}; "
+            raise DUCHError(f"bert_score has no layer for model {ref!r}{suggest_model(name)}; "
                             "pass --bertscore-layer N")
     if baseline is None:
         found = shipped_baseline(name)
@@ -253,7 +246,7 @@ def make_bertscore(ref: str = BERTSCORE_MODEL, layer: int | None = None, baselin
         raise DUCHError(f"--bertscore-layer {layer}: {err}") from None
     except Exception as err:  # OSError, ValueError, offline-hub errors: the model is not there
         raise DUCHError(f"BERTScore model {ref!r} could not be loaded ({type(err).__name__}: "
-                        f"{' '.join(str(err).split())[:200]}){_suggest_model(ref)}") from None
+                        f"{' '.join(str(err).split())[:200]}){suggest_model(ref)}") from None
     _cap_tokenizer_length(scorer)
     if baseline is None:
         log(f"WARNING: no BERTScore rescale baseline for {ref!r} (bert_score ships them for hub names only): "
