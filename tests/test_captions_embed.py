@@ -342,6 +342,12 @@ def test_uncached_hub_model_offline(monkeypatch):
         load_text_model("duch-tests/not-a-cached-model")
 
 
+def test_unknown_model_name_suggests_the_closest(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DUCHError, match="did you mean 'bert-base-uncased'"):
+        load_text_model("bert-base-uncasd")
+
+
 def test_missing_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_main(["--data-dir", str(tmp_path), "--model", "unused"])

@@ -344,5 +344,6 @@ def test_glove_route_names_missing_resources(tmp_path):
     assert "averaged_perceptron_tagger_eng" in msg or "punkt_tab" in msg or "NLTK" in msg
     with pytest.raises(DUCHError, match="does not exist"):
         build_augmenter(route="glove", bertscore_model=str(tmp_path / "no_model"), log=lambda m: None)
+    assert "did you mean 'roberta-large'" in paper.find_bertscore_model("roberta-larg").how
     with pytest.raises(DUCHError, match="did you mean 'glove'"):
         build_augmenter(route="glvoe", log=lambda m: None)
