@@ -347,3 +347,31 @@ def test_glove_route_names_missing_resources(tmp_path):
     assert "did you mean 'roberta-large'" in paper.find_bertscore_model("roberta-larg").how
     with pytest.raises(DUCHError, match="did you mean 'glove'"):
         build_augmenter(route="glvoe", log=lambda m: None)
+
+
+def test_tiny_roberta_named_like_the_default_model(tmp_path):
+    """bert_score's RoBERTa path (prefix space) with a local folder called roberta-large: its layer table and
+    shipped baseline are used, and a tokenizer without a length limit is capped to the model's positions."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    folder = tmp_path / "roberta-large"
+    folder.mkdir()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([s.lower() for s in SENTENCES] * 3, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    tok = RobertaTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tok.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                               eos_token_id=2)).save_pretrained(str(folder))
+    with pytest.raises(DUCHError, match="--bertscore-layer 17"):  # roberta-large's layer, beyond this tiny model
+        paper.make_bertscore(str(folder), device="cpu", log=lambda m: None)
+    bs = paper.make_bertscore(str(folder), layer=3, device="cpu", log=lambda m: None)
+    assert bs.baseline == str(paper.shipped_baseline("roberta-large")) and bs.scorer._tokenizer.model_max_length == 64
+    same, other = bs.f1("there is a piece of farmland .", ["there is a piece of farmland .", "a river ."])
+    assert same == pytest.approx(1.0, abs=1e-5) and other < same
+    long_caption = " ".join(["farmland"] * 200)  # longer than the position table: truncated, not a crash
+    assert np.isfinite(bs.f1(long_caption, [long_caption])[0])
