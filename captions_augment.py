@@ -87,8 +87,9 @@ def main(args):
     try:
         return augment_dataset(args, ds)
     except KeyboardInterrupt:
-        print(f"interrupted: {args.data_dir} is unchanged (finished translations stay cached); "
-              "run the same command again to continue", file=sys.stderr)
+        cached = " (the translations made so far stay cached)" if args.txt_aug != "rule-based" else ""
+        print(f"interrupted: nothing was written to {args.data_dir}{cached}; run the same command again to continue",
+              file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -90,7 +90,20 @@ def check_existing(path: Path, key: str, settings: dict, rows: int) -> str | Non
 
 @exit_on_user_error
 def main(args) -> dict[str, Path]:
-    """Embed every caption set whose file is missing (all of them with --overwrite); returns {sentence key: file}."""
+    """Embed every caption set whose file is missing (all of them with --overwrite); returns {sentence key: file}.
+
+    Ctrl-C anywhere is one line and exit 130; the sets already written stay, the next run does the rest."""
+    progress: dict[str, list] = {"todo": [], "done": []}
+    try:
+        return _run(args, progress)
+    except KeyboardInterrupt:
+        left = [k for k in progress["todo"] if k not in progress["done"]]
+        print(f"interrupted: finished sets kept ({', '.join(progress['done']) or 'none'}), not written: "
+              f"{', '.join(left) or 'none'}; run the same command again to embed only those", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _run(args, progress: dict) -> dict[str, Path]:
     ds = get_dataset(args.dataset)
     data_dir = Path(args.data_dir if args.data_dir is not None else ds.default_data_dir)
     if args.batch_size < 1:
@@ -127,6 +140,7 @@ def main(args) -> dict[str, Path]:
         print("every caption set is already embedded; pass --overwrite to recompute")
         return outputs
     check_writable_dir(data_dir, "data folder")
+    progress["todo"] = list(todo)
 
     device = resolve_device(args.device)
     text_model = load_text_model(args.model, device)
@@ -145,23 +159,16 @@ def main(args) -> dict[str, Path]:
         "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}",
         "source_json": str(json_path),
     }
-    done = []
-    try:
-        for key, path in todo.items():
-            emb = embed_captions(
-                text_model, texts[key],
-                max_length=args.max_length, hidden_states=args.hidden_states, operator=args.operator,
-                original_quirks=args.original_quirks, batch_size=args.batch_size,
-                progress=not args.no_progress, desc=f"embed {key}",
-            )
-            write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
-            done.append(key)
-            print(f"wrote {path}: {CAPTION_EMB_KEY} {emb.shape[0]} x {emb.shape[1]} float32 ({key})")
-    except KeyboardInterrupt:
-        left = [k for k in todo if k not in done]
-        print(f"interrupted: finished sets kept ({', '.join(done) or 'none'}), not written: {', '.join(left)}; "
-              "run the same command again to embed only those", file=sys.stderr)
-        raise SystemExit(130) from None
+    for key, path in todo.items():
+        emb = embed_captions(
+            text_model, texts[key],
+            max_length=args.max_length, hidden_states=args.hidden_states, operator=args.operator,
+            original_quirks=args.original_quirks, batch_size=args.batch_size,
+            progress=not args.no_progress, desc=f"embed {key}",
+        )
+        write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
+        progress["done"].append(key)
+        print(f"wrote {path}: {CAPTION_EMB_KEY} {emb.shape[0]} x {emb.shape[1]} float32 ({key})")
     return outputs
 
 

@@ -7,7 +7,6 @@ import pytest
 import captions_augment
 from utils import backtranslation as bt
 from utils import caption_augment
-from utils.errors import DUCHError
 from utils.rule_based_augment import (
     DEFAULT_LEXICON, Lexicon, LexiconTagger, RuleBasedAugmenter,
 )
