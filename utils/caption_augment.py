@@ -104,7 +104,7 @@ def _rule_based(raws: list[str], args) -> tuple[list[str], dict]:
         device=args.device, seed=args.seed,
     )
     out = [aug(text, i) for i, text in enumerate(tqdm(raws, desc="rule-based", unit="sent"))]
-    provenance["counts"] = dict(aug.stats)
+    provenance.update(counts=dict(aug.stats), original_quirks=bool(args.original_quirks))
     return out, {"method": "rule-based", **provenance}
 
 
@@ -135,7 +135,7 @@ def _backtranslation(raws: list[str], args, ds: DatasetInfo, out_dir: Path) -> t
         mt_model_dir=args.mt_model_dir, device=device, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
     )
     print(f"{args.txt_aug}: models {', '.join(pool.describe().values())}")
-    quirks = bool(getattr(args, "original_quirks", False))
+    quirks = bool(args.original_quirks)
     provenance = {"method": args.txt_aug, "models": pool.describe(), "seed": args.seed, "cache_dir": str(cache_dir),
                   "generation": {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams},
                   "original_quirks": quirks}
