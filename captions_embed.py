@@ -32,20 +32,21 @@ PURPOSE = "Embed the dataset captions (raw and every augmented set) into caption
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME", help=f"dataset: {', '.join(DATASETS)}")
+    parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help)
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME",
+                        help=f"dataset: {', '.join(DATASETS)} (default: %(default)s)")
     parser.add_argument("--data-dir", default=None,
-                        help="folder with the dataset JSON and the feature files (None: the dataset's, e.g. data)")
-    parser.add_argument("--model", default=DEFAULT_TEXT_MODEL, help="Hugging Face model name or local folder")
+                        help="folder with the dataset JSON and the feature files (default: the dataset's, e.g. data)")
+    parser.add_argument("--model", default=DEFAULT_TEXT_MODEL,
+                        help="Hugging Face model name or local folder (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
-                        help="tokens per caption, longer ones truncated")
+                        help="tokens per caption, longer ones truncated (default: %(default)s)")
     parser.add_argument("--hidden-states", type=int, default=DEFAULT_HIDDEN_STATES,
-                        help="how many of the last hidden states to combine")
+                        help="how many of the last hidden states to combine (default: %(default)s)")
     parser.add_argument("--operator", default="sum", choices=OPERATORS,
-                        help="combine the hidden states by sum, or concat along features")
-    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ...")
+                        help="combine the hidden states by sum, or concat along features (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ... (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute every caption set (without it, sets whose file exists are kept)")
     parser.add_argument("--original-quirks", action="store_true",
