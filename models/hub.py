@@ -48,4 +48,5 @@ def suggest_model(name: str) -> str:
 
     from utils.errors import did_you_mean
 
-    return did_you_mean(name, [*model2layers, *cached_model_names()])
+    known = [*model2layers, *cached_model_names()]
+    return "" if name in known else did_you_mean(name, known)
