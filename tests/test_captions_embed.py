@@ -315,19 +315,6 @@ def test_per_set_resume_after_interrupt(tmp_path, tiny_bert_dir, monkeypatch, ca
     assert "hidden_states 4 (now 2)" in capsys.readouterr().err
 
 
-def test_embed_texts_reproduces_a_feature_file(default_run):
-    import h5py
-
-    from models.text_encoder import embed_texts, embedding_settings
-
-    _, outputs = default_run
-    with h5py.File(outputs["aug_rb"], "r") as f:
-        attrs, emb = dict(f["caption_emb"].attrs), f["caption_emb"][()]
-    settings = embedding_settings(attrs)
-    assert settings["max_length"] == 64 and settings["hidden_states"] == 4 and settings["original_quirks"] is False
-    np.testing.assert_allclose(embed_texts(flat("aug_rb")[:4], **settings), emb[:4], rtol=1e-5, atol=1e-5)
-
-
 def test_help_shows_purpose_and_defaults():
     text = captions_embed.get_args_parser().format_help()
     assert captions_embed.PURPOSE in " ".join(text.split())
