@@ -248,6 +248,12 @@ def make_bertscore(ref: str = BERTSCORE_MODEL, layer: int | None = None, baselin
         raise DUCHError(f"BERTScore model {ref!r} could not be loaded ({type(err).__name__}: "
                         f"{' '.join(str(err).split())[:200]}){suggest_model(ref)}") from None
     _cap_tokenizer_length(scorer)
+    if baseline is not None:
+        import warnings
+
+        with warnings.catch_warnings():  # bert_score wraps a read-only pandas array: a harmless torch warning
+            warnings.simplefilter("ignore", UserWarning)
+            scorer.baseline_vals  # noqa: B018 (read once here, cached by bert_score)
     if baseline is None:
         log(f"WARNING: no BERTScore rescale baseline for {ref!r} (bert_score ships them for hub names only): "
             "F1 is NOT rescaled, so --bertscore-threshold applies to raw F1; pass --bertscore-baseline FILE")
