@@ -35,12 +35,12 @@ def torchrun(*argv, nproc=2):
     return proc
 
 
-def _rank_main(rank, world, port, work):
+def _rank_main(rank, world, port, work, argv):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     try:
-        work()
+        work(argv)
     except SystemExit as exc:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
     except BaseException:
@@ -48,19 +48,27 @@ def _rank_main(rank, world, port, work):
     os._exit(0)
 
 
-def forked_ranks(work, world=2):
-    """Run ``work()`` in the ranks torchrun would start, forked from this process (torch is already imported:
-    a second, where torchrun takes ten); returns their exit codes."""
+def ranks(work, argv, world=2):
+    """Run ``work(argv)`` in the ranks torchrun would start; returns their exit codes.
+
+    Forked from a fork server that has imported torch and this module but never run a parallel region
+    (a fork of the pytest process itself is unsafe once GNU OpenMP has run): a second, where torchrun takes ten.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_rank_main, args=(rank, world, port, work)) for rank in range(world)]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "tests.test_distributed"])
+    procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv))) for rank in range(world)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(timeout=300)
     return [proc.exitcode for proc in procs]
+
+
+def _run_main(argv):
+    run_main(*argv)
 
 
 def history(run_dir):
@@ -115,7 +123,7 @@ def test_resume_under_torchrun(one_process, demo_features, tmp_path):
     """One process trains 2 epochs; 2 ranks resume it to 3: the same as 3 epochs in one process."""
     out = tmp_path / "resumed"
     run_main(*train_args(demo_features, out, *ARGS, "--epochs", "2"))
-    assert forked_ranks(lambda: run_main(*train_args(demo_features, out, *ARGS, "--resume"))) == [0, 0]
+    assert ranks(_run_main, train_args(demo_features, out, *ARGS, "--resume")) == [0, 0]
     assert_same_training(one_process, out / RUN)
     config = json.loads((out / RUN / "config.json").read_text())
     assert config["world_size"] == 1 and config["resumed"][0]["world_size"] == 2
@@ -149,6 +157,20 @@ def encode(data_dir, *extra):
         return images_augment.main(args)
 
 
+def _encode(argv):
+    encode(*argv)
+
+
+def _encode_but_the_merge_dies(argv):
+    import images_augment
+
+    def merge_dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    images_augment._merge_parts = merge_dies
+    encode(*argv)
+
+
 def one_process_features(data_dir, *extra):
     """One process, one thread: CPU convolutions round alike only with the same thread count (torchrun's ranks have 1)."""
     threads = torch.get_num_threads()
@@ -174,7 +196,7 @@ def test_images_from_two_ranks_equal_one_process(images, tmp_path, extra):
     """Bitwise: whole one-process batches go to ranks (batches of 5: 5 + 5 on rank 0, 2 on rank 1)."""
     one, one_attrs = one_process_features(copy_dataset(images, tmp_path / "one"), *extra)
     two_dir = copy_dataset(images, tmp_path / "two")
-    assert forked_ranks(lambda: encode(two_dir, *extra)) == [0, 0]
+    assert ranks(_encode, [two_dir, *extra]) == [0, 0]
     name = "image_emb_DEMO_aug_each_img_random.h5" if extra else "image_emb_DEMO_aug_no_aug.h5"
     two, two_attrs = read_with_attrs(two_dir / name)
     assert np.array_equal(one, two)
@@ -184,35 +206,38 @@ def test_images_from_two_ranks_equal_one_process(images, tmp_path, extra):
     assert sorted(p.name for p in two_dir.iterdir()) == sorted(["DEMO.json", "images", name])  # no part file left
 
 
-def test_images_resume_from_the_ranks_part_files(images, tmp_path, monkeypatch, capfd):
+def _encode_reading_no_image(argv):
+    from utils.images import ImageDataset
+
+    def no_reading(self, index):
+        raise AssertionError(f"image {index} was read again")
+
+    ImageDataset.__getitem__ = no_reading
+    encode(*argv)
+
+
+def test_images_resume_from_the_ranks_part_files(images, tmp_path):
     """Both ranks finish their part files, then the merge dies: the rerun encodes nothing and merges them."""
-    import images_augment
-
     data = copy_dataset(images, tmp_path / "data")
-    real_merge = images_augment._merge_parts
-
-    def merge_dies(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(images_augment, "_merge_parts", merge_dies)
-    assert forked_ranks(lambda: encode(data)) == [130, 0]
+    assert ranks(_encode_but_the_merge_dies, [data]) == [130, 0]
     parts = sorted(p.name for p in data.glob(".*part-*"))
     assert parts == [".image_emb_DEMO_aug_no_aug.h5.part-0-of-2.npz", ".image_emb_DEMO_aug_no_aug.h5.part-1-of-2.npz"]
-    monkeypatch.setattr(images_augment, "_merge_parts", real_merge)
-    capfd.readouterr()
-    assert forked_ranks(lambda: encode(data)) == [0, 0]
-    err = capfd.readouterr().err
-    assert "rank 0: resuming: 10 of 10 images" in err and "rank 1: resuming: 2 of 2 images" in err
+    assert ranks(_encode_reading_no_image, [data]) == [0, 0]  # both shards come from the part files
     one, _ = one_process_features(copy_dataset(images, tmp_path / "one"))
     assert np.array_equal(read_with_attrs(data / "image_emb_DEMO_aug_no_aug.h5")[0], one)
     assert not list(data.glob(".*part-*"))
 
 
 # ---- captions_embed.py ---------------------------------------------------------------------------------
+def _embed(argv):
+    import captions_embed
+
+    return captions_embed.main(captions_embed.get_args_parser().parse_args(argv))
+
+
 @pytest.mark.parametrize("quirks", [False, True], ids=["default", "quirks"])
 def test_caption_embeddings_from_two_ranks_equal_one_process(tmp_path, quirks):
     """15 captions in batches of 4 sorted by length (default) or in order (quirk): 2 + 2 batches per rank."""
-    import captions_embed
     from tests.test_captions_embed import make_json, read
     from tests.tiny_bert import save_tiny_bert
 
@@ -223,18 +248,17 @@ def test_caption_embeddings_from_two_ranks_equal_one_process(tmp_path, quirks):
         dirs[name].mkdir()
         make_json(dirs[name] / "augmented_UCM.json", with_aug=True)
 
-    def embed(data_dir):
-        argv = ["--data-dir", str(data_dir), "--model", str(model), "--device", "cpu", "--batch-size", "4", "--no-progress",
+    def argv(data_dir):
+        return ["--data-dir", str(data_dir), "--model", str(model), "--device", "cpu", "--batch-size", "4", "--no-progress",
                 *(["--original-quirks"] if quirks else [])]
-        return captions_embed.main(captions_embed.get_args_parser().parse_args(argv))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outputs = embed(dirs["one"])
+        outputs = _embed(argv(dirs["one"]))
     finally:
         torch.set_num_threads(threads)
-    assert forked_ranks(lambda: embed(dirs["two"])) == [0, 0]
+    assert ranks(_embed, argv(dirs["two"])) == [0, 0]
     assert set(outputs) == {"raw", "aug_rb"}
     for path in outputs.values():
         one, one_attrs, _ = read(path)

@@ -49,8 +49,6 @@ _CONTEXT = Context()
 _ONE_PROCESS = False  # inside ``one_process()``
 
 
-
-
 def context() -> Context:
     """The context ``init_from_env`` made (one process until then)."""
     return _CONTEXT
