@@ -193,6 +193,20 @@ def test_step_gradients_and_updates_match_the_spec(original_quirks):
                                    rtol=0, atol=1e-6, msg=name)
 
 
+def test_gradient_penalty_is_taken_at_the_elementwise_interpolate():
+    from utils import losses
+
+    torch.manual_seed(0)
+    disc = QuadraticDiscriminator(BITS)
+    real, fake = torch.randn(10, BITS), torch.randn(10, BITS)
+    torch.manual_seed(7)
+    a = torch.rand(10, BITS)  # one weight per element, as SPEC says
+    d = [q.detach() for q in (disc.w, disc.b, disc.c)]
+    expected = ((ref_disc_input_grad(d, a * real + (1 - a) * fake).norm(dim=1) - 1) ** 2).mean()
+    torch.manual_seed(7)
+    assert losses.gradient_penalty(disc, real, fake).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_optimisers_follow_the_spec():
     trainer = make_trainer()
     assert type(trainer.opt_hash) is torch.optim.Adam and type(trainer.opt_disc) is torch.optim.Adam
