@@ -1,12 +1,17 @@
-"""Encode a dataset's images with ResNet18 under one transform set: ``image_emb_DS_aug[_<set>].h5``.
+"""Encode a dataset's images with ResNet18 under one transform set: ``image_emb_DS_aug_<set>.h5``.
 
 Defaults follow the paper (eval mode, ImageNet normalisation); ``--original-quirks`` reproduces the
-authors' release (training-mode batch norm over shuffled batches of 525, no normalisation).
+authors' release: its encoding order (``np.random.seed(42)``, a permutation, consecutive batches of
+525 for UCM / 500 for RSICD), training-mode batch norm and no normalisation.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 from configs.datasets import DATASETS, get_dataset
@@ -14,53 +19,115 @@ from configs.files import IMAGE_EMB_KEY, dataset_json_name, image_emb_name
 from utils.errors import DUCHError, exit_on_user_error
 
 DEFAULT_BATCH_SIZE = 64
-ORIGINAL_BATCH_SIZE = 525  # the original's shuffled batches, which its training-mode batch norm depends on
+PARTIAL_SAVE_EVERY_S = 60.0  # progress of a long run is saved this often (and when it is interrupted)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except where the help text already says what an unset flag means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from utils.image_transforms import IMAGE_AUG_SETS
+    from utils.images import DEFAULT_MAX_IMAGE_PIXELS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
+    parser = argparse.ArgumentParser(
+        description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
+        formatter_class=_HelpFormatter, add_help=add_help,
+    )
     parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME", help=f"one of: {', '.join(DATASETS)}")
     parser.add_argument("--img-aug", default="no_aug", metavar="IMG_AUG_SET",
                         help=f"image transform set, one of: {', '.join(IMAGE_AUG_SETS)}")
     parser.add_argument("--crop-size", nargs=2, type=int, default=[200, 200], metavar=("CROP_H", "CROP_W"),
-                        help="crop size for the center and random crops")
+                        help="crop size of every set with a centre or random crop")
     parser.add_argument("--rot-deg", nargs=2, type=float, default=[-10, -5], metavar=("ROT_DEG_MIN", "ROT_DEG_MAX"),
-                        help="random rotation range in degrees")
+                        help="random rotation range in degrees, for rotation_cc (and each_img_random); "
+                             "aug_center/aug_random always use -10 -5")
     parser.add_argument("--blur-val", nargs=4, type=float, default=[3, 3, 1.1, 1.3],
-                        metavar=("KERNEL_W", "KERNEL_H", "SIGMA_MIN", "SIGMA_MAX"), help="gaussian blur parameters")
-    parser.add_argument("--jit-str", type=float, default=0.5, metavar="JITTER_STRENGTH", help="color jitter strength")
+                        metavar=("KERNEL_W", "KERNEL_H", "SIGMA_MIN", "SIGMA_MAX"),
+                        help="gaussian blur, for blur_cc (and each_img_random); aug_center/aug_random always use 3 3 1.1 1.3")
+    parser.add_argument("--jit-str", type=float, default=0.5, metavar="JITTER_STRENGTH",
+                        help="colour jitter strength s, ColorJitter(0.8s, 0.8s, 0.8s, 0.2s), for jitter_cc "
+                             "(and each_img_random)")
     parser.add_argument("--data-dir", default=None,
-                        help="folder of the dataset JSON and the output (default: the dataset's, e.g. data)")
+                        help="folder of the dataset JSON and the output (default: the dataset's: data, or data/demo)")
     parser.add_argument("--image-dir", default=None,
-                        help="image folder, flat or with class subfolders (default: <data-dir>/<dataset image folder>)")
+                        help="image folder, flat or with class subfolders (default: <data-dir>/<the dataset's image folder>)")
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1), a ResNet18 state-dict "
                              ".pth file, or 'none' (random weights: tests and offline demos only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per batch (default {DEFAULT_BATCH_SIZE}, or {ORIGINAL_BATCH_SIZE} "
-                             "with --original-quirks)")
+                        help=f"images per batch (default: {DEFAULT_BATCH_SIZE}; with --original-quirks the "
+                             "original's 525 for UCM, 500 for RSICD; 150 for the demo)")
     parser.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="data-loading worker processes (0: load in the main process)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the random transforms and of --weights none")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the random transforms, of --weights none and of the original's encoding order")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse larger images (PIL's decompression-bomb limit); 0: no limit")
+    parser.add_argument("--bit-depth", type=int, default=16, metavar="BITS",
+                        help="significant bits of 16-bit images, e.g. 12 for 12-bit sensor data stored in 16-bit "
+                             "files: they are scaled to 8 bits by 255 / (2^BITS - 1); 8-bit images are unaffected")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--original-quirks", action="store_true",
-                        help="reproduce the original release: network in training mode (batch-norm batch "
-                             "statistics over shuffled batches) and no ImageNet mean/std normalisation")
+                        help="reproduce the original release: its encoding order and batches, network in training "
+                             "mode (batch-norm batch statistics) and no ImageNet mean/std normalisation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
+def _partial_path(out_path: Path) -> Path:
+    """Where an interrupted run keeps the rows it has encoded (beside the output, hidden)."""
+    return out_path.with_name(f".{out_path.name}.partial.npz")
+
+
+def _load_partial(path: Path, fingerprint: str, num_images: int):
+    """(features, filled) saved by an interrupted run with the same settings, or None."""
+    import numpy as np
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["fingerprint"]) != fingerprint or saved["features"].shape[0] != num_images:
+                print(f"note: {path} was made with other settings; starting afresh", file=sys.stderr)
+                return None
+            return saved["features"].copy(), saved["filled"].copy()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        print(f"note: {path} is unreadable; starting afresh", file=sys.stderr)
+        return None
+
+
+def _save_partial(path: Path, fingerprint: str, features, filled) -> None:
+    import numpy as np
+
+    from utils.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, features=features, filled=filled, fingerprint=np.array(fingerprint))
+
+
 @exit_on_user_error
 def main(args: argparse.Namespace) -> Path:
-    import torch
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; no feature file was written", file=sys.stderr)
+        raise SystemExit(130) from None
 
-    from models.image_encoder import build_image_encoder, encode_images
+
+def _main(args: argparse.Namespace) -> Path:
+    import numpy as np
+
+    from models.image_encoder import build_image_encoder, encode_image_files
     from utils.dataset_json import load_dataset_json
-    from utils.image_transforms import OUTPUT_SIZE, AugParams, SeededTransform, check_image_aug_set
-    from utils.images import ImageDataset, check_images_readable, collate_or_error, find_images
+    from utils.image_transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, SeededTransform,
+                                        check_image_aug_set, original_each_img_random_choices)
+    from utils.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
+                              is_high_bit_depth, original_image_order)
     from utils.io import check_writable_dir, refuse_overwrite, write_h5
     from utils.runtime import resolve_device, seed_everything, versions
 
@@ -68,60 +135,101 @@ def main(args: argparse.Namespace) -> Path:
     ds = get_dataset(args.dataset)
     img_aug = check_image_aug_set(args.img_aug)
     params = AugParams.checked(args.crop_size, args.rot_deg, args.blur_val, args.jit_str)
-    batch_size = args.batch_size or (ORIGINAL_BATCH_SIZE if args.original_quirks else DEFAULT_BATCH_SIZE)
-    if batch_size < 1 or args.num_workers < 0:
-        raise DUCHError("--batch-size must be >= 1 and --num-workers >= 0")
+    quirks = bool(args.original_quirks)
+    batch_size = args.batch_size or (ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE)
+    if batch_size < 1 or args.num_workers < 0 or args.max_image_pixels < 0:
+        raise DUCHError("--batch-size must be >= 1, --num-workers >= 0 and --max-image-pixels >= 0")
+    if not 9 <= args.bit_depth <= 16:
+        raise DUCHError(f"--bit-depth is the significant bits of 16-bit images: 9..16, got {args.bit_depth}")
     data_dir = Path(args.data_dir or ds.default_data_dir)
     image_dir = Path(args.image_dir) if args.image_dir else data_dir / ds.image_dir
     out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str)
     refuse_overwrite(out_path, args.overwrite)
-    check_writable_dir(data_dir, "data folder")
     json_path = data_dir / dataset_json_name(ds)
     data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}")
+    check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
-    check_images_readable(paths)
+    formats = check_images_readable(paths, args.max_image_pixels, args.bit_depth)
+    high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
+    if high_bit_depth:
+        print(f"note: {high_bit_depth} images are not 8-bit ({', '.join(sorted(f for f in formats if is_high_bit_depth(f)))}); "
+              f"converted to 8 bits as documented: {high_bit_depth_rule(args.bit_depth)}", file=sys.stderr)
     device = resolve_device(args.device)
+
+    # the order of work: the original's permutation and batches in quirk mode (its training-mode batch
+    # norm makes every row depend on its batch mates); JSON order otherwise (eval mode: rows independent)
+    order = original_image_order(len(paths), args.seed) if quirks else np.arange(len(paths))
+    batches = consecutive_batches(order, batch_size)
+    choices = original_each_img_random_choices(order, args.seed) if quirks and img_aug == "each_img_random" else None
 
     seed_everything(args.seed)  # also makes --weights none reproducible
     model, weights_description = build_image_encoder(args.weights)
-    normalize = not args.original_quirks
-    dataset = ImageDataset(paths, SeededTransform(img_aug, params, normalize=normalize, seed=args.seed))
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=args.original_quirks,  # batch composition matters only with batch statistics
-        generator=torch.Generator().manual_seed(args.seed),
-        num_workers=args.num_workers,
-        collate_fn=collate_or_error,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    # channels_last: 1.4x faster on CPU (benchmarks/bench_image_encoder.py), same features to float rounding
-    features = encode_images(model, loader, device, len(paths), train_mode=args.original_quirks,
-                             channels_last=True, progress=not args.no_progress)
+    normalize = not quirks
+    transform = SeededTransform(img_aug, params, normalize=normalize, seed=args.seed, choices=choices)
 
-    write_h5(out_path, IMAGE_EMB_KEY, features, attrs={
+    attrs = {
         "dataset": ds.name,
         "dataset_json": str(json_path),
         "num_images": len(paths),
         "encoder": "torchvision resnet18, fc = Identity (global-average-pool output)",
         "weights": weights_description,
-        "original_quirks": bool(args.original_quirks),
-        "network_mode": "train (batch-norm batch statistics)" if args.original_quirks else "eval",
-        "normalization": "imagenet mean/std" if normalize else "none",
+        "original_quirks": quirks,
+        "network_mode": "train (batch-norm batch statistics)" if quirks else "eval",
+        "normalization": "none" if quirks else "imagenet mean/std",
         "memory_format": "channels_last",
         "batch_size": batch_size,
-        "shuffled_batches": bool(args.original_quirks),
+        "encoding_order": (f"original: np.random.seed({args.seed}); np.random.permutation({len(paths)}); "
+                           f"consecutive batches of {batch_size}") if quirks else "JSON order",
         "img_aug": img_aug,
         "crop_size": list(params.crop_size),
-        "rot_deg": list(params.rot_deg),
-        "blur_val": list(params.blur_val),
+        "rot_deg": list(PAPER_ROTATION if img_aug in ("aug_center", "aug_random") else params.rot_deg),
+        "blur_val": list(PAPER_BLUR if img_aug in ("aug_center", "aug_random") else params.blur_val),
         "jit_str": params.jit_str,
+        "each_img_random_choice": (f"original: random.seed({args.seed}), random.choice per image in encoding order"
+                                   if choices is not None else "per image from (seed, index)"),
         "resize": list(OUTPUT_SIZE),
         "seed": args.seed,
+        "image_formats": dict(formats),
+        "high_bit_depth_conversion": high_bit_depth_rule(args.bit_depth) if high_bit_depth else "none needed (8-bit images)",
         "synthetic_dataset": bool(ds.synthetic or data.get("synthetic", False)),
         "versions": versions(),
-    })
+    }
+    # an interrupted run resumes from its saved rows when every setting that shapes them is the same
+    fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {
+        "paths": [str(p) for p in paths], "device_type": device.type}, sort_keys=True, default=str)
+    partial_path = _partial_path(out_path)
+    resumed = _load_partial(partial_path, fingerprint, len(paths))
+    features, filled = resumed if resumed else (None, None)
+    if resumed:
+        print(f"resuming: {int(filled.sum())} of {len(paths)} images already encoded in {partial_path}", file=sys.stderr)
+        # batch-norm buffers change in train mode, but only batch statistics shape the outputs
+    state = {"features": features, "filled": filled, "saved_at": time.monotonic()}
+
+    def on_batch(features, filled):
+        state["features"], state["filled"] = features, filled
+        if time.monotonic() - state["saved_at"] >= PARTIAL_SAVE_EVERY_S:
+            _save_partial(partial_path, fingerprint, features, filled)
+            state["saved_at"] = time.monotonic()
+
+    try:
+        features = encode_image_files(
+            model, transform, paths, device, num_workers=args.num_workers, batches=batches, train_mode=quirks,
+            channels_last=True, progress=not args.no_progress, max_pixels=args.max_image_pixels, bit_depth=args.bit_depth,
+            features=features, filled=filled, on_batch=on_batch,
+        )
+    except BaseException as err:  # Ctrl-C or a bad image: keep what was encoded, for the rerun
+        done = 0 if state["filled"] is None else int(state["filled"].sum())
+        if done:
+            _save_partial(partial_path, fingerprint, state["features"], state["filled"])
+        if isinstance(err, KeyboardInterrupt):
+            kept = f"{done} of {len(paths)} images are saved in {partial_path}; " if done else ""
+            print(f"error: interrupted; {out_path} was not written; {kept}rerun the same command to resume",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+
+    write_h5(out_path, IMAGE_EMB_KEY, features, attrs=attrs)
+    partial_path.unlink(missing_ok=True)
     print(f"wrote {out_path}: {IMAGE_EMB_KEY} {features.shape[0]} x {features.shape[1]} float32 "
           f"({img_aug}, weights: {weights_description})")
     return out_path

@@ -20,17 +20,20 @@ class DatasetInfo:
     image_dim: int | None = 512  # expected feature widths (None: any, but equal across views)
     caption_dim: int | None = 768
     synthetic: bool = False
+    # the original release's images_augment.py batch (its training-mode batch norm depends on it)
+    original_image_batch_size: int = 525
 
 
 DATASETS: dict[str, DatasetInfo] = {
     # UCM captions release: images 1.tif ... 2100.tif in one folder
-    "ucm": DatasetInfo("ucm", "UCM", 21, 2100, ".tif", "UCM_captions/imgs"),
+    "ucm": DatasetInfo("ucm", "UCM", 21, 2100, ".tif", "UCM_captions/imgs", original_image_batch_size=525),
     # RSICD release: images <class>_<n>.jpg in one folder
-    "rsicd": DatasetInfo("rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images"),
+    "rsicd": DatasetInfo("rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images", original_image_batch_size=500),
     # generated offline demo in the UCM layout; encoders available offline decide the widths
     "demo": DatasetInfo(
         "demo", "DEMO", 6, None, ".png", "images", default_data_dir="data/demo",
         image_dim=None, caption_dim=None, synthetic=True,
+        original_image_batch_size=150,  # a quarter of the default demo (600 images), as 525 is of UCM
     ),
 }
 

@@ -27,11 +27,15 @@ TXT_AUG_BY_KEY = {key: txt_aug for txt_aug, key in CAPTION_AUG_KEYS.items()}
 PARAMETERISED_IMAGE_SETS = ("rotation_cc", "blur_cc", "jitter_cc")
 
 
-def _num(value) -> str:
-    """Numbers in file names: integers without a decimal point, other floats as Python prints them."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def _int_name(value) -> str:
+    """An integer as the original writes it (``str(int)``); a non-integer float as Python prints it."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def _float_name(value) -> str:
+    """A number the original parses as a float, as Python prints a float: ``1`` -> ``1.0``."""
+    return str(float(value))
 
 
 def dataset_json_name(ds: DatasetInfo) -> str:
@@ -55,18 +59,63 @@ def image_emb_name(
     blur_val: Sequence[float] = (3, 3, 1.1, 1.3),
     jit_str: float = 0.5,
 ) -> str:
-    """``image_emb_DS_aug[_<set>[_<params>]].h5`` as in SPEC section 1."""
-    stem = f"image_emb_{ds.name}_aug"
-    if img_aug == "no_aug":
-        return stem + ".h5"
-    params: Sequence = ()
+    """``image_emb_DS_aug_<set>[_<params>].h5``, exactly as the original writes it (SPEC section 1).
+
+    ``no_aug`` -> ``image_emb_DS_aug_no_aug.h5``; rotation degrees as integers (the original's
+    ``--rot-deg`` is ``type=int``), blur kernel as integers and sigmas as floats (``3_3_1.1_1.3``),
+    jitter strength as a float (``0.5``, ``1.0``).
+    """
+    params: list[str] = []
     if img_aug == "rotation_cc":
-        params = rot_deg
+        params = [_int_name(r) for r in rot_deg]
     elif img_aug == "blur_cc":
-        params = blur_val
+        params = [_int_name(k) for k in blur_val[:2]] + [_float_name(s) for s in blur_val[2:]]
     elif img_aug == "jitter_cc":
-        params = (jit_str,)
-    return "_".join([stem, img_aug, *(_num(p) for p in params)]) + ".h5"
+        params = [_float_name(jit_str)]
+    return "_".join([f"image_emb_{ds.name}_aug", img_aug, *params]) + ".h5"
+
+
+def image_emb_names(ds: DatasetInfo, img_aug: str = "no_aug", rot_deg: Sequence[float] = (-10, -5),
+                    blur_val: Sequence[float] = (3, 3, 1.1, 1.3), jit_str: float = 0.5) -> list[str]:
+    """Every name a reader accepts for these features, the written one first.
+
+    Also read: ``image_emb_DS_aug.h5`` for ``no_aug`` (named in the original's config, never written by
+    it) and the names earlier versions of this project wrote (integral floats without ``.0``).
+    """
+    names = [image_emb_name(ds, img_aug, rot_deg, blur_val, jit_str)]
+    if img_aug == "no_aug":
+        names.append(f"image_emb_{ds.name}_aug.h5")
+    elif img_aug in ("blur_cc", "jitter_cc"):
+        legacy = [*(blur_val if img_aug == "blur_cc" else (jit_str,))]
+        names.append("_".join([f"image_emb_{ds.name}_aug", img_aug, *(_int_name(p) for p in legacy)]) + ".h5")
+    return list(dict.fromkeys(names))
+
+
+def find_image_emb(data_dir: str | Path, ds: DatasetInfo, img_aug: str = "no_aug", **params) -> Path:
+    """The first existing file of ``image_emb_names`` in ``data_dir``, else the written name (for errors)."""
+    candidates = [Path(data_dir) / name for name in image_emb_names(ds, img_aug, **params)]
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+def parse_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
+    """The images_augment.py settings a file name stands for, or None: for fix-it hints."""
+    import re
+
+    match = re.fullmatch(rf"image_emb_{re.escape(ds.name)}_aug(?:_(.+))?\.h5", Path(name).name)
+    if not match:
+        return None
+    from utils.image_transforms import IMAGE_AUG_SETS
+
+    rest = match.group(1) or "no_aug"
+    for img_aug, n_params in (("rotation_cc", 2), ("blur_cc", 4), ("jitter_cc", 1)):
+        if rest.startswith(img_aug + "_"):
+            values = re.findall(r"-?\d+(?:\.\d+)?", rest[len(img_aug) + 1:])
+            if len(values) != n_params or "_".join(values) != rest[len(img_aug) + 1:]:
+                return None
+            key = {"rotation_cc": "rot_deg", "blur_cc": "blur_val", "jitter_cc": "jit_str"}[img_aug]
+            numbers = [float(v) for v in values]
+            return {"img_aug": img_aug, key: numbers[0] if n_params == 1 else numbers}
+    return {"img_aug": rest} if rest in IMAGE_AUG_SETS else None
 
 
 def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> str:
@@ -77,10 +126,28 @@ def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> st
     return f"caption_emb_{ds.name}_aug_{suffix}.h5"
 
 
-def image_emb_command(ds: DatasetInfo, img_aug: str) -> str:
+def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", *, rot_deg: Sequence[float] | None = None,
+                      blur_val: Sequence[float] | None = None, jit_str: float | None = None) -> str:
     """The command that writes an image feature file (for error messages)."""
-    extra = "" if img_aug == "no_aug" else f" --img-aug {img_aug}"
-    return f"python images_augment.py --dataset {ds.key}{extra}"
+    command = f"python images_augment.py --dataset {ds.key}"
+    if img_aug != "no_aug":
+        command += f" --img-aug {img_aug}"
+    if img_aug == "rotation_cc" and rot_deg is not None:
+        command += " --rot-deg " + " ".join(_int_name(r) for r in rot_deg)
+    if img_aug == "blur_cc" and blur_val is not None:
+        command += " --blur-val " + " ".join([_int_name(k) for k in blur_val[:2]] + [_float_name(s) for s in blur_val[2:]])
+    if img_aug == "jitter_cc" and jit_str is not None:
+        command += f" --jit-str {_float_name(jit_str)}"
+    return command
+
+
+def image_emb_command_for_file(ds: DatasetInfo, path: str | Path) -> str:
+    """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
+    settings = parse_image_emb_name(ds, Path(path).name)
+    if settings is None:
+        return (f"python images_augment.py --dataset {ds.key} --img-aug <set> (which writes "
+                f"image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
+    return image_emb_command(ds, **settings)
 
 
 def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> str:

@@ -8,7 +8,7 @@ from utils.dataset_json import image_labels
 
 def test_image_and_caption_file_names():
     ucm, rsicd = get_dataset("ucm"), get_dataset("RSICD")
-    assert files.image_emb_name(ucm) == "image_emb_UCM_aug.h5"
+    assert files.image_emb_name(ucm) == "image_emb_UCM_aug_no_aug.h5"
     assert files.image_emb_name(ucm, "center_crop_only") == "image_emb_UCM_aug_center_crop_only.h5"
     assert files.image_emb_name(rsicd, "aug_center") == "image_emb_RSICD_aug_aug_center.h5"
     assert files.image_emb_name(ucm, "rotation_cc", rot_deg=(-10, -5)) == "image_emb_UCM_aug_rotation_cc_-10_-5.h5"

@@ -68,7 +68,7 @@ def copy_dataset(data_dir, tmp_path):
 
 def test_default_output_file(base, data_dir):
     out, features, attrs = base
-    assert out == data_dir / "image_emb_DEMO_aug.h5"
+    assert out == data_dir / "image_emb_DEMO_aug_no_aug.h5"  # the original's name
     with h5py.File(out, "r") as f:
         assert list(f.keys()) == [IMAGE_EMB_KEY]
         assert f[IMAGE_EMB_KEY].dtype == np.float32
@@ -78,6 +78,7 @@ def test_default_output_file(base, data_dir):
     assert attrs["weights"].startswith("none") and attrs["img_aug"] == "no_aug"
     assert not attrs["original_quirks"] and attrs["normalization"] == "imagenet mean/std"
     assert attrs["seed"] == 42 and attrs["batch_size"] == 64 and attrs["synthetic_dataset"]
+    assert attrs["encoding_order"] == "JSON order" and json.loads(attrs["image_formats"]) == {"RGB": N_IMAGES}
 
 
 def test_parameterised_set_name_and_params(data_dir):
@@ -103,7 +104,8 @@ def test_original_quirks_differ_from_eval_mode(base, data_dir, tmp_path):
     assert features.shape == (N_IMAGES, 512) and np.isfinite(features).all()
     assert not np.allclose(features, base[1], atol=1e-3)
     assert attrs["original_quirks"] and attrs["normalization"] == "none"
-    assert attrs["batch_size"] == images_augment.ORIGINAL_BATCH_SIZE and attrs["shuffled_batches"]
+    assert attrs["batch_size"] == DEMO.original_image_batch_size
+    assert attrs["encoding_order"].startswith("original: np.random.seed(42); np.random.permutation(6)")
 
 
 def test_local_weights_file_matches_the_same_weights(base, data_dir, tmp_path):
@@ -141,7 +143,9 @@ def test_refuses_to_overwrite(base, data_dir, capsys):
 
 def test_unknown_set_lists_valid_ones(data_dir, capsys):
     err = run_error(capsys, data_dir, "--img-aug", "mirror")
-    assert "mirror" in err and all(name in err for name in IMAGE_AUG_SETS)
+    assert "mirror" in err and all(name in err for name in IMAGE_AUG_SETS) and "did you mean" not in err
+    err = run_error(capsys, data_dir, "--img-aug", "rotation-cc")
+    assert "did you mean 'rotation_cc'?" in err
 
 
 def test_missing_json(tmp_path, capsys):

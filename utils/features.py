@@ -97,7 +97,7 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     img_hint = files.image_emb_command(ds, BASE_IMAGE_SET)
     image = _load_checked(paths.image, files.IMAGE_EMB_KEY, n, ds.image_dim, img_hint, "image feature")
     image_aug = _load_checked(
-        paths.image_aug, files.IMAGE_EMB_KEY, n, image.shape[1], files.image_emb_command(ds, preset.aug_image_set), "image feature"
+        paths.image_aug, files.IMAGE_EMB_KEY, n, image.shape[1], files.image_emb_command_for_file(ds, paths.image_aug), "image feature"
     )
     cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY)
     caption = _load_checked(paths.caption, files.CAPTION_EMB_KEY, n, ds.caption_dim, cap_hint, "caption feature")

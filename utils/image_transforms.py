@@ -9,10 +9,11 @@ image from (seed, image index), which makes every output independent of batch si
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 
 IMAGE_AUG_SETS = (
     "no_aug",
@@ -27,6 +28,12 @@ IMAGE_AUG_SETS = (
 )
 # each_img_random applies one of these, chosen per image
 EACH_IMG_RANDOM_CHOICES = ("rotation_cc", "blur_cc", "jitter_cc")
+
+# aug_center and aug_random always use the paper's values, as the original (its config fixes them);
+# --rot-deg, --blur-val and --jit-str set only rotation_cc, blur_cc and jitter_cc
+PAPER_BLUR = (3, 3, 1.1, 1.3)  # kernel w, kernel h, sigma min, sigma max
+PAPER_ROTATION = (-10.0, -5.0)  # degrees
+MAX_JITTER_STRENGTH = 2.5  # ColorJitter's hue factor 0.2 s must stay <= 0.5
 
 OUTPUT_SIZE = (224, 224)  # ResNet input; (h, w) so that non-square images still batch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,8 +64,8 @@ class AugParams:
             raise DUCHError(f"--blur-val kernel sizes must be positive odd integers, got {kw} {kh}")
         if not 0 < smin <= smax:
             raise DUCHError(f"--blur-val sigmas need 0 < SMIN <= SMAX, got {smin} {smax}")
-        if jit_str < 0:
-            raise DUCHError(f"--jit-str must be >= 0, got {jit_str}")
+        if not 0 <= jit_str <= MAX_JITTER_STRENGTH:
+            raise DUCHError(f"--jit-str must lie in [0, {MAX_JITTER_STRENGTH}] (hue jitter 0.2 s <= 0.5), got {jit_str}")
         return cls(
             (int(crop_size[0]), int(crop_size[1])),
             (float(rot_deg[0]), float(rot_deg[1])),
@@ -69,7 +76,8 @@ class AugParams:
 
 def check_image_aug_set(name: str) -> str:
     if name not in IMAGE_AUG_SETS:
-        raise DUCHError(f"unknown image transform set {name!r}; choose one of: {', '.join(IMAGE_AUG_SETS)}")
+        raise DUCHError(f"unknown image transform set {name!r}{did_you_mean(name, IMAGE_AUG_SETS)}; "
+                        f"choose one of: {', '.join(IMAGE_AUG_SETS)}")
     return name
 
 
@@ -77,21 +85,20 @@ def _augmentations(name: str, p: AugParams) -> list:
     """The set-specific PIL-stage transforms, in the original's order (augment, then crop)."""
     from torchvision.transforms import v2
 
-    kw, kh, smin, smax = p.blur_val
-    blur = v2.GaussianBlur(kernel_size=(kw, kh), sigma=(smin, smax))
-    rotation = v2.RandomRotation(degrees=p.rot_deg)
+    def blur(kw, kh, smin, smax):
+        return v2.GaussianBlur(kernel_size=(int(kw), int(kh)), sigma=(smin, smax))
+
     center, rand = v2.CenterCrop(p.crop_size), v2.RandomCrop(p.crop_size)
     s = p.jit_str
-    jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     return {
         "no_aug": [],
         "center_crop_only": [center],
         "random_crop_only": [rand],
-        "aug_center": [blur, rotation, center],
-        "aug_random": [blur, rotation, rand],
-        "rotation_cc": [rotation, center],
-        "blur_cc": [blur, center],
-        "jitter_cc": [jitter, center],
+        "aug_center": [blur(*PAPER_BLUR), v2.RandomRotation(degrees=PAPER_ROTATION), center],
+        "aug_random": [blur(*PAPER_BLUR), v2.RandomRotation(degrees=PAPER_ROTATION), rand],
+        "rotation_cc": [v2.RandomRotation(degrees=p.rot_deg), center],
+        "blur_cc": [blur(*p.blur_val), center],
+        "jitter_cc": [v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), center],
     }[name]
 
 
@@ -113,16 +120,37 @@ def build_transform(name: str, params: AugParams = AugParams(), normalize: bool 
     return v2.Compose(steps)
 
 
+def original_each_img_random_choices(order: Iterable[int], seed: int = 42) -> dict[int, str]:
+    """The set the original release gives each image under ``each_img_random``: {JSON index: set}.
+
+    The original calls ``random.choice(sets)`` per image after ``random.seed(42)``, in its encoding
+    order ``order`` (SPEC section 2). With torchvision 0.9 (its requirements.txt), ``rotation_cc``'s
+    rotation sits in a ``RandomChoice`` of one transform, whose ``random.choice`` takes one more draw
+    from the same generator: that draw shifts every later choice, so it is made here too.
+    """
+    rng = random.Random(seed)  # the same stream as random.seed(seed)
+    chosen = {}
+    for index in order:
+        name = rng.choice(EACH_IMG_RANDOM_CHOICES)
+        if name == "rotation_cc":
+            rng.choice([None])  # torchvision 0.9 RandomChoice([RandomRotation(...)])
+        chosen[int(index)] = name
+    return chosen
+
+
 class SeededTransform:
     """Transform set ``name`` applied to image ``index`` with randomness seeded from (seed, index).
 
-    ``each_img_random`` picks its set per image from the same seed. Torch's global generator is
-    forked, so the caller's random state is left as it was.
+    ``each_img_random`` picks its set per image from the same seed, or from ``choices`` ({index: set},
+    e.g. ``original_each_img_random_choices``). Torch's global generator is forked, so the caller's
+    random state is left as it was.
     """
 
-    def __init__(self, name: str, params: AugParams = AugParams(), normalize: bool = True, seed: int = 42):
+    def __init__(self, name: str, params: AugParams = AugParams(), normalize: bool = True, seed: int = 42,
+                 choices: Mapping[int, str] | None = None):
         check_image_aug_set(name)
         self.name, self.seed = name, seed
+        self.choices = dict(choices) if choices is not None else None
         names = EACH_IMG_RANDOM_CHOICES if name == "each_img_random" else (name,)
         self.transforms = {n: build_transform(n, params, normalize) for n in names}
 
@@ -131,7 +159,9 @@ class SeededTransform:
         import numpy as np
 
         torch_seed, choice = np.random.SeedSequence([self.seed, index]).generate_state(2)
-        name = EACH_IMG_RANDOM_CHOICES[int(choice) % 3] if self.name == "each_img_random" else self.name
+        name = self.name
+        if name == "each_img_random":
+            name = self.choices[index] if self.choices is not None else EACH_IMG_RANDOM_CHOICES[int(choice) % 3]
         return name, int(torch_seed)
 
     def __call__(self, image, index: int):

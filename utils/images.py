@@ -1,10 +1,39 @@
 """Finding and loading the dataset's images, and the Dataset that feeds them to the encoder."""
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 from utils.errors import DUCHError
+
+# PIL's own default (about 89 megapixels): larger images are refused as possible decompression bombs
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+def high_bit_depth_rule(bit_depth: int = 16) -> str:
+    """How images that are not 8 bits per sample become the encoder's 8-bit RGB input.
+
+    Deterministic, per pixel, never a clipped white; recorded in the feature file's provenance.
+    ``bit_depth``: the significant bits of 16-bit images (e.g. 12 for 12-bit sensor data in 16-bit files).
+    """
+    top = 2 ** bit_depth - 1
+    return (
+        f"16-bit integer images (PIL modes I;16*, and I) hold {bit_depth}-bit values 0..{top} and are scaled by "
+        f"that range: round(v * 255 / {top}) (larger values are refused; --bit-depth sets the bits); "
+        "floating-point images (mode F) must hold values in [0, 1] and are scaled by 255; "
+        "multi-band 16-bit TIFFs are read as Pillow reads them (the high byte of each sample, i.e. 16 bits scaled "
+        "to 8); single-band images are replicated to RGB; of 4-band RGBA/RGBX images (e.g. RGB + near infrared) "
+        "the first three bands are used"
+    )
+
+
+HIGH_BIT_DEPTH_RULE = high_bit_depth_rule(16)
+_UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 
 def find_image(image_dir: Path, filename: str, classname: str | None = None) -> Path:
@@ -27,27 +56,112 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     return [find_image(image_dir, entry["filename"], entry.get("classname")) for entry in images]
 
 
-def load_image(path: str | Path):
-    """The image as an RGB PIL image; an unreadable file is a clear error."""
-    from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+    """``PIL.Image.open`` with every failure as one DUCHError naming the file.
 
+    Images above ``max_pixels`` (0 or None: no limit) are refused, as PIL refuses decompression bombs.
+    """
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels or None
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DUCHError(f"cannot read image {path}: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse from 1x the limit, not 2x
+            try:
+                with Image.open(path) as image:
+                    yield image
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+                raise DUCHError(
+                    f"image {path} is too large to be read safely ({err}); if you trust the file, pass "
+                    f"--max-image-pixels with a larger limit (0: no limit)"
+                ) from None
+            except _UNREADABLE as err:
+                raise DUCHError(f"cannot read image {path}: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
-def check_images_readable(paths: Sequence[Path]) -> None:
-    """Cheap header check of every image before the long work (decoding errors are still caught later)."""
-    from PIL import Image, UnidentifiedImageError
+def describe_image(image) -> str:
+    """The pixel format, as recorded in provenance: the PIL mode, and a TIFF's real bits per sample."""
+    bits = getattr(image, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+    bits = max(bits) if isinstance(bits, (tuple, list)) and bits else bits
+    if isinstance(bits, int) and bits > 8 and image.mode in ("RGB", "RGBA", "RGBX", "CMYK", "L", "LA"):
+        return f"{image.mode} ({bits}-bit TIFF read as 8 bits: high byte)"
+    return image.mode
 
-    for path in paths:
+
+def is_high_bit_depth(description: str) -> bool:
+    return description.startswith(("I", "F")) or "-bit TIFF" in description
+
+
+def to_rgb8(image, path: str | Path = "image", bit_depth: int = 16):
+    """The image as 8-bit RGB for the transforms, by ``high_bit_depth_rule``; unconvertible ones are refused."""
+    from PIL import Image
+
+    if not image.mode.startswith(("I", "F")):
+        return image.convert("RGB")  # 8-bit modes as PIL converts them (RGBA, RGBX: the first three bands)
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise DUCHError(
+                f"image {path} is a floating-point image with values in [{np.nanmin(values):g}, {np.nanmax(values):g}]; "
+                f"only values in [0, 1] are converted (scaled by 255): rescale it, or save it as 8- or 16-bit"
+            )
+        scaled = values.astype(np.float64) * 255.0
+    else:
+        top = 2 ** bit_depth - 1
+        if values.min() < 0 or values.max() > top:
+            more = " (pass --bit-depth with the real bit depth of the data)" if values.max() <= 65535 and \
+                values.min() >= 0 else ": save it as 8- or 16-bit"
+            raise DUCHError(
+                f"image {path} is a {image.mode} image with values in [{values.min()}, {values.max()}], outside the "
+                f"{bit_depth}-bit range 0..{top} that is converted (scaled by 255/{top}){more}"
+            )
+        scaled = values.astype(np.float64) * (255.0 / top)
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, bit_depth: int = 16):
+    """The image as an 8-bit RGB PIL image (``to_rgb8``); an unreadable or too large file is a clear error."""
+    with _opened(path, max_pixels) as image:
         try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            image.load()
+        except _UNREADABLE as err:
             raise DUCHError(f"cannot read image {path}: {err}") from None
+        return to_rgb8(image, path, bit_depth)
+
+
+def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                          bit_depth: int = 16) -> Counter:
+    """Cheap header check of every image before the long work; returns how many images of each format.
+
+    Decoding errors are still caught later, while encoding.
+    """
+    formats: Counter = Counter()
+    for path in paths:
+        with _opened(path, max_pixels) as image:
+            description = describe_image(image)
+        if bit_depth < 16 and "-bit TIFF" in description:
+            raise DUCHError(
+                f"image {path} is a multi-band 16-bit TIFF, which Pillow reads only to 8 bits (the high byte), so "
+                f"--bit-depth {bit_depth} cannot apply to it; convert it to 8 bits per sample, or use --bit-depth 16"
+            )
+        formats[description] += 1
+    return formats
+
+
+def original_image_order(num_images: int, seed: int = 42) -> np.ndarray:
+    """The original's encoding order: ``np.random.seed(seed); np.random.permutation(num_images)``."""
+    return np.random.RandomState(seed).permutation(num_images)
+
+
+def consecutive_batches(order: Iterable[int], batch_size: int) -> list[list[int]]:
+    """``order`` cut into consecutive batches (the original's DataLoader with ``shuffle=False``)."""
+    order = [int(i) for i in order]
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 class ImageDataset:
@@ -57,9 +171,11 @@ class ImageDataset:
     ends as one clear message in the main process (see ``collate_or_error``).
     """
 
-    def __init__(self, paths: Sequence[Path], transform: Callable):
+    def __init__(self, paths: Sequence[Path], transform: Callable, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 bit_depth: int = 16):
         self.paths = list(paths)
         self.transform = transform  # (PIL image, index) -> tensor
+        self.max_pixels, self.bit_depth = max_pixels, bit_depth
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -69,7 +185,7 @@ class ImageDataset:
 
         path = self.paths[index]
         try:
-            image = load_image(path)
+            image = load_image(path, self.max_pixels, self.bit_depth)
         except DUCHError as err:
             return torch.empty(0), index, str(err)
         try:
