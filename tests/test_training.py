@@ -71,7 +71,7 @@ def test_an_epoch_sees_every_sample_and_updates_the_codes(demo_features):
     trainer.train_epoch(0)
     b = trainer.buffers
     assert all(bool((buf != 0).any(dim=1).all()) for buf in b.values())  # every sample was seen
-    assert torch.equal(trainer.B, torch.sign(b["i1"] + b["i2"] + b["t1"] + b["t2"]))
+    assert torch.equal(trainer.B, torch.sign((b["i1"] + b["i2"]) + (b["t1"] + b["t2"])))
 
 
 def test_original_quirks_run_data_feeds_t1_as_t2(demo_features):
