@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -17,9 +17,14 @@ class DatasetInfo:
     image_ext: str
     image_dir: str  # default image folder, relative to the data folder
     default_data_dir: str = "data"  # default --data-dir (JSON and feature files live here)
-    image_dim: int | None = 512  # expected feature widths (None: any, but equal across views)
+    # widths of the paper's features (ResNet18, BERT-base): an expectation, not a rule. Any width trains
+    # as long as the base and augmented files of one modality agree (None: no expectation)
+    image_dim: int | None = 512
     caption_dim: int | None = 768
     synthetic: bool = False
+    # the dataset's documented label rule: False = every image carries an integer ``classcode``;
+    # True = when no image carries one, the class is the file name before its last '_' (SPEC section 1)
+    labels_from_filenames: bool = False
     # the original release's images_augment.py batch (its training-mode batch norm depends on it)
     original_image_batch_size: int = 525
 
@@ -28,7 +33,9 @@ DATASETS: dict[str, DatasetInfo] = {
     # UCM captions release: images 1.tif ... 2100.tif in one folder
     "ucm": DatasetInfo("ucm", "UCM", 21, 2100, ".tif", "UCM_captions/imgs", original_image_batch_size=525),
     # RSICD release: images <class>_<n>.jpg in one folder
-    "rsicd": DatasetInfo("rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images", original_image_batch_size=500),
+    "rsicd": DatasetInfo(
+        "rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images", original_image_batch_size=500, labels_from_filenames=True,
+    ),
     # generated offline demo in the UCM layout; encoders available offline decide the widths
     "demo": DatasetInfo(
         "demo", "DEMO", 6, None, ".png", "images", default_data_dir="data/demo",
@@ -42,5 +49,5 @@ def get_dataset(key: str) -> DatasetInfo:
     """Look a dataset up by its CLI name (case-insensitive); unknown names are a clear error."""
     info = DATASETS.get(str(key).lower())
     if info is None:
-        raise DUCHError(f"unknown dataset {key!r}; choose one of: {', '.join(DATASETS)}")
+        raise DUCHError(f"unknown dataset {key!r}{did_you_mean(key, DATASETS)}; choose one of: {', '.join(DATASETS)}")
     return info

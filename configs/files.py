@@ -4,6 +4,7 @@ Names follow the authors' release so that their published feature files drop int
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -126,9 +127,17 @@ def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> st
     return f"caption_emb_{ds.name}_aug_{suffix}.h5"
 
 
-def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", *, rot_deg: Sequence[float] | None = None,
-                      blur_val: Sequence[float] | None = None, jit_str: float | None = None) -> str:
-    """The command that writes an image feature file (for error messages)."""
+def _data_dir_flag(ds: DatasetInfo, data_dir: str | Path | None) -> str:
+    """`` --data-dir X`` when the user's data folder is not the dataset's default, so a fix-it command acts on it."""
+    if data_dir is None or Path(data_dir) == Path(ds.default_data_dir):
+        return ""
+    return f" --data-dir {shlex.quote(str(data_dir))}"
+
+
+def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", data_dir: str | Path | None = None, *,
+                      rot_deg: Sequence[float] | None = None, blur_val: Sequence[float] | None = None,
+                      jit_str: float | None = None) -> str:
+    """The command that writes an image feature file (for error messages), keeping a non-default --data-dir."""
     command = f"python images_augment.py --dataset {ds.key}"
     if img_aug != "no_aug":
         command += f" --img-aug {img_aug}"
@@ -138,29 +147,30 @@ def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", *, rot_deg: Sequ
         command += " --blur-val " + " ".join([_int_name(k) for k in blur_val[:2]] + [_float_name(s) for s in blur_val[2:]])
     if img_aug == "jitter_cc" and jit_str is not None:
         command += f" --jit-str {_float_name(jit_str)}"
-    return command
+    return command + _data_dir_flag(ds, data_dir)
 
 
-def image_emb_command_for_file(ds: DatasetInfo, path: str | Path) -> str:
+def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str | Path | None = None) -> str:
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
     if settings is None:
-        return (f"python images_augment.py --dataset {ds.key} --img-aug <set> (which writes "
+        return (f"python images_augment.py --dataset {ds.key} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which writes "
                 f"image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
-    return image_emb_command(ds, **settings)
+    return image_emb_command(ds, data_dir=data_dir, **settings)
 
 
-def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> str:
+def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY, data_dir: str | Path | None = None) -> str:
     """The command(s) that write a caption feature file (for error messages)."""
-    embed = f"python captions_embed.py --dataset {ds.key}"
+    where = _data_dir_flag(ds, data_dir)
+    embed = f"python captions_embed.py --dataset {ds.key}{where}"
     if sentence_key == RAW_CAPTION_KEY:
         return embed
     txt_aug = TXT_AUG_BY_KEY.get(sentence_key, "rule-based")
-    return f"python captions_augment.py --dataset {ds.key} --txt-aug {txt_aug}, then {embed}"
+    return f"python captions_augment.py --dataset {ds.key} --txt-aug {txt_aug}{where}, then {embed}"
 
 
-def augmented_json_command(ds: DatasetInfo) -> str:
-    return f"python captions_augment.py --dataset {ds.key} --txt-aug rule-based"
+def augmented_json_command(ds: DatasetInfo, data_dir: str | Path | None = None) -> str:
+    return f"python captions_augment.py --dataset {ds.key} --txt-aug rule-based{_data_dir_flag(ds, data_dir)}"
 
 
 def data_path(data_dir: str | Path, name: str) -> Path:

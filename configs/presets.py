@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 
 BASE_IMAGE_SET = "center_crop_only"
 BASE_CAPTION_KEY = "raw"
@@ -33,7 +33,8 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    preset = PRESETS.get(name)
+    """Look a preset up by name, in any case; an unknown name suggests the closest one."""
+    preset = PRESETS.get(str(name).lower())
     if preset is None:
-        raise DUCHError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise DUCHError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)}; choose one of: {', '.join(PRESETS)}")
     return preset

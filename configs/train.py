@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-MODELS = ("duch",)
+MODELS = ("duch",)  # --model names, lower case (any case is accepted)
 
 
 @dataclass
@@ -21,7 +21,7 @@ class TrainConfig:
     beta: float = 0.001
     gamma: float = 0.01
     contrastive_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # inter, intra-image, intra-text
-    tau: float = 1.0
+    tau: float = 1.0  # NT-Xent temperature; 1 is the original's formula
     # optimisers and schedule
     lr: float = 1e-4
     weight_decay: float = 5e-4
@@ -47,10 +47,3 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-    # the settings a resumed run must share with the run it continues
-    RESUME_KEYS = (
-        "dataset", "preset", "bit", "model", "batch_size", "seed", "alpha", "beta", "gamma",
-        "contrastive_weights", "tau", "lr", "weight_decay", "lr_discriminator", "discriminator_betas",
-        "discriminator_weight_decay", "lr_decay_freq", "lr_decay", "lr_min", "original_quirks", "files",
-    )

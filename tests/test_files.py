@@ -23,4 +23,4 @@ def test_labels_from_classcode_or_rsicd_file_names():
     with_codes = {"images": [{"filename": "1.tif", "classcode": 3}, {"filename": "2.tif", "classcode": 0}]}
     assert image_labels(with_codes).tolist() == [3, 0]
     rsicd = {"images": [{"filename": f} for f in ("viaduct_3.jpg", "airport_12.jpg", "bare_land_1.jpg", "airport_2.jpg")]}
-    assert np.array_equal(image_labels(rsicd), [2, 0, 1, 0])  # sorted class names: airport, bare_land, viaduct
+    assert np.array_equal(image_labels(rsicd, get_dataset("rsicd")), [2, 0, 1, 0])  # sorted class names: airport, bare_land, viaduct

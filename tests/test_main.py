@@ -40,7 +40,7 @@ def test_run_folder_contents(trained):
     assert len(split["train"]) == n // 2 and len(split["query"]) + len(split["db"]) == n - n // 2
     assert len(split["train_captions"]) == len(split["train"]) and len(split["db_captions"]) == len(split["db"])
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # 1-based, as in the log and metrics.json
     assert set(history[0]["loss"]) == {"total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator"}
     assert "valid" in history[1] and "valid" in history[2] and "valid" not in history[0]
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
@@ -86,7 +86,7 @@ def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
     assert exc.value.code == 130
     monkeypatch.setattr(DUCHTrainer, "train_epoch", original_epoch)
     run_dir = part / "demo_8_test_default"
-    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 2  # two finished epochs
     with pytest.raises(SystemExit):  # refuses to start over without --resume or --overwrite
         run_main(*train_args(demo_features, part, "--epochs", "4"))
     run_main(*train_args(demo_features, part, "--epochs", "4", "--resume"))
@@ -94,7 +94,7 @@ def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
     for key in ("q_img", "q_txt", "db_img", "db_txt"):
         assert np.array_equal(a[key], b[key])
     history = (run_dir / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in history] == [0, 1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4]
 
 
 def expect_error(capsys, *argv, match):
@@ -144,9 +144,12 @@ def test_row_mismatch_width_and_nan(demo_features, tmp_path, capsys):
     expect_error(capsys, *train_args(data, tmp_path / "o"), match="NaN or inf")
 
 
-def test_ucm_requires_resnet_and_bert_widths(tmp_path, capsys):
-    make_synthetic_features(get_dataset("ucm"), tmp_path, n_images=42, image_dim=100, caption_dim=768)
-    expect_error(capsys, "--dataset", "ucm", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--epochs", "1", match="width 100, expected 512")
+def test_ucm_trains_on_other_encoder_widths_and_records_them(tmp_path, capsys):
+    make_synthetic_features(get_dataset("ucm"), tmp_path, n_images=42, image_dim=100, caption_dim=384)
+    run_main("--dataset", "ucm", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--epochs", "1", "--batch-size", "8", "--bit", "8")
+    config = json.loads((tmp_path / "o" / "ucm_8_test_default" / "config.json").read_text())
+    assert config["feature_widths"] == {"image": 100, "caption": 384}
+    assert "not the 768 of the paper's BERT-base" in capsys.readouterr().out
 
 
 def test_unknown_dataset_preset_model(tmp_path, capsys):
@@ -158,10 +161,14 @@ def test_unknown_dataset_preset_model(tmp_path, capsys):
 def test_test_without_model_and_with_other_bits(trained, demo_features, tmp_path, capsys):
     expect_error(capsys, *train_args(demo_features, tmp_path, "--test"), match="no trained model")
     run_dir, _ = trained
-    argv = [a if a != "8" else "16" for a in train_args(demo_features, run_dir.parent, "--test")]
-    (run_dir.parent / "demo_16_test_default").mkdir(exist_ok=True)
-    (run_dir.parent / "demo_16_test_default" / "checkpoint_best.pt").write_bytes((run_dir / "checkpoint_best.pt").read_bytes())
-    expect_error(capsys, *argv, match="8-bit model but --bit is 16")
+    argv = [a if a != "8" else "16" for a in train_args(demo_features, tmp_path, "--test")]
+    other = tmp_path / "demo_16_test_default"  # a run folder holding another run's 8-bit checkpoint
+    other.mkdir()
+    (other / "checkpoint_best.pt").write_bytes((run_dir / "checkpoint_best.pt").read_bytes())
+    expect_error(capsys, *argv, match="has no config.json")
+    config = json.loads((run_dir / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "bit": 16}))
+    expect_error(capsys, *argv, match="8-bit model but the run is set to 16 bits")
 
 
 def test_out_dir_not_writable(demo_features, tmp_path, capsys):

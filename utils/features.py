@@ -1,7 +1,7 @@
 """Loading the feature files a run trains on, with every check done at the door."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,9 @@ from configs.datasets import CAPTIONS_PER_IMAGE, DatasetInfo
 from configs.presets import BASE_CAPTION_KEY, BASE_IMAGE_SET, get_preset
 from utils.dataset_json import image_labels, load_dataset_json
 from utils.errors import DUCHError
-from utils.io import read_h5
+from utils.io import read_h5, read_h5_attrs, read_json
+
+MIN_IMAGES = 10  # fewer leave an empty query set (20 % of the half not trained on) and NaN metrics
 
 
 @dataclass
@@ -23,7 +25,8 @@ class FeatureFiles:
     caption_aug: Path
 
     def to_json(self) -> dict:
-        return {k: str(v) for k, v in self.__dict__.items()}
+        """Absolute paths: a run's record says which files it read, whatever the working folder."""
+        return {k: str(Path(v).resolve()) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -34,6 +37,11 @@ class Features:
     caption_aug: np.ndarray
     labels: np.ndarray  # (N,) class codes
     n_classes: int
+    warnings: list[str] = field(default_factory=list)  # e.g. features made with random encoder weights
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {"image": int(self.image.shape[1]), "caption": int(self.caption.shape[1])}
 
 
 def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str, img_aug_emb: str | None = None) -> FeatureFiles:
@@ -66,7 +74,10 @@ def standardise(x: np.ndarray) -> np.ndarray:
 
 
 def _load_checked(path: Path, key: str, n_images: int, width: int | None, hint: str, what: str) -> np.ndarray:
-    """Read one feature file and check rows (per image, JSON order), width and finiteness."""
+    """Read one feature file and check rows (per image, JSON order), width and finiteness.
+
+    ``width`` is the width of the other file of the same modality (base vs augmented), which must agree.
+    """
     per_image = CAPTIONS_PER_IMAGE if key == files.CAPTION_EMB_KEY else 1
     rows = per_image * n_images
     array = read_h5(path, key, hint=hint)
@@ -78,36 +89,78 @@ def _load_checked(path: Path, key: str, n_images: int, width: int | None, hint: 
             f"or JSON; remake it with: {hint}"
         )
     if width is not None and array.shape[1] != width:
-        raise DUCHError(f"{path}: {what} width {array.shape[1]}, expected {width}; remake it with: {hint}")
+        raise DUCHError(
+            f"{path}: {what} width {array.shape[1]}, but the base {what} file has width {width}: both views of a "
+            f"modality must come from the same encoder; remake it with: {hint}"
+        )
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).any(axis=1).sum())
         raise DUCHError(f"{path}: {bad} rows contain NaN or inf; remake it with: {hint}")
     return array
 
 
-def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, original_quirks: bool = False) -> Features:
-    """Load, validate and standardise the four views and the labels."""
-    preset = get_preset(preset_name)
-    data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds)}")
-    n = len(data["images"])
-    labels = image_labels(data)
-    n_classes = int(data.get("num_classes", labels.max() + 1))
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise DUCHError(f"{paths.dataset_json}: class codes must lie in 0..{n_classes - 1}")
-    img_hint = files.image_emb_command(ds, BASE_IMAGE_SET)
-    image = _load_checked(paths.image, files.IMAGE_EMB_KEY, n, ds.image_dim, img_hint, "image feature")
-    image_aug = _load_checked(
-        paths.image_aug, files.IMAGE_EMB_KEY, n, image.shape[1], files.image_emb_command_for_file(ds, paths.image_aug), "image feature"
+def random_encoder_warning(path: Path, key: str) -> str | None:
+    """A warning when a feature file's provenance says its encoder had random weights, else None.
+
+    Reads what the preprocessing writes: images_augment.py's ``weights`` attribute ("none (random
+    initialisation)" for ``--weights none``), a ``random_weights`` attribute, and for caption files made
+    by the offline demo, its ``demo_encoders.json`` record of a random text model.
+    """
+    from utils.demo import ENCODERS_FILE  # here: utils.demo imports this module
+
+    attrs = read_h5_attrs(path, key)
+    weights = str(attrs.get("weights", ""))
+    random = weights.startswith("none") or bool(attrs.get("random_weights", False))
+    encoders_path = path.parent / ENCODERS_FILE
+    if not random and "model" in attrs and encoders_path.is_file():
+        encoders = read_json(encoders_path, "demo encoder record")
+        random = (
+            isinstance(encoders, dict) and str(attrs["model"]) == str(encoders.get("text_model"))
+            and str(encoders.get("text_source", "")).lower().startswith("random")
+        )
+    if not random:
+        return None
+    return (
+        f"{path.name} was made by an encoder with RANDOM weights (its provenance says so): its features carry "
+        f"no pretrained knowledge; fine for tests and the offline demo, not for results"
     )
-    cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY)
-    caption = _load_checked(paths.caption, files.CAPTION_EMB_KEY, n, ds.caption_dim, cap_hint, "caption feature")
+
+
+def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, original_quirks: bool = False) -> Features:
+    """Load, validate and standardise the four views and the labels.
+
+    Any feature width is accepted (another backbone or text model) as long as the two files of a
+    modality agree; fix-it commands keep the user's ``--data-dir``.
+    """
+    preset = get_preset(preset_name)
+    data_dir = paths.image.parent
+    data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds, data_dir)}")
+    n = len(data["images"])
+    if n < MIN_IMAGES:
+        raise DUCHError(
+            f"{paths.dataset_json}: {n} images; training and testing need at least {MIN_IMAGES} "
+            f"(half train, then 20 % of the rest as queries and the others as the database)"
+        )
+    labels = image_labels(data, ds, paths.dataset_json)
+    n_classes = data.get("num_classes")
+    n_classes = n_classes if isinstance(n_classes, int) and not isinstance(n_classes, bool) else int(labels.max()) + 1
+    img_hint = files.image_emb_command(ds, BASE_IMAGE_SET, data_dir)
+    image = _load_checked(paths.image, files.IMAGE_EMB_KEY, n, None, img_hint, "image feature")
+    image_aug = _load_checked(
+        paths.image_aug, files.IMAGE_EMB_KEY, n, image.shape[1], files.image_emb_command_for_file(ds, paths.image_aug, data_dir=data_dir), "image feature"
+    )
+    cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY, data_dir)
+    caption = _load_checked(paths.caption, files.CAPTION_EMB_KEY, n, None, cap_hint, "caption feature")
+    read = [(paths.image, files.IMAGE_EMB_KEY), (paths.image_aug, files.IMAGE_EMB_KEY), (paths.caption, files.CAPTION_EMB_KEY)]
     if original_quirks:
         caption_aug = caption  # the original fed t1 where t2 belongs: the augmented file is never read
     else:
         caption_aug = _load_checked(
             paths.caption_aug, files.CAPTION_EMB_KEY, n, caption.shape[1],
-            files.caption_emb_command(ds, preset.aug_caption_key), "caption feature",
+            files.caption_emb_command(ds, preset.aug_caption_key, data_dir), "caption feature",
         )
+        read.append((paths.caption_aug, files.CAPTION_EMB_KEY))
+    warnings = [w for w in (random_encoder_warning(path, key) for path, key in dict.fromkeys(read)) if w]
     return Features(
         image=standardise(image),
         image_aug=standardise(image_aug),
@@ -115,4 +168,16 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
         caption_aug=standardise(caption_aug) if caption_aug is not caption else None,
         labels=labels,
         n_classes=n_classes,
+        warnings=warnings,
     )
+
+
+def width_notes(ds: DatasetInfo, widths: dict[str, int]) -> list[str]:
+    """Lines saying where feature widths differ from the paper's encoders (allowed: another encoder)."""
+    expected = {"image": (ds.image_dim, "ResNet18"), "caption": (ds.caption_dim, "BERT-base")}
+    return [
+        f"{modality} features are {width} wide, not the {expected[modality][0]} of the paper's {expected[modality][1]} "
+        f"features (another encoder: fine, the hashing networks take any width)"
+        for modality, width in widths.items()
+        if expected[modality][0] is not None and width != expected[modality][0]
+    ]

@@ -13,9 +13,20 @@ import numpy as np
 from utils.errors import DUCHError
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 minus the process umask (0644 by default)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    mkstemp makes the temporary file 0600; it gets the usual umask-based mode before the rename so
+    that results can be shared on lab servers.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -74,6 +86,19 @@ def read_h5(path: str | Path, key: str, hint: str = "") -> np.ndarray:
             return np.asarray(f[key][()], dtype=np.float32)
     except OSError as err:
         raise DUCHError(f"cannot read HDF5 file {path}: {err}") from None
+
+
+def read_h5_attrs(path: str | Path, key: str) -> dict:
+    """The provenance attributes of one dataset of an HDF5 file ({} when there are none or it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                return {}
+            return {name: (value.decode() if isinstance(value, bytes) else value) for name, value in f[key].attrs.items()}
+    except OSError:
+        return {}
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:

@@ -6,6 +6,11 @@ import sys
 from pathlib import Path
 
 LOGGER_NAME = "duch"
+FILE_ONLY = {"file_only": True}  # ``logger.info(msg, extra=FILE_ONLY)``: in the log file, not on the console
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
 
 
 def setup_logger(log_file: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
@@ -17,12 +22,22 @@ def setup_logger(log_file: str | Path | None = None, level: int = logging.INFO) 
         handler.close()
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(_not_file_only)  # per-epoch lines would break the console's progress bar
     logger.addHandler(console)
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(file_handler)
     return logger
+
+
+def close_log_files(logger: logging.Logger | None = None) -> None:
+    """Detach and close the file handlers (before a run folder is removed)."""
+    logger = logger or get_logger()
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def get_logger() -> logging.Logger:

@@ -24,9 +24,14 @@ def ntxent(a: torch.Tensor, b: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     return -torch.log(positives / (negatives + EPS)).sum()
 
 
-def contrastive_loss(h_i1, h_i2, h_t1, h_t2, weights=(1.0, 1.0, 1.0)) -> torch.Tensor:
-    """L_c = w0 NTX(i1, t1) + w1 NTX(i1, i2) + w2 NTX(t1, t2): inter-modal, intra-image, intra-text."""
-    return weights[0] * ntxent(h_i1, h_t1) + weights[1] * ntxent(h_i1, h_i2) + weights[2] * ntxent(h_t1, h_t2)
+def contrastive_loss(h_i1, h_i2, h_t1, h_t2, weights=(1.0, 1.0, 1.0), tau: float = 1.0) -> torch.Tensor:
+    """L_c = w0 NTX(i1, t1) + w1 NTX(i1, i2) + w2 NTX(t1, t2): inter-modal, intra-image, intra-text.
+
+    ``tau`` is the NT-Xent temperature; 1, the original's, gives its formula unchanged.
+    """
+    return (
+        weights[0] * ntxent(h_i1, h_t1, tau) + weights[1] * ntxent(h_i1, h_i2, tau) + weights[2] * ntxent(h_t1, h_t2, tau)
+    )
 
 
 def adversarial_generator_loss(discriminator, fakes) -> torch.Tensor:

@@ -1,8 +1,16 @@
-"""Train and test runs of main.py: the run folder, its files, and the order of the work."""
+"""Train and test runs of main.py: the run folder, its files, and the order of the work.
+
+A run's ``config.json`` is the truth about it: ``--test`` and ``--resume`` read their settings from it
+and refuse a typed flag that contradicts it (``--resume`` may raise ``--epochs``). Epochs are 1-based
+wherever a user reads them (history, logs, metrics, checkpoints).
+"""
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +20,29 @@ from configs.datasets import get_dataset
 from configs.presets import get_preset
 from configs.train import MODELS, TrainConfig
 from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 from utils.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
-from utils.features import Features, load_features, resolve_files
-from utils.io import atomic_path, check_writable_dir, write_json, write_text
-from utils.logs import setup_logger
-from utils.runtime import resolve_device, seed_everything, versions
+from utils.features import Features, load_features, resolve_files, width_notes
+from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
+from utils.logs import FILE_ONLY, close_log_files, setup_logger
+from utils.runtime import git_commit, resolve_device, seed_everything, versions
 from utils.splits import Split, make_split
 from utils.training import DUCHTrainer, run_epochs
 
 HISTORY_NAME = "history.jsonl"
+CONFIG_NAME = "config.json"
+SPLIT_NAME = "split.json"
+# what a training or test writes in its run folder (cleared by --overwrite)
+RUN_OUTPUTS = (
+    CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, BEST_NAME, LAST_NAME, "train.log", "losses.png",
+    "metrics*.json", "codes*.npz", "pr_curves*.png", "p_at_k*.png", "test*.log", "test_config*.json",
+)
+# settings that name the run folder: they must agree with config.json whether typed or not
+RUN_IDENTITY = ("dataset", "bit", "preset")
+
+
+def refuse(message: str):
+    raise DUCHError(message)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -29,12 +50,43 @@ def check_config(cfg: TrainConfig) -> None:
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)
     if cfg.model not in MODELS:
-        raise DUCHError(f"unknown model {cfg.model!r}; choose one of: {', '.join(MODELS)}")
+        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
     for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):
         if value < low:
             raise DUCHError(f"--{name} must be at least {low}, got {value}")
     if len(cfg.contrastive_weights) != 3:
         raise DUCHError("--contrastive-weights takes three numbers: INTER INTRA_IMG INTRA_TXT")
+    if not cfg.tau > 0:
+        raise DUCHError(f"--tau must be positive, got {cfg.tau}")
+
+
+def check_data_dir(cfg: TrainConfig, source: str = "--data-dir") -> None:
+    """A mistyped --data-dir is reported, never created."""
+    if not Path(cfg.data_dir).is_dir():
+        raise DUCHError(f"data folder {cfg.data_dir} does not exist ({source}); it holds the dataset JSON and the feature files")
+
+
+def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
+    """Settings and data that run but probably not as the user meant: said on the console and kept in config.json."""
+    out = []
+    if cfg.bit < 8:
+        out.append(f"--bit {cfg.bit} is below 8: at most {2 ** cfg.bit} distinct codes to rank a database with; the paper uses 16 to 128 bits")
+    elif cfg.bit % 8:
+        out.append(f"--bit {cfg.bit} is not a multiple of 8: packed codes fill whole bytes and the paper uses 16, 32, 64 or 128 bits")
+    n_train = len(data.split.train)
+    if cfg.batch_size > n_train:
+        out.append(f"--batch-size {cfg.batch_size} is larger than the {n_train} training images: every epoch is one batch of {n_train}")
+    labels = data.features.labels
+    q_labels, db_labels = labels[data.split.query], labels[data.split.db]
+    lonely = int((~np.isin(q_labels, db_labels)).sum())
+    if lonely == len(q_labels):
+        out.append("no query has a relevant database item (no query's class occurs in the database): every retrieval metric is 0")
+    elif lonely:
+        out.append(
+            f"{lonely} of {len(q_labels)} queries have no relevant database item (their class is absent from the database); "
+            f"they count 0 in mAP, precision and recall"
+        )
+    return out + data.features.warnings
 
 
 class RunData:
@@ -76,33 +128,202 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text(run_dir / HISTORY_NAME, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _config_record(cfg: TrainConfig, device, mode: str) -> dict:
-    return {**cfg.to_json(), "resolved_device": str(device), "mode": mode, "versions": versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings: list[str], **extra) -> dict:
+    return {
+        **cfg.to_json(), "feature_widths": data.features.widths, "resolved_device": str(device), "mode": mode,
+        "argv": list(sys.argv), "git_commit": git_commit(), "versions": versions(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warnings": warnings, **extra,
+    }
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train, keep best and last checkpoints, then evaluate the best model. Returns the metrics."""
+def read_run_config(run_dir: Path, flag: str) -> dict:
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise DUCHError(f"{flag}: {run_dir} has no {CONFIG_NAME}, the record of how the run was trained, so it cannot be bound to its data")
+    saved = read_json(path, "run configuration")
+    if not isinstance(saved, dict):
+        raise DUCHError(f"{path} is not a run configuration (a JSON object)")
+    return saved
+
+
+def _settings_of(saved: dict) -> TrainConfig:
+    """The TrainConfig saved in a config.json record."""
+    values = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
+    for key in ("contrastive_weights", "discriminator_betas"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return TrainConfig(**values)
+
+
+def _norm(value):
+    return json.loads(json.dumps(value))
+
+
+def _same_setting(key: str, typed, saved) -> bool:
+    if key in ("data_dir", "img_aug_emb") and typed is not None and saved is not None:  # one folder, two spellings
+        return str(typed) == str(saved) or Path(typed).resolve() == Path(saved).resolve()
+    return _norm(typed) == _norm(saved)
+
+
+def _flag(key: str, value) -> str:
+    if isinstance(value, bool):
+        return f"--{key.replace('_', '-')}" if value else f"no --{key.replace('_', '-')}"
+    if isinstance(value, (list, tuple)):
+        value = " ".join(map(str, value))
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def bind_to_run(cfg: TrainConfig, typed: set[str], saved: dict, run_dir: Path, mode: str) -> TrainConfig:
+    """The run's saved settings, with this call's device and out-dir.
+
+    A typed flag that differs from the saved setting is refused (``mode`` "test" or "resume"); a resumed
+    run may only raise ``--epochs``. The settings that name the folder (dataset, bit, preset) must agree
+    whether typed or not.
+    """
+    run = _settings_of(saved)
+    flag_name = f"--{mode}"
+    conflicts = []
+    for key in sorted((set(typed) | set(RUN_IDENTITY)) - {"tag"}):
+        if not hasattr(run, key):
+            continue
+        mine, theirs = getattr(cfg, key), getattr(run, key)
+        if _same_setting(key, mine, theirs):
+            continue
+        if mode == "resume" and key == "epochs":
+            if mine > theirs:
+                continue
+            conflicts.append(f"--epochs {mine}: the run is set to {theirs} epochs and --resume can only raise that "
+                             f"(to evaluate an earlier model use --test --checkpoint last)")
+            continue
+        conflicts.append(f"{_flag(key, mine)} contradicts the run's {_flag(key, theirs)}")
+    if conflicts:
+        action = "evaluates" if mode == "test" else "continues"
+        raise DUCHError(
+            f"{flag_name} {action} the run in {run_dir} with the settings of its {CONFIG_NAME}: {'; '.join(conflicts)}. "
+            f"Drop the flag to use the run's setting, or train a new run with another --tag"
+        )
+    run.device, run.out_dir = cfg.device, cfg.out_dir
+    if mode == "resume" and "epochs" in typed:
+        run.epochs = cfg.epochs
+    return run
+
+
+def _clear_run_outputs(run_dir: Path) -> None:
+    """--overwrite: no file of the previous training may survive into the new one (a stale best checkpoint)."""
+    close_log_files()
+    for pattern in RUN_OUTPUTS:
+        for path in run_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+FEATURE_FILE_KEYS = ("image", "image_aug", "caption", "caption_aug")
+
+
+def _check_same_files(saved: dict, now: dict, flag: str) -> None:
+    """The feature files a bound run resolves to must be the ones it was trained on (the JSON may have
+    gained augmented captions since: its labels and raw captions are the same)."""
+    changed = [k for k in FEATURE_FILE_KEYS if k in saved and k in now and Path(saved[k]).resolve() != Path(now[k]).resolve()]
+    if changed:
+        detail = "; ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
+        raise DUCHError(f"{flag}: the run's feature files now resolve to other files ({detail}); run it from the folder it was trained in")
+
+
+def _check_widths(payload: dict, data: RunData, ckpt_path: Path) -> None:
+    widths = data.features.widths
+    if (payload["image_dim"], payload["caption_dim"]) != (widths["image"], widths["caption"]):
+        raise DUCHError(
+            f"{ckpt_path} was trained on features of width {payload['image_dim']}/{payload['caption_dim']} "
+            f"(image/caption) but the feature files have {widths['image']}/{widths['caption']}; "
+            f"the feature files were remade with another encoder"
+        )
+
+
+def _log_warnings(logger, warnings: list[str]) -> None:
+    for warning in warnings:
+        logger.warning(f"warning: {warning}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, typed: set[str] | frozenset = frozenset()) -> dict:
+    """Train, keep best and last checkpoints, then evaluate the best model. Returns the metrics.
+
+    ``typed``: the settings the user typed flags for; with ``resume`` the run's config.json supplies the
+    others and a typed one that contradicts it is refused. A training that fails before its first epoch
+    is saved leaves no run folder behind.
+    """
     check_config(cfg)
-    run_dir = check_writable_dir(run_dir_of(cfg), "run folder")
+    if resume and overwrite:
+        refuse("--resume continues a run and --overwrite starts it over: pass one of them")
+    run_dir = run_dir_of(cfg)
     last_path = run_dir / LAST_NAME
     if last_path.exists() and not (resume or overwrite):
-        raise DUCHError(f"{run_dir} already holds a trained run; pass --resume to continue it, --overwrite to start over, or choose another --tag")
-    if resume and not last_path.exists():
-        raise DUCHError(f"--resume: no {LAST_NAME} in {run_dir} to continue from")
-    logger = setup_logger(run_dir / "train.log")
+        refuse(f"{run_dir} already holds a trained run; pass --resume to continue it, --overwrite to start over, "
+               f"--test to evaluate it, or choose another --tag")
+    saved = None
+    if resume:
+        if not last_path.exists():
+            refuse(f"--resume: no {LAST_NAME} in {run_dir} to continue from")
+        saved = read_run_config(run_dir, "--resume")
+        cfg = bind_to_run(cfg, set(typed), saved, run_dir, "resume")
+    check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}" if resume else "--data-dir")
+    out_created, run_created = not Path(cfg.out_dir).exists(), not run_dir.exists()
+    check_writable_dir(run_dir, "run folder")
+    try:
+        return _train(cfg, run_dir, saved, overwrite)
+    except BaseException:
+        if (run_created or overwrite) and not last_path.exists():  # nothing to resume: leave no empty run folder
+            close_log_files()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if out_created:
+                try:
+                    Path(cfg.out_dir).rmdir()
+                except OSError:
+                    pass
+        raise
+
+
+def _epoch_line(cfg: TrainConfig, record: dict) -> str:
+    loss = record["loss"]
+    return (
+        f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} = contrastive {loss['contrastive']:.6g}"
+        f" + {cfg.alpha:g} x adversarial {loss['adversarial']:.6g} + {cfg.beta:g} x quantization {loss['quantization']:.6g}"
+        f" + {cfg.gamma:g} x bit_balance {loss['bit_balance']:.6g}; discriminator {loss['discriminator']:.6g}"
+        f"; lr {record['lr']:.3g}; {record['time_s']:.3f} s"
+    )
+
+
+def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool) -> dict:
+    last_path = run_dir / LAST_NAME
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    data = RunData(cfg, device)
+    saved_files = dict(cfg.files)
+    data = RunData(cfg, device)  # before --overwrite deletes anything: bad data leaves the old run intact
+    if saved is not None:
+        _check_same_files(saved_files, cfg.files, "--resume")
+    if overwrite:
+        _clear_run_outputs(run_dir)
+    logger = setup_logger(run_dir / "train.log")
+    warnings = run_warnings(cfg, data)
     trainer = DUCHTrainer(cfg, data.train_views, data.query, data.db, device)
     history: list[dict] = []
-    if resume:
+    record = _config_record(cfg, device, "train", data, warnings)
+    if saved is not None:
         state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
-        _check_resumable(cfg, state.get("config", {}), last_path)
+        _check_widths(state, data, last_path)
         trainer.load_state(state)
-        history = [r for r in read_history(run_dir) if r["epoch"] <= trainer.epoch]
+        history = [r for r in read_history(run_dir) if r["epoch"] <= trainer.epoch + 1]
+        resumed = {"time": record["time"], "after_epoch": trainer.epoch + 1, "argv": record["argv"], "git_commit": record["git_commit"]}
+        if cfg.epochs != saved["epochs"]:
+            resumed["epochs"] = [saved["epochs"], cfg.epochs]
+            logger.info(f"--epochs raised from {saved['epochs']} to {cfg.epochs} (recorded in {CONFIG_NAME} under 'resumed')")
+        record.update(time=saved.get("time"), argv=saved.get("argv"), git_commit=saved.get("git_commit"),
+                      resumed=[*saved.get("resumed", []), resumed])
         logger.info(f"resuming {run_dir} after epoch {trainer.epoch + 1} of {cfg.epochs}")
-    write_json(run_dir / "config.json", _config_record(cfg, device, "train"))
-    write_json(run_dir / "split.json", data.split.to_json(), indent=None)
+    _log_warnings(logger, warnings)
+    for note in width_notes(get_dataset(cfg.dataset), data.features.widths):
+        logger.info(note)
+    write_json(run_dir / CONFIG_NAME, record)
+    write_json(run_dir / SPLIT_NAME, data.split.to_json(), indent=None)
     s = data.split
     logger.info(
         f"DUCH {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, {'original-release quirks' if cfg.original_quirks else 'paper method'}, "
@@ -111,6 +332,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
     def on_epoch_end(epoch: int, record: dict) -> None:
         history.append(record)
+        logger.info(_epoch_line(cfg, record), extra=FILE_ONLY)
         if "valid" in record:
             score = record["valid"][f"map@{cfg.map_k}"]["avg"]
             logger.info(f"epoch {epoch + 1}: validation mAP@{cfg.map_k} avg {score:.4f}\n{format_map_table(record['valid'])}")
@@ -123,75 +345,102 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     try:
         run_epochs(trainer, on_epoch_end)
     except KeyboardInterrupt:
-        logger.info(f"interrupted; {trainer.epoch + 1} epochs are saved in {last_path}; continue with the same command and --resume")
+        if trainer.epoch >= 0:
+            logger.info(f"interrupted; {trainer.epoch + 1} epochs are saved in {last_path}; continue with the same command and --resume")
+        else:
+            logger.info("interrupted before the first epoch ended; nothing was saved")
         raise SystemExit(130) from None
     times = [r["time_s"] for r in history]
     logger.info(f"training done: {len(history)} epochs, median {np.median(times):.3f} s per epoch; best epoch {trainer.best_epoch + 1}")
-    return test(cfg, run_dir=run_dir, data=data, device=device)
+    return test(cfg, run_dir=run_dir, data=data, device=device, warnings=warnings)
 
 
-def _check_resumable(cfg: TrainConfig, saved: dict, path: Path) -> None:
-    changed = [k for k in TrainConfig.RESUME_KEYS if k in saved and _norm(saved[k]) != _norm(getattr(cfg, k))]
-    if changed:
-        detail = ", ".join(f"{k}: {saved[k]} -> {getattr(cfg, k)}" for k in changed)
-        raise DUCHError(f"--resume: {path} was trained with other settings ({detail}); use the same flags or another --tag")
+def main_command(cfg: TrainConfig, *extra: str) -> str:
+    """The main.py command line of a run (for error messages), keeping a non-default --data-dir and --out-dir."""
+    parts = ["python main.py", f"--dataset {cfg.dataset}", f"--preset {cfg.preset}", f"--bit {cfg.bit}", f"--tag {cfg.tag}"]
+    if Path(cfg.data_dir) != Path(get_dataset(cfg.dataset).default_data_dir):
+        parts.append(f"--data-dir {cfg.data_dir}")
+    if Path(cfg.out_dir) != Path(TrainConfig.out_dir):
+        parts.append(f"--out-dir {cfg.out_dir}")
+    return " ".join([*parts, *extra])
 
 
-def _norm(value):
-    return json.loads(json.dumps(value))
-
-
-def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = None, device=None, which: str = "best") -> dict:
-    """Evaluate a trained model on the query/database sets; write metrics.json, codes.npz and plots."""
-    check_config(cfg)
-    run_dir = run_dir or run_dir_of(cfg)
+def _checkpoint_path(cfg: TrainConfig, run_dir: Path, which: str) -> Path:
     ckpt_path = run_dir / (BEST_NAME if which == "best" else LAST_NAME)
     if not ckpt_path.exists() and which == "best" and (run_dir / LAST_NAME).exists():
-        ckpt_path = run_dir / LAST_NAME
+        ckpt_path = run_dir / LAST_NAME  # an interrupted training has no best model yet
     if not ckpt_path.exists():
         raise DUCHError(
             f"no trained model in {run_dir} (looked for {ckpt_path.name}); train it first with the same flags "
-            f"without --test: python main.py --dataset {cfg.dataset} --preset {cfg.preset} --bit {cfg.bit} --tag {cfg.tag}"
+            f"without --test: {main_command(cfg)}"
         )
+    return ckpt_path
+
+
+def test_run(cfg: TrainConfig, typed: set[str] | frozenset = frozenset(), which: str = "best") -> dict:
+    """``main.py --test``: evaluate the run in its folder with the settings of its config.json."""
+    check_config(cfg)
+    run_dir = run_dir_of(cfg)
+    _checkpoint_path(cfg, run_dir, which)
+    cfg = bind_to_run(cfg, set(typed), read_run_config(run_dir, "--test"), run_dir, "test")
+    check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}")
+    return test(cfg, run_dir=run_dir, which=which)
+
+
+def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = None, device=None, which: str = "best",
+         warnings: list[str] | None = None) -> dict:
+    """Evaluate a trained model on the query/database sets; write metrics.json, codes.npz and plots.
+
+    The last checkpoint's results go to files that say so: metrics_last.json, codes_last.npz, ...
+    """
+    check_config(cfg)
+    run_dir = run_dir or run_dir_of(cfg)
+    ckpt_path = _checkpoint_path(cfg, run_dir, which)
+    suffix = "" if ckpt_path.name == BEST_NAME else "_last"
     check_writable_dir(run_dir, "run folder")
-    logger = setup_logger(run_dir / "test.log")
+    logger = setup_logger(run_dir / f"test{suffix}.log")
     device = device or resolve_device(cfg.device)
     payload = load_checkpoint(ckpt_path)
     if int(payload.get("bit", -1)) != cfg.bit:
-        raise DUCHError(f"{ckpt_path} holds a {payload.get('bit')}-bit model but --bit is {cfg.bit}; pass --bit {payload.get('bit')}")
+        raise DUCHError(f"{ckpt_path} holds a {payload.get('bit')}-bit model but the run is set to {cfg.bit} bits; "
+                        f"the checkpoint does not belong to this run folder")
     if data is None:
         seed_everything(cfg.seed)
+        saved_files = dict(cfg.files)
         data = RunData(cfg, device)
-        write_json(run_dir / "test_config.json", _config_record(cfg, device, "test"))
-    dims = (data.query.image.shape[1], data.query.caption.shape[1])
-    if (payload["image_dim"], payload["caption_dim"]) != dims:
-        raise DUCHError(
-            f"{ckpt_path} was trained on features of width {payload['image_dim']}/{payload['caption_dim']} "
-            f"(image/caption) but the feature files have {dims[0]}/{dims[1]}"
-        )
+        _check_same_files(saved_files, cfg.files, "--test")
+        warnings = run_warnings(cfg, data)
+        _log_warnings(logger, warnings)
+        write_json(run_dir / f"test_config{suffix}.json", _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
+    _check_widths(payload, data, ckpt_path)
     from models.duch import DUCH
 
-    model = DUCH(*dims, cfg.bit).to(device)
+    widths = data.features.widths
+    model = DUCH(widths["image"], widths["caption"], cfg.bit).to(device)
     model.load_state_dict(payload["model"])
     start = time.perf_counter()
     codes = encode_sets(model, data.query, data.db)
     metrics = evaluate_codes(codes, data.query.labels, data.db.labels)
     elapsed = time.perf_counter() - start
-    metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": int(payload.get("epoch", -1)) + 1}
+    epoch = int(payload.get("epoch", -1)) + (0 if payload.get("epoch_numbering") == 1 else 1)
+    metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": epoch}
     metrics["n_query"], metrics["n_db"], metrics["eval_time_s"] = len(data.split.query), len(data.split.db), round(elapsed, 4)
-    write_json(run_dir / "metrics.json", metrics)
-    with atomic_path(run_dir / "codes.npz") as tmp:
+    metrics["warnings"] = list(warnings or [])
+    write_json(run_dir / f"metrics{suffix}.json", metrics)
+    rows = {"q_rows": np.asarray(data.split.query, dtype=np.int64), "db_rows": np.asarray(data.split.db, dtype=np.int64)}
+    with atomic_path(run_dir / f"codes{suffix}.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **codes.to_npz(data.query.labels, data.db.labels))
+            np.savez(f, **codes.to_npz(data.query.labels, data.db.labels), **rows)
     from utils.plots import plot_losses, plot_p_at_k, plot_pr_curves
 
-    plot_pr_curves(metrics, run_dir / "pr_curves.png", cfg.run_name())
-    plot_p_at_k(metrics, run_dir / "p_at_k.png", cfg.run_name())
+    title = cfg.run_name() + (" (last checkpoint)" if suffix else "")
+    plot_pr_curves(metrics, run_dir / f"pr_curves{suffix}.png", title)
+    plot_p_at_k(metrics, run_dir / f"p_at_k{suffix}.png", title)
     history = read_history(run_dir)
     if history:
-        plot_losses(history, run_dir / "losses.png", cfg.run_name())
+        plot_losses(history, run_dir / "losses.png", cfg.run_name(), weights={"adversarial": cfg.alpha, "quantization": cfg.beta, "bit_balance": cfg.gamma})
     logger.info(
-        f"test of {ckpt_path} ({metrics['n_query']} queries, {metrics['n_db']} database items, {elapsed:.2f} s)\n"
-        f"{format_map_table(metrics)}\nresults in {run_dir}"
+        f"test of {ckpt_path} (epoch {epoch}; {metrics['n_query']} queries, {metrics['n_db']} database items, {elapsed:.2f} s)\n"
+        f"{format_map_table(metrics)}\nresults in {run_dir}" + (f" (files ending in {suffix})" if suffix else "")
     )
     return metrics

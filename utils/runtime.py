@@ -46,3 +46,20 @@ def versions() -> dict:
         pass
     out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     return out
+
+
+def git_commit(repo_dir: str | None = None) -> str | None:
+    """The project's git commit (with ``-dirty`` when tracked files have changes), or None outside a checkout."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(repo_dir) if repo_dir else Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

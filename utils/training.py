@@ -16,6 +16,18 @@ VIEWS = ("i1", "i2", "t1", "t2")  # image, augmented image, caption, augmented c
 LOSS_TERMS = ("total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator")
 
 
+def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Consecutive batches of ``order``; a last batch of one sample joins the one before it.
+
+    Batch norm cannot train on one sample, and skipping it would leave that sample's output rows (and
+    so its B row) at zero for the epoch.
+    """
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and batches[-1].numel() == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 class DUCHTrainer:
     """Holds everything a run needs to continue: model, optimisers, B, output buffers, epoch."""
 
@@ -50,10 +62,7 @@ class DUCHTrainer:
         n_train = self.B.shape[0]
         order = torch.randperm(n_train)  # on the CPU: the same order on every device
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
-        for start in range(0, n_train, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            if idx.numel() < 2:  # batch norm cannot train on one sample
-                continue
+        for idx in batch_indices(order, cfg.batch_size):
             idx = idx.to(self.device)
             batch_losses = self._train_step(idx)
             for term, value in batch_losses.items():
@@ -89,7 +98,7 @@ class DUCHTrainer:
         # hashing networks
         self.opt_hash.zero_grad(set_to_none=True)
         outputs = [h[v] for v in VIEWS]
-        loss_c = losses.contrastive_loss(h["i1"], h["i2"], h["t1"], h["t2"], cfg.contrastive_weights)
+        loss_c = losses.contrastive_loss(h["i1"], h["i2"], h["t1"], h["t2"], cfg.contrastive_weights, cfg.tau)
         fakes = (h["t1"], h["t2"]) if cfg.original_quirks else (h["i1"], h["i2"])  # QUIRK: original used t1, t2
         loss_adv = losses.adversarial_generator_loss(disc, fakes)
         loss_q = losses.quantization_loss(self.B[idx], outputs)
@@ -127,7 +136,8 @@ class DUCHTrainer:
             "bit": self.cfg.bit,
             "image_dim": self.model.image_net.net[0].in_features,
             "caption_dim": self.model.text_net.net[0].in_features,
-            "epoch": self.epoch,
+            "epoch": self.epoch + 1,  # epochs are 1-based wherever a user reads them: this one is the last finished
+            "epoch_numbering": 1,
         }
 
     def state_payload(self) -> dict:
@@ -138,7 +148,7 @@ class DUCHTrainer:
             "B": self.B,
             "buffers": dict(self.buffers),
             "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
+            "best_epoch": self.best_epoch + 1,
             "rng": rng_state(),
             "config": self.cfg.to_json(),
         }
@@ -149,21 +159,25 @@ class DUCHTrainer:
         self.opt_disc.load_state_dict(payload["opt_disc"])
         self.B = payload["B"].to(self.device)
         self.buffers = {v: payload["buffers"][v].to(self.device) for v in VIEWS}
-        self.epoch = int(payload["epoch"])
+        base = int(payload.get("epoch_numbering", 0))  # checkpoints before 1-based numbering stored 0-based epochs
+        self.epoch = int(payload["epoch"]) - base
         self.best_score = float(payload["best_score"])
-        self.best_epoch = int(payload["best_epoch"])
+        self.best_epoch = int(payload["best_epoch"]) - base
         set_rng_state(payload["rng"])
 
 
 def run_epochs(trainer: DUCHTrainer, on_epoch_end) -> None:
-    """Train from the epoch after the last finished one; ``on_epoch_end(epoch, record)`` saves state."""
+    """Train from the epoch after the last finished one; ``on_epoch_end(epoch, record)`` saves state.
+
+    ``epoch`` counts from 0 (the original's schedule tests it); ``record["epoch"]`` is 1-based, as users read it.
+    """
     cfg = trainer.cfg
     epochs = range(trainer.epoch + 1, cfg.epochs)
     bar = tqdm(epochs, desc="train", unit="epoch", initial=trainer.epoch + 1, total=cfg.epochs, dynamic_ncols=True)
     for epoch in bar:
         start, lr = time.perf_counter(), trainer.lr
         sums = trainer.train_epoch(epoch)
-        record = {"epoch": epoch, "lr": lr, "loss": sums, "time_s": round(time.perf_counter() - start, 4)}
+        record = {"epoch": epoch + 1, "lr": lr, "loss": sums, "time_s": round(time.perf_counter() - start, 4)}
         if trainer.is_validation_epoch(epoch):
             record["valid"] = trainer.validate()
         bar.set_postfix(loss=f"{sums['total']:.4g}")
