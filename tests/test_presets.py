@@ -43,7 +43,8 @@ def test_unknown_preset_is_an_error():
     with pytest.raises(DUCHError, match="unknown preset 'nope'"):
         get_preset("nope")
     with pytest.raises(DUCHError, match="unknown preset"):
-        resolve_files(get_dataset("ucm"), "data", "Default")
+        resolve_files(get_dataset("ucm"), "data", "txt_aug_bt")
+    assert get_preset("Default") == get_preset("default")  # names in any case
 
 
 def test_img_aug_emb_overrides_only_the_augmented_image_file(tmp_path):

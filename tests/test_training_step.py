@@ -22,8 +22,8 @@ IDX = [5, 0, 3, 7, 2]  # the batch: rows of the training set, not in order
 LR, WD_HASH, LR_DISC, WD_DISC, DISC_BETAS = 1e-4, 5e-4, 1e-4, 1e-4, (0.5, 0.9)
 GP_WEIGHT = 10.0
 ADAM_EPS = 1e-8
-# loss weights chosen unequal, so that a weight on the wrong term shows
-WEIGHTS = dict(alpha=0.3, beta=0.02, gamma=0.05, contrastive_weights=(0.5, 2.0, 3.0))
+# loss weights chosen unequal, so that a weight on the wrong term shows; a temperature other than 1
+WEIGHTS = dict(alpha=0.3, beta=0.02, gamma=0.05, contrastive_weights=(0.5, 2.0, 3.0), tau=0.7)
 
 
 class QuadraticDiscriminator(nn.Module):
@@ -100,7 +100,7 @@ def adam_first_step(p, grad, lr, wd):
 
 def reference_step(model, views, idx, codes_b, interpolation, original_quirks):
     """Everything one step should compute, in float64, from SPEC section 3."""
-    alpha, beta, gamma, w = WEIGHTS["alpha"], WEIGHTS["beta"], WEIGHTS["gamma"], WEIGHTS["contrastive_weights"]
+    alpha, beta, gamma, w, tau = (WEIGHTS[k] for k in ("alpha", "beta", "gamma", "contrastive_weights", "tau"))
     p = {name: t.detach().double().clone().requires_grad_(True) for name, t in model.named_parameters()}
     x = {v: views[v][idx].double() for v in VIEWS}
 
@@ -129,7 +129,8 @@ def reference_step(model, views, idx, codes_b, interpolation, original_quirks):
     d1 = [adam_first_step(q.detach(), g, LR_DISC, WD_DISC) for q, g in zip(d0, disc_grads)]
 
     # hashing step, with the discriminator as it is after its step
-    loss_c = w[0] * ref_ntxent(h["i1"], h["t1"]) + w[1] * ref_ntxent(h["i1"], h["i2"]) + w[2] * ref_ntxent(h["t1"], h["t2"])
+    loss_c = (w[0] * ref_ntxent(h["i1"], h["t1"], tau) + w[1] * ref_ntxent(h["i1"], h["i2"], tau)
+              + w[2] * ref_ntxent(h["t1"], h["t2"], tau))
     fooled = ("t1", "t2") if original_quirks else ("i1", "i2")  # QUIRK: the original fooled D with captions
     loss_adv = sum(-torch.log(torch.sigmoid(ref_disc(d1, h[v]))).sum() for v in fooled)
     b = codes_b[idx].double()
