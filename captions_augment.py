@@ -1,4 +1,4 @@
-"""Augment the captions of a dataset JSON: rule-based, or back-translation with MarianMT.
+"""Augment the captions of a dataset JSON: rule-based (the paper's GloVe + BERTScore rule), or back-translation.
 
     python captions_augment.py --dataset ucm --txt-aug rule-based
     python captions_augment.py --dataset ucm --txt-aug backtranslation-prob --mt-model-dir models/
@@ -7,50 +7,72 @@
 Writes ``<data-dir>/augmented_<DS>.json`` with ``aug_rb`` / ``aug_bt_prob`` / ``aug_bt_chain`` per sentence.
 """
 import argparse
+import sys
 
 from configs.datasets import DATASETS, get_dataset
 from configs.files import CAPTION_AUG_KEYS
 from utils.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
-from utils.errors import DUCHError, exit_on_user_error
+from utils.errors import DUCHError, did_you_mean, exit_on_user_error
 from utils.rule_based_augment import (
-    BERTSCORE_LAYER, BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, PAPER_BERTSCORE_THRESHOLD, ROUTES,
+    BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, ROUTES,
 )
+
+PURPOSE = "Augment dataset captions (rule-based or back-translation) into augmented_<DS>.json."
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser(description="Caption augmentation", add_help=add_help)
-    parser.add_argument("--dataset", default="ucm", choices=list(DATASETS), help="dataset")
-    parser.add_argument("--txt-aug", default="rule-based", choices=list(CAPTION_AUG_KEYS), help="augmentation type")
+    parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help)
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME",
+                        help=f"dataset: {', '.join(DATASETS)} (default: %(default)s)")
+    parser.add_argument("--txt-aug", default="rule-based", metavar="TXT_AUG_TYPE",
+                        help=f"augmentation type: {', '.join(CAPTION_AUG_KEYS)} (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="folder of the dataset JSON (default: the dataset's)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ...")
-    parser.add_argument("--batch-size", default=32, type=int, help="sentences per translation / scoring batch")
-    parser.add_argument("--seed", default=42, type=int)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ... (default: %(default)s)")
+    parser.add_argument("--batch-size", default=32, type=int,
+                        help="sentences per translation batch (default: %(default)s)")
+    parser.add_argument("--seed", default=42, type=int, help="seed of every random draw (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="recompute a key already in the augmented JSON")
+    parser.add_argument("--original-quirks", action="store_true",
+                        help="QUIRK of the original release: backtranslation-prob outputs cut to the longest raw "
+                             "caption's length, backtranslation-chain outputs not lower-cased")
 
     rb = parser.add_argument_group("rule-based")
-    rb.add_argument("--route", default="auto", choices=ROUTES,
-                    help="glove: the paper (GloVe + NLTK tagger + BERTScore); lexicon: shipped offline lexicon; "
-                         "auto: glove when all its resources exist, else lexicon")
-    rb.add_argument("--lexicon", default=str(DEFAULT_LEXICON), help="synonym lexicon JSON (lexicon route)")
-    rb.add_argument("--glove", default=None, help="local GloVe vectors file (glove-wiki-gigaword-200, text format)")
-    rb.add_argument("--glove-min-sim", default=GLOVE_MIN_SIM, type=float, help="minimum cosine of a neighbour")
-    rb.add_argument("--glove-topk", default=10, type=int, help="neighbours considered per word")
+    rb.add_argument("--route", default="auto",
+                    help=f"{', '.join(ROUTES)}. glove: the paper's (gensim GloVe, NLTK tagger, bert-score); "
+                         "lexicon: the shipped offline lexicon; auto: glove when its resources are present or "
+                         "downloadable, else lexicon, with a warning (default: %(default)s)")
+    rb.add_argument("--lexicon", default=str(DEFAULT_LEXICON),
+                    help="synonym lexicon JSON (lexicon route) (default: %(default)s)")
+    rb.add_argument("--glove", default=None,
+                    help="GloVe / word2vec vectors file (glove-wiki-gigaword-200; default: gensim-data's cache, "
+                         "else gensim.downloader)")
+    rb.add_argument("--glove-min-sim", default=GLOVE_MIN_SIM, type=float,
+                    help="minimum cosine of a neighbour (default: %(default)s)")
+    rb.add_argument("--glove-topk", default=GLOVE_TOPN, type=int,
+                    help="neighbours considered per word (default: %(default)s)")
     rb.add_argument("--bertscore-model", default=BERTSCORE_MODEL,
-                    help="BERTScore model, hub name or local folder (a local folder is also used by the lexicon route)")
-    rb.add_argument("--bertscore-layer", default=BERTSCORE_LAYER, type=int, help="hidden layer used by BERTScore")
+                    help="BERTScore model, hub name or local folder (default: %(default)s)")
+    rb.add_argument("--bertscore-layer", default=None, type=int,
+                    help="hidden layer used by BERTScore (default: bert_score's layer for the model, "
+                         "17 for roberta-large)")
+    rb.add_argument("--bertscore-baseline", default=None,
+                    help="BERTScore rescale baseline file (default: the one bert_score ships for the model name)")
     rb.add_argument("--bertscore-threshold", default=None, type=float,
-                    help=f"keep a replacement only if its BERTScore F1 reaches this (paper: {PAPER_BERTSCORE_THRESHOLD})")
+                    help=f"thresholded mode: a random candidate among those with F1 > T (paper: "
+                         f"{PAPER_BERTSCORE_THRESHOLD}) (default: none, the best F1)")
 
     bt = parser.add_argument_group("back-translation")
     bt.add_argument("--bt-langs", nargs="+", default=[f"{k}:{v:g}" for k, v in DEFAULT_BT_LANGS.items()],
-                    help="pivot languages with weights, LANG:WEIGHT (backtranslation-prob)")
+                    help="pivot languages with weights, LANG:WEIGHT (backtranslation-prob) (default: %(default)s)")
     bt.add_argument("--bt-chain", nargs="+", default=list(DEFAULT_BT_CHAIN),
-                    help="pivot chain, en -> ... -> en (backtranslation-chain)")
+                    help="pivot chain, en -> ... -> en (backtranslation-chain) (default: %(default)s)")
     bt.add_argument("--mt-model-dir", default=None,
                     help="folder holding opus-mt-<src>-<tgt> model folders (looked up before the hub)")
     bt.add_argument("--cache-dir", default=None, help="translation cache folder (default: <data-dir>/.cache)")
-    bt.add_argument("--flush-every", default=10, type=int, help="write the translation cache every N batches")
-    bt.add_argument("--max-new-tokens", default=128, type=int, help="longest translation, in tokens")
+    bt.add_argument("--flush-every", default=10, type=int,
+                    help="write the translation cache every N batches (default: %(default)s)")
+    bt.add_argument("--max-new-tokens", default=128, type=int,
+                    help="longest translation, in tokens (default: %(default)s)")
     bt.add_argument("--num-beams", default=None, type=int, help="beam size (default: the model's own setting)")
     return parser
 
@@ -60,12 +82,24 @@ def main(args):
     from utils.caption_augment import augment_dataset
 
     ds = get_dataset(args.dataset)
+    if args.txt_aug not in CAPTION_AUG_KEYS:
+        raise DUCHError(f"unknown --txt-aug {args.txt_aug!r}{did_you_mean(args.txt_aug, CAPTION_AUG_KEYS)}; "
+                        f"choose one of: {', '.join(CAPTION_AUG_KEYS)}")
+    if args.route not in ROUTES:
+        raise DUCHError(f"unknown --route {args.route!r}{did_you_mean(args.route, ROUTES)}; "
+                        f"choose one of: {', '.join(ROUTES)}")
     for flag in ("batch_size", "flush_every", "max_new_tokens", "glove_topk"):
         if getattr(args, flag) < 1:
             raise DUCHError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.data_dir is None:
         args.data_dir = ds.default_data_dir
-    return augment_dataset(args, ds)
+    try:
+        return augment_dataset(args, ds)
+    except KeyboardInterrupt:
+        cached = " (the translations made so far stay cached)" if args.txt_aug != "rule-based" else ""
+        print(f"interrupted: nothing was written to {args.data_dir}{cached}; run the same command again to continue",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

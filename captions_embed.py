@@ -28,25 +28,30 @@ from utils.io import check_writable_dir, write_h5
 from utils.runtime import resolve_device
 
 
+PURPOSE = "Embed the dataset captions (raw and every augmented set) into caption_emb_<DS>_aug*.h5 feature files."
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Embed dataset captions with a BERT-style model", add_help=add_help)
-    parser.add_argument("--dataset", default="ucm", choices=sorted(DATASETS), help="dataset (default: ucm)")
+    parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help)
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME",
+                        help=f"dataset: {', '.join(DATASETS)} (default: %(default)s)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the dataset JSON and the feature files (default: the dataset's, e.g. data)")
     parser.add_argument("--model", default=DEFAULT_TEXT_MODEL,
-                        help=f"Hugging Face model name or local folder (default: {DEFAULT_TEXT_MODEL})")
+                        help="Hugging Face model name or local folder (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
-                        help=f"tokens per caption, longer ones truncated (default: {DEFAULT_MAX_LENGTH})")
+                        help="tokens per caption, longer ones truncated (default: %(default)s)")
     parser.add_argument("--hidden-states", type=int, default=DEFAULT_HIDDEN_STATES,
-                        help=f"how many of the last hidden states to combine (default: {DEFAULT_HIDDEN_STATES})")
+                        help="how many of the last hidden states to combine (default: %(default)s)")
     parser.add_argument("--operator", default="sum", choices=OPERATORS,
-                        help="combine the hidden states by sum, or concat along features (default: sum)")
-    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass (default: 64)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ... (default: auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing caption feature files")
+                        help="combine the hidden states by sum, or concat along features (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ... (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute every caption set (without it, sets whose file exists are kept)")
     parser.add_argument("--original-quirks", action="store_true",
                         help="QUIRK of the original release: pad every caption to --max-length and average "
-                             "over all positions, padding included (default: mean over real tokens only)")
+                             "over all positions, padding included (default mode: mean over real tokens only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -63,9 +68,43 @@ def find_dataset_json(ds, data_dir: Path) -> Path:
     )
 
 
+def check_existing(path: Path, key: str, settings: dict, rows: int) -> str | None:
+    """Why an existing feature file cannot be kept as the ``key`` set for these settings, or None when it can."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if CAPTION_EMB_KEY not in f:
+                return f"it has no {CAPTION_EMB_KEY!r} dataset"
+            dset = f[CAPTION_EMB_KEY]
+            attrs, shape = dict(dset.attrs), dset.shape
+    except OSError as err:
+        return f"it is not a readable HDF5 file ({' '.join(str(err).split())[:120]})"
+    if shape[0] != rows:
+        return f"it has {shape[0]} rows, the JSON has {rows} captions"
+    made = {k: (v.item() if hasattr(v, "item") else v) for k, v in ((k, attrs.get(k)) for k in settings)}
+    if not attrs.get("model"):
+        return None  # a file without provenance (e.g. the authors' published features): kept as it is
+    differ = [f"{k} {made[k]} (now {v})" for k, v in settings.items() if str(made[k]) != str(v)]
+    return f"it was made with other settings: {', '.join(differ)}" if differ else None
+
+
 @exit_on_user_error
 def main(args) -> dict[str, Path]:
-    """Embed every caption set; returns {sentence key: written file}."""
+    """Embed every caption set whose file is missing (all of them with --overwrite); returns {sentence key: file}.
+
+    Ctrl-C anywhere is one line and exit 130; the sets already written stay, the next run does the rest."""
+    progress: dict[str, list] = {"todo": [], "done": []}
+    try:
+        return _run(args, progress)
+    except KeyboardInterrupt:
+        left = [k for k in progress["todo"] if k not in progress["done"]]
+        print(f"interrupted: finished sets kept ({', '.join(progress['done']) or 'none'}), not written: "
+              f"{', '.join(left) or 'none'}; run the same command again to embed only those", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _run(args, progress: dict) -> dict[str, Path]:
     ds = get_dataset(args.dataset)
     data_dir = Path(args.data_dir if args.data_dir is not None else ds.default_data_dir)
     if args.batch_size < 1:
@@ -80,43 +119,56 @@ def main(args) -> dict[str, Path]:
     if RAW_CAPTION_KEY not in sentence_keys_present(data, [RAW_CAPTION_KEY]):
         raise DUCHError(f"{json_path}: not every sentence has a {RAW_CAPTION_KEY!r} caption")
     keys = [RAW_CAPTION_KEY] + sentence_keys_present(data, CAPTION_AUG_KEYS.values())
+    texts = {key: captions(data, key) for key in keys}  # every caption checked before the model loads
     outputs = {key: data_path(data_dir, caption_emb_name(ds, key)) for key in keys}
+    settings = {"model": args.model, "max_length": args.max_length, "hidden_states": args.hidden_states,
+                "operator": args.operator, "original_quirks": int(args.original_quirks)}
 
-    # refuse before the long work, naming every file that is in the way
-    existing = [str(path) for path in outputs.values() if path.exists()]
-    if existing and not args.overwrite:
-        raise DUCHError(f"output already exists: {', '.join(existing)}; pass --overwrite to replace")
+    # per caption set: a finished file made with these settings is kept; anything else in the way is named now
+    todo = dict(outputs) if args.overwrite else {}
+    if not args.overwrite:
+        for key, path in outputs.items():
+            if not path.exists():
+                todo[key] = path
+                continue
+            why = check_existing(path, key, settings, len(texts[key]))
+            if why is not None:
+                raise DUCHError(f"output already exists: {path}, and cannot be kept: {why}; pass --overwrite to replace")
+        kept = [str(outputs[k]) for k in outputs if k not in todo]
+        if kept:
+            print(f"kept (already made with these settings): {', '.join(kept)}")
+    if not todo:
+        print("every caption set is already embedded; pass --overwrite to recompute")
+        return outputs
     check_writable_dir(data_dir, "data folder")
+    progress["todo"] = list(todo)
 
     device = resolve_device(args.device)
     text_model = load_text_model(args.model, device)
     width = text_model.width(args.hidden_states, args.operator)
-    print(f"{json_path}: {len(data['images'])} images, caption sets: {', '.join(keys)}; "
+    print(f"{json_path}: {len(data['images'])} images, caption sets to embed: {', '.join(todo)}; "
           f"model {args.model} on {device}, width {width}")
     if ds.caption_dim is not None and width != ds.caption_dim:
         print(f"warning: width {width} differs from the {ds.caption_dim} the {ds.name} features normally have",
               file=sys.stderr)
 
     attrs = {
-        "model": args.model,
+        **settings,
         "model_source": text_model.source,
-        "max_length": args.max_length,
-        "hidden_states": args.hidden_states,
-        "operator": args.operator,
-        "original_quirks": int(args.original_quirks),
         "pooling": (f"mean over all {args.max_length} positions, padding included (original quirk)"
                     if args.original_quirks else "mean over real tokens (attention mask)"),
         "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}",
         "source_json": str(json_path),
     }
-    for key, path in outputs.items():
+    for key, path in todo.items():
         emb = embed_captions(
-            text_model, captions(data, key),
+            text_model, texts[key],
             max_length=args.max_length, hidden_states=args.hidden_states, operator=args.operator,
             original_quirks=args.original_quirks, batch_size=args.batch_size,
             progress=not args.no_progress, desc=f"embed {key}",
         )
         write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
+        progress["done"].append(key)
         print(f"wrote {path}: {CAPTION_EMB_KEY} {emb.shape[0]} x {emb.shape[1]} float32 ({key})")
     return outputs
 

@@ -30,3 +30,23 @@ def from_pretrained_local_first(cls, ref: str):
             raise
         print(f"{ref!r} is not in the local Hugging Face cache; downloading it from the Hub", file=sys.stderr)
         return cls.from_pretrained(ref)
+
+
+def cached_model_names() -> list[str]:
+    """Hub model ids present in the local Hugging Face cache (for suggestions; empty when unreadable)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return sorted(r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model")
+    except Exception:  # no cache folder, unreadable cache: nothing to suggest
+        return []
+
+
+def suggest_model(name: str) -> str:
+    """' (did you mean X?)' for the closest known encoder name (bert_score's list and the local cache), or ''."""
+    from bert_score.utils import model2layers
+
+    from utils.errors import did_you_mean
+
+    known = [*model2layers, *cached_model_names()]
+    return "" if name in known else did_you_mean(name, known)

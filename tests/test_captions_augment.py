@@ -7,9 +7,8 @@ import pytest
 import captions_augment
 from utils import backtranslation as bt
 from utils import caption_augment
-from utils.errors import DUCHError
 from utils.rule_based_augment import (
-    DEFAULT_LEXICON, GloveNeighbours, Lexicon, LexiconTagger, RuleBasedAugmenter, build_augmenter,
+    DEFAULT_LEXICON, Lexicon, LexiconTagger, RuleBasedAugmenter,
 )
 
 CAPTIONS = {
@@ -154,22 +153,6 @@ def test_bertscore_choice_and_threshold():
     cands = lambda w, t: ["stream", "brook"]  # noqa: E731
     assert RuleBasedAugmenter(tagger, cands, Scorer())("A river .", 0) == "A brook ."
     assert RuleBasedAugmenter(tagger, cands, Scorer(), threshold=0.95)("A river .", 0) == "A river ."
-
-
-def test_glove_neighbours_threshold(tmp_path):
-    path = tmp_path / "glove.txt"
-    path.write_text("river 1 0 0\nstream 0.9 0.1 0\nwaterway 0.7 0.7 0\ncar 0 0 1\n")
-    nb = GloveNeighbours(path, min_sim=0.65)
-    assert nb.candidates("River") == ["stream", "waterway"]
-    assert GloveNeighbours(path, min_sim=0.8).candidates("river") == ["stream"]
-    assert nb.candidates("unknownword") == []
-
-
-def test_glove_route_names_missing_resources():
-    with pytest.raises(DUCHError) as exc:
-        build_augmenter(route="glove", glove_path=None, bertscore_model=None, log=lambda m: None)
-    msg = str(exc.value)
-    assert "glove-wiki-gigaword-200" in msg and "--glove" in msg and "BERTScore" in msg
 
 
 def test_shipped_lexicon_is_consistent_and_keeps_names():
@@ -347,3 +330,124 @@ def test_missing_model_is_one_clear_error(tmp_path, mt_dir, capsys, monkeypatch)
         run(bt_args(tmp_path, mt_dir, "backtranslation-chain", "--bt-chain", "fr"))
     err = capsys.readouterr().err
     assert "Helsinki-NLP/opus-mt-en-fr" in err and "--mt-model-dir" in err
+
+
+# ----------------------------------------------------------------------------- the original's back-translation
+
+
+class FakePool:
+    """Translates by a visible rule: longer, mixed-case output, so cutting and lower-casing show."""
+
+    def translate(self, texts, src, tgt):
+        return [f"{t} [{src.upper()}>{tgt.upper()}] Some Longer Tail Text" for t in texts]
+
+
+def original_backtranslate(sents, lang_weights, pool):
+    """The original's TextAugmenterBacktranslation.backtranslate, transcribed (random.seed(42) in its main)."""
+    import random
+
+    import numpy as np
+
+    random.seed(42)
+    langs_list, weights = list(lang_weights.keys()), list(lang_weights.values())
+    langs = random.choices(langs_list, weights=weights, k=len(sents))
+    texts, langs_arr = np.array(sents), np.array(langs)
+    idxs = {lang: np.where(langs_arr == lang) for lang in langs_list}
+    back = {}
+    for lang in langs_list:
+        fwd = pool.translate([str(t) for t in texts[idxs[lang]]], "en", lang)
+        back[lang] = pool.translate(fwd, lang, "en")
+    result = np.zeros_like(sents)
+    for lang in langs_list:
+        result[idxs[lang]] = np.array(back[lang])
+    return [str(s).lower() for s in result], langs
+
+
+def test_bt_prob_draws_and_cut_as_the_original():
+    sents = [c for caps in CAPTIONS.values() for c in caps] * 3
+    weights = {"es": 1.0, "de": 2.0, "fr": 0.0}
+    expected, expected_langs = original_backtranslate(sents, weights, FakePool())
+    got, langs = bt.backtranslate_prob(sents, FakePool(), weights, 42, original_quirks=True)
+    assert langs == expected_langs and got == expected
+    width = max(len(s) for s in sents)
+    assert all(len(g) <= width for g in got) and any(len(g) == width for g in got)  # really cut
+    default, _ = bt.backtranslate_prob(sents, FakePool(), weights, 42)
+    assert all(d.endswith("some longer tail text") for d in default)  # our default keeps the whole output
+    assert [d[:width] for d in default] == got
+
+
+def test_bt_chain_not_lowercased_in_quirk_mode(tmp_path, monkeypatch):
+    class FakeTranslator:
+        def __init__(self, src, tgt, **kw):
+            self.src, self.tgt, self.ref, self.generation = src, tgt, f"fake/{src}-{tgt}", {}
+            self.name = bt.model_name(src, tgt)
+
+        def translate(self, texts):
+            return [f"{t} {self.tgt.upper()}" for t in texts]
+
+    monkeypatch.setattr(caption_augment, "load_translator", FakeTranslator)
+    write_dataset(tmp_path)
+    run(["--dataset", "ucm", "--data-dir", str(tmp_path), "--txt-aug", "backtranslation-chain", "--device", "cpu",
+         "--original-quirks"])
+    out = read_out(tmp_path)
+    first = out["images"][0]["sentences"][0]
+    assert first["aug_bt_chain"] == first["raw"] + " ES DE EN"
+    assert out["augmentation_provenance"]["aug_bt_chain"]["original_quirks"] is True
+    run(["--dataset", "ucm", "--data-dir", str(tmp_path), "--txt-aug", "backtranslation-chain", "--device", "cpu",
+         "--overwrite"])
+    assert read_out(tmp_path)["images"][0]["sentences"][0]["aug_bt_chain"] == (first["raw"] + " ES DE EN").lower()
+
+
+@pytest.mark.parametrize("bad", [["es=1"], ["es:x"], ["es", "de;2"]])
+def test_bt_langs_syntax_error(tmp_path, capsys, bad):
+    write_dataset(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        run(["--dataset", "ucm", "--data-dir", str(tmp_path), "--txt-aug", "backtranslation-prob", "--bt-langs", *bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "LANG:WEIGHT" in err and "model" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_names_suggest_the_closest(tmp_path, capsys):
+    write_dataset(tmp_path)
+    for flag, bad, good in (("--route", "glvoe", "glove"), ("--txt-aug", "rule-base", "rule-based")):
+        with pytest.raises(SystemExit) as exc:
+            run(["--dataset", "ucm", "--data-dir", str(tmp_path), flag, bad])
+        assert exc.value.code == 2
+        assert f"did you mean {good!r}" in capsys.readouterr().err
+
+
+def test_interrupt_is_one_line_exit_130_nothing_written(tmp_path, lexicon_path, monkeypatch, capsys):
+    write_dataset(tmp_path)
+
+    def interrupted(self, text, index):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RuleBasedAugmenter, "__call__", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        run(rb_args(tmp_path, lexicon_path))
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted:") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UCM.json", "lexicon.json"]
+
+
+def test_none_caption_is_one_clear_error(tmp_path, lexicon_path, capsys):
+    data = write_dataset(tmp_path)
+    data["images"][1]["sentences"][2]["raw"] = None
+    (tmp_path / "UCM.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exc:
+        run(rb_args(tmp_path, lexicon_path))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1.tif" in err and "sentence" in err
+    assert not (tmp_path / "augmented_UCM.json").exists()
+
+
+def test_help_shows_purpose_and_defaults():
+    text = captions_augment.get_args_parser().format_help()
+    assert captions_augment.PURPOSE in " ".join(text.split())
+    for option in ("--batch-size", "--seed", "--route", "--glove-min-sim", "--bt-langs", "--flush-every"):
+        block = text.split("options:")[1]
+        block = block[block.index(option):]
+        assert "(default:" in block[:400], option

@@ -209,26 +209,130 @@ def test_overwrite_replaces(tmp_path, tiny_bert_dir):
     assert read(target)[0].shape == (15, HIDDEN)
 
 
-def test_missing_model_is_one_clear_error(tmp_path, capsys):
+def test_missing_local_model_gets_no_download_hint(tmp_path, capsys, monkeypatch):
     make_json(tmp_path / "UCM.json", with_aug=False)
     missing = tmp_path / "no_such_model"
     with pytest.raises(SystemExit) as exc:
         run_main(["--data-dir", str(tmp_path), "--model", str(missing), "--device", "cpu"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: cannot load text model") and str(missing) in err
-    assert "--model /path/to/local/dir" in err and "Traceback" not in err
-    assert len(err.splitlines()) == 1
+    assert err.startswith("error: text model folder") and str(missing) in err and "does not exist" in err
+    assert "download" not in err and "Traceback" not in err and len(err.splitlines()) == 1
+    # a relative path whose parent folder exists is a path too, not a hub name
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DUCHError, match="does not exist") as exc:
+        load_text_model("models/bert-base-uncased")
+    assert "download" not in str(exc.value)
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    with pytest.raises(DUCHError, match="cannot load text model.*empty_dir"):
+    with pytest.raises(DUCHError, match="empty_dir has no config.json"):
         load_text_model(str(empty))
+
+
+def test_folder_without_tokenizer_is_named_clearly(tmp_path, tiny_bert_dir):
+    import shutil
+
+    folder = tmp_path / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert_dir / name, folder / name)
+    # transformers would build an empty tokenizer here and turn every word into [UNK]
+    with pytest.raises(DUCHError, match="holds no tokenizer files"):
+        load_text_model(str(folder))
+    # a fast-tokenizer class without tokenizer.json: transformers' multi-line "Couldn't instantiate the backend
+    # tokenizer" message, whole, on one line, naming the folder
+    shutil.copy(tiny_bert_dir / "vocab.txt", folder / "vocab.txt")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    with pytest.raises(DUCHError) as exc:
+        load_text_model(str(folder))
+    msg = str(exc.value)
+    assert "no_tokenizer" in msg and "\n" not in msg and "tokenizer.json" in msg
+    assert "to a fast one." in msg  # not cut off
+
+
+def test_max_length_beyond_positions(tmp_path, tiny_bert_dir, capsys):
+    make_json(tmp_path / "UCM.json", with_aug=False)
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--data-dir", str(tmp_path), "--model", str(tiny_bert_dir), "--device", "cpu",
+                  "--max-length", "500", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' own loading bar
+    assert err.startswith("error: --max-length 500") and "128" in err
+    assert not list(tmp_path.glob("caption_emb_*"))
+
+
+def test_none_caption_refused_before_loading(tmp_path, capsys):
+    path = make_json(tmp_path / "UCM.json", with_aug=False)
+    data = json.loads(path.read_text())
+    data["images"][2]["sentences"][1]["raw"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--data-dir", str(tmp_path), "--model", str(tmp_path / "not_loaded")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "3.tif" in err and "sentence" in err and "not_loaded" not in err
+
+
+def test_per_set_resume_after_interrupt(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    make_json(tmp_path / "augmented_UCM.json", with_aug=True)
+    argv = ["--data-dir", str(tmp_path), "--model", str(tiny_bert_dir), "--device", "cpu", "--no-progress"]
+    real = captions_embed.embed_captions
+    calls = []
+
+    def interrupted_after_first(text_model, texts, **kw):
+        calls.append(kw["desc"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(text_model, texts, **kw)
+
+    monkeypatch.setattr(captions_embed, "embed_captions", interrupted_after_first)
+    with pytest.raises(SystemExit) as exc:
+        run_main(argv)
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted:") == 1 and "Traceback" not in err and "aug_rb" in err
+    raw_file, rb_file = tmp_path / "caption_emb_UCM_aug.h5", tmp_path / "caption_emb_UCM_aug_rb.h5"
+    assert raw_file.is_file() and not rb_file.exists() and not list(tmp_path.glob(".*.tmp"))
+    raw_bytes = raw_file.read_bytes()
+
+    calls.clear()
+    monkeypatch.setattr(captions_embed, "embed_captions", lambda tm, texts, **kw: calls.append(kw["desc"]) or real(tm, texts, **kw))
+    run_main(argv)  # resumes: only the missing set
+    assert calls == ["embed aug_rb"] and raw_file.read_bytes() == raw_bytes
+    assert "kept" in capsys.readouterr().out
+    calls.clear()
+    run_main(argv)  # nothing left
+    assert calls == []
+    run_main(argv + ["--overwrite"])  # recomputes every set
+    assert calls == ["embed raw", "embed aug_rb"]
+    np.testing.assert_allclose(read(rb_file)[0], reference(read(rb_file)[0] is not None and load_text_model(
+        str(tiny_bert_dir)), flat("aug_rb")), rtol=1e-5, atol=1e-5)
+    # a kept file must have been made with the same settings
+    with pytest.raises(SystemExit) as exc:
+        run_main(argv + ["--hidden-states", "2"])
+    assert exc.value.code == 2
+    assert "hidden_states 4 (now 2)" in capsys.readouterr().err
+
+
+def test_help_shows_purpose_and_defaults():
+    text = captions_embed.get_args_parser().format_help()
+    assert captions_embed.PURPOSE in " ".join(text.split())
+    options = text.split("options:")[1]
+    for option in ("--model", "--max-length", "--hidden-states", "--operator", "--batch-size", "--device"):
+        assert "(default:" in options[options.index(option):][:300], option
 
 
 def test_uncached_hub_model_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DUCHError, match="duch-tests/not-a-cached-model.*download it once with network"):
         load_text_model("duch-tests/not-a-cached-model")
+
+
+def test_unknown_model_name_suggests_the_closest(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DUCHError, match="did you mean 'bert-base-uncased'"):
+        load_text_model("bert-base-uncasd")
 
 
 def test_missing_json(tmp_path, capsys):

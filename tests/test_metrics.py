@@ -1,95 +1,271 @@
-"""Metrics against straightforward per-query reference implementations (the literature's loops)."""
+"""The counting engine against straightforward per-query reference loops (the definitions, written plainly)."""
 import numpy as np
 import pytest
 import torch
 
-from utils.metrics import P_AT_K_CUTOFFS, hamming_distance, map_at_k, precision_at_k, radius_precision_recall, ranked_relevance, relevance, retrieval_metrics
+from utils.errors import DUCHError
+from utils.retrieval.hamming import as_code_words, hamming_distances
+from utils.retrieval.metrics import P_AT_K_CUTOFFS, _numba_module, as_labels, retrieval_metrics
+from utils.retrieval.codes import pack_codes
+
+HAS_NUMBA = _numba_module() is not None
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
 
 
-def reference_map_k(q, d, ql, dl, k):
-    """The original per-query loop (with a stable sort): AP = mean_j j / p_j over the first min(K, R) hits."""
-    total = 0.0
-    for i in range(len(q)):
-        gnd = (ql[i] == dl).astype(float)
-        r = int(gnd.sum())
-        if r == 0:
-            continue
-        hamm = 0.5 * (q.shape[1] - d @ q[i])
-        order = np.argsort(hamm, kind="stable")
-        gnd = gnd[order]
-        m = min(k, r)
-        positions = np.nonzero(gnd)[0][:m] + 1.0
-        total += np.mean(np.arange(1, m + 1) / positions)
-    return total / len(q)
+# ---- reference: one query at a time, a stable sort of the distances, the definitions as written ------------
+def reference_metrics(q, d, ql, dl, map_ks=(20, 10)):
+    """q, d: ±1 codes; ql, dl: class codes (1-D) or multi-hot rows (2-D)."""
+    bits, n_q, n_db = q.shape[1], len(q), len(d)
+    ap = {k: [] for k in map_ks}
+    pk = {k: [] for k in sorted({min(k, n_db) for k in P_AT_K_CUTOFFS})}
+    prec, rec, chance = [], [], []
+    for i in range(n_q):
+        dist = np.array([np.sum(q[i] != d[j]) for j in range(n_db)])
+        if ql.ndim == 1:
+            rel = np.array([ql[i] == dl[j] for j in range(n_db)], float)
+        else:
+            rel = np.array([np.any((ql[i] > 0) & (dl[j] > 0)) for j in range(n_db)], float)
+        chance.append(rel.mean())
+        r = int(rel.sum())
+        ranked = rel[np.argsort(dist, kind="stable")]
+        positions = np.flatnonzero(ranked) + 1.0
+        for k in map_ks:
+            m = min(k, r)
+            ap[k].append(np.mean(np.arange(1, m + 1) / positions[:m]) if m > 0 else 0.0)
+        for k in pk:
+            pk[k].append(ranked[:k].sum() / k)
+        p_row, r_row = [], []
+        for radius in range(bits + 1):
+            within = dist <= radius
+            p_row.append(rel[within].sum() / within.sum() if within.any() else 0.0)
+            r_row.append(rel[within].sum() / r if r > 0 else 0.0)
+        prec.append(p_row)
+        rec.append(r_row)
+    out = {f"map@{k}": np.mean(v) for k, v in ap.items()}
+    out["chance"] = np.mean(chance)
+    out["p@k"] = {str(k): np.mean(v) for k, v in pk.items()}
+    out["precision_radius"] = np.mean(prec, axis=0)
+    out["recall_radius"] = np.mean(rec, axis=0)
+    return out
 
 
-def random_codes(rng, n, bits):
-    return np.where(rng.random((n, bits)) > 0.5, 1.0, -1.0).astype(np.float32)
+def assert_same(got, want, tol=1e-6):
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if key == "p@k":
+            assert list(got[key]) == list(value)
+            for k in value:
+                assert got[key][k] == pytest.approx(value[k], abs=tol), (key, k)
+        elif key in ("precision_radius", "recall_radius"):
+            assert np.allclose(got[key], value, atol=tol, rtol=0), key
+        else:
+            assert got[key] == pytest.approx(value, abs=tol), key
 
 
-@pytest.mark.parametrize("bits,n_q,n_db,n_cls", [(8, 30, 120, 5), (16, 50, 300, 7), (4, 20, 50, 3)])
-def test_map_matches_reference_loop(bits, n_q, n_db, n_cls):
+def random_codes(rng, n, bits, distinct=None):
+    """±1 codes; with ``distinct``, rows are drawn from that many codes (many ties)."""
+    pool = np.where(rng.random((distinct or n, bits)) > 0.5, 1, -1).astype(np.int8)
+    return pool[rng.integers(0, len(pool), n)] if distinct else pool
+
+
+CASES = [  # bits, queries, database items, classes, distinct codes
+    (12, 30, 200, 5, 8),
+    (24, 40, 300, 7, None),
+    (64, 25, 150, 3, 6),
+    (100, 20, 120, 4, None),  # two 64-bit words
+    (4, 15, 60, 3, None),
+    (130, 10, 90, 4, 5),  # three words: numpy kernel
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits,n_q,n_db,n_cls,distinct", CASES)
+def test_class_labels_match_reference(kernel, bits, n_q, n_db, n_cls, distinct):
+    if kernel == "numba" and bits > 128:
+        pytest.skip("the numba kernel takes up to 128 bits")
     rng = np.random.default_rng(bits)
-    q, d = random_codes(rng, n_q, bits), random_codes(rng, n_db, bits)  # few bits: many ties
+    q, d = random_codes(rng, n_q, bits, distinct), random_codes(rng, n_db, bits, distinct)
     ql, dl = rng.integers(0, n_cls, n_q), rng.integers(0, n_cls, n_db)
-    ql[0] = n_cls + 5  # a query with no relevant item counts as 0
-    ranked = ranked_relevance(hamming_distance(torch.tensor(q), torch.tensor(d)), relevance(torch.tensor(ql), torch.tensor(dl)))
-    got = map_at_k(ranked, (20, 10, 1000))
-    for k in (20, 10, 1000):
-        assert got[k] == pytest.approx(reference_map_k(q, d, ql, dl, k), abs=1e-6)
+    ql[0] = n_cls + 5  # a query with no relevant item (R = 0) counts as 0
+    got = retrieval_metrics(q, d, ql, dl, map_ks=(20, 10, 1, 1000), kernel=kernel)
+    assert_same(got, reference_metrics(q, d, ql, dl, map_ks=(20, 10, 1, 1000)))
 
 
-def test_map_is_not_cut_at_k():
-    # one query, relevant items at ranks 1 and 30 of 40: with K = 20, m = min(20, 2) = 2 -> AP = (1/1 + 2/30) / 2
-    ranked = torch.zeros(1, 40, dtype=torch.bool)
-    ranked[0, 0] = ranked[0, 29] = True
-    assert map_at_k(ranked, (20,))[20] == pytest.approx((1 + 2 / 30) / 2)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n_labels", [5, 70])  # one label word, and two (the numpy kernel)
+def test_multi_hot_labels_match_reference(kernel, n_labels):
+    if kernel == "numba" and n_labels > 64:
+        pytest.skip("the numba kernel takes up to 64 labels")
+    rng = np.random.default_rng(n_labels)
+    q, d = random_codes(rng, 30, 24, 10), random_codes(rng, 160, 24, 10)
+    ql = (rng.random((30, n_labels)) < 1.5 / n_labels).astype(np.int64)
+    dl = (rng.random((160, n_labels)) < 1.5 / n_labels).astype(np.int64)
+    ql[0] = 0  # a query without labels: R = 0
+    dl[:5] = 0
+    got = retrieval_metrics(q, d, ql, dl, kernel=kernel)
+    assert_same(got, reference_metrics(q, d, ql, dl))
 
 
-def test_ties_broken_by_database_order():
-    q = torch.tensor([[1.0, 1.0]])
-    db = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
-    # both first items tie at distance 0; only the second is relevant -> rank 2 -> AP = 1/2
-    ranked = ranked_relevance(hamming_distance(q, db), relevance(torch.tensor([1]), torch.tensor([0, 1, 1])))
-    assert map_at_k(ranked, (1,))[1] == pytest.approx(0.5)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("n_q,n_db", [(1, 50), (20, 1), (7, 15)])  # Q = 1, N = 1, N < K
+def test_edge_sizes_match_reference(kernel, n_q, n_db):
+    rng = np.random.default_rng(n_q * 100 + n_db)
+    q, d = random_codes(rng, n_q, 12), random_codes(rng, n_db, 12)
+    ql, dl = rng.integers(0, 2, n_q), rng.integers(0, 2, n_db)
+    got = retrieval_metrics(q, d, ql, dl, kernel=kernel)
+    assert_same(got, reference_metrics(q, d, ql, dl))
+    assert max(int(k) for k in got["p@k"]) == min(n_db, 1000)  # K capped at the database size
 
 
-def test_hamming_distance_counts_differing_bits():
-    q = torch.tensor([[1.0, -1.0, 1.0, 1.0]])
-    d = torch.tensor([[1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, -1.0], [1.0, 1.0, 1.0, 1.0]])
-    assert hamming_distance(q, d).tolist() == [[0.0, 4.0, 1.0]]
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_map_is_not_cut_at_k(kernel):
+    # one query; item t has its first t // 5 bits flipped, so ranks follow database order; relevant
+    # items at ranks 1 and 30 of 40: with K = 20, m = min(20, 2) = 2 -> AP = (1/1 + 2/30) / 2
+    q = np.ones((1, 8), np.int8)
+    d = np.ones((40, 8), np.int8)
+    for t in range(40):
+        d[t, : t // 5] = -1
+    dl = np.zeros(40, np.int64)
+    dl[[0, 29]] = 1
+    got = retrieval_metrics(q, d, np.array([1]), dl, map_ks=(20,), kernel=kernel)
+    assert got["map@20"] == pytest.approx((1 + 2 / 30) / 2)
 
 
-def test_precision_at_k_and_radius_match_loops():
-    rng = np.random.default_rng(3)
-    bits = 6
-    q, d = random_codes(rng, 25, bits), random_codes(rng, 80, bits)
-    ql, dl = rng.integers(0, 4, 25), rng.integers(0, 4, 80)
-    dist = hamming_distance(torch.tensor(q), torch.tensor(d))
-    rel = relevance(torch.tensor(ql), torch.tensor(dl))
-    pk = precision_at_k(ranked_relevance(dist, rel))
-    assert max(pk) == 80  # K capped at the database size
-    precision, recall = radius_precision_recall(dist, rel, bits)
-    dist_np, rel_np = dist.numpy(), rel.numpy()
-    for k in (1, 5, 20, 80):
-        expected = np.mean([rel_np[i][np.argsort(dist_np[i], kind="stable")][:k].mean() for i in range(25)])
-        assert pk[k] == pytest.approx(expected, abs=1e-6)
-    for r in range(bits + 1):
-        ps, rs = [], []
-        for i in range(25):
-            within = dist_np[i] <= r
-            ps.append(rel_np[i][within].sum() / within.sum() if within.any() else 0.0)
-            rs.append(rel_np[i][within].sum() / rel_np[i].sum() if rel_np[i].any() else 0.0)
-        assert precision[r] == pytest.approx(np.mean(ps), abs=1e-6)
-        assert recall[r] == pytest.approx(np.mean(rs), abs=1e-6)
-    assert recall[bits] == pytest.approx(1.0)  # everything lies within radius B
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_ties_broken_by_database_order(kernel):
+    q = np.array([[1, 1]])
+    db = np.array([[1, 1], [1, 1], [-1, -1]])
+    # the first two items tie at distance 0; only the second is relevant -> rank 2 -> AP = 1/2
+    assert retrieval_metrics(q, db, np.array([1]), np.array([0, 1, 1]), map_ks=(1,), kernel=kernel)["map@1"] == pytest.approx(0.5)
 
 
-def test_retrieval_metrics_keys_and_perfect_codes():
-    labels = torch.arange(4).repeat(5)
-    codes = torch.tensor(random_codes(np.random.default_rng(0), 4, 16))[labels]
-    out = retrieval_metrics(codes, codes, labels, labels)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_perfect_codes_and_chance(kernel):
+    labels = np.repeat(np.arange(4), 5)
+    codes = random_codes(np.random.default_rng(0), 4, 16)[labels]
+    out = retrieval_metrics(codes, codes, labels, labels, kernel=kernel)
     assert out["map@20"] == pytest.approx(1.0) and out["map@10"] == pytest.approx(1.0)
     assert out["chance"] == pytest.approx(0.25)
     assert set(out["p@k"]) == {str(min(k, 20)) for k in P_AT_K_CUTOFFS}
-    assert len(out["precision_radius"]) == 17
+    assert len(out["precision_radius"]) == 17 and out["recall_radius"][16] == pytest.approx(1.0)
+
+
+def test_code_forms_give_the_same_metrics():
+    rng = np.random.default_rng(5)
+    q, d = random_codes(rng, 12, 24, 4), random_codes(rng, 70, 24, 4)
+    ql, dl = rng.integers(0, 3, 12), rng.integers(0, 3, 70)
+    want = retrieval_metrics(q, d, ql, dl)
+    forms = [
+        (q.astype(np.float32), d.astype(np.float64), None),  # ±1 floats
+        ((q > 0).astype(np.uint8), (d > 0).astype(np.int32), None),  # 0/1
+        (q > 0, d > 0, None),  # booleans
+        (pack_codes(q), pack_codes(d), 24),  # packed
+        (torch.tensor(q), torch.tensor(d, dtype=torch.float32), None),  # tensors
+    ]
+    for fq, fd, bits in forms:
+        assert retrieval_metrics(fq, fd, torch.tensor(ql), dl, bits=bits) == want
+    one_hot = np.eye(3, dtype=np.int64)
+    assert retrieval_metrics(q, d, one_hot[ql], one_hot[dl]) == want  # one-hot rows = class codes
+
+
+def test_packed_padding_bits_are_ignored():
+    rng = np.random.default_rng(2)
+    q, d = random_codes(rng, 5, 12), random_codes(rng, 30, 12)
+    packed_q, packed_d = pack_codes(q), pack_codes(d)
+    packed_d[:, -1] |= 0x0F  # the 4 bits past bit 12
+    assert retrieval_metrics(packed_q, packed_d, np.zeros(5), np.zeros(30), bits=12) == retrieval_metrics(q, d, np.zeros(5), np.zeros(30))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_chunks_do_not_change_the_result(kernel):
+    rng = np.random.default_rng(9)
+    q, d = random_codes(rng, 37, 16, 12), random_codes(rng, 400, 16, 12)
+    ql, dl = rng.integers(0, 4, 37), rng.integers(0, 4, 400)
+    whole = retrieval_metrics(q, d, ql, dl, kernel=kernel)
+    chunked = retrieval_metrics(q, d, ql, dl, kernel=kernel, memory_gb=400 * 20 * 3 / 2**30)  # 3 queries at a time
+    assert_same(chunked, whole, tol=1e-12)
+
+
+def test_hamming_distances_count_differing_bits():
+    q = np.array([[1, -1, 1, 1]])
+    d = np.array([[1, -1, 1, 1], [-1, 1, -1, -1], [1, 1, 1, 1]])
+    assert hamming_distances(as_code_words(q), as_code_words(d)).tolist() == [[0, 4, 1]]
+
+
+@pytest.mark.parametrize(
+    "q,d,ql,dl,kwargs,message",
+    [
+        (np.ones((2, 8)), np.ones((3, 16)), np.zeros(2), np.zeros(3), {}, "8 bits but database codes have 16"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.zeros(2), np.zeros(4), {}, "database labels have 4 rows"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.zeros(3), np.zeros(3), {}, "query labels have 3 rows"),
+        (np.full((2, 8), np.nan), np.ones((3, 8)), np.zeros(2), np.zeros(3), {}, "NaN"),
+        (np.full((2, 8), 2.0), np.ones((3, 8)), np.zeros(2), np.zeros(3), {}, "the value 2.0"),
+        (np.array([[1, 0, -1, 1]]), np.ones((3, 4)), np.zeros(1), np.zeros(3), {}, "both -1 and 0"),
+        (np.ones((0, 8)), np.ones((3, 8)), np.zeros(0), np.zeros(3), {}, "empty"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.zeros(2), np.zeros(3), {"map_ks": (0,)}, "at least 1"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.zeros(2), np.zeros((3, 4)), {}, "class codes"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.zeros((2, 4)), np.full((3, 4), 3), {}, "only 0 and 1"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.array([0.0, np.nan]), np.zeros(3), {}, "NaN"),
+        (np.ones((2, 3), np.uint8), np.ones((3, 3), np.uint8), np.zeros(2), np.zeros(3), {"bits": 12}, "3 bytes per row"),
+        (np.ones((2, 8)), np.ones((3, 8)), np.zeros(2), np.zeros(3), {"memory_gb": 0}, "--memory-gb"),
+    ],
+)
+def test_bad_input_is_refused(q, d, ql, dl, kwargs, message):
+    with pytest.raises(DUCHError, match=message):
+        retrieval_metrics(q, d, ql, dl, **kwargs)
+
+
+def test_one_hot_rows_become_class_codes():
+    labels = as_labels(np.eye(3, dtype=np.int64)[[2, 0, 1]])
+    assert labels.classes.tolist() == [2, 0, 1] and labels.n_labels == 3
+    assert as_labels(np.array([[1, 1, 0], [0, 0, 1]])).classes is None
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_working_memory_stays_under_the_budget(kernel):
+    """tracemalloc peak of one direction (packing, counts, chunks) under --memory-gb, with N 50 x the chunk."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    q, d = random_codes(rng, 60, 64, 30), random_codes(rng, 20_000, 64, 30)
+    ql, dl = rng.integers(0, 6, 60), rng.integers(0, 6, 20_000)
+    budget_gb = 8 / 1024  # 8 MB: the numpy kernel takes 20 queries at a time (20 bytes per pair)
+    whole = retrieval_metrics(q, d, ql, dl, kernel=kernel)
+    tracemalloc.start()
+    got = retrieval_metrics(q, d, ql, dl, kernel=kernel, memory_gb=budget_gb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < budget_gb * 2**30
+    assert_same(got, whole, tol=1e-12)
+
+
+def test_without_numba_the_numpy_kernel_is_used(monkeypatch):
+    from utils.retrieval import metrics
+
+    rng = np.random.default_rng(6)
+    q, d = random_codes(rng, 8, 16), random_codes(rng, 40, 16)
+    ql, dl = rng.integers(0, 3, 8), rng.integers(0, 3, 40)
+    want = retrieval_metrics(q, d, ql, dl)
+    monkeypatch.setattr(metrics, "_numba_module", lambda: None)
+    assert metrics.resolve_kernel("auto", as_code_words(q), ql) == "numpy"
+    assert_same(retrieval_metrics(q, d, ql, dl), want)
+    with pytest.raises(DUCHError, match="numba"):
+        retrieval_metrics(q, d, ql, dl, kernel="numba")
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("bits,multi_hot", [(64, False), (128, False), (32, True)])
+def test_kernels_agree_on_class_structured_codes(bits, multi_hot):
+    """Larger than the reference loops allow: the two kernels on clustered codes (d_max inside the clusters)."""
+    rng = np.random.default_rng(bits)
+    centres = random_codes(rng, 12, bits)
+    ql, dl = rng.integers(0, 12, 150), rng.integers(0, 12, 4000)
+    q, d = centres[ql].copy(), centres[dl].copy()
+    q[rng.random(q.shape) < 0.15] *= -1
+    d[rng.random(d.shape) < 0.2] *= -1
+    if multi_hot:
+        ql, dl = np.eye(12, dtype=np.int64)[ql], np.eye(12, dtype=np.int64)[dl]
+        dl[rng.random(dl.shape) < 0.05] = 1  # some items carry extra labels
+    fast = retrieval_metrics(q, d, ql, dl, map_ks=(20, 10, 100), kernel="numba")
+    assert_same(fast, retrieval_metrics(q, d, ql, dl, map_ks=(20, 10, 100), kernel="numpy"), tol=1e-12)
+    assert fast["map@20"] > 0.9  # clustered: the second pass visits only a cluster's near part

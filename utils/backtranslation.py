@@ -6,6 +6,8 @@ one file per model, flushed atomically every few batches, so an interrupted run 
 """
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -121,16 +123,29 @@ def translate_cached(
     return [cache.entries[t] for t in texts]
 
 
+_LANG_RE = re.compile(r"^[A-Za-z]{2,}(?:[_-][A-Za-z]+)*$")
+
+
+def check_lang(lang: str, flag: str) -> str:
+    """A language code as in ``opus-mt-<src>-<tgt>`` (es, de, zh, ROMANCE, ...); other text is a syntax error."""
+    if not _LANG_RE.match(lang):
+        raise DUCHError(f"{flag}: {lang!r} is not a language code; "
+                        + ("use LANG:WEIGHT, e.g. es:1 de:1" if flag == "--bt-langs" else "use codes, e.g. es de"))
+    return lang
+
+
 def parse_lang_weights(items: Sequence[str]) -> dict[str, float]:
     """``["es:1", "de:2"]`` -> ``{"es": 1.0, "de": 2.0}``; a bare ``es`` weighs 1."""
     weights: dict[str, float] = {}
     for item in items:
         lang, _, w = item.partition(":")
+        if not _LANG_RE.match(lang):
+            raise DUCHError(f"--bt-langs: {item!r} is not LANG:WEIGHT; write e.g. es:1 de:1")
         try:
             weight = float(w) if w else 1.0
         except ValueError:
             raise DUCHError(f"--bt-langs: bad weight in {item!r}; use LANG:WEIGHT, e.g. es:1") from None
-        if not lang or weight < 0 or not np.isfinite(weight):
+        if weight < 0 or not np.isfinite(weight):
             raise DUCHError(f"--bt-langs: bad entry {item!r}; use LANG:WEIGHT with WEIGHT >= 0")
         weights[lang] = weight
     if not weights or sum(weights.values()) <= 0:
@@ -139,11 +154,16 @@ def parse_lang_weights(items: Sequence[str]) -> dict[str, float]:
 
 
 def draw_languages(n: int, weights: dict[str, float], seed: int) -> list[str]:
-    """One pivot language per sentence, drawn with probability proportional to its weight."""
-    langs = list(weights)
-    p = np.asarray([weights[lang] for lang in langs], dtype=np.float64)
-    picks = np.random.default_rng(seed).choice(len(langs), size=n, p=p / p.sum())
-    return [langs[i] for i in picks]
+    """One pivot language per sentence, as the original: ``random.seed(seed)``, then
+    ``random.choices(langs, weights, k=n)`` (here on a private ``random.Random(seed)``, the same stream)."""
+    return random.Random(seed).choices(list(weights), weights=list(weights.values()), k=n)
+
+
+def cut_like_original(outputs: Sequence[str], raws: Sequence[str]) -> list[str]:
+    """QUIRK: the original stored the outputs in ``np.zeros_like(raws)``, a fixed-width string array as wide
+    as the longest raw caption, so every longer output was cut to that many characters."""
+    width = max((len(r) for r in raws), default=0)
+    return [t[:width] for t in outputs]
 
 
 class TranslatorPool:
@@ -169,8 +189,11 @@ class TranslatorPool:
         return {tr.name: tr.ref for tr in self.translators.values()}
 
 
-def backtranslate_prob(texts: Sequence[str], pool: TranslatorPool, weights: dict[str, float], seed: int):
-    """en -> L -> en with L drawn per sentence; returns (lower-cased outputs, chosen languages)."""
+def backtranslate_prob(texts: Sequence[str], pool: TranslatorPool, weights: dict[str, float], seed: int,
+                       original_quirks: bool = False):
+    """en -> L -> en with L drawn per sentence; returns (lower-cased outputs, chosen languages).
+
+    ``original_quirks``: outputs cut to the longest input's length before lower-casing, as the original."""
     langs = draw_languages(len(texts), weights, seed)
     out: list[str] = [""] * len(texts)
     for lang in weights:
@@ -180,18 +203,21 @@ def backtranslate_prob(texts: Sequence[str], pool: TranslatorPool, weights: dict
         pivot = pool.translate([texts[i] for i in idx], SOURCE_LANG, lang)
         back = pool.translate(pivot, lang, SOURCE_LANG)
         for i, t in zip(idx, back):
-            out[i] = t.lower()
-    return out, langs
+            out[i] = t
+    if original_quirks:
+        out = cut_like_original(out, texts)
+    return [t.lower() for t in out], langs
 
 
 def chain_pairs(chain: Sequence[str]) -> list[tuple[str, str]]:
-    path = [SOURCE_LANG, *chain, SOURCE_LANG]
+    path = [SOURCE_LANG, *(check_lang(lang, "--bt-chain") for lang in chain), SOURCE_LANG]
     return list(zip(path[:-1], path[1:]))
 
 
-def backtranslate_chain(texts: Sequence[str], pool: TranslatorPool, chain: Sequence[str]) -> list[str]:
-    """en -> chain[0] -> ... -> en for every sentence; lower-cased."""
+def backtranslate_chain(texts: Sequence[str], pool: TranslatorPool, chain: Sequence[str],
+                        original_quirks: bool = False) -> list[str]:
+    """en -> chain[0] -> ... -> en for every sentence; lower-cased (the original did not: ``original_quirks``)."""
     current = list(texts)
     for src, tgt in chain_pairs(chain):
         current = pool.translate(current, src, tgt)
-    return [t.lower() for t in current]
+    return current if original_quirks else [t.lower() for t in current]

@@ -100,10 +100,11 @@ def _rule_based(raws: list[str], args) -> tuple[list[str], dict]:
     aug, provenance = build_augmenter(
         route=args.route, lexicon_path=args.lexicon, glove_path=args.glove, glove_min_sim=args.glove_min_sim,
         glove_topk=args.glove_topk, bertscore_model=args.bertscore_model, bertscore_layer=args.bertscore_layer,
-        bertscore_threshold=args.bertscore_threshold, device=args.device, seed=args.seed,
+        bertscore_baseline=args.bertscore_baseline, bertscore_threshold=args.bertscore_threshold,
+        device=args.device, seed=args.seed,
     )
     out = [aug(text, i) for i, text in enumerate(tqdm(raws, desc="rule-based", unit="sent"))]
-    provenance["counts"] = dict(aug.stats)
+    provenance.update(counts=dict(aug.stats), original_quirks=bool(args.original_quirks))
     return out, {"method": "rule-based", **provenance}
 
 
@@ -134,12 +135,18 @@ def _backtranslation(raws: list[str], args, ds: DatasetInfo, out_dir: Path) -> t
         mt_model_dir=args.mt_model_dir, device=device, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
     )
     print(f"{args.txt_aug}: models {', '.join(pool.describe().values())}")
+    quirks = bool(args.original_quirks)
     provenance = {"method": args.txt_aug, "models": pool.describe(), "seed": args.seed, "cache_dir": str(cache_dir),
-                  "generation": {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}}
+                  "generation": {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams},
+                  "original_quirks": quirks}
     if args.txt_aug == "backtranslation-prob":
-        out, langs = bt.backtranslate_prob(raws, pool, weights, args.seed)
-        provenance.update(weights=weights, language_counts={lang: langs.count(lang) for lang in weights})
+        out, langs = bt.backtranslate_prob(raws, pool, weights, args.seed, original_quirks=quirks)
+        provenance.update(weights=weights, language_counts={lang: langs.count(lang) for lang in weights},
+                          draw="random.Random(seed).choices(langs, weights, k=n), as random.seed + random.choices",
+                          postprocess=("cut to the longest raw caption's length, lower-cased (original quirk)"
+                                       if quirks else "lower-cased"))
     else:
-        out = bt.backtranslate_chain(raws, pool, args.bt_chain)
-        provenance["chain"] = [bt.SOURCE_LANG, *args.bt_chain, bt.SOURCE_LANG]
+        out = bt.backtranslate_chain(raws, pool, args.bt_chain, original_quirks=quirks)
+        provenance.update(chain=[bt.SOURCE_LANG, *args.bt_chain, bt.SOURCE_LANG],
+                          postprocess="none (original quirk)" if quirks else "lower-cased")
     return out, provenance

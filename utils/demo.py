@@ -73,7 +73,9 @@ def ensure_demo_features(data_dir: str | Path, images_per_class: int = 100, devi
             images_augment.main(images_augment.get_args_parser().parse_args(
                 [*common, "--img-aug", image_set, "--weights", encoders["image_weights"]]))
     if not augmented_json.is_file():
-        captions_augment.main(captions_augment.get_args_parser().parse_args([*common, "--txt-aug", "rule-based"]))
+        # the offline lexicon route: the paper route would fetch GloVe and roberta-large (about 1.7 GB) where online
+        captions_augment.main(captions_augment.get_args_parser().parse_args(
+            [*common, "--txt-aug", "rule-based", "--route", "lexicon"]))
     if not (paths.caption.is_file() and paths.caption_aug.is_file()):
         captions_embed.main(captions_embed.get_args_parser().parse_args([*common, "--model", encoders["text_model"], "--overwrite"]))
     write_json(encoders_path, encoders)

@@ -1,52 +1,44 @@
-"""Rule-based caption augmentation (``aug_rb``, SPEC section 2).
+"""Rule-based caption augmentation (``aug_rb``, SPEC section 2): route choice and the offline lexicon route.
 
 Nouns (NN, NNS, NNP, NNPS) and verbs (VB, VBD, VBG, VBN) are replaced by a similar word whose POS tag
-in the new sentence stays the same; "there is" (EX followed by VBZ) becomes "it is"; every other
-character of the caption is kept as it was.
+in the new sentence stays the same; "there is" (EX followed by VBZ) becomes "it is".
 
-Two routes supply the three resources the rule needs (similar words, a POS tagger, a chooser):
+Two routes supply the resources the rule needs (similar words, a POS tagger, a chooser):
 
-- ``glove`` (the paper): GloVe glove-wiki-gigaword-200 neighbours with cosine >= 0.65, NLTK's
-  averaged-perceptron tagger, best candidate by BERTScore F1 (optionally only if F1 >= a threshold).
-  None of these can be fetched here, so each is read from a local path and its absence is reported
-  with how to get it.
+- ``glove`` (the paper, ``utils/rule_based_paper.py``): gensim GloVe vectors, NLTK's tokenizer and
+  tagger, bert-score's BERTScorer, run as the original release ran them.
 - ``lexicon`` (offline, ships with the project): the remote-sensing synonym lexicon
   ``data/lexicon/rs_synonyms.json`` gives both the POS tag of each word form and same-tag
   replacements; the replacement is drawn with a seeded RNG, or chosen by BERTScore when a BERTScore
-  model is available locally.
+  model folder is given. Every other character of the caption is kept as it was.
 
-nlpaug's ``SynonymAug``/``WordEmbsAug`` cannot check the tag of the replacement in the new sentence nor
-rank candidates by BERTScore, and need NLTK data and gensim that are not installable offline, so the
-substitution loop lives here; the models (BERT for BERTScore) come from transformers.
+``--route auto`` takes the paper route whenever its resources are present or downloadable, and says
+loudly (console and the JSON's provenance) when it falls back to the lexicon route.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 from utils.io import read_json
+from utils.rule_based_paper import (
+    BERTSCORE_MODEL, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, REPLACEABLE_TAGS,
+    build_paper_augmenter, describe_paper_resources, make_bertscore,
+)
 
-NOUN_TAGS = ("NN", "NNS", "NNP", "NNPS")
-VERB_TAGS = ("VB", "VBD", "VBG", "VBN")
-REPLACEABLE_TAGS = NOUN_TAGS + VERB_TAGS
 UNKNOWN_TAG = "X"
-
 ROUTES = ("auto", "glove", "lexicon")
 DEFAULT_LEXICON = Path(__file__).resolve().parent.parent / "data" / "lexicon" / "rs_synonyms.json"
-GLOVE_NAME = "glove-wiki-gigaword-200"
-GLOVE_MIN_SIM = 0.65
-NLTK_TAGGER_RESOURCE = "taggers/averaged_perceptron_tagger_eng"
-BERTSCORE_MODEL = "roberta-large"  # bert_score's default English model ...
-BERTSCORE_LAYER = 17  # ... and its layer
-PAPER_BERTSCORE_THRESHOLD = 0.75
+__all__ = ["BERTSCORE_MODEL", "GLOVE_MIN_SIM", "GLOVE_TOPN", "PAPER_BERTSCORE_THRESHOLD", "ROUTES", "DEFAULT_LEXICON",
+           "Lexicon", "LexiconTagger", "RuleBasedAugmenter", "build_augmenter"]
 
 _TOKEN_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+|[^\w\s]")
 
@@ -109,34 +101,6 @@ class LexiconTagger:
         return tags
 
 
-class NltkTagger:
-    """NLTK's averaged-perceptron Penn Treebank tagger (needs the NLTK data package)."""
-
-    name = "nltk-averaged-perceptron"
-
-    def __init__(self):
-        import nltk
-
-        self._pos_tag = nltk.pos_tag
-
-    def __call__(self, words: Sequence[str]) -> list[str]:
-        return [tag for _, tag in self._pos_tag(list(words))]
-
-
-def nltk_tagger_missing() -> str | None:
-    """Why NLTK's tagger cannot run here, or None when it can."""
-    try:
-        import nltk
-
-        nltk.data.find(NLTK_TAGGER_RESOURCE)
-    except (LookupError, ImportError, OSError, PermissionError):
-        return (
-            f"NLTK POS tagger data '{NLTK_TAGGER_RESOURCE}': with network run "
-            "`python -m nltk.downloader averaged_perceptron_tagger_eng`, or copy it into a folder on NLTK_DATA"
-        )
-    return None
-
-
 # ----------------------------------------------------------------------------- candidate sources
 
 
@@ -175,110 +139,6 @@ class Lexicon:
         return [r for r in self.synonyms.get(tag, {}).get(word.lower(), []) if r.lower() != word.lower()]
 
 
-class GloveNeighbours:
-    """Nearest GloVe neighbours by cosine similarity, from a local vectors file.
-
-    Reads GloVe's plain text format (``word v1 ... vd``, e.g. glove.6B.200d.txt) or word2vec text with
-    a header line (gensim-data's ``glove-wiki-gigaword-200.gz``), gzipped or not.
-    """
-
-    def __init__(self, path: str | Path, min_sim: float = GLOVE_MIN_SIM, topk: int = 10, limit: int | None = None):
-        self.path, self.min_sim, self.topk = Path(path), min_sim, topk
-        words, rows = [], []
-        opener = gzip.open if self.path.suffix == ".gz" else open
-        with opener(self.path, "rt", encoding="utf-8", errors="replace") as f:
-            for i, line in enumerate(f):
-                parts = line.rstrip().split(" ")
-                if i == 0 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                    continue  # word2vec header
-                if len(parts) < 3:
-                    continue
-                words.append(parts[0])
-                rows.append(np.asarray(parts[1:], dtype=np.float32))
-                if limit and len(words) >= limit:
-                    break
-        if not words:
-            raise DUCHError(f"GloVe file {self.path} holds no vectors")
-        vectors = np.stack(rows)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        self.words, self.vectors = words, vectors
-        self.index = {w: i for i, w in enumerate(words)}
-        self._cache: dict[str, list[str]] = {}
-
-    def candidates(self, word: str, tag: str | None = None) -> list[str]:
-        key = word.lower()
-        if key not in self._cache:
-            i = self.index.get(key)
-            if i is None:
-                self._cache[key] = []
-            else:
-                sims = self.vectors @ self.vectors[i]
-                sims[i] = -1.0
-                order = np.argsort(-sims, kind="stable")[: self.topk]
-                self._cache[key] = [
-                    self.words[j] for j in order if sims[j] >= self.min_sim and self.words[j].isalpha()
-                ]
-        return list(self._cache[key])
-
-
-# ----------------------------------------------------------------------------- choosers
-
-
-class BertScorer:
-    """BERTScore F1 (greedy cosine matching of contextual token vectors, no idf, no rescaling)."""
-
-    def __init__(self, model_ref: str, layer: int, device="cpu"):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        from models.hub import from_pretrained_local_first
-
-        try:
-            self.tokenizer = from_pretrained_local_first(AutoTokenizer, model_ref)
-            self.model = from_pretrained_local_first(AutoModel, model_ref).to(device).eval()
-        except Exception as err:  # OSError, ValueError, HF offline errors: all mean "not available"
-            raise DUCHError(bertscore_missing_message(model_ref, err)) from None
-        self.model_ref, self.layer, self.device, self._torch = model_ref, layer, device, torch
-        self._cache: dict[str, object] = {}
-
-    def _embed(self, texts: list[str]):
-        torch = self._torch
-        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if todo:
-            enc = self.tokenizer(todo, return_tensors="pt", padding=True, truncation=True, max_length=128)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            with torch.inference_mode():
-                hidden = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
-            special = torch.zeros_like(enc["input_ids"], dtype=torch.bool)
-            for sid in self.tokenizer.all_special_ids:
-                special |= enc["input_ids"] == sid
-            keep = enc["attention_mask"].bool() & ~special
-            for t, h, k in zip(todo, hidden, keep):
-                v = h[k].float()
-                self._cache[t] = torch.nn.functional.normalize(v, dim=-1)
-        return [self._cache[t] for t in texts]
-
-    def f1(self, reference: str, candidates: list[str]) -> list[float]:
-        ref, *cands = self._embed([reference, *candidates])
-        scores = []
-        for c in cands:
-            sim = c @ ref.T
-            precision = sim.max(dim=1).values.mean()
-            recall = sim.max(dim=0).values.mean()
-            scores.append(float(2 * precision * recall / (precision + recall)))
-        return scores
-
-
-def bertscore_missing_message(model_ref: str, err: Exception | None = None) -> str:
-    detail = f" ({type(err).__name__})" if err is not None else ""
-    if Path(model_ref).is_absolute() or Path(model_ref).exists():
-        return f"BERTScore model folder {model_ref} holds no loadable model{detail} (--bertscore-model)"
-    return (
-        f"BERTScore model {model_ref!r} not available offline{detail}: with network run "
-        f"`huggingface-cli download {model_ref} --local-dir DIR` and pass --bertscore-model DIR"
-    )
-
-
 # ----------------------------------------------------------------------------- the rule
 
 
@@ -288,7 +148,7 @@ class RuleBasedAugmenter:
 
     tagger: Callable[[Sequence[str]], list[str]]
     candidates: Callable[[str, str], list[str]]
-    scorer: BertScorer | None = None
+    scorer: object | None = None  # f1(reference, candidates), e.g. rule_based_paper.BertScore
     threshold: float | None = None
     seed: int = 42
     stats: dict = field(default_factory=lambda: {"replaced_words": 0, "there_is": 0})
@@ -337,71 +197,57 @@ def build_augmenter(
     lexicon_path: str | Path = DEFAULT_LEXICON,
     glove_path: str | Path | None = None,
     glove_min_sim: float = GLOVE_MIN_SIM,
-    glove_topk: int = 10,
-    bertscore_model: str | None = BERTSCORE_MODEL,
-    bertscore_layer: int = BERTSCORE_LAYER,
+    glove_topk: int = GLOVE_TOPN,
+    bertscore_model: str = BERTSCORE_MODEL,
+    bertscore_layer: int | None = None,
+    bertscore_baseline: str | None = None,
     bertscore_threshold: float | None = None,
     device: str = "auto",
     seed: int = 42,
     log: Callable[[str], None] = print,
-) -> tuple[RuleBasedAugmenter, dict]:
-    """Pick the route (``auto``: the paper's when all its resources exist), build it, describe it."""
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Callable[[str, int], str], dict]:
+    """Pick the route (``auto``: the paper's when its resources are present or downloadable), build it, describe it."""
+    from utils.runtime import resolve_device
+
+    warn = warn or (lambda m: print(m, file=sys.stderr))
     if route not in ROUTES:
-        raise DUCHError(f"unknown --route {route!r}; choose one of: {', '.join(ROUTES)}")
-    missing = []
-    if glove_path is None:
-        missing.append(
-            f"GloVe vectors {GLOVE_NAME}: with network get glove.6B.zip from the Stanford GloVe page "
-            f"(glove.6B.200d.txt) or `python -m gensim.downloader --download {GLOVE_NAME}`, then pass --glove PATH"
-        )
-    elif not Path(glove_path).is_file():
-        missing.append(f"GloVe vectors file {glove_path} does not exist (--glove)")
-    tagger_missing = nltk_tagger_missing()
-    if tagger_missing:
-        missing.append(tagger_missing)
-
-    scorer = None
-    if bertscore_model and (route == "glove" or (route == "auto" and not missing) or Path(bertscore_model).is_dir()):
-        try:
-            from utils.runtime import resolve_device
-
-            scorer = BertScorer(bertscore_model, bertscore_layer, resolve_device(device))
-        except DUCHError as err:
-            missing.append(str(err))
-    elif route in ("glove", "auto") and not bertscore_model:
-        missing.append(bertscore_missing_message(BERTSCORE_MODEL))
-
-    if route == "glove" and missing:
-        raise DUCHError("the glove route needs resources that are missing: " + "; ".join(missing))
-    use_glove = route == "glove" or (route == "auto" and not missing)
+        raise DUCHError(f"unknown --route {route!r}{did_you_mean(route, ROUTES)}; choose one of: {', '.join(ROUTES)}")
     provenance: dict = {"seed": seed}
-    if use_glove:
-        neighbours = GloveNeighbours(glove_path, glove_min_sim, glove_topk)
-        aug = RuleBasedAugmenter(NltkTagger(), neighbours.candidates, scorer, bertscore_threshold, seed)
-        provenance.update(
-            route="glove",
-            candidates={"source": "glove", "path": str(glove_path), "min_cosine": glove_min_sim, "topk": glove_topk},
-            tagger=NltkTagger.name,
-        )
-    else:
-        if route == "auto":
-            log("rule-based: paper route (GloVe + POS tagger + BERTScore) unavailable; missing:")
-            for m in missing:
-                log(f"  - {m}")
-        lexicon = Lexicon.load(lexicon_path)
-        tagger = LexiconTagger(lexicon.tags, lexicon.fixed_phrases, lexicon.clause_openers)
-        aug = RuleBasedAugmenter(tagger, lexicon.candidates, scorer, bertscore_threshold, seed)
-        provenance.update(
-            route="lexicon",
-            candidates={"source": "lexicon", "path": str(lexicon.path), "sha256": lexicon.sha256},
-            tagger=LexiconTagger.name,
-            paper_route_missing=missing,
-        )
-    provenance["chooser"] = (
-        {"method": "bertscore-f1", "model": scorer.model_ref, "layer": scorer.layer, "threshold": bertscore_threshold}
-        if scorer is not None
-        else {"method": "seeded-random"}
+    if route in ("glove", "auto"):
+        resources = describe_paper_resources(glove_path, bertscore_model)
+        missing = [r for r in resources.values() if r.status == "missing"]
+        if not missing:
+            aug, paper = build_paper_augmenter(
+                resources, bertscore_model, bertscore_layer, bertscore_baseline, bertscore_threshold, glove_min_sim,
+                glove_topk, seed, resolve_device(device), log,
+            )
+            provenance.update(paper)
+            log(f"rule-based: route glove (the paper's: gensim GloVe, NLTK tagger, bert-score; "
+                f"chooser {paper['chooser']['method']})")
+            return aug, provenance
+        if route == "glove":
+            raise DUCHError("the glove route needs resources that are missing: "
+                            + "; ".join(r.describe() for r in missing))
+        warn("WARNING: rule-based: the paper route (GloVe + NLTK tagger + BERTScore) is NOT used; "
+             "falling back to the offline lexicon route, whose captions differ from the paper's. Missing:")
+        for r in missing:
+            warn(f"  - {r.describe()}")
+        provenance.update(fallback="paper route unavailable: lexicon route used instead",
+                          paper_route_missing=[r.describe() for r in missing])
+
+    lexicon = Lexicon.load(lexicon_path)
+    tagger = LexiconTagger(lexicon.tags, lexicon.fixed_phrases, lexicon.clause_openers)
+    scorer = None
+    if bertscore_model and Path(bertscore_model).expanduser().is_dir():
+        scorer = make_bertscore(bertscore_model, bertscore_layer, bertscore_baseline, resolve_device(device), log)
+    aug = RuleBasedAugmenter(tagger, lexicon.candidates, scorer, bertscore_threshold, seed)
+    provenance.update(
+        route="lexicon",
+        candidates={"source": "lexicon", "path": str(lexicon.path), "sha256": lexicon.sha256},
+        tagger=LexiconTagger.name,
+        chooser=({"method": "bertscore-f1 argmax", "threshold": bertscore_threshold, **scorer.info}
+                 if scorer is not None else {"method": "seeded-random"}),
     )
-    log(f"rule-based: route {provenance['route']} (tagger {provenance['tagger']}, "
-        f"chooser {provenance['chooser']['method']})")
+    log(f"rule-based: route lexicon (tagger {LexiconTagger.name}, chooser {provenance['chooser']['method']})")
     return aug, provenance

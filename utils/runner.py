@@ -21,7 +21,7 @@ from configs.presets import get_preset
 from configs.train import MODELS, TrainConfig
 from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
 from utils.errors import DUCHError, did_you_mean
-from utils.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
+from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
 from utils.features import Features, load_features, resolve_files, width_notes
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.logs import FILE_ONLY, close_log_files, setup_logger

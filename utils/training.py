@@ -10,7 +10,7 @@ from configs.train import TrainConfig
 from models.duch import DUCH
 from utils import losses
 from utils.checkpoint import rng_state, set_rng_state
-from utils.evaluation import EvalSet, encode_sets, evaluate_codes
+from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 
 VIEWS = ("i1", "i2", "t1", "t2")  # image, augmented image, caption, augmented caption
 LOSS_TERMS = ("total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator")

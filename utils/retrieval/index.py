@@ -1,0 +1,486 @@
+"""``search.py index``: encode a run's whole dataset (and new images) into packed codes, faiss indexes and metadata.
+
+An index folder holds, per modality (``images``, ``captions``): ``codes_<m>.npy`` (packed bits,
+``utils.retrieval.codes``), ``outputs_<m>.npy`` (continuous pre-sign outputs, float16, for
+``--rerank``), ``index_<m>.faiss`` (a faiss binary index of the codes) and ``metadata_<m>.jsonl``
+(one JSON object per row); ``manifest.json`` (written last: an index without it is unfinished)
+records the run, the checkpoint and its sha256, the feature files and their provenance, the
+standardisation and the encoders a query needs. New images (``--image-dir``) are encoded in shards
+under ``image_dir_features/``, each written atomically, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from configs import files
+from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
+from configs.presets import BASE_IMAGE_SET
+from models.image_encoder import FEATURE_DIM
+from utils.errors import DUCHError
+from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
+from utils.retrieval.encoders import (
+    FeatureStats, ImageEncoderSpec, TextEncoderSpec, find_image_files, hash_outputs, pack_outputs, read_h5_attrs,
+    sha256_of,
+)
+
+FORMAT = "duch-search-index"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODALITIES = ("images", "captions")
+SHARDS_DIR = "image_dir_features"
+PLAN_NAME = "plan.json"
+INDEX_TYPES = ("flat", "ivf")
+DEFAULT_NPROBE = 16
+NEW_IMAGE_SPLIT = "new"
+
+
+def index_file_names(modality: str) -> dict:
+    """The files of one modality in an index folder (the one place they are named)."""
+    return {
+        "codes": f"codes_{modality}.npy",
+        "outputs": f"outputs_{modality}.npy",
+        "faiss": f"index_{modality}.faiss",
+        "metadata": f"metadata_{modality}.jsonl",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the trained run
+
+
+@dataclass
+class TrainedRun:
+    """A main.py run folder: its resolved configuration and one of its checkpoints."""
+
+    run_dir: Path
+    config: dict
+    checkpoint: Path
+    which: str
+
+    @classmethod
+    def open(cls, run_dir: str | Path, which: str = "best") -> "TrainedRun":
+        from utils.checkpoint import BEST_NAME, LAST_NAME
+
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise DUCHError(f"run folder not found: {run_dir}; train one with python main.py (runs are "
+                            f"<out-dir>/<dataset>_<bit>_<tag>_<preset>, e.g. checkpoints/demo_32_test_default)")
+        config = read_json(run_dir / "config.json", "run configuration", f"{run_dir} is not a run folder of main.py")
+        path = run_dir / (BEST_NAME if which == "best" else LAST_NAME)
+        if not path.is_file() and which == "best" and (run_dir / LAST_NAME).is_file():
+            path = run_dir / LAST_NAME  # as main.py --test: a run without validation keeps only the last model
+        if not path.is_file():
+            raise DUCHError(f"no trained model in {run_dir} (looked for {path.name}); finish the training with main.py first")
+        return cls(run_dir, config, path, which)
+
+    def load_model(self, device, payload: dict | None = None):
+        """The DUCH networks of the checkpoint, in eval mode on ``device``."""
+        from models.duch import DUCH
+        from utils.checkpoint import load_checkpoint
+
+        payload = payload or load_checkpoint(self.checkpoint)
+        try:
+            model = DUCH(int(payload["image_dim"]), int(payload["caption_dim"]), int(payload["bit"]))
+            model.load_state_dict(payload["model"])
+        except (KeyError, RuntimeError) as err:
+            raise DUCHError(f"{self.checkpoint} is not a DUCH checkpoint of main.py: {str(err).splitlines()[0]}") from None
+        return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# options
+
+
+@dataclass
+class IndexOptions:
+    run_dir: Path
+    data_dir: Path | None = None
+    out: Path | None = None
+    checkpoint: str = "best"
+    index_type: str = "flat"
+    nlist: int | None = None
+    nprobe: int = DEFAULT_NPROBE
+    image_dir: Path | None = None
+    dataset_image_dir: Path | None = None
+    # the image encoder when the image features carry no record of theirs
+    weights: str | None = None
+    img_aug: str = "center_crop_only"
+    crop_size: tuple = (200, 200)
+    image_seed: int = 42
+    no_normalize: bool = False
+    bit_depth: int | None = None
+    # the text model when the caption features carry no record of theirs
+    text_model: str | None = None
+    text_max_length: int = 64
+    text_hidden_states: int = 4
+    text_operator: str = "sum"
+    text_original_quirks: bool = False
+    device: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 0
+    shard_size: int = 1024
+    overwrite: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise DUCHError(f"unknown --index-type {self.index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
+        for name, value in (("batch-size", self.batch_size), ("shard-size", self.shard_size), ("nprobe", self.nprobe)):
+            if value < 1:
+                raise DUCHError(f"--{name} must be at least 1, got {value}")
+        if self.nlist is not None and self.nlist < 1:
+            raise DUCHError(f"--nlist must be at least 1, got {self.nlist}")
+        if self.bit_depth is not None and not 9 <= self.bit_depth <= 16:
+            raise DUCHError(f"--bit-depth is the significant bits of 16-bit images: 9..16, got {self.bit_depth}")
+        if self.num_workers < 0:
+            raise DUCHError(f"--num-workers must be >= 0, got {self.num_workers}")
+
+
+# ----------------------------------------------------------------------------------------------
+# features of the run's dataset
+
+
+def _feature_paths(cfg: dict, ds, data_dir: Path | None):
+    from utils.features import FeatureFiles, resolve_files
+
+    if data_dir is not None:
+        if not data_dir.is_dir():
+            raise DUCHError(f"--data-dir {data_dir}: no such folder")
+        return resolve_files(ds, data_dir, cfg["preset"], cfg.get("img_aug_emb"))
+    recorded = cfg.get("files") or {}
+    if not recorded:
+        return resolve_files(ds, cfg.get("data_dir", ds.default_data_dir), cfg["preset"], cfg.get("img_aug_emb"))
+    return FeatureFiles(**{k: Path(v) for k, v in recorded.items() if k in FeatureFiles.__dataclass_fields__})
+
+
+def _load_raw(path: Path, key: str, rows: int, width: int, hint: str, what: str) -> np.ndarray:
+    """One feature file as stored (not yet standardised), checked against the dataset and the checkpoint."""
+    from utils.io import read_h5
+
+    if not path.is_file():
+        raise DUCHError(f"{what} file not found: {path} (recorded in the run's config.json); pass --data-dir to "
+                        f"the folder that holds it, or make it with: {hint}")
+    array = read_h5(path, key, hint=hint)
+    if array.ndim != 2 or array.shape[0] != rows:
+        raise DUCHError(f"{path}: shape {array.shape}, but the dataset JSON needs {rows} {what} rows; remake it with: {hint}")
+    if array.shape[1] != width:
+        raise DUCHError(f"{path}: {what} width {array.shape[1]}, but the checkpoint was trained on width {width}")
+    if not np.isfinite(array).all():
+        raise DUCHError(f"{path}: {int((~np.isfinite(array)).any(axis=1).sum())} rows contain NaN or inf; remake it with: {hint}")
+    return array
+
+
+def _class_names(data: dict, labels: np.ndarray) -> list[str]:
+    from utils.dataset_json import class_names_from_filenames
+
+    images = data["images"]
+    if all("classname" in im for im in images):
+        return [str(im["classname"]) for im in images]
+    classes = data.get("classes")
+    if isinstance(classes, dict) and all(str(c) in classes for c in labels.tolist()):
+        return [str(classes[str(c)]) for c in labels.tolist()]
+    if all("classcode" in im for im in images):
+        return [str(c) for c in labels.tolist()]
+    return class_names_from_filenames([im["filename"] for im in images])
+
+
+def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[int]]:
+    """Split name of every image and the caption rows the split uses, from split.json (or recomputed)."""
+    path = run_dir / "split.json"
+    if path.is_file():
+        split = read_json(path, "split")
+    else:
+        from utils.splits import make_split
+
+        split = make_split(n_images, seed).to_json()
+    names = [""] * n_images
+    for name in ("train", "query", "db"):
+        for j in split.get(name, []):
+            if 0 <= j < n_images:
+                names[j] = name
+    used = {int(r) for key in ("train_captions", "query_captions", "db_captions") for r in split.get(key, [])}
+    return names, used
+
+
+def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
+    from utils.images import find_image
+
+    out = []
+    for im in data["images"]:
+        try:
+            out.append(str(find_image(image_dir, im["filename"], im.get("classname")).resolve()))
+        except DUCHError:
+            out.append(None)
+    return out
+
+
+def _metadata(data: dict, labels: np.ndarray, classes: list[str], splits: list[str], used: set[int],
+              image_paths: list[str | None]) -> tuple[list[dict], list[dict]]:
+    images, captions = [], []
+    for j, im in enumerate(data["images"]):
+        texts = [str(s.get("raw", "")) for s in im["sentences"]]
+        base = {"filename": im["filename"], "class": classes[j], "class_code": int(labels[j]), "split": splits[j],
+                "path": image_paths[j]}
+        images.append({"row": j, **base, "captions": texts})
+        for i, text in enumerate(texts):
+            r = CAPTIONS_PER_IMAGE * j + i
+            captions.append({"row": r, "image_row": j, "sentence": i, **base, "caption": text, "split_caption": r in used})
+    return images, captions
+
+
+# ----------------------------------------------------------------------------------------------
+# new images (--image-dir), in resumable shards
+
+
+def image_encoder_spec(attrs: dict, opts: IndexOptions) -> ImageEncoderSpec | None:
+    """The recorded recipe of the image features; flags only when there is no record (or --weights is given)."""
+    if opts.weights:
+        spec = ImageEncoderSpec.from_flags(opts.weights, opts.img_aug, opts.crop_size, opts.image_seed, not opts.no_normalize)
+    else:
+        spec = ImageEncoderSpec.from_attrs(attrs)
+    if spec is not None and opts.bit_depth is not None:
+        spec = dataclasses.replace(spec, bit_depth=opts.bit_depth)
+    return spec
+
+
+def text_encoder_spec(attrs: dict, opts: IndexOptions) -> TextEncoderSpec | None:
+    recorded = TextEncoderSpec.from_attrs(attrs)
+    if recorded is not None and not opts.text_model:
+        return recorded
+    if not opts.text_model:
+        return None
+    return TextEncoderSpec(model=opts.text_model, max_length=opts.text_max_length, hidden_states=opts.text_hidden_states,
+                           operator=opts.text_operator, original_quirks=opts.text_original_quirks,
+                           source="flags (--text-model ...)")
+
+
+def encode_shard(spec: ImageEncoderSpec, encoder, paths: list[Path], device, opts: "IndexOptions") -> np.ndarray:
+    """One shard's raw features (a seam for the interruption test)."""
+    return spec.encode(encoder, paths, device, opts.batch_size, opts.num_workers)
+
+
+def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device, opts: IndexOptions) -> tuple[list[Path], np.ndarray]:
+    """Raw features of every image below ``image_dir``, shard by shard; finished shards are kept and reused."""
+    from tqdm import tqdm
+
+    paths = find_image_files(image_dir)
+    if not paths:
+        raise DUCHError(f"no images (tif, tiff, png, jpg) found under {image_dir}")
+    spec.check_readable(paths)  # a bad file stops before the long work, named
+    shard_dir = out_dir / SHARDS_DIR
+    plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
+            "encoder": spec.to_json(), "shard_size": opts.shard_size}
+    plan_path = shard_dir / PLAN_NAME
+    if plan_path.is_file() and read_json(plan_path, "shard plan") != plan:
+        if not opts.overwrite:
+            raise DUCHError(f"{shard_dir} holds features of another image set, encoder or shard size; pass --overwrite "
+                            f"to discard them, or choose another --out")
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    write_json(plan_path, plan, indent=None)
+    starts = list(range(0, len(paths), opts.shard_size))
+    shard_paths = [shard_dir / f"shard_{s // opts.shard_size:06d}.npy" for s in starts]
+
+    def complete(i: int) -> bool:
+        if not shard_paths[i].is_file():
+            return False
+        try:
+            return np.load(shard_paths[i], mmap_mode="r").shape == (len(paths[starts[i]:starts[i] + opts.shard_size]), FEATURE_DIM)
+        except (OSError, ValueError):
+            return False
+
+    todo = [i for i in range(len(starts)) if not complete(i)]
+    done_images = len(paths) - sum(len(paths[starts[i]:starts[i] + opts.shard_size]) for i in todo)
+    if todo:
+        encoder = spec.build(device)
+        with tqdm(total=len(paths), initial=done_images, unit="img", desc="encode --image-dir", disable=not opts.progress) as bar:
+            try:
+                for i in todo:
+                    chunk = paths[starts[i]:starts[i] + opts.shard_size]
+                    features = encode_shard(spec, encoder, chunk, device, opts)
+                    with atomic_path(shard_paths[i]) as tmp:
+                        with open(tmp, "wb") as f:
+                            np.save(f, features)
+                    bar.update(len(chunk))
+            except KeyboardInterrupt:
+                finished = sum(complete(i) for i in range(len(starts)))
+                print(f"\ninterrupted: {finished} of {len(starts)} shards of {image_dir} are saved in {shard_dir}; "
+                      f"run the same command again to resume", file=sys.stderr)
+                raise SystemExit(130) from None
+    features = np.concatenate([np.load(p) for p in shard_paths])
+    if not np.isfinite(features).all():
+        raise DUCHError(f"the features of some images under {image_dir} are NaN or inf; check those files")
+    return paths, features
+
+
+# ----------------------------------------------------------------------------------------------
+# faiss
+
+
+def default_nlist(n: int) -> int:
+    """About 4 sqrt(n) inverted lists, with at least 39 codes to train each (faiss's own rule of thumb)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | None = None, nprobe: int = DEFAULT_NPROBE):
+    """A faiss binary index over packed codes (d = 8 x bytes); returns (index, its parameters)."""
+    import faiss
+
+    d = codes.shape[1] * 8
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if index_type == "flat":
+        index = faiss.IndexBinaryFlat(d)
+        params = {"type": "flat", "faiss_class": "IndexBinaryFlat", "exact": True}
+    elif index_type == "ivf":
+        nlist = min(nlist or default_nlist(len(codes)), max(1, len(codes)))
+        quantizer = faiss.IndexBinaryFlat(d)
+        index = faiss.IndexBinaryIVF(quantizer, d, nlist)
+        index.train(codes)
+        index.nprobe = min(nprobe, nlist)
+        params = {"type": "ivf", "faiss_class": "IndexBinaryIVF", "exact": False, "nlist": nlist, "nprobe": int(index.nprobe)}
+    else:
+        raise DUCHError(f"unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
+    if len(codes):
+        index.add(codes)
+    return index, params
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _save_faiss(path: Path, index) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index_binary(index, str(tmp))
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole build
+
+
+def build_index(opts: IndexOptions) -> dict:
+    """Build the index folder of a run; returns the manifest."""
+    import faiss
+    import torch
+
+    from utils.checkpoint import load_checkpoint
+    from utils.dataset_json import image_labels, load_dataset_json
+    from utils.runtime import resolve_device, versions
+
+    opts.check()
+    run = TrainedRun.open(opts.run_dir, opts.checkpoint)
+    cfg = run.config
+    out = Path(opts.out) if opts.out else run.run_dir / "index"
+    if (out / MANIFEST_NAME).exists() and not opts.overwrite:
+        raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
+    check_writable_dir(out, "index folder")
+    ds = get_dataset(cfg["dataset"])
+    paths = _feature_paths(cfg, ds, Path(opts.data_dir) if opts.data_dir else None)
+    data = load_dataset_json(paths.dataset_json, hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
+    n = len(data["images"])
+    payload = load_checkpoint(run.checkpoint)
+    bit = int(payload.get("bit", cfg.get("bit", 0)))
+    image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
+                          files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
+    caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, CAPTIONS_PER_IMAGE * n, int(payload["caption_dim"]),
+                            files.caption_emb_command(ds), "caption feature")
+    image_attrs, caption_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY), read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
+    image_stats, caption_stats = FeatureStats.of(image_raw), FeatureStats.of(caption_raw)
+    image_spec, text_spec = image_encoder_spec(image_attrs, opts), text_encoder_spec(caption_attrs, opts)
+    if opts.image_dir is not None and image_spec is None:
+        raise DUCHError(f"the image features {paths.image} carry no record of their encoder, so --image-dir cannot encode new "
+                        f"images the same way; name it with --weights (imagenet, none or a .pth file) and --img-aug "
+                        f"(the transform set the features were made with, e.g. center_crop_only)")
+    if image_spec is not None and image_raw.shape[1] != FEATURE_DIM:
+        if opts.image_dir is not None or opts.weights:
+            raise DUCHError(f"the image features {paths.image} are {image_raw.shape[1]} wide, not ResNet18's {FEATURE_DIM}: "
+                            f"new images cannot be encoded like them")
+        image_spec = None
+
+    device = resolve_device(opts.device)
+    model = run.load_model(device, payload)
+    labels = image_labels(data)
+    classes = _class_names(data, labels)
+    splits, used = _split_of(run.run_dir, n, int(cfg.get("seed", 42)))
+    image_dir = Path(opts.dataset_image_dir) if opts.dataset_image_dir else Path(paths.dataset_json).parent / ds.image_dir
+    image_paths = _dataset_image_paths(data, image_dir)
+    meta_images, meta_captions = _metadata(data, labels, classes, splits, used, image_paths)
+    missing = sum(p is None for p in image_paths)
+    if missing:
+        print(f"warning: {missing} of {n} dataset images not found under {image_dir}; their results show no thumbnail "
+              f"(pass --dataset-image-dir to the image folder)", file=sys.stderr)
+
+    image_features = image_stats.apply(image_raw)
+    new_paths: list[Path] = []
+    if opts.image_dir is not None:
+        new_paths, new_raw = encode_image_dir(Path(opts.image_dir), image_spec, out, device, opts)
+        image_features = np.concatenate([image_features, image_stats.apply(new_raw)])
+        root = Path(opts.image_dir)
+        meta_images += [{"row": n + m, "filename": p.relative_to(root).as_posix(), "class": None, "class_code": None,
+                         "split": NEW_IMAGE_SPLIT, "path": str(p.resolve()), "captions": []} for m, p in enumerate(new_paths)]
+    outputs = {
+        "images": hash_outputs(model.image_net, image_features, device),
+        "captions": hash_outputs(model.text_net, caption_stats.apply(caption_raw), device),
+    }
+    metadata = {"images": meta_images, "captions": meta_captions}
+    index_params: dict = {"type": opts.index_type}
+    written = {}
+    for modality in MODALITIES:
+        names = index_file_names(modality)
+        codes = pack_outputs(outputs[modality])
+        index, index_params[modality] = make_binary_index(codes, opts.index_type, opts.nlist, opts.nprobe)
+        _save_npy(out / names["codes"], codes)
+        _save_npy(out / names["outputs"], outputs[modality].astype(np.float16))
+        _save_faiss(out / names["faiss"], index)
+        write_text(out / names["metadata"], _jsonl(metadata[modality]))
+        written[modality] = names
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bit": bit,
+        "bytes_per_code": int((bit + 7) // 8),
+        "run": {"dir": str(run.run_dir), "config": cfg},
+        "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()), "sha256": sha256_of(run.checkpoint),
+                       "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
+                       "epoch": int(payload.get("epoch", -1)) + 1},
+        "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": CAPTIONS_PER_IMAGE * n,
+                    "image_dir": str(image_dir), "images_found": n - missing},
+        "features": {
+            "image": {"path": str(paths.image), "rows": int(image_raw.shape[0]), "width": int(image_raw.shape[1]),
+                      "standardisation": image_stats.to_json(), "provenance": image_attrs},
+            "caption": {"path": str(paths.caption), "rows": int(caption_raw.shape[0]), "width": int(caption_raw.shape[1]),
+                        "standardisation": caption_stats.to_json(), "provenance": caption_attrs},
+        },
+        "encoders": {"image": image_spec.to_json() if image_spec else None, "text": text_spec.to_json() if text_spec else None},
+        "image_dir": None if opts.image_dir is None else {
+            "path": str(Path(opts.image_dir).resolve()), "images": len(new_paths), "first_row": n,
+            "shards": SHARDS_DIR, "shard_size": opts.shard_size},
+        "index": index_params,
+        "counts": {"images": int(len(meta_images)), "dataset_images": n, "new_images": len(new_paths),
+                   "captions": int(len(meta_captions))},
+        "files": written,
+        "device": str(device),
+        "versions": {**versions(), "faiss": faiss.__version__, "torch_threads": torch.get_num_threads()},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(out / MANIFEST_NAME, manifest)
+    return manifest
