@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from configs.train import TrainConfig
-from utils.evaluation import Codes, EvalSet, evaluate_codes
+from utils.retrieval.evaluation import Codes, EvalSet, evaluate_codes
 from utils.training import DUCHTrainer
 
 # database codes at Hamming distance 0, 1, 2, 3 from query 0 (and 4, 3, 2, 1 from query 1)
