@@ -27,7 +27,17 @@ def codes(q, db):
     return Codes(q_img=q, q_txt=q, db_img=db, db_txt=db)
 
 
-def test_items_sharing_any_label_are_relevant():
+@pytest.fixture(params=["auto", "without_numba"])
+def kernel_choice(request, monkeypatch):
+    """The kernel a run picks here, and the numpy one a machine without numba falls back to."""
+    if request.param == "without_numba":
+        import utils.retrieval.metrics as metrics
+
+        monkeypatch.setattr(metrics, "_numba_module", lambda: None)
+    return request.param
+
+
+def test_items_sharing_any_label_are_relevant(kernel_choice):
     out = evaluate_codes(codes(Q_CODES, DB_CODES), Q_LABELS, DB_LABELS)
     for k in ("map@20", "map@10"):
         for direction in ("i2t", "t2i", "i2i", "t2t", "avg"):
@@ -60,7 +70,7 @@ class SignModel(nn.Module):
         return torch.sign(images), torch.sign(captions)
 
 
-def test_validation_of_a_run_with_multi_hot_labels():
+def test_validation_of_a_run_with_multi_hot_labels(kernel_choice):
     query = EvalSet(Q_CODES * 0.5, Q_CODES * 0.3, Q_LABELS)
     db = EvalSet(DB_CODES * 0.7, DB_CODES * 0.2, DB_LABELS)
     views = {v: torch.randn(4, 4) for v in ("i1", "i2", "t1", "t2")}
