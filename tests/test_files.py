@@ -1,13 +1,9 @@
-"""File naming, presets and dataset facts: the names the authors' published features carry."""
+"""File naming and dataset facts: the names the authors' published features carry (presets: test_presets.py)."""
 import numpy as np
-import pytest
 
 from configs import files
 from configs.datasets import get_dataset
-from configs.presets import PRESETS, get_preset
 from utils.dataset_json import image_labels
-from utils.errors import DUCHError
-from utils.features import resolve_files
 
 
 def test_image_and_caption_file_names():
@@ -21,34 +17,6 @@ def test_image_and_caption_file_names():
     assert files.caption_emb_name(ucm) == "caption_emb_UCM_aug.h5"
     assert [files.caption_emb_name(rsicd, k) for k in files.CAPTION_AUG_KEYS.values()] == [
         "caption_emb_RSICD_aug_rb.h5", "caption_emb_RSICD_aug_bt_prob.h5", "caption_emb_RSICD_aug_bt_chain.h5"]
-
-
-@pytest.mark.parametrize("preset,image_aug,caption_aug", [
-    ("default", "image_emb_UCM_aug_aug_center.h5", "caption_emb_UCM_aug_rb.h5"),
-    ("no_aug", "image_emb_UCM_aug_center_crop_only.h5", "caption_emb_UCM_aug.h5"),
-    ("each_img_random", "image_emb_UCM_aug_each_img_random.h5", "caption_emb_UCM_aug_rb.h5"),
-    ("txt_aug_bt_chain", "image_emb_UCM_aug_aug_center.h5", "caption_emb_UCM_aug_bt_chain.h5"),
-    ("txt_aug_bt_prob", "image_emb_UCM_aug_aug_center.h5", "caption_emb_UCM_aug_bt_prob.h5"),
-    ("img_aug_random", "image_emb_UCM_aug_aug_random.h5", "caption_emb_UCM_aug_rb.h5"),
-    ("img_aug_random_only", "image_emb_UCM_aug_random_crop_only.h5", "caption_emb_UCM_aug_rb.h5"),
-])
-def test_presets_resolve_to_spec_files(tmp_path, preset, image_aug, caption_aug):
-    paths = resolve_files(get_dataset("ucm"), tmp_path, preset)
-    assert paths.image.name == "image_emb_UCM_aug_center_crop_only.h5" and paths.caption.name == "caption_emb_UCM_aug.h5"
-    assert (paths.image_aug.name, paths.caption_aug.name) == (image_aug, caption_aug)
-    assert paths.dataset_json.name == "augmented_UCM.json"
-
-
-def test_all_twelve_presets_and_unknown_one():
-    assert len(PRESETS) == 12
-    with pytest.raises(DUCHError, match="unknown preset"):
-        get_preset("nope")
-
-
-def test_img_aug_emb_overrides_the_augmented_image_file(tmp_path):
-    (tmp_path / "mine.h5").write_bytes(b"")
-    assert resolve_files(get_dataset("ucm"), tmp_path, "default", "mine.h5").image_aug == tmp_path / "mine.h5"
-    assert resolve_files(get_dataset("ucm"), tmp_path, "default", "/abs/other.h5").image_aug.as_posix() == "/abs/other.h5"
 
 
 def test_labels_from_classcode_or_rsicd_file_names():

@@ -1,38 +1,10 @@
-"""Splits, losses and the training loop's bookkeeping."""
+"""Losses and the training loop's bookkeeping (splits: test_splits.py; one step: test_training_step.py)."""
 import math
-import random
 
 import pytest
 import torch
 
 from utils import losses
-from utils.splits import choose_captions, make_split
-
-
-def test_split_sizes_and_disjointness_ucm():
-    s = make_split(2100, 42)
-    assert (len(s.train), len(s.query), len(s.db)) == (1050, 210, 840)
-    assert not set(s.train) & set(s.query) and not set(s.query) & set(s.db) and not set(s.train) & set(s.db)
-    assert sorted(s.train + s.query + s.db) == list(range(2100))
-    assert s.train == sorted(s.train) and s.query == sorted(s.query) and s.db == sorted(s.db)
-    for images, rows in ((s.train, s.train_captions), (s.query, s.query_captions), (s.db, s.db_captions)):
-        assert all(5 * j <= r < 5 * j + 5 for j, r in zip(images, rows))
-
-
-def test_split_follows_the_original_random_calls():
-    """Re-derive the split with the original's calls written out independently."""
-    n = 300
-    random.seed(42)
-    train = sorted(random.sample(range(n), int(0.5 * n)))
-    rest = sorted(set(range(n)) - set(train))
-    query = sorted(random.sample(rest, int(0.2 * len(rest))))
-    db = sorted(set(rest) - set(query))
-    random.seed(42)
-    query_caps = [5 * j + random.sample(range(5), 1)[0] for j in query]
-    s = make_split(n, 42)
-    assert (s.train, s.query, s.db, s.query_captions) == (train, query, db, query_caps)
-    assert make_split(n, 7).train != s.train  # the seed matters
-    assert choose_captions([0, 1, 2], 42) == choose_captions([0, 1, 2], 42)
 
 
 def reference_ntxent(a, b, tau=1.0):
@@ -62,16 +34,24 @@ def test_quantization_and_bit_balance_are_sums():
     assert losses.bit_balance_loss([h]).item() == pytest.approx(0.0 + 4.0)
 
 
-def test_discriminator_loss_penalises_gradient_norm():
+def test_gradient_penalty_of_a_linear_discriminator_is_exact():
+    """D(x) = <w, x> + b has input gradient w everywhere: penalty (||w|| - 1)^2, weighted by 10."""
     torch.manual_seed(0)
-    from models.duch import Discriminator
-
-    disc = Discriminator(8)
+    disc = torch.nn.Linear(8, 1)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[0.9, -0.4, 0.3, 0.0, 0.5, -0.2, 0.1, 0.6]]))
     real, fake = torch.randn(16, 8), torch.randn(16, 8)
-    loss = losses.discriminator_loss(disc, real, fake)
-    loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in disc.parameters())
-    assert losses.gradient_penalty(disc, real, fake).item() >= 0
+    w, b = disc.weight[0].tolist(), disc.bias.item()
+    penalty = (math.sqrt(sum(x * x for x in w)) - 1) ** 2
+    assert losses.gradient_penalty(disc, real, fake).item() == pytest.approx(penalty, rel=1e-5)
+
+    def logit(row):
+        return sum(wi * xi for wi, xi in zip(w, row.tolist())) + b
+
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = (-sum(math.log(sigmoid(logit(r))) for r in real) / 16 - sum(math.log(1 - sigmoid(logit(f))) for f in fake) / 16
+                + 10 * penalty)
+    assert losses.discriminator_loss(disc, real, fake).item() == pytest.approx(expected, rel=1e-5)
 
 
 def _trainer(demo_features, **overrides):
@@ -85,25 +65,21 @@ def _trainer(demo_features, **overrides):
     return DUCHTrainer(cfg, data.train_views, data.query, data.db, torch.device("cpu")), data
 
 
-def test_schedule_codes_and_buffers(demo_features):
-    trainer, data = _trainer(demo_features, lr_decay_freq=2)
-    trainer.train_epoch(0)  # 0 % 2 == 0: decay after epoch 0
-    assert trainer.lr == pytest.approx(0.8e-4)
-    trainer.train_epoch(1)
-    assert trainer.lr == pytest.approx(0.8e-4)
-    trainer.train_epoch(2)
-    assert trainer.lr == pytest.approx(0.64e-4)
-    b = trainer.buffers
-    expected = torch.sign(((b["i1"] + b["i2"]) / 2 + (b["t1"] + b["t2"]) / 2) / 2)
-    assert torch.equal(trainer.B, expected) and set(trainer.B.unique().tolist()) <= {-1.0, 1.0}
-    assert all(bool((buf != 0).any(dim=1).all()) for buf in b.values())  # every sample was seen
-
-
-def test_original_quirks_use_t1_for_t2(demo_features):
-    trainer, data = _trainer(demo_features, original_quirks=True)
-    assert data.train_views["t2"] is data.train_views["t1"]
+def test_an_epoch_sees_every_sample_and_updates_the_codes(demo_features):
+    """Several batches per epoch (the schedule and the step itself: test_training_step.py)."""
+    trainer, data = _trainer(demo_features)
     trainer.train_epoch(0)
-    assert torch.equal(trainer.buffers["t1"], trainer.buffers["t2"])
-    paper, _ = _trainer(demo_features)
+    b = trainer.buffers
+    assert all(bool((buf != 0).any(dim=1).all()) for buf in b.values())  # every sample was seen
+    assert torch.equal(trainer.B, torch.sign((b["i1"] + b["i2"]) + (b["t1"] + b["t2"])))
+
+
+def test_original_quirks_run_data_feeds_t1_as_t2(demo_features):
+    """RunData passes the raw captions as the t2 view; that the step then codes t1 as t2 even when a
+    different t2 view is given is tested in test_training_step.py."""
+    _, data = _trainer(demo_features, original_quirks=True)
+    assert data.train_views["t2"] is data.train_views["t1"]
+    paper, paper_data = _trainer(demo_features)
+    assert not torch.equal(paper_data.train_views["t2"], paper_data.train_views["t1"])
     paper.train_epoch(0)
     assert not torch.equal(paper.buffers["t1"], paper.buffers["t2"])

@@ -31,13 +31,19 @@ def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 class DUCHTrainer:
     """Holds everything a run needs to continue: model, optimisers, B, output buffers, epoch."""
 
-    def __init__(self, cfg: TrainConfig, train_views: dict[str, torch.Tensor], query: EvalSet, db: EvalSet, device):
+    def __init__(
+        self, cfg: TrainConfig, train_views: dict[str, torch.Tensor], query: EvalSet, db: EvalSet, device,
+        model: DUCH | None = None,
+    ):
+        """``model`` replaces the DUCH networks (tests pass tiny nets with known gradients)."""
         self.cfg = cfg
         self.device = device
         self.views = train_views
         self.query, self.db = query, db
         n_train = train_views["i1"].shape[0]
-        self.model = DUCH(train_views["i1"].shape[1], train_views["t1"].shape[1], cfg.bit).to(device)
+        if model is None:
+            model = DUCH(train_views["i1"].shape[1], train_views["t1"].shape[1], cfg.bit)
+        self.model = model.to(device)
         self.opt_hash = torch.optim.Adam(self.model.hashing_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.opt_disc = torch.optim.Adam(
             self.model.discriminator.parameters(), lr=cfg.lr_discriminator,
