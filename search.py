@@ -94,8 +94,16 @@ def run_index(args: argparse.Namespace) -> dict:
         text_original_quirks=args.text_original_quirks, device=args.device, batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,
     )
+    from utils import distributed
+
+    ctx = distributed.init_from_env(args.device) if distributed.torchrun_world_size() > 1 else distributed.context()
     start = time.perf_counter()
-    manifest = build_index(opts)
+    try:
+        manifest = build_index(opts)
+    finally:
+        distributed.shutdown()
+    if not ctx.is_main:
+        return {}
     counts = manifest["counts"]
     out = Path(args.out) if args.out else Path(args.run) / "index"
     print(f"indexed {counts['images']} images ({counts['new_images']} from --image-dir) and {counts['captions']} captions, "

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import run_main
+from tests.test_search import tiny_run  # noqa: F401  (a fixture)
 from tests.test_main import train_args
 from utils.distributed import shard_bounds, shard_sizes
 
@@ -266,3 +267,30 @@ def test_caption_embeddings_from_two_ranks_equal_one_process(tmp_path, quirks):
         assert np.array_equal(one, two), path.name
         assert (one_attrs["world_size"], two_attrs["world_size"]) == (1, 2)
     assert not list(dirs["two"].glob(".*part-*"))
+
+
+# ---- search.py index --image-dir -----------------------------------------------------------------------
+def _search(argv):
+    from tests.test_search import run_search
+
+    run_search(*argv)
+
+
+def test_search_index_image_dir_from_two_ranks_equals_one_process(tiny_run, tmp_path):
+    """5 new images in shards of 2: rank 0 encodes shards 0 and 1, rank 1 shard 2; rank 0 builds the index."""
+    from tests.test_search import _image_dir
+
+    folder = _image_dir(tmp_path, tiny_run["data"])
+    args = ["index", "--run", str(tiny_run["run"]), "--image-dir", str(folder), "--shard-size", "2", "--no-progress"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _search([*args, "--out", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)
+    assert ranks(_search, [*args, "--out", str(tmp_path / "two")]) == [0, 0]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (two / "manifest.json").is_file()
+    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl", "codes_captions.npy",
+                 *(f"image_dir_features/shard_00000{i}.npy" for i in range(3))):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name

@@ -270,9 +270,17 @@ def encode_shard(spec: ImageEncoderSpec, encoder, paths: list[Path], device, opt
     return spec.encode(encoder, paths, device, opts.batch_size, opts.num_workers)
 
 
-def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device, opts: IndexOptions) -> tuple[list[Path], np.ndarray]:
-    """Raw features of every image below ``image_dir``, shard by shard; finished shards are kept and reused."""
+def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device, opts: IndexOptions) -> tuple[list[Path], np.ndarray | None]:
+    """Raw features of every image below ``image_dir``, shard by shard; finished shards are kept and reused.
+
+    Under torchrun the shards still to encode are dealt to the ranks in contiguous runs; rank 0 returns the
+    features of all of them, the other ranks None.
+    """
     from tqdm import tqdm
+
+    from utils import distributed
+
+    ctx = distributed.context()
 
     paths = find_image_files(image_dir)
     if not paths:
@@ -286,9 +294,13 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
         if not opts.overwrite:
             raise DUCHError(f"{shard_dir} holds features of another image set, encoder or shard size; pass --overwrite "
                             f"to discard them, or choose another --out")
-        shutil.rmtree(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    write_json(plan_path, plan, indent=None)
+        if ctx.is_main:
+            shutil.rmtree(shard_dir)
+    distributed.barrier()  # every rank has read the old plan before rank 0 replaces it
+    if ctx.is_main:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        write_json(plan_path, plan, indent=None)
+    distributed.barrier()
     starts = list(range(0, len(paths), opts.shard_size))
     shard_paths = [shard_dir / f"shard_{s // opts.shard_size:06d}.npy" for s in starts]
 
@@ -301,6 +313,7 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
             return False
 
     todo = [i for i in range(len(starts)) if not complete(i)]
+    todo = todo[slice(*distributed.shard_bounds(len(todo), ctx.world_size, ctx.rank))]  # all of them for one process
     done_images = len(paths) - sum(len(paths[starts[i]:starts[i] + opts.shard_size]) for i in todo)
     if todo:
         encoder = spec.build(device)
@@ -318,6 +331,9 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
                 print(f"\ninterrupted: {finished} of {len(starts)} shards of {image_dir} are saved in {shard_dir}; "
                       f"run the same command again to resume", file=sys.stderr)
                 raise SystemExit(130) from None
+    distributed.barrier()
+    if not ctx.is_main:
+        return paths, None
     features = np.concatenate([np.load(p) for p in shard_paths])
     if not np.isfinite(features).all():
         raise DUCHError(f"the features of some images under {image_dir} are NaN or inf; check those files")
@@ -416,7 +432,10 @@ def build_index(opts: IndexOptions) -> dict:
                             f"new images cannot be encoded like them")
         image_spec = None
 
-    device = resolve_device(opts.device)
+    from utils import distributed
+
+    ctx = distributed.context()
+    device = ctx.device if ctx.distributed else resolve_device(opts.device)
     model = run.load_model(device, payload)
     labels = image_labels(data)
     classes = _class_names(data, labels)
@@ -433,6 +452,9 @@ def build_index(opts: IndexOptions) -> dict:
     new_paths: list[Path] = []
     if opts.image_dir is not None:
         new_paths, new_raw = encode_image_dir(Path(opts.image_dir), image_spec, out, device, opts)
+    if not ctx.is_main:  # under torchrun the other ranks only encode --image-dir shards: rank 0 builds the index
+        return {}
+    if opts.image_dir is not None:
         image_features = np.concatenate([image_features, image_stats.apply(new_raw)])
         root = Path(opts.image_dir)
         meta_images += [{"row": n + m, "filename": p.relative_to(root).as_posix(), "class": None, "class_code": None,
