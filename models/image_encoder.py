@@ -1,13 +1,13 @@
 """The image encoder: torchvision ResNet18 without its classifier (512-d global-average-pool output)."""
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from utils.errors import DUCHError
+from utils.io import sha256_of
 
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"  # torchvision ResNet18_Weights member: the original's pretrained=True
 RESNET18_CHECKPOINT = "resnet18-f37072fd.pth"  # the file torchvision downloads and caches for it
@@ -55,14 +55,6 @@ def _local_state_dict(path: Path) -> dict:
     return state
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_image_encoder(weights: str = "imagenet"):
     """ResNet18 with ``fc = Identity``, and a description of its weights for provenance.
 
@@ -87,7 +79,7 @@ def build_image_encoder(weights: str = "imagenet"):
     else:
         path = Path(weights)
         state = _local_state_dict(path)
-        description, source = f"file {path} (sha256 {_sha256(path)})", str(path)
+        description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:

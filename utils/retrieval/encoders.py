@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.errors import DUCHError
+from utils.io import sha256_of
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _FILE_WEIGHTS = re.compile(r"^file (?P<path>.+) \(sha256 (?P<sha>[0-9a-f]{64})\)$")
@@ -72,16 +73,6 @@ def read_h5_attrs(path: str | Path, key: str) -> dict:
                 pass
         out[name] = value
     return out
-
-
-def sha256_of(path: str | Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
