@@ -12,8 +12,9 @@ What each rank does, and why the update is the one-process update for the same g
   global shape), and its gradients and step are the same on every rank without a collective;
 - every rank computes the global (summed) hashing loss but holds its gradient through its own rows only,
   so the hashing nets' gradients are summed over ranks (not averaged as DDP would) before the step.
-Equal to one process up to float rounding (the order of sums in the all-reduces and the batch-norm
-statistics); tests/test_distributed.py checks losses and codes to 1e-4.
+The discriminator copies stay equal only while the ranks compute alike (the same kernels on the same
+hardware: so on CPU; untested on GPUs here). Equal to one process up to float rounding (the order of sums
+in the all-reduces and the batch-norm statistics); tests/test_distributed.py checks losses and codes to 1e-4.
 """
 from __future__ import annotations
 
