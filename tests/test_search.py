@@ -73,6 +73,8 @@ def test_index_files_and_manifest(tiny_run):
     n = 12
     assert manifest["bit"] == BIT and manifest["counts"] == {"images": n, "dataset_images": n, "new_images": 0, "captions": 5 * n}
     assert manifest["checkpoint"]["path"].endswith("checkpoint_best.pt") and len(manifest["checkpoint"]["sha256"]) == 64
+    # the same 1-based epoch the run's own test reports for that checkpoint
+    assert manifest["checkpoint"]["epoch"] == json.loads((run_dir / "metrics.json").read_text())["model"]["epoch"]
     assert manifest["encoders"]["text"]["model"] == str(tiny_run["bert"]) and manifest["encoders"]["image"]["weights"] == "none"
     assert manifest["features"]["caption"]["provenance"]["hidden_states"] == 4 and "faiss" in manifest["versions"]
     assert manifest["run"]["config"]["preset"] == "no_aug" and manifest["index"]["images"]["faiss_class"] == "IndexBinaryFlat"

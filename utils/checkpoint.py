@@ -52,3 +52,8 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_epoch(payload: dict) -> int:
+    """The 1-based epoch a checkpoint holds; checkpoints without ``epoch_numbering`` stored it 0-based."""
+    return int(payload.get("epoch", -1)) + (0 if payload.get("epoch_numbering") == 1 else 1)

@@ -21,7 +21,7 @@ from configs.datasets import get_dataset
 from configs.presets import get_preset
 from configs.train import MODELS, TrainConfig
 from utils import distributed
-from utils.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, save_checkpoint
+from utils.checkpoint import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.errors import DUCHError, did_you_mean
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
 from utils.features import Features, load_features, resolve_files, width_notes
@@ -436,8 +436,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     codes = encode_sets(model, data.query, data.db)
     metrics = evaluate_codes(codes, data.query.labels, data.db.labels)
     elapsed = time.perf_counter() - start
-    epoch = int(payload.get("epoch", -1)) + (0 if payload.get("epoch_numbering") == 1 else 1)
-    metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": epoch}
+    metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": checkpoint_epoch(payload)}
     metrics["n_query"], metrics["n_db"], metrics["eval_time_s"] = len(data.split.query), len(data.split.db), round(elapsed, 4)
     metrics["warnings"] = list(warnings or [])
     write_json(run_dir / f"metrics{suffix}.json", metrics)
@@ -454,7 +453,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     if history:
         plot_losses(history, run_dir / "losses.png", cfg.run_name(), weights={"adversarial": cfg.alpha, "quantization": cfg.beta, "bit_balance": cfg.gamma})
     logger.info(
-        f"test of {ckpt_path} (epoch {epoch}; {metrics['n_query']} queries, {metrics['n_db']} database items, {elapsed:.2f} s)\n"
+        f"test of {ckpt_path} (epoch {metrics['model']['epoch']}; {metrics['n_query']} queries, {metrics['n_db']} database items, {elapsed:.2f} s)\n"
         f"{format_map_table(metrics)}\nresults in {run_dir}" + (f" (files ending in {suffix})" if suffix else "")
     )
     return metrics

@@ -398,7 +398,7 @@ def build_index(opts: IndexOptions) -> dict:
     import faiss
     import torch
 
-    from utils.checkpoint import load_checkpoint
+    from utils.checkpoint import checkpoint_epoch, load_checkpoint
     from utils.dataset_json import image_labels, load_dataset_json
     from utils.runtime import resolve_device, versions
 
@@ -483,7 +483,7 @@ def build_index(opts: IndexOptions) -> dict:
         "run": {"dir": str(run.run_dir), "config": cfg},
         "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()), "sha256": sha256_of(run.checkpoint),
                        "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
-                       "epoch": int(payload.get("epoch", -1)) + 1},
+                       "epoch": checkpoint_epoch(payload)},
         "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": CAPTIONS_PER_IMAGE * n,
                     "image_dir": str(image_dir), "images_found": n - missing},
         "features": {
