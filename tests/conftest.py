@@ -25,3 +25,19 @@ def run_main(*argv):
     import main
 
     return main.main(main_args(*argv))
+
+
+def count_image_reads(monkeypatch, interrupt_on: int | None = None) -> list:
+    """Record every image ImageDataset reads (the returned list); raise Ctrl-C at read number ``interrupt_on``."""
+    from utils.images import ImageDataset
+
+    original_getitem, calls = ImageDataset.__getitem__, []
+
+    def getitem(self, index):
+        calls.append(index)
+        if len(calls) == interrupt_on:
+            raise KeyboardInterrupt
+        return original_getitem(self, index)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", getitem)
+    return calls

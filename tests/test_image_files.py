@@ -20,6 +20,8 @@ from utils.errors import DUCHError
 from utils.images import ImageDataset, load_image
 from utils.io import read_h5
 
+from tests.conftest import count_image_reads
+
 UCM, DEMO = get_dataset("ucm"), get_dataset("demo")
 
 
@@ -253,23 +255,14 @@ def test_images_above_the_pixel_limit_are_refused_by_name(demo_dir, tmp_path, ca
 def test_ctrl_c_writes_nothing_and_the_rerun_resumes(demo_dir, tmp_path, capsys, monkeypatch):
     _, clean, _ = run(copy(demo_dir, tmp_path, "clean"), "--batch-size", "2")
     data_dir = copy(demo_dir, tmp_path, "interrupted")
-    original_getitem, calls = ImageDataset.__getitem__, []
-
-    def interrupt_on_third(self, index):
-        calls.append(index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original_getitem(self, index)
-
-    monkeypatch.setattr(ImageDataset, "__getitem__", interrupt_on_third)
+    count_image_reads(monkeypatch, interrupt_on=3)
     err = run_error(capsys, data_dir, "--batch-size", "2", code=130)
     assert "interrupted" in err and "2 of 6 images" in err and "resume" in err
     out = data_dir / "image_emb_DEMO_aug_no_aug.h5"
     assert not out.exists() and not list(data_dir.glob(".*.tmp"))  # nothing half-written
     assert (data_dir / f".{out.name}.partial.npz").is_file()
 
-    calls.clear()
-    monkeypatch.setattr(ImageDataset, "__getitem__", lambda self, index: (calls.append(index), original_getitem(self, index))[1])
+    calls = count_image_reads(monkeypatch)
     out2, resumed, _ = run(data_dir, "--batch-size", "2")
     assert out2 == out and len(calls) == 4  # the first batch was not encoded again
     np.testing.assert_allclose(resumed, clean, rtol=1e-6, atol=1e-6)

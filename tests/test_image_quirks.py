@@ -26,6 +26,8 @@ from utils.image_transforms import (EACH_IMG_RANDOM_CHOICES, AugParams, SeededTr
                                     original_each_img_random_choices)
 from utils.io import read_h5
 
+from tests.conftest import count_image_reads
+
 N_IMAGES = 6
 BATCH = 2  # the demo's batch fact is patched to 2 so that 6 images make 3 batches
 
@@ -186,25 +188,14 @@ def test_each_img_random_quirk_run_uses_those_choices(data_dir, weights_file, sm
 
 
 def test_interrupted_quirk_run_resumes_with_the_same_batches(data_dir, weights_file, center_crop_run, small_batches,
-                                                             tmp_path, monkeypatch):
+                                                             tmp_path):
     import shutil
-
-    from utils.images import ImageDataset
 
     clean = center_crop_run[0]
     other = shutil.copytree(data_dir, tmp_path / "other", ignore=shutil.ignore_patterns("*.h5", ".*"))
-    original_getitem, calls = ImageDataset.__getitem__, []
-
-    def interrupt_in_second_batch(self, index):
-        calls.append(index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original_getitem(self, index)
-
-    monkeypatch.setattr(ImageDataset, "__getitem__", interrupt_in_second_batch)
-    with pytest.raises(SystemExit) as exc:
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exc:
+        count_image_reads(patch, interrupt_on=3)  # in the second batch
         run(other, weights_file, "--img-aug", "center_crop_only")
     assert exc.value.code == 130
-    monkeypatch.setattr(ImageDataset, "__getitem__", original_getitem)
     resumed, _ = run(other, weights_file, "--img-aug", "center_crop_only")
     np.testing.assert_allclose(resumed, clean, rtol=1e-6, atol=1e-6)  # batches [5 2] and [4 3] as before
