@@ -54,6 +54,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_epoch(payload: dict) -> int:
-    """The 1-based epoch a checkpoint holds; checkpoints without ``epoch_numbering`` stored it 0-based."""
-    return int(payload.get("epoch", -1)) + (0 if payload.get("epoch_numbering") == 1 else 1)
+def checkpoint_epoch(payload: dict, key: str = "epoch") -> int:
+    """The 1-based epoch a checkpoint holds under ``key``; checkpoints without ``epoch_numbering`` stored it 0-based."""
+    return int(payload.get(key, -1)) + (0 if payload.get("epoch_numbering") == 1 else 1)

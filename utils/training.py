@@ -9,7 +9,7 @@ from tqdm import tqdm
 from configs.train import TrainConfig
 from models.duch import DUCH
 from utils import losses
-from utils.checkpoint import rng_state, set_rng_state
+from utils.checkpoint import checkpoint_epoch, rng_state, set_rng_state
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 
 VIEWS = ("i1", "i2", "t1", "t2")  # image, augmented image, caption, augmented caption
@@ -169,10 +169,9 @@ class DUCHTrainer:
         self.opt_disc.load_state_dict(payload["opt_disc"])
         self.B = payload["B"].to(self.device)
         self.buffers = {v: payload["buffers"][v].to(self.device) for v in VIEWS}
-        base = int(payload.get("epoch_numbering", 0))  # checkpoints before 1-based numbering stored 0-based epochs
-        self.epoch = int(payload["epoch"]) - base
+        self.epoch = checkpoint_epoch(payload) - 1  # counted from 0 inside the trainer
         self.best_score = float(payload["best_score"])
-        self.best_epoch = int(payload["best_epoch"]) - base
+        self.best_epoch = checkpoint_epoch(payload, "best_epoch") - 1
         set_rng_state(payload["rng"])
 
 
