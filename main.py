@@ -6,8 +6,8 @@ import sys
 
 from configs.datasets import DATASETS
 from configs.presets import PRESETS
-from configs.train import MODELS, TrainConfig
-from utils.errors import exit_on_user_error
+from configs.train import MODELS, TrainConfig, check_config
+from utils.errors import DUCHError, exit_on_user_error
 
 
 class RunArgumentParser(argparse.ArgumentParser):
@@ -99,14 +99,12 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    from utils import runner
-
     cfg = config_from_args(args)
-    runner.check_config(cfg)  # bad flags are caught before any data is built or read
+    check_config(cfg)  # bad flags are caught before any data is built or read, and before torch loads
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
-        runner.refuse(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")
-    from utils import distributed
+        raise DUCHError(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")
+    from utils import distributed, runner
 
     if distributed.torchrun_world_size() > 1:  # launched by torchrun: one process per device
         if args.test:

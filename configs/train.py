@@ -47,3 +47,22 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Catch bad settings at the door, before any file is read (and before torch is imported)."""
+    from configs.datasets import get_dataset
+    from configs.presets import get_preset
+    from utils.errors import DUCHError, did_you_mean
+
+    get_dataset(cfg.dataset)
+    get_preset(cfg.preset)
+    if cfg.model not in MODELS:
+        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
+    for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):
+        if value < low:
+            raise DUCHError(f"--{name} must be at least {low}, got {value}")
+    if len(cfg.contrastive_weights) != 3:
+        raise DUCHError("--contrastive-weights takes three numbers: INTER INTRA_IMG INTRA_TXT")
+    if not cfg.tau > 0:
+        raise DUCHError(f"--tau must be positive, got {cfg.tau}")

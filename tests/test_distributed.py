@@ -36,6 +36,11 @@ def torchrun(*argv, nproc=2):
     return proc
 
 
+# everything a rank imports, imported once in the fork server rather than again in every rank
+FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torchvision", "transformers", "faiss", "matplotlib.pyplot", "main", "images_augment", "captions_embed",
+                      "search", "utils.distributed_training", "tests.test_distributed"]
+
+
 def _rank_main(rank, world, port, work, argv):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -59,7 +64,7 @@ def ranks(work, argv, world=2):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "tests.test_distributed"])
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)
     procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv))) for rank in range(world)]
     for proc in procs:
         proc.start()

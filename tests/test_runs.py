@@ -254,6 +254,29 @@ def test_provenance_and_one_based_epochs(seeded_run):
 
 
 # ---- 8. plots --------------------------------------------------------------------------------------
+def assert_drawn_png(path: Path, min_size=(500, 400)):
+    """A real plot: decodes, is at least ``min_size`` pixels, and is not one colour."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape[1] >= min_size[0] and pixels.shape[0] >= min_size[1], (path.name, pixels.shape)
+    assert (pixels < 128).mean() > 0.005 and (pixels > 200).mean() > 0.5, path.name  # dark lines on white
+
+
+@pytest.mark.render_plots
+def test_a_run_renders_its_plots(demo_features, tmp_path):
+    """One epoch (one point per curve) and the --checkpoint last test: every PNG is drawn."""
+    out = tmp_path / "o"
+    run_main(*train_args(demo_features, out, "--epochs", "1"))
+    run_main(*train_args(demo_features, out, "--epochs", "1", "--test", "--checkpoint", "last"))
+    names = ("pr_curves", "p_at_k", "losses", "pr_curves_last", "p_at_k_last")
+    for name in names:
+        assert_drawn_png(out / RUN / f"{name}.png")
+    assert {p.stem for p in (out / RUN).glob("*.png")} == set(names)
+
+
+@pytest.mark.render_plots
 def test_plots_show_chance_and_weighted_losses(seeded_run, tmp_path):
     from utils.plots import plot_losses, plot_p_at_k, plot_pr_curves
 
@@ -263,7 +286,9 @@ def test_plots_show_chance_and_weighted_losses(seeded_run, tmp_path):
     for plot in (plot_pr_curves, plot_p_at_k):
         labels = plot(metrics, tmp_path / "x.png")
         assert {"I->T", "T->I", "I->I", "T->T"} <= set(labels) and any(label.startswith("chance") for label in labels)
+        assert_drawn_png(tmp_path / "x.png")
     labels = plot_losses(history, tmp_path / "l.png", weights={"adversarial": 0.01, "quantization": 0.001, "bit_balance": 0.01})
+    assert_drawn_png(tmp_path / "l.png")
     assert labels[0].startswith("total = L_c + alpha L_adv") and "alpha L_adv (x 0.01)" in labels
     assert "discriminator loss (own optimiser, not in total)" in labels
 

@@ -29,7 +29,6 @@ def _legend_below(ax, ncol: int = 3) -> None:
 
 def _save(plt, fig, ax, path: str | Path) -> list[str]:
     """Write the PNG; returns the legend's labels (what the plot shows, for tests and callers)."""
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     labels = [text.get_text() for text in ax.get_legend().get_texts()]

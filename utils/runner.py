@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 from configs.datasets import get_dataset
-from configs.presets import get_preset
-from configs.train import MODELS, TrainConfig
+from configs.train import TrainConfig, check_config
 from utils import distributed
 from utils.checkpoint import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
-from utils.errors import DUCHError, did_you_mean
+from utils.errors import DUCHError
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
 from utils.features import Features, load_features, resolve_files, width_notes
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
@@ -45,21 +44,6 @@ RUN_IDENTITY = ("dataset", "bit", "preset")
 
 def refuse(message: str):
     raise DUCHError(message)
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Catch bad settings at the door, before any file is read."""
-    get_dataset(cfg.dataset)
-    get_preset(cfg.preset)
-    if cfg.model not in MODELS:
-        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
-    for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):
-        if value < low:
-            raise DUCHError(f"--{name} must be at least {low}, got {value}")
-    if len(cfg.contrastive_weights) != 3:
-        raise DUCHError("--contrastive-weights takes three numbers: INTER INTRA_IMG INTRA_TXT")
-    if not cfg.tau > 0:
-        raise DUCHError(f"--tau must be positive, got {cfg.tau}")
 
 
 def check_data_dir(cfg: TrainConfig, source: str = "--data-dir") -> None:
