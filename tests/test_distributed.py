@@ -26,19 +26,41 @@ ARGS = ("--batch-size", "25", "--valid-freq", "1")
 RTOL = 1e-4
 
 
-def torchrun(*argv, nproc=2):
+def start_torchrun(out: Path, *argv, nproc=2) -> subprocess.Popen:
+    """``torchrun main.py ARGV`` in the background; its stdout and stderr go to files in ``out``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py"), *argv],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py"), *argv],
+            stdout=stdout, stderr=stderr, env=env, cwd=ROOT,
+        )
+
+
+def wait_for_torchrun(proc: subprocess.Popen, out: Path) -> str:
+    """Waits for ``proc``; returns its stdout, or fails with the end of both streams."""
+    try:
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout, stderr = (out / "stdout.txt").read_text(), (out / "stderr.txt").read_text()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout
 
 
 # everything a rank imports, imported once in the fork server rather than again in every rank
 FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torchvision", "transformers", "faiss", "matplotlib.pyplot", "main", "images_augment", "captions_embed",
                       "search", "utils.distributed_training", "tests.test_distributed"]
+
+
+def start_fork_server():
+    """The fork server the ranks come from; it imports FORKSERVER_PRELOAD while the caller goes on."""
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    forkserver.ensure_running()
+    return context
 
 
 def _rank_main(rank, world, port, work, argv):
@@ -63,8 +85,7 @@ def ranks(work, argv, world=2):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    context = start_fork_server()
     procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv))) for rank in range(world)]
     for proc in procs:
         proc.start()
@@ -109,19 +130,23 @@ def test_shards_are_contiguous_and_cover_the_rows():
         assert shard_sizes(n, world) == [b - a for a, b in bounds] and max(shard_sizes(n, world)) - min(shard_sizes(n, world)) <= 1
 
 
-def test_two_ranks_train_as_one_process(one_process, demo_features, tmp_path):
-    out = tmp_path / "two"
-    proc = torchrun(*train_args(demo_features, out, *ARGS))
-    run_dir = out / RUN
+def test_two_ranks_train_as_one_process(demo_features, tmp_path, request):
+    """The real launcher, ``torchrun --nproc_per_node=2 main.py``. It mostly waits on three processes importing
+    torch, so the one-process reference trains and the rank fork server starts meanwhile."""
+    proc = start_torchrun(tmp_path, *train_args(demo_features, tmp_path / "two", *ARGS))
+    start_fork_server()
+    one_process = request.getfixturevalue("one_process")
+    stdout = wait_for_torchrun(proc, tmp_path)
+    run_dir = tmp_path / "two" / RUN
     assert_same_training(one_process, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["world_size"], config["backend"]) == (2, "gloo")
     assert json.loads((one_process / "config.json").read_text())["world_size"] == 1
-    assert proc.stdout.count("training done") == 1  # rank 0 alone logs
+    assert stdout.count("training done") == 1  # rank 0 alone logs
     assert (run_dir / "train.log").read_text().count("epoch 3/3") == 1
     # the one-process --test evaluates the 2-rank checkpoint to the 2-rank run's metrics
     saved = json.loads((run_dir / "metrics.json").read_text())
-    again = run_main(*train_args(demo_features, out, *ARGS, "--test"))
+    again = run_main(*train_args(demo_features, tmp_path / "two", *ARGS, "--test"))
     assert again["map@20"] == saved["map@20"]
 
 
