@@ -26,11 +26,14 @@ def _one_pixel_png() -> bytes:
         chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _plots_built_not_rendered():
-    """Every run writes three PNGs, and drawing them takes a quarter of the suite's time. Outside the tests
+RENDER_PLOTS = [False]  # set while a test marked render_plots runs
+
+
+def build_plots_without_drawing():
+    """Every run writes three PNGs, and drawing them took a quarter of the suite's time. Outside the tests
     marked ``render_plots`` a figure is built as usual (every artist, legend and label) but saved as a
-    one-pixel PNG, so the run's files and plot labels are still tested; the marked tests render for real."""
+    one-pixel PNG, so the run's files and plot labels are still tested; the marked tests draw for real.
+    Returns the function that undoes it."""
     from matplotlib.figure import Figure
 
     real_savefig = Figure.savefig
@@ -45,13 +48,14 @@ def _plots_built_not_rendered():
                 f.write(_one_pixel_png())
 
     Figure.savefig = savefig_unrendered
+    return lambda: setattr(Figure, "savefig", real_savefig)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plots_built_not_drawn():
+    undo = build_plots_without_drawing()
     yield
-    Figure.savefig = real_savefig
-
-
-RENDER_PLOTS = [False]
-
-
+    undo()
 @pytest.fixture(autouse=True)
 def _render_plots_when_marked(request):
     if request.node.get_closest_marker("render_plots") is None:
@@ -62,6 +66,31 @@ def _render_plots_when_marked(request):
         yield
     finally:
         RENDER_PLOTS[0] = False
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """12 generated demo images, ResNet18 (random weights) features, tiny-BERT caption features, 2 epochs, and
+    the search index of that run: read, never changed, by tests/test_search.py and tests/test_distributed.py."""
+    import captions_embed
+    import images_augment
+    from tests.test_search import BIT, run_search
+    from tests.tiny_bert import save_tiny_bert
+    from utils.demo_data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("search")
+    data = make_demo_dataset(root / "data", images_per_class=2)
+    bert = save_tiny_bert(root / "bert")
+    common = ["--dataset", "demo", "--data-dir", str(data), "--device", "cpu", "--no-progress"]
+    with pytest.warns(UserWarning, match="RANDOM"):
+        images_augment.main(images_augment.get_args_parser().parse_args(
+            [*common, "--img-aug", "center_crop_only", "--weights", "none", "--num-workers", "0"]))
+    captions_embed.main(captions_embed.get_args_parser().parse_args([*common, "--model", str(bert)]))
+    run_main("--dataset", "demo", "--preset", "no_aug", "--data-dir", str(data), "--out-dir", str(root / "runs"),
+             "--bit", str(BIT), "--epochs", "2", "--batch-size", "4", "--valid-freq", "1")
+    run_dir = root / "runs" / f"demo_{BIT}_test_no_aug"
+    run_search("index", "--run", run_dir, "--no-progress")
+    return {"root": root, "data": data, "run": run_dir, "index": run_dir / "index", "bert": bert}
 
 
 def main_args(*argv):

@@ -1,5 +1,6 @@
-"""torchrun on CPU (gloo, 2 ranks spawned by the test): training equals one process on the same global batch, and
-images_augment.py's merged shards equal the one-process file."""
+"""torchrun on CPU (gloo, 2 ranks): training, images_augment.py, captions_embed.py and search.py index give what
+one process gives. One test launches the real ``torchrun``; the others fork the ranks torchrun would start
+(``ranks()``: the same environment variables and process group, a second where a launch takes ten)."""
 import json
 import multiprocessing
 import os
@@ -14,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_main
-from tests.test_search import tiny_run  # noqa: F401  (a fixture)
+from tests.conftest import build_plots_without_drawing, run_main
 from tests.test_main import train_args
 from utils.distributed import shard_bounds, shard_sizes
 
@@ -26,12 +26,12 @@ ARGS = ("--batch-size", "25", "--valid-freq", "1")
 RTOL = 1e-4
 
 
-def start_torchrun(out: Path, *argv, nproc=2) -> subprocess.Popen:
-    """``torchrun main.py ARGV`` in the background; its stdout and stderr go to files in ``out``."""
+def start_torchrun(out: Path, script: str, *argv, nproc=2) -> subprocess.Popen:
+    """``torchrun --nproc_per_node=NPROC SCRIPT ARGV`` in the background; stdout and stderr go to files in ``out``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "main.py"), *argv],
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(ROOT / script), *map(str, argv)],
             stdout=stdout, stderr=stderr, env=env, cwd=ROOT,
         )
 
@@ -49,7 +49,7 @@ def wait_for_torchrun(proc: subprocess.Popen, out: Path) -> str:
 
 
 # everything a rank imports, imported once in the fork server rather than again in every rank
-FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torchvision", "transformers", "faiss", "matplotlib.pyplot", "main", "images_augment", "captions_embed",
+FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torchvision", "transformers", "transformers.models.bert.modeling_bert", "faiss", "matplotlib.pyplot", "main", "images_augment", "captions_embed",
                       "search", "utils.distributed_training", "tests.test_distributed"]
 
 
@@ -63,21 +63,29 @@ def start_fork_server():
     return context
 
 
-def _rank_main(rank, world, port, work, argv):
+def _rank_main(rank, world, port, work, argv, capture_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    if capture_dir is not None:  # what the rank prints, as torchrun would show it
+        with open(Path(capture_dir) / f"rank{rank}.txt", "w") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
     torch.set_num_threads(1)
+    build_plots_without_drawing()  # as in the test process (tests/conftest.py)
     try:
         work(argv)
     except SystemExit as exc:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
     except BaseException:
         os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
-def ranks(work, argv, world=2):
-    """Run ``work(argv)`` in the ranks torchrun would start; returns their exit codes.
+def ranks(work, argv, world=2, capture_dir=None):
+    """Run ``work(argv)`` in the ranks torchrun would start; returns their exit codes. With ``capture_dir``,
+    rank r's stdout and stderr go to ``capture_dir/rank{r}.txt``.
 
     Forked from a fork server that has imported torch and this module but never run a parallel region
     (a fork of the pytest process itself is unsafe once GNU OpenMP has run): a second, where torchrun takes ten.
@@ -86,7 +94,7 @@ def ranks(work, argv, world=2):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     context = start_fork_server()
-    procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv))) for rank in range(world)]
+    procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv), capture_dir)) for rank in range(world)]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -115,6 +123,21 @@ def assert_same_training(one: Path, two: Path):
         assert np.array_equal(c1[key], c2[key]), key
 
 
+# first of this file: the fork server starts during the launch
+def test_torchrun_images_equal_one_process(images, tmp_path):
+    """The real launcher, ``torchrun --nproc_per_node=2 images_augment.py``, bitwise equal to one process
+    (batches of 5: 5 + 5 on rank 0, 2 on rank 1). The launch mostly waits on three processes importing torch:
+    the one-process reference is encoded and the rank fork server starts meanwhile."""
+    two_dir = copy_dataset(images, tmp_path / "two")
+    proc = start_torchrun(tmp_path, "images_augment.py", *encode_argv(two_dir))
+    start_fork_server()
+    one_dir = copy_dataset(images, tmp_path / "one")
+    one_process_features(one_dir)
+    stdout = wait_for_torchrun(proc, tmp_path)
+    assert_same_features(one_dir, two_dir, "image_emb_DEMO_aug_no_aug.h5")
+    assert stdout.count("wrote ") == 1  # rank 0 alone reports
+
+
 @pytest.fixture(scope="module")
 def one_process(demo_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
@@ -130,23 +153,20 @@ def test_shards_are_contiguous_and_cover_the_rows():
         assert shard_sizes(n, world) == [b - a for a, b in bounds] and max(shard_sizes(n, world)) - min(shard_sizes(n, world)) <= 1
 
 
-def test_two_ranks_train_as_one_process(demo_features, tmp_path, request):
-    """The real launcher, ``torchrun --nproc_per_node=2 main.py``. It mostly waits on three processes importing
-    torch, so the one-process reference trains and the rank fork server starts meanwhile."""
-    proc = start_torchrun(tmp_path, *train_args(demo_features, tmp_path / "two", *ARGS))
-    start_fork_server()
-    one_process = request.getfixturevalue("one_process")
-    stdout = wait_for_torchrun(proc, tmp_path)
-    run_dir = tmp_path / "two" / RUN
+def test_two_ranks_train_as_one_process(one_process, demo_features, tmp_path):
+    out = tmp_path / "two"
+    assert ranks(_run_main, train_args(demo_features, out, *ARGS), capture_dir=tmp_path) == [0, 0]
+    run_dir = out / RUN
     assert_same_training(one_process, run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["world_size"], config["backend"]) == (2, "gloo")
     assert json.loads((one_process / "config.json").read_text())["world_size"] == 1
-    assert stdout.count("training done") == 1  # rank 0 alone logs
+    printed = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert printed[0].count("training done") == 1 and "training done" not in printed[1]  # rank 0 alone logs
     assert (run_dir / "train.log").read_text().count("epoch 3/3") == 1
     # the one-process --test evaluates the 2-rank checkpoint to the 2-rank run's metrics
     saved = json.loads((run_dir / "metrics.json").read_text())
-    again = run_main(*train_args(demo_features, tmp_path / "two", *ARGS, "--test"))
+    again = run_main(*train_args(demo_features, out, *ARGS, "--test"))
     assert again["map@20"] == saved["map@20"]
 
 
@@ -175,14 +195,17 @@ def images(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("images"), images_per_class=2)  # 12 images
 
 
+def encode_argv(data_dir, *extra) -> list[str]:
+    return ["--dataset", "demo", "--data-dir", str(data_dir), "--weights", "none", "--num-workers", "0", "--no-progress",
+            "--batch-size", "5", *extra]
+
+
 def encode(data_dir, *extra):
     import warnings
 
     import images_augment
 
-    args = images_augment.get_args_parser().parse_args(
-        ["--dataset", "demo", "--data-dir", str(data_dir), "--weights", "none", "--num-workers", "0", "--no-progress",
-         "--batch-size", "5", *extra])
+    args = images_augment.get_args_parser().parse_args(encode_argv(data_dir, *extra))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # --weights none
         return images_augment.main(args)
@@ -222,19 +245,24 @@ def copy_dataset(src, dst):
     return dst
 
 
-@pytest.mark.parametrize("extra", [(), ("--original-quirks", "--img-aug", "each_img_random")], ids=["default", "quirks"])
-def test_images_from_two_ranks_equal_one_process(images, tmp_path, extra):
-    """Bitwise: whole one-process batches go to ranks (batches of 5: 5 + 5 on rank 0, 2 on rank 1)."""
-    one, one_attrs = one_process_features(copy_dataset(images, tmp_path / "one"), *extra)
-    two_dir = copy_dataset(images, tmp_path / "two")
-    assert ranks(_encode, [two_dir, *extra]) == [0, 0]
-    name = "image_emb_DEMO_aug_each_img_random.h5" if extra else "image_emb_DEMO_aug_no_aug.h5"
+def assert_same_features(one_dir: Path, two_dir: Path, name: str):
+    one, one_attrs = read_with_attrs(one_dir / name)
     two, two_attrs = read_with_attrs(two_dir / name)
     assert np.array_equal(one, two)
     assert (one_attrs["world_size"], two_attrs["world_size"]) == (1, 2)
     differ = {k for k in one_attrs if str(one_attrs[k]) != str(two_attrs[k])}
     assert differ <= {"world_size", "dataset_json", "versions"}
     assert sorted(p.name for p in two_dir.iterdir()) == sorted(["DEMO.json", "images", name])  # no part file left
+
+
+def test_images_from_two_ranks_equal_one_process(images, tmp_path):
+    """The quirk route (train-mode batch norm, each_img_random) on 2 ranks, bitwise equal to one process."""
+    extra = ("--original-quirks", "--img-aug", "each_img_random")
+    one_dir = copy_dataset(images, tmp_path / "one")
+    one_process_features(one_dir, *extra)
+    two_dir = copy_dataset(images, tmp_path / "two")
+    assert ranks(_encode, [two_dir, *extra]) == [0, 0]
+    assert_same_features(one_dir, two_dir, "image_emb_DEMO_aug_each_img_random.h5")
 
 
 def _encode_reading_no_image(argv):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import h5py
 import numpy as np

@@ -10,8 +10,6 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import run_main
-from tests.tiny_bert import save_tiny_bert
 from utils.retrieval.codes import pack_codes, unpack_codes
 
 BIT = 8  # few bits: many equal distances, so the tie order is exercised
@@ -22,28 +20,6 @@ def run_search(*argv):
     import search
 
     return search.main(search.get_args_parser().parse_args([str(a) for a in argv]))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """12 generated demo images, ResNet18 (random weights) features, tiny-BERT caption features, 2 epochs."""
-    import captions_embed
-    import images_augment
-    from utils.demo_data import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("search")
-    data = make_demo_dataset(root / "data", images_per_class=2)
-    bert = save_tiny_bert(root / "bert")
-    common = ["--dataset", "demo", "--data-dir", str(data), "--device", "cpu", "--no-progress"]
-    with pytest.warns(UserWarning, match="RANDOM"):
-        images_augment.main(images_augment.get_args_parser().parse_args(
-            [*common, "--img-aug", "center_crop_only", "--weights", "none", "--num-workers", "0"]))
-    captions_embed.main(captions_embed.get_args_parser().parse_args([*common, "--model", str(bert)]))
-    run_main("--dataset", "demo", "--preset", "no_aug", "--data-dir", str(data), "--out-dir", str(root / "runs"),
-             "--bit", str(BIT), "--epochs", "2", "--batch-size", "4", "--valid-freq", "1")
-    run_dir = root / "runs" / f"demo_{BIT}_test_no_aug"
-    run_search("index", "--run", run_dir, "--no-progress")
-    return {"root": root, "data": data, "run": run_dir, "index": run_dir / "index", "bert": bert}
 
 
 def load_index(tiny_run):
