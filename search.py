@@ -140,10 +140,10 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         if not queries:
             raise DUCHError(f"--queries file {path} holds no query")
 
+    index = SearchIndex.open(args.index)  # before transformers loads: a mistyped --index answers at once
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars say nothing to a searcher
-    index = SearchIndex.open(args.index)
     index.set_nprobe(args.nprobe)
     encoder = QueryEncoder(index, args.device)
     if args.queries:

@@ -65,9 +65,9 @@ def build_image_encoder(weights: str = "imagenet"):
     import torch
     from torchvision.models import resnet18
 
-    model = resnet18(weights=None)
-    model.fc = torch.nn.Identity()
     if weights == "none":
+        model = resnet18(weights=None)
+        model.fc = torch.nn.Identity()
         warnings.warn(
             "--weights none: the ResNet18 encoder has RANDOM weights; its features are not ImageNet features "
             "(fine for tests and the offline demo, not for results)", UserWarning, stacklevel=2,
@@ -81,9 +81,12 @@ def build_image_encoder(weights: str = "imagenet"):
         state = _local_state_dict(path)
         description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
+    with torch.device("meta"):  # no random initialisation to overwrite: the weights are assigned as loaded
+        model = resnet18(weights=None)
+    model.fc = torch.nn.Identity()
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[:3]
         raise DUCHError(f"weights {source} do not fit a torchvision ResNet18: {' '.join(first)}") from None
