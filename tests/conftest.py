@@ -2,7 +2,15 @@
 import struct
 import zlib
 
+import numba
 import pytest
+import tqdm
+
+# tests/test_distributed.py forks its ranks from this process: numba's parallel kernels must run on the
+# fork-safe tbb layer ("safe"; GNU OpenMP aborts a forked child), and tqdm must start no monitor thread
+# (a thread holding a lock at the fork would leave it held in the child)
+numba.config.THREADING_LAYER = "safe"
+tqdm.tqdm.monitor_interval = 0
 
 from configs.datasets import get_dataset
 from utils.synthetic import make_synthetic_features

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import h5py
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import build_plots_without_drawing, run_main
+from tests.conftest import run_main
 from tests.test_main import train_args
 from utils.distributed import shard_bounds, shard_sizes
 
@@ -48,21 +49,6 @@ def wait_for_torchrun(proc: subprocess.Popen, out: Path) -> str:
     return stdout
 
 
-# everything a rank imports, imported once in the fork server rather than again in every rank
-FORKSERVER_PRELOAD = ["torch", "torch._dynamo", "torchvision", "transformers", "transformers.models.bert.modeling_bert", "faiss", "matplotlib.pyplot", "main", "images_augment", "captions_embed",
-                      "search", "utils.distributed_training", "tests.test_distributed"]
-
-
-def start_fork_server():
-    """The fork server the ranks come from; it imports FORKSERVER_PRELOAD while the caller goes on."""
-    from multiprocessing import forkserver
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(FORKSERVER_PRELOAD)
-    forkserver.ensure_running()
-    return context
-
-
 def _rank_main(rank, world, port, work, argv, capture_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -70,35 +56,45 @@ def _rank_main(rank, world, port, work, argv, capture_dir):
         with open(Path(capture_dir) / f"rank{rank}.txt", "w") as f:
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
-    torch.set_num_threads(1)
-    build_plots_without_drawing()  # as in the test process (tests/conftest.py)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # the test process's are pytest's capture objects
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    torch.set_num_threads(1)  # one thread: no OpenMP team is ever started in a rank
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(1)
+    code = 0
     try:
         work(argv)
     except SystemExit as exc:
-        os._exit(exc.code if isinstance(exc.code, int) else 1)
+        code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
-        os._exit(1)
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def ranks(work, argv, world=2, capture_dir=None):
-    """Run ``work(argv)`` in the ranks torchrun would start; returns their exit codes. With ``capture_dir``,
-    rank r's stdout and stderr go to ``capture_dir/rank{r}.txt``.
+    """Run ``work(argv)`` in the ranks torchrun would start (its environment variables, a gloo process group);
+    returns their exit codes. With ``capture_dir``, rank r's stdout and stderr go to ``capture_dir/rank{r}.txt``.
 
-    Forked from a fork server that has imported torch and this module but never run a parallel region
-    (a fork of the pytest process itself is unsafe once GNU OpenMP has run): a second, where torchrun takes ten.
+    The ranks are forked from this process, with everything imported already: a tenth of a second where a
+    torchrun launch takes ten, mostly importing torch. That is safe here: each rank runs one thread, and
+    numba's threading layer is the fork-safe tbb (tests/conftest.py), not GNU OpenMP, which aborts a fork.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = start_fork_server()
+    context = multiprocessing.get_context("fork")
     procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv), capture_dir)) for rank in range(world)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(timeout=300)
+    for proc in procs:
+        if proc.exitcode is None:  # hung: no rank outlives its test
+            proc.kill()
+            proc.join()
     return [proc.exitcode for proc in procs]
 
 
@@ -123,14 +119,12 @@ def assert_same_training(one: Path, two: Path):
         assert np.array_equal(c1[key], c2[key]), key
 
 
-# first of this file: the fork server starts during the launch
 def test_torchrun_images_equal_one_process(images, tmp_path):
     """The real launcher, ``torchrun --nproc_per_node=2 images_augment.py``, bitwise equal to one process
     (batches of 5: 5 + 5 on rank 0, 2 on rank 1). The launch mostly waits on three processes importing torch:
-    the one-process reference is encoded and the rank fork server starts meanwhile."""
+    the one-process reference is encoded meanwhile."""
     two_dir = copy_dataset(images, tmp_path / "two")
     proc = start_torchrun(tmp_path, "images_augment.py", *encode_argv(two_dir))
-    start_fork_server()
     one_dir = copy_dataset(images, tmp_path / "one")
     one_process_features(one_dir)
     stdout = wait_for_torchrun(proc, tmp_path)
