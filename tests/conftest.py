@@ -101,6 +101,19 @@ def tiny_run(tmp_path_factory):
     return {"root": root, "data": data, "run": run_dir, "index": run_dir / "index", "bert": bert}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _real_torchrun_launch_in_background(request, tmp_path_factory):
+    """tests/test_distributed.py's one real torchrun launch starts with the session and runs alongside it."""
+    if not any(item.nodeid == "tests/test_distributed.py::test_torchrun_images_equal_one_process" for item in request.session.items):
+        yield
+        return
+    from tests.test_distributed import launch_torchrun_images, stop_launched
+
+    launch_torchrun_images(tmp_path_factory)
+    yield
+    stop_launched()
+
+
 def main_args(*argv):
     import main
 

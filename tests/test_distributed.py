@@ -119,16 +119,39 @@ def assert_same_training(one: Path, two: Path):
         assert np.array_equal(c1[key], c2[key]), key
 
 
-def test_torchrun_images_equal_one_process(images, tmp_path):
+# The real launch takes about 10 s, mostly three processes importing torch, while the test process mostly
+# uses one core: it starts in the background at the session's first test (tests/conftest.py) and the test
+# below collects it.
+LAUNCHED: dict = {}
+
+
+def launch_torchrun_images(tmp_path_factory) -> None:
+    from utils.demo_data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("torchrun")
+    images = make_demo_dataset(root / "images", images_per_class=2)  # 12 images
+    two_dir = copy_dataset(images, root / "two")
+    LAUNCHED["images"] = (start_torchrun(root, "images_augment.py", *encode_argv(two_dir)), root, images)
+
+
+def stop_launched() -> None:
+    for proc, *_ in LAUNCHED.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    LAUNCHED.clear()
+
+
+def test_torchrun_images_equal_one_process(tmp_path_factory):
     """The real launcher, ``torchrun --nproc_per_node=2 images_augment.py``, bitwise equal to one process
-    (batches of 5: 5 + 5 on rank 0, 2 on rank 1). The launch mostly waits on three processes importing torch:
-    the one-process reference is encoded meanwhile."""
-    two_dir = copy_dataset(images, tmp_path / "two")
-    proc = start_torchrun(tmp_path, "images_augment.py", *encode_argv(two_dir))
-    one_dir = copy_dataset(images, tmp_path / "one")
+    (batches of 5: 5 + 5 on rank 0, 2 on rank 1)."""
+    if "images" not in LAUNCHED:
+        launch_torchrun_images(tmp_path_factory)
+    proc, root, images = LAUNCHED.pop("images")
+    one_dir = copy_dataset(images, root / "one")
     one_process_features(one_dir)
-    stdout = wait_for_torchrun(proc, tmp_path)
-    assert_same_features(one_dir, two_dir, "image_emb_DEMO_aug_no_aug.h5")
+    stdout = wait_for_torchrun(proc, root)
+    assert_same_features(one_dir, root / "two", "image_emb_DEMO_aug_no_aug.h5")
     assert stdout.count("wrote ") == 1  # rank 0 alone reports
 
 
