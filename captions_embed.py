@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from configs.datasets import DATASETS, get_dataset
@@ -166,9 +167,14 @@ def _embed_all(args, ds, json_path: Path, data: dict, texts: dict, outputs: dict
         print(f"warning: width {width} differs from the {ds.caption_dim} the {ds.name} features normally have",
               file=sys.stderr)
 
+    if text_model.random_weights and ctx.is_main:
+        warnings.warn(f"--model {args.model}: the text encoder has RANDOM weights (its config.json says so); its "
+                      f"features are not those of a pretrained model (fine for tests and the offline demo, not for results)",
+                      UserWarning, stacklevel=2)
     attrs = {
         **settings,
         "model_source": text_model.source,
+        "random_weights": text_model.random_weights,
         "pooling": (f"mean over all {args.max_length} positions, padding included (original quirk)"
                     if args.original_quirks else "mean over real tokens (attention mask)"),
         "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}",

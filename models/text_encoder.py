@@ -39,6 +39,11 @@ def preprocess_caption(text: str) -> str:
     return str(text).lower().translate(_PUNCTUATION_TABLE)
 
 
+# written into the config.json of a model with random weights, and read back when it is loaded: caption
+# features made with it say so (the ``random_weights`` HDF5 attribute), and main.py warns about them
+RANDOM_WEIGHTS_MARKER = "duch_random_weights"
+
+
 @dataclass
 class TextModel:
     """A loaded tokenizer and encoder, with where they came from (for provenance)."""
@@ -60,6 +65,11 @@ class TextModel:
 
     def width(self, hidden_states: int, operator: str) -> int:
         return self.hidden_size * (hidden_states if operator == "concat" else 1)
+
+    @property
+    def random_weights(self) -> bool:
+        """The model's config.json says its weights are a random initialisation (``build_random_bert``)."""
+        return bool(getattr(self.model.config, RANDOM_WEIGHTS_MARKER, False))
 
     @property
     def max_tokens(self) -> int | None:
@@ -299,7 +309,7 @@ def build_random_bert(
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, intermediate_size=intermediate_size,
-        max_position_embeddings=max_position_embeddings, pad_token_id=0,
+        max_position_embeddings=max_position_embeddings, pad_token_id=0, **{RANDOM_WEIGHTS_MARKER: True},
     )
     generator_state = torch.random.get_rng_state()
     try:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
 import h5py
 import numpy as np
@@ -114,6 +116,32 @@ def test_end_to_end_files_shapes_and_provenance(default_run):
     raw, _, _ = read(outputs["raw"])
     rb, _, _ = read(outputs["aug_rb"])
     assert np.abs(raw - rb).max() > 1e-3  # different sentences, different vectors
+
+
+def test_random_weights_are_recorded_and_warned_about(default_run, tiny_bert_dir, tmp_path):
+    """A model whose config.json says its weights are random gives caption files that say so, which main.py
+    warns about; the same model without that line gives files that do not."""
+    from utils.features import random_encoder_warning
+
+    _, outputs = default_run
+    _, attrs, _ = read(outputs["raw"])
+    assert bool(attrs["random_weights"]) is True
+    assert "RANDOM weights" in random_encoder_warning(outputs["raw"], "caption_emb")
+    unmarked = tmp_path / "bert"
+    shutil.copytree(tiny_bert_dir, unmarked)
+    config = json.loads((unmarked / "config.json").read_text())
+    del config["duch_random_weights"]
+    (unmarked / "config.json").write_text(json.dumps(config))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_json(data_dir / "UCM.json", with_aug=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no random-weights warning
+        out = run_main(["--data-dir", str(data_dir), "--model", str(unmarked), "--device", "cpu", "--no-progress"])
+    _, attrs, _ = read(out["raw"])
+    assert bool(attrs["random_weights"]) is False and random_encoder_warning(out["raw"], "caption_emb") is None
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        run_main(["--data-dir", str(data_dir), "--model", str(tiny_bert_dir), "--device", "cpu", "--no-progress", "--overwrite"])
 
 
 def test_rows_in_json_order_and_match_reference(default_run, text_model):
