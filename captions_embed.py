@@ -148,7 +148,9 @@ def _run(args, progress: dict) -> dict[str, Path]:
 
     ctx = distributed.init_from_env(args.device) if distributed.torchrun_world_size() > 1 else distributed.context()
     try:
-        return _embed_all(args, ds, json_path, data, texts, outputs, todo, settings, progress, ctx)
+        written = _embed_all(args, ds, json_path, data, texts, outputs, todo, settings, progress, ctx)
+        distributed.finish()
+        return written
     finally:
         distributed.shutdown()
 

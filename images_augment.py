@@ -141,7 +141,9 @@ def main(args: argparse.Namespace) -> Path:
     from utils import distributed
 
     try:
-        return _main(args)
+        out_path = _main(args)
+        distributed.finish()
+        return out_path
     except KeyboardInterrupt:
         print("error: interrupted; no feature file was written", file=sys.stderr)
         raise SystemExit(130) from None

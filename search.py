@@ -100,6 +100,7 @@ def run_index(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     try:
         manifest = build_index(opts)
+        distributed.finish()
     finally:
         distributed.shutdown()
     if not ctx.is_main:

@@ -295,7 +295,8 @@ def _encode_reading_no_image(argv):
 def test_images_resume_from_the_ranks_part_files(images, tmp_path):
     """Both ranks finish their part files, then the merge dies: the rerun encodes nothing and merges them."""
     data = copy_dataset(images, tmp_path / "data")
-    assert ranks(_encode_but_the_merge_dies, [data]) == [130, 0]
+    codes = ranks(_encode_but_the_merge_dies, [data])
+    assert codes[0] == 130 and codes[1] not in (0, None)  # rank 1 waits for rank 0 at the end, and fails with it
     parts = sorted(p.name for p in data.glob(".*part-*"))
     assert parts == [".image_emb_DEMO_aug_no_aug.h5.part-0-of-2.npz", ".image_emb_DEMO_aug_no_aug.h5.part-1-of-2.npz"]
     assert ranks(_encode_reading_no_image, [data]) == [0, 0]  # both shards come from the part files

@@ -110,6 +110,14 @@ def init_from_env(device_name: str = "auto") -> Context:
     return _CONTEXT
 
 
+def finish() -> None:
+    """The end of a run that succeeded: every rank waits for the others, then leaves the group. A rank that
+    left while rank 0 still merged the shards once made rank 0 abort at its exit ("terminate called without
+    an active exception", gloo). Not after an error, where the other ranks may never arrive: shutdown() alone."""
+    barrier()
+    shutdown()
+
+
 def shutdown() -> None:
     """Leave the process group (a no-op for one process)."""
     global _CONTEXT
