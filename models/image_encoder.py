@@ -1,6 +1,7 @@
 """The image encoder: torchvision ResNet18 without its classifier (512-d global-average-pool output)."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -65,9 +66,12 @@ def build_image_encoder(weights: str = "imagenet"):
     import torch
     from torchvision.models import resnet18
 
-    if weights == "none":
+    # weights to load: nothing to initialise at random only to overwrite, so the model is built on the meta
+    # device and the loaded tensors are assigned
+    with torch.device("meta") if weights != "none" else contextlib.nullcontext():
         model = resnet18(weights=None)
-        model.fc = torch.nn.Identity()
+    model.fc = torch.nn.Identity()
+    if weights == "none":
         warnings.warn(
             "--weights none: the ResNet18 encoder has RANDOM weights; its features are not ImageNet features "
             "(fine for tests and the offline demo, not for results)", UserWarning, stacklevel=2,
@@ -82,9 +86,6 @@ def build_image_encoder(weights: str = "imagenet"):
         description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
-    with torch.device("meta"):  # no random initialisation to overwrite: the weights are assigned as loaded
-        model = resnet18(weights=None)
-    model.fc = torch.nn.Identity()
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

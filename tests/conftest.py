@@ -26,22 +26,21 @@ def demo_features(tmp_path_factory):
     return data_dir
 
 
-def _one_pixel_png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+ONE_PIXEL_PNG = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+                 + _png_chunk(b"IDAT", zlib.compress(b"\x00\x00")) + _png_chunk(b"IEND", b""))
 RENDER_PLOTS = [False]  # set while a test marked render_plots runs
 
 
-def build_plots_without_drawing():
+@pytest.fixture(scope="session", autouse=True)
+def _plots_built_not_drawn():
     """Every run writes three PNGs, and drawing them took a quarter of the suite's time. Outside the tests
     marked ``render_plots`` a figure is built as usual (every artist, legend and label) but saved as a
     one-pixel PNG, so the run's files and plot labels are still tested; the marked tests draw for real.
-    Returns the function that undoes it."""
+    The ranks tests/test_distributed.py forks inherit this."""
     from matplotlib.figure import Figure
 
     real_savefig = Figure.savefig
@@ -50,20 +49,16 @@ def build_plots_without_drawing():
         if RENDER_PLOTS[0]:
             return real_savefig(self, fname, *args, **kwargs)
         if hasattr(fname, "write"):
-            fname.write(_one_pixel_png())
+            fname.write(ONE_PIXEL_PNG)
         else:
             with open(fname, "wb") as f:
-                f.write(_one_pixel_png())
+                f.write(ONE_PIXEL_PNG)
 
     Figure.savefig = savefig_unrendered
-    return lambda: setattr(Figure, "savefig", real_savefig)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _plots_built_not_drawn():
-    undo = build_plots_without_drawing()
     yield
-    undo()
+    Figure.savefig = real_savefig
+
+
 @pytest.fixture(autouse=True)
 def _render_plots_when_marked(request):
     if request.node.get_closest_marker("render_plots") is None:
