@@ -2,14 +2,11 @@
 import struct
 import zlib
 
-import numba
 import pytest
 import tqdm
 
-# tests/test_distributed.py forks its ranks from this process: numba's parallel kernels must run on the
-# fork-safe tbb layer ("safe"; GNU OpenMP aborts a forked child), and tqdm must start no monitor thread
-# (a thread holding a lock at the fork would leave it held in the child)
-numba.config.THREADING_LAYER = "safe"
+# tests/test_distributed.py forks its ranks from this process: tqdm must start no monitor thread (a thread
+# holding a lock at the fork would leave it held in the child)
 tqdm.tqdm.monitor_interval = 0
 
 from configs.datasets import get_dataset
@@ -135,3 +132,27 @@ def count_image_reads(monkeypatch, interrupt_on: int | None = None) -> list:
 
     monkeypatch.setattr(ImageDataset, "__getitem__", getitem)
     return calls
+
+
+
+def _collect_then_freeze():
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    """Garbage is collected, then what lives is frozen: later full collections skip the heap that torch,
+    transformers and the session fixtures built, instead of walking it again and again (5 s of the suite)."""
+    _collect_then_freeze()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _freeze_what_each_module_leaves():
+    yield
+    _collect_then_freeze()
+
+
+def pytest_sessionfinish(session):
+    _collect_then_freeze()

@@ -79,8 +79,8 @@ def ranks(work, argv, world=2, capture_dir=None):
     returns their exit codes. With ``capture_dir``, rank r's stdout and stderr go to ``capture_dir/rank{r}.txt``.
 
     The ranks are forked from this process, with everything imported already: a tenth of a second where a
-    torchrun launch takes ten, mostly importing torch. That is safe here: each rank runs one thread, and
-    numba's threading layer is the fork-safe tbb (tests/conftest.py), not GNU OpenMP, which aborts a fork.
+    torchrun launch takes ten, mostly importing torch. That is safe here: each rank runs one torch thread, and
+    no thread pool outlives a call in the parent (numba's kernels run on short-lived Python threads).
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -186,6 +186,29 @@ def test_chunks_do_not_change_the_result(kernel):
     assert_same(chunked, whole, tol=1e-12)
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("threads", [2, 3, 64])
+def test_threads_share_the_queries_without_changing_the_result(monkeypatch, threads):
+    """The compiled kernels run on threads over query ranges: every query in exactly one range, whole tiles
+    of 8, and the same values as one thread and as the reference loops (59 queries: 8 tiles, the last one short)."""
+    import numba
+
+    from utils.retrieval.metrics import _query_ranges
+
+    for n_q in (1, 8, 9, 59, 1000):
+        ranges = _query_ranges(n_q, threads)
+        assert [i for a, b in ranges for i in range(a, b)] == list(range(n_q))
+        assert all(a % 8 == 0 for a, _ in ranges) and len(ranges) == min(-(-n_q // 8), 4 * threads)
+    rng = np.random.default_rng(threads)
+    q, d = random_codes(rng, 59, 64), random_codes(rng, 300, 64)
+    ql, dl = rng.integers(0, 4, 59), rng.integers(0, 4, 300)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    one = retrieval_metrics(q, d, ql, dl, kernel="numba")
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", threads)
+    assert_same(retrieval_metrics(q, d, ql, dl, kernel="numba"), one, tol=0)
+    assert_same(one, reference_metrics(q, d, ql, dl), tol=1e-12)
+
+
 def test_hamming_distances_count_differing_bits():
     q = np.array([[1, -1, 1, 1]])
     d = np.array([[1, -1, 1, 1], [-1, 1, -1, -1], [1, 1, 1, 1]])

@@ -152,19 +152,57 @@ def _fits_numba(q: CodeWords, q_labels: np.ndarray) -> bool:
     return q.words.shape[0] <= 2 and (q_labels.ndim == 1 or q_labels.shape[0] == 1)
 
 
+def _query_ranges(n_q: int, threads: int, tile: int = 8) -> list[tuple[int, int]]:
+    """Contiguous query ranges, a few per thread (for balance), each a whole number of the kernels' tiles."""
+    tiles = -(-n_q // tile)
+    pieces = min(tiles, 4 * threads)
+    bounds = [tile * (tiles * i // pieces) for i in range(pieces)] + [n_q]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
+def _run_on_threads(work, ranges, threads: int) -> None:
+    """``work(a, b)`` for each query range; the numba kernels release the GIL, so threads run in parallel."""
+    if threads == 1 or len(ranges) == 1:
+        for a, b in ranges:
+            work(a, b)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(work, a, b) for a, b in ranges]:
+            done.result()
+
+
 def _kernel_numba(q: CodeWords, db: CodeWords, ql: np.ndarray, dl: np.ndarray, plan: _Plan):
+    import numba
+
     nb = _numba_module()
     n_q, bits = len(q), q.bits
     q0, q1 = q.words[0], (q.words[1] if q.words.shape[0] > 1 else None)
     w0, w1 = db.words[0], (db.words[1] if db.words.shape[0] > 1 else None)
     ql, dl = (ql, dl) if ql.ndim == 1 else (ql[0], dl[0])
+    threads = max(1, int(numba.config.NUMBA_NUM_THREADS))  # all cores, or NUMBA_NUM_THREADS
+    ranges = _query_ranges(n_q, threads)
+
+    def second_word(a, b):
+        return None if q1 is None else q1[a:b]
+
     counts = np.zeros((n_q, 2 * (bits + 1)), np.int64)
-    nb.count_pairs(q0, q1, w0, w1, ql, dl, bits, counts)
+
+    def count(a, b):
+        nb.count_pairs(q0[a:b], second_word(a, b), w0, w1, ql[a:b], dl, bits, counts[a:b])
+
+    _run_on_threads(count, ranges, threads)
     hist = counts.reshape(n_q, bits + 1, 2)
     m, dmax, before_all, before_rel = _second_pass_inputs(hist, plan)
     ap_sum = np.zeros((n_q, len(plan.map_ks)))
     hits_bin = np.zeros((n_q, max(len(plan.p_ks), 1)), np.int64)
-    nb.rank_pass(q0, q1, w0, w1, ql, dl, dmax, before_all, before_rel, m, plan.bin_of_rank, ap_sum, hits_bin)
+
+    def rank(a, b):
+        nb.rank_pass(q0[a:b], second_word(a, b), w0, w1, ql[a:b], dl, dmax[a:b], before_all[a:b], before_rel[a:b],
+                     m[a:b], plan.bin_of_rank, ap_sum[a:b], hits_bin[a:b])
+
+    _run_on_threads(rank, ranges, threads)
     return hist, m, ap_sum, hits_bin
 
 
