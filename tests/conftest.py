@@ -142,6 +142,42 @@ def _collect_then_freeze():
     gc.freeze()
 
 
+_COMPILING = {}  # the background process that compiles the numba kernels, while the session starts
+
+
+def pytest_sessionstart(session):
+    """Compiling the evaluation's numba kernels takes about 15 s of one core on a fresh clone (a cached load
+    takes one second). A process does it from the start of the session, beside the collection and the first
+    modules, which leave the second core mostly idle; the first kernel call in this process waits for it
+    rather than compiling the same code a second time."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("numba") is None:
+        return
+    from utils.retrieval import metrics
+
+    _COMPILING["proc"] = subprocess.Popen(
+        [sys.executable, "-c", "from utils.retrieval.metrics import compile_numba_kernels; compile_numba_kernels()"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    _COMPILING["pid"] = os.getpid()
+    numba_module = metrics._numba_module
+
+    def numba_module_once_compiled():
+        proc = _COMPILING.get("proc")
+        if proc is not None and os.getpid() == _COMPILING["pid"]:  # not in a rank forked from here
+            _, err = proc.communicate()
+            assert proc.returncode == 0, f"compiling the numba kernels failed:\n{err.decode()[-3000:]}"
+            del _COMPILING["proc"]
+        return numba_module()
+
+    metrics._numba_module = numba_module_once_compiled
+
+
 def pytest_collection_finish(session):
     """Garbage is collected, then what lives is frozen: later full collections skip the heap that torch,
     transformers and the session fixtures built, instead of walking it again and again (5 s of the suite)."""
@@ -155,4 +191,8 @@ def _freeze_what_each_module_leaves():
 
 
 def pytest_sessionfinish(session):
+    proc = _COMPILING.pop("proc", None)
+    if proc is not None:  # no test scored codes
+        proc.kill()
+        proc.wait()
     _collect_then_freeze()

@@ -1,14 +1,16 @@
 """The counting engine against straightforward per-query reference loops (the definitions, written plainly)."""
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
 from utils.errors import DUCHError
 from utils.retrieval.hamming import as_code_words, hamming_distances
-from utils.retrieval.metrics import P_AT_K_CUTOFFS, _numba_module, as_labels, retrieval_metrics
+from utils.retrieval.metrics import P_AT_K_CUTOFFS, as_labels, retrieval_metrics
 from utils.retrieval.codes import pack_codes
 
-HAS_NUMBA = _numba_module() is not None
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
 KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
 
 

@@ -233,6 +233,20 @@ def _kernel_numpy(q: CodeWords, db: CodeWords, ql: np.ndarray, dl: np.ndarray, p
     return hist, m, ap_sum, hits_bin
 
 
+def compile_numba_kernels() -> bool:
+    """Compiles every type variant of the numba kernels (codes of up to 64 or up to 128 bits, class codes or
+    label bit-sets) into numba's on-disk cache, or loads them from it: about 15 s once after an install,
+    which the first evaluation would otherwise spend. False when numba is not installed."""
+    if _numba_module() is None:
+        return False
+    rng = np.random.default_rng(0)
+    for bits in (64, 128):
+        q, db = rng.integers(0, 2, (9, bits)) * 2 - 1, rng.integers(0, 2, (30, bits)) * 2 - 1
+        retrieval_metrics(q, db, rng.integers(0, 3, 9), rng.integers(0, 3, 30), kernel="numba")
+        retrieval_metrics(q, db, rng.integers(0, 2, (9, 5)), rng.integers(0, 2, (30, 5)), kernel="numba")
+    return True
+
+
 # ---- the engine -------------------------------------------------------------------------------------
 def check_map_ks(map_ks) -> tuple[int, ...]:
     ks = tuple(int(k) for k in map_ks)
