@@ -123,6 +123,7 @@ def assert_same_training(one: Path, two: Path):
 # uses one core: it starts in the background at the session's first test (tests/conftest.py) and the test
 # below collects it.
 LAUNCHED: dict = {}
+QUIRK_ROUTE = ("--original-quirks", "--img-aug", "each_img_random")  # train-mode batch norm, a random set per image
 
 
 def launch_torchrun_images(tmp_path_factory) -> None:
@@ -131,7 +132,7 @@ def launch_torchrun_images(tmp_path_factory) -> None:
     root = tmp_path_factory.mktemp("torchrun")
     images = make_demo_dataset(root / "images", images_per_class=2)  # 12 images
     two_dir = copy_dataset(images, root / "two")
-    LAUNCHED["images"] = (start_torchrun(root, "images_augment.py", *encode_argv(two_dir)), root, images)
+    LAUNCHED["images"] = (start_torchrun(root, "images_augment.py", *encode_argv(two_dir, *QUIRK_ROUTE)), root, images)
 
 
 def stop_launched() -> None:
@@ -143,15 +144,16 @@ def stop_launched() -> None:
 
 
 def test_torchrun_images_equal_one_process(tmp_path_factory):
-    """The real launcher, ``torchrun --nproc_per_node=2 images_augment.py``, bitwise equal to one process
-    (batches of 5: 5 + 5 on rank 0, 2 on rank 1)."""
+    """The real launcher, ``torchrun --nproc_per_node=2 images_augment.py``, on the quirk route (train-mode
+    batch norm, each_img_random), bitwise equal to one process. The default route on 2 ranks is checked
+    against one process by test_images_resume_from_the_ranks_part_files."""
     if "images" not in LAUNCHED:
         launch_torchrun_images(tmp_path_factory)
     proc, root, images = LAUNCHED.pop("images")
     one_dir = copy_dataset(images, root / "one")
-    one_process_features(one_dir)
+    one_process_features(one_dir, *QUIRK_ROUTE)
     stdout = wait_for_torchrun(proc, root)
-    assert_same_features(one_dir, root / "two", "image_emb_DEMO_aug_no_aug.h5")
+    assert_same_features(one_dir, root / "two", "image_emb_DEMO_aug_each_img_random.h5")
     assert stdout.count("wrote ") == 1  # rank 0 alone reports
 
 
@@ -228,10 +230,6 @@ def encode(data_dir, *extra):
         return images_augment.main(args)
 
 
-def _encode(argv):
-    encode(*argv)
-
-
 def _encode_but_the_merge_dies(argv):
     import images_augment
 
@@ -270,16 +268,6 @@ def assert_same_features(one_dir: Path, two_dir: Path, name: str):
     differ = {k for k in one_attrs if str(one_attrs[k]) != str(two_attrs[k])}
     assert differ <= {"world_size", "dataset_json", "versions"}
     assert sorted(p.name for p in two_dir.iterdir()) == sorted(["DEMO.json", "images", name])  # no part file left
-
-
-def test_images_from_two_ranks_equal_one_process(images, tmp_path):
-    """The quirk route (train-mode batch norm, each_img_random) on 2 ranks, bitwise equal to one process."""
-    extra = ("--original-quirks", "--img-aug", "each_img_random")
-    one_dir = copy_dataset(images, tmp_path / "one")
-    one_process_features(one_dir, *extra)
-    two_dir = copy_dataset(images, tmp_path / "two")
-    assert ranks(_encode, [two_dir, *extra]) == [0, 0]
-    assert_same_features(one_dir, two_dir, "image_emb_DEMO_aug_each_img_random.h5")
 
 
 def _encode_reading_no_image(argv):
