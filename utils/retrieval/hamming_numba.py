@@ -13,9 +13,9 @@ scalar per item: signed int64 class codes (relevant when equal) or uint64 label 
 when they share a bit). Compiled code is cached on disk (``cache=True``).
 
 The kernels are serial and release the GIL (``nogil``): the caller runs them on Python threads over
-contiguous query ranges. numba's own ``parallel=True`` was as fast here but took twice as long to compile
-(about 20 s against 12 s for the three type variants) and needed a threading layer that a forked
-process survives (tbb); with plain threads there is none.
+contiguous query ranges. numba's own ``parallel=True`` was no faster here, took 1.8 times as long to
+compile (27 s against 15 s for three type variants: benchmarks/bench_numba_threads.py) and needed a
+threading layer that a forked process survives (tbb); with plain threads there is none.
 """
 from __future__ import annotations
 
