@@ -167,12 +167,11 @@ def count_image_reads(monkeypatch, interrupt_on: int | None = None) -> list:
     return calls
 
 
-
 # Garbage collection: Python's automatic collections walked the whole heap that torch and transformers
 # build, again and again (5.2 s of a run, 3.0 s with freezing alone). In the session they are off; the
 # garbage is collected at the end of each test module (so a module's cyclic garbage is all that can pile
 # up: the peak memory of a run did not change, 1.4 GB) and what lives then is frozen, so that later
-# collections skip it. Collections now take 1.0 s of a run.
+# collections skip it. Collections now take about 1 s of a run.
 def _collect_then_freeze():
     import gc
 
@@ -184,18 +183,23 @@ _COMPILING = {}  # the background process that compiles the numba kernels, while
 
 
 def pytest_sessionstart(session):
+    import gc
+
+    gc.disable()  # automatic collections off (above)
+    _compile_numba_kernels_in_background()
+
+
+def _compile_numba_kernels_in_background():
     """Compiling the evaluation's numba kernels takes about 15 s of one core on a fresh clone (a cached load
     takes one second). A process does it from the start of the session, beside the collection and the first
     modules, which leave the second core mostly idle; the first kernel call in this process waits for it
-    rather than compiling the same code a second time. Automatic garbage collections are turned off (above)."""
-    import gc
+    rather than compiling the same code a second time."""
     import importlib.util
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    gc.disable()
     if importlib.util.find_spec("numba") is None:
         return
     from utils.retrieval import metrics
@@ -237,4 +241,3 @@ def pytest_sessionfinish(session):
     import gc
 
     gc.enable()
-

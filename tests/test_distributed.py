@@ -26,12 +26,20 @@ ARGS = ("--batch-size", "25", "--valid-freq", "1")
 RTOL = 1e-4
 
 
-def _torchrun_agent(out: Path, argv: list[str]) -> None:
-    with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
-        os.dup2(stdout.fileno(), 1)
-        os.dup2(stderr.fileno(), 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # the test process's are pytest's capture objects
+def _print_to(stdout_path: Path | None, stderr_path: Path | None) -> None:
+    """In a process forked from the test process: file descriptors 1 and 2 go to these files (None: kept, as
+    with a rank whose output is not captured), and sys.stdout/sys.stderr write to them again (the test
+    process's are pytest's capture objects)."""
+    for fd, path in ((1, stdout_path), (2, stderr_path)):
+        if path is not None:
+            with open(path, "a") as f:
+                os.dup2(f.fileno(), fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+
+def _torchrun_agent(out: Path, argv: list[str]) -> None:
+    _print_to(out / "stdout.txt", out / "stderr.txt")
     os.chdir(ROOT)
     os.environ.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     from torch.distributed.run import main as torchrun_main  # what the ``torchrun`` command runs
@@ -67,12 +75,8 @@ def wait_for_torchrun(agent: multiprocessing.Process, out: Path) -> str:
 def _rank_main(rank, world, port, work, argv, capture_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    if capture_dir is not None:  # what the rank prints, as torchrun would show it
-        with open(Path(capture_dir) / f"rank{rank}.txt", "w") as f:
-            os.dup2(f.fileno(), 1)
-            os.dup2(f.fileno(), 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # the test process's are pytest's capture objects
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    printed = None if capture_dir is None else Path(capture_dir) / f"rank{rank}.txt"  # as torchrun would show it
+    _print_to(printed, printed)
     torch.set_num_threads(1)  # one thread: no OpenMP team is ever started in a rank
     if "faiss" in sys.modules:
         sys.modules["faiss"].omp_set_num_threads(1)
