@@ -45,7 +45,6 @@ class DUCH(nn.Module):
 
     def __init__(self, image_dim: int, caption_dim: int, bits: int):
         super().__init__()
-        self.bits = bits
         self.image_net = HashingNet(image_dim, bits)
         self.text_net = HashingNet(caption_dim, bits)
         self.discriminator = Discriminator(bits)

@@ -24,3 +24,13 @@ def test_bit_order_is_numpy_big_endian():
 def test_wrong_width_is_refused():
     with pytest.raises(DUCHError, match="bytes per row"):
         unpack_codes(np.zeros((2, 3), dtype=np.uint8), 64)
+
+
+def test_to_binary_is_the_sign_with_zero_taken_as_plus_one():
+    import torch
+
+    from models.duch import to_binary
+
+    h = torch.tensor([[-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0]], dtype=torch.float64)
+    codes = to_binary(h)
+    assert codes.dtype == torch.float64 and codes.tolist() == [[-1, -1, 1, 1, 1, 1]]

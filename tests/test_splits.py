@@ -14,7 +14,7 @@ import torch
 
 from configs.datasets import get_dataset
 from configs.train import TrainConfig
-from utils.splits import make_split
+from utils.splits import choose_captions, make_split, split_indices
 from utils.synthetic import make_synthetic_features
 
 
@@ -34,10 +34,10 @@ def original_split(n, seed=42):
     return train, query, db, *rows
 
 
-@pytest.mark.parametrize("n", [2100, 10921, 37])  # UCM, RSICD, a small odd one
-def test_split_and_caption_rows_follow_the_original_random_calls(n):
-    train, query, db, train_rows, query_rows, db_rows = original_split(n)
-    s = make_split(n, 42)
+@pytest.mark.parametrize("n,seed", [(2100, 42), (10921, 42), (37, 42), (2100, 7)])  # UCM, RSICD, a small odd one
+def test_split_and_caption_rows_follow_the_original_random_calls(n, seed):
+    train, query, db, train_rows, query_rows, db_rows = original_split(n, seed)
+    s = make_split(n, seed)  # another seed must reach all four draws
     assert (s.train, s.query, s.db) == (train, query, db)
     assert s.train_captions == train_rows
     assert s.query_captions == query_rows
@@ -50,6 +50,12 @@ def test_split_sizes_and_disjointness_ucm():
     assert sorted(s.train + s.query + s.db) == list(range(2100))
     for images, rows in ((s.train, s.train_captions), (s.query, s.query_captions), (s.db, s.db_captions)):
         assert all(5 * j <= r < 5 * j + 5 for j, r in zip(images, rows))
+
+
+def test_the_default_seed_is_the_originals_42():
+    assert make_split(37) == make_split(37, 42) != make_split(37, 43)
+    train, query, db, *rows = original_split(37)
+    assert (split_indices(37), choose_captions(train)) == ((train, query, db), rows[0])
 
 
 def test_the_seed_matters():
