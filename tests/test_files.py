@@ -19,6 +19,20 @@ def test_image_and_caption_file_names():
         "caption_emb_RSICD_aug_rb.h5", "caption_emb_RSICD_aug_bt_prob.h5", "caption_emb_RSICD_aug_bt_chain.h5"]
 
 
+def test_parameters_in_names_and_the_older_names_still_read():
+    ucm = get_dataset("ucm")
+    # a rotation of 7.5 degrees must not share the file of 7 degrees
+    assert files.image_emb_name(ucm, "rotation_cc", rot_deg=(-7.5, 5)) == "image_emb_UCM_aug_rotation_cc_-7.5_5.h5"
+    # the written name first, then the names earlier versions wrote (integral floats without ".0")
+    assert files.image_emb_names(ucm, "blur_cc", blur_val=(3, 3, 1, 2)) == [
+        "image_emb_UCM_aug_blur_cc_3_3_1.0_2.0.h5", "image_emb_UCM_aug_blur_cc_3_3_1_2.h5"]
+    assert files.image_emb_names(ucm, "jitter_cc", jit_str=1) == [
+        "image_emb_UCM_aug_jitter_cc_1.0.h5", "image_emb_UCM_aug_jitter_cc_1.h5"]
+    assert files.image_emb_names(ucm) == ["image_emb_UCM_aug_no_aug.h5", "image_emb_UCM_aug.h5"]
+    assert files.image_emb_names(ucm, "blur_cc") == ["image_emb_UCM_aug_blur_cc_3_3_1.1_1.3.h5"]  # SPEC's defaults
+    assert files.image_emb_names(ucm, "jitter_cc") == ["image_emb_UCM_aug_jitter_cc_0.5.h5"]
+
+
 def test_labels_from_classcode_or_rsicd_file_names():
     with_codes = {"images": [{"filename": "1.tif", "classcode": 3}, {"filename": "2.tif", "classcode": 0}]}
     assert image_labels(with_codes).tolist() == [3, 0]

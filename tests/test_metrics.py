@@ -152,6 +152,23 @@ def test_perfect_codes_and_chance(kernel):
     assert len(out["precision_radius"]) == 17 and out["recall_radius"][16] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("with_curves", [True, False])
+def test_everything_at_distance_zero(kernel, with_curves):
+    # every database item equals every query: all that the second pass must visit lies at distance 0
+    rng = np.random.default_rng(5)
+    code = random_codes(rng, 1, 16)
+    q, d = np.repeat(code, 3, axis=0), np.repeat(code, 12, axis=0)
+    ql, dl = np.array([0, 1, 2]), rng.integers(0, 3, 12)
+    dl[:3] = [0, 1, 2]  # every query has a relevant item
+    got = retrieval_metrics(q, d, ql, dl, with_curves=with_curves, kernel=kernel)
+    want = reference_metrics(q, d, ql, dl)
+    if not with_curves:
+        want = {k: v for k, v in want.items() if k.startswith("map@") or k == "chance"}
+    assert_same(got, want)
+    assert got["map@20"] < 1  # ties in database order: not every relevant item comes first
+
+
 def test_code_forms_give_the_same_metrics():
     rng = np.random.default_rng(5)
     q, d = random_codes(rng, 12, 24, 4), random_codes(rng, 70, 24, 4)

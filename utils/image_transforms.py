@@ -120,7 +120,7 @@ def build_transform(name: str, params: AugParams = AugParams(), normalize: bool 
     return v2.Compose(steps)
 
 
-def original_each_img_random_choices(order: Iterable[int], seed: int = 42) -> dict[int, str]:
+def original_each_img_random_choices(order: Iterable[int], seed: int) -> dict[int, str]:
     """The set the original release gives each image under ``each_img_random``: {JSON index: set}.
 
     The original calls ``random.choice(sets)`` per image after ``random.seed(42)``, in its encoding
