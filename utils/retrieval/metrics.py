@@ -52,13 +52,6 @@ class Labels:
     classes: np.ndarray | None = None
     sets: np.ndarray | None = None
 
-    def rows(self, start: int, stop: int) -> "Labels":
-        return Labels(
-            stop - start, self.n_labels,
-            None if self.classes is None else self.classes[start:stop],
-            None if self.sets is None else self.sets[:, start:stop],
-        )
-
 
 def as_labels(labels, name: str = "labels") -> Labels:
     """Check labels: 1-D class codes (integers) or 2-D multi-hot rows (0/1)."""
