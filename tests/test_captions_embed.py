@@ -378,9 +378,28 @@ def test_caption_count_other_than_five(tmp_path, capsys):
     assert "image 1" in err and "4 captions" in err and "exactly 5" in err
 
 
-def test_offline_demo_text_model(monkeypatch):
-    folder = text_encoder.offline_demo_text_model()
-    if folder is not None:
-        assert (folder / "config.json").is_file() and (folder / "vocab.txt").is_file()
-    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: None)
+def test_offline_demo_text_model(monkeypatch, tmp_path):
+    import importlib.util
+
+    package = tmp_path / "site" / text_encoder.DEMO_TEXT_PACKAGE
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location(text_encoder.DEMO_TEXT_PACKAGE, package / "__init__.py")
+    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: spec if name == text_encoder.DEMO_TEXT_PACKAGE else None)
+    for name in ("config.json", "vocab.txt"):
+        (package / "model" / name).write_text("{}")
+    assert text_encoder.offline_demo_text_model() is None  # no weights file yet
+    (package / "model" / "model.safetensors").write_bytes(b"")
+    assert text_encoder.offline_demo_text_model() == (package / "model").resolve()
+    (package / "model" / "vocab.txt").unlink()
     assert text_encoder.offline_demo_text_model() is None
+    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: None)  # package not installed
+    assert text_encoder.offline_demo_text_model() is None
+
+
+@pytest.mark.parametrize("name,is_path", [
+    ("bert-base-uncased", False), ("sentence-transformers/all-MiniLM-L6-v2", False),  # hub ids
+    ("models/bert/base", True), ("./bert", True), ("~/bert", True), ("/opt/bert", True), ("C:\\bert", True),
+])
+def test_model_names_that_can_only_be_folders(name, is_path):
+    assert text_encoder._looks_like_path(name) is is_path

@@ -195,6 +195,30 @@ def test_imagenet_weights_missing_offline(monkeypatch, tmp_path):
     assert "--weights PATH" in message and "--weights none" in message and "IMAGENET1K_V1" in message
 
 
+UNPICKLED = []
+
+
+def _record_unpickling():
+    UNPICKLED.append(True)
+    return {}
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return _record_unpickling, ()
+
+
+def test_cached_imagenet_weights_are_loaded_without_pickle(monkeypatch, tmp_path):
+    from models.image_encoder import imagenet_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    imagenet_cache_path().parent.mkdir(parents=True)
+    torch.save({"fc.weight": _RunsCodeWhenUnpickled()}, imagenet_cache_path())
+    with pytest.raises(DUCHError, match="UnpicklingError"):
+        build_image_encoder("imagenet")
+    assert not UNPICKLED  # weights_only: the file's code never ran
+
+
 def test_bad_weights_files(tmp_path):
     with pytest.raises(DUCHError, match="no such file"):
         build_image_encoder(str(tmp_path / "absent.pth"))
