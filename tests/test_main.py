@@ -71,8 +71,9 @@ def test_test_mode_reproduces_metrics(trained, demo_features, capsys):
 def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
     from utils.training import DUCHTrainer
 
+    schedule = ("--epochs", "4", "--valid-freq", "3")
     full = tmp_path / "full"
-    run_main(*train_args(demo_features, full, "--epochs", "4", "--valid-freq", "3"))
+    run_main(*train_args(demo_features, full, *schedule))
     original_epoch = DUCHTrainer.train_epoch
 
     def interrupted(self, epoch):
@@ -83,22 +84,22 @@ def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
     part = tmp_path / "part"
     monkeypatch.setattr(DUCHTrainer, "train_epoch", interrupted)
     with pytest.raises(SystemExit) as exc:  # Ctrl-C: a message saying how to resume, exit 130
-        run_main(*train_args(demo_features, part, "--epochs", "4", "--valid-freq", "3"))
+        run_main(*train_args(demo_features, part, *schedule))
     assert exc.value.code == 130
     monkeypatch.setattr(DUCHTrainer, "train_epoch", original_epoch)
     run_dir = part / "demo_8_test_default"
     state = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     assert (state["epoch"], state["best_epoch"]) == (3, 3)  # three finished epochs, the third validated (1-based)
     with pytest.raises(SystemExit):  # refuses to start over without --resume or --overwrite
-        run_main(*train_args(demo_features, part, "--epochs", "4", "--valid-freq", "3"))
-    run_main(*train_args(demo_features, part, "--epochs", "4", "--valid-freq", "3", "--resume"))
+        run_main(*train_args(demo_features, part, *schedule))
+    run_main(*train_args(demo_features, part, *schedule, "--resume"))
     a, b = np.load(full / "demo_8_test_default" / "codes.npz"), np.load(run_dir / "codes.npz")
     for key in ("q_img", "q_txt", "db_img", "db_txt"):
         assert np.array_equal(a[key], b[key])
-    history = (run_dir / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4]
     # SPEC: validation every valid_freq epochs and at the last; the best epoch survives the resume
-    assert [json.loads(line)["epoch"] for line in history if "valid" in json.loads(line)] == [3, 4]
+    assert [record["epoch"] for record in history if "valid" in record] == [3, 4]
     best = [re.findall(r"best epoch (\d+)", (d / "train.log").read_text())[-1] for d in (full / "demo_8_test_default", run_dir)]
     assert best[0] == best[1]
 
