@@ -11,9 +11,9 @@ import sys
 
 from configs.datasets import DATASETS, get_dataset
 from configs.files import CAPTION_AUG_KEYS
-from utils.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
+from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
 from utils.errors import DUCHError, did_you_mean, exit_on_user_error
-from utils.rule_based_augment import (
+from utils.preprocess.rule_based import (
     BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, ROUTES,
 )
 
@@ -79,7 +79,7 @@ def get_args_parser(add_help=True):
 
 @exit_on_user_error
 def main(args):
-    from utils.caption_augment import augment_dataset
+    from utils.preprocess.caption_augment import augment_dataset
 
     ds = get_dataset(args.dataset)
     if args.txt_aug not in CAPTION_AUG_KEYS:

@@ -23,7 +23,7 @@ from models.text_encoder import (
     DEFAULT_HIDDEN_STATES, DEFAULT_MAX_LENGTH, DEFAULT_TEXT_MODEL, OPERATORS, PUNCTUATION_REMOVED,
     embed_captions, load_text_model,
 )
-from utils.dataset_json import captions, load_dataset_json, sentence_keys_present
+from utils.data.dataset_json import captions, load_dataset_json, sentence_keys_present
 from utils.errors import DUCHError, exit_on_user_error
 from utils.io import check_writable_dir, write_h5
 from utils.runtime import resolve_device

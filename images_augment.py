@@ -30,8 +30,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from utils.image_transforms import IMAGE_AUG_SETS
-    from utils.images import DEFAULT_MAX_IMAGE_PIXELS
+    from utils.data.transforms import IMAGE_AUG_SETS
+    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
     parser = argparse.ArgumentParser(
         description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
@@ -155,11 +155,11 @@ def _main(args: argparse.Namespace) -> Path:
     import numpy as np
 
     from models.image_encoder import build_image_encoder, encode_image_files
-    from utils.dataset_json import load_dataset_json
+    from utils.data.dataset_json import load_dataset_json
     from utils import distributed
-    from utils.image_transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, RowsTransform, SeededTransform,
+    from utils.data.transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, RowsTransform, SeededTransform,
                                         check_image_aug_set, original_each_img_random_choices)
-    from utils.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
+    from utils.data.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
                               is_high_bit_depth, original_image_order)
     from utils.io import check_writable_dir, refuse_overwrite, write_h5
     from utils.runtime import resolve_device, seed_everything, versions

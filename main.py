@@ -104,7 +104,8 @@ def main(args: argparse.Namespace) -> dict:
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         raise DUCHError(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")
-    from utils import distributed, runner
+    from utils import distributed
+    from utils.train import runner
 
     if distributed.torchrun_world_size() > 1:  # launched by torchrun: one process per device
         if args.test:
@@ -112,7 +113,7 @@ def main(args: argparse.Namespace) -> dict:
         distributed.init_from_env(cfg.device)
     try:
         if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):  # a run's data is in its config
-            from utils.demo import ensure_demo_features
+            from utils.demo.pipeline import ensure_demo_features
             from utils.logs import setup_logger
 
             if distributed.context().is_main:

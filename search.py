@@ -14,8 +14,8 @@ from utils.errors import DUCHError, exit_on_user_error
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from utils.retrieval.index import DEFAULT_NPROBE, INDEX_TYPES
-    from utils.retrieval.search import DEFAULT_SHORTLIST
+    from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES
+    from utils.search.query import DEFAULT_SHORTLIST
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
@@ -83,7 +83,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def run_index(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from utils.retrieval.index import IndexOptions, build_index
+    from utils.search.index import IndexOptions, build_index
 
     opts = IndexOptions(
         run_dir=Path(args.run), data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint, index_type=args.index_type,
@@ -117,8 +117,8 @@ def run_query(args: argparse.Namespace) -> list[dict]:
     from pathlib import Path
 
     from utils.io import refuse_overwrite, write_text
-    from utils.retrieval.page import write_page
-    from utils.retrieval.search import Query, QueryEncoder, SearchIndex, format_table, search
+    from utils.search.page import write_page
+    from utils.search.query import Query, QueryEncoder, SearchIndex, format_table, search
 
     if args.row is not None and args.modality is None:
         raise DUCHError("--row needs --modality image or --modality caption")

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.text_encoder import TextModel, embed_captions, load_text_model, offline_demo_text_model  # noqa: E402
-from utils.dataset_json import captions, load_dataset_json  # noqa: E402
+from utils.data.dataset_json import captions, load_dataset_json  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
 
 MODES = {  # name: (pad_to_max_length, sort_by_length)

@@ -47,7 +47,7 @@ def encoding_rate(command: list[str], env: dict) -> tuple[float, float]:
 
 
 def main(args: argparse.Namespace) -> None:
-    from utils.demo_data import make_demo_dataset
+    from utils.demo.scenes import make_demo_dataset
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import main as duch_main  # noqa: E402
 from configs.datasets import get_dataset  # noqa: E402
-from utils.synthetic import make_synthetic_features  # noqa: E402
+from utils.demo.synthetic import make_synthetic_features  # noqa: E402
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
@@ -69,7 +69,7 @@ def main():
             start = time.perf_counter()
             metrics = duch_main.main(duch_main.get_args_parser().parse_args([*argv, "--test"]))
             test_s = time.perf_counter() - start
-            from utils.runner import RunData
+            from utils.train.runner import RunData
             from configs.train import TrainConfig
 
             views = RunData(TrainConfig(dataset=key, data_dir=str(data)), torch.device("cpu")).train_views

@@ -105,7 +105,7 @@ def parse_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
     match = re.fullmatch(rf"image_emb_{re.escape(ds.name)}_aug(?:_(.+))?\.h5", Path(name).name)
     if not match:
         return None
-    from utils.image_transforms import IMAGE_AUG_SETS
+    from utils.data.transforms import IMAGE_AUG_SETS
 
     rest = match.group(1) or "no_aug"
     for img_aug, n_params in (("rotation_cc", 2), ("blur_cc", 4), ("jitter_cc", 1)):

@@ -100,7 +100,7 @@ def encode_images(model, loader, device, num_images: int, train_mode: bool = Fal
     """Run ``model`` over a loader of (images, JSON indices) batches; rows come back in JSON order.
 
     ``train_mode`` reproduces the original release (batch-norm batch statistics, so a row depends on
-    its batch mates). A batch that is a string is an error message from ``utils.images.collate_or_error``.
+    its batch mates). A batch that is a string is an error message from ``utils.data.images.collate_or_error``.
     ``features``/``filled`` continue an interrupted run (rows already encoded); ``on_batch(features,
     filled)`` is called after every batch, e.g. to save progress.
     """
@@ -143,15 +143,15 @@ def encode_image_files(model, transform, paths, device="cpu", batch_size: int = 
                        filled: np.ndarray | None = None, on_batch=None) -> np.ndarray:
     """Features (len(paths), 512) of image files, rows in the order of ``paths``: the one encoding entry point.
 
-    ``model``: from ``build_image_encoder``; ``transform``: a ``utils.image_transforms.SeededTransform``
+    ``model``: from ``build_image_encoder``; ``transform``: a ``utils.data.transforms.SeededTransform``
     (or any (PIL image, index) -> tensor). ``batches``: lists of indices into ``paths`` encoded together
     (default: consecutive batches of ``batch_size``); it matters only with ``train_mode``.
-    ``max_pixels``, ``bit_depth``: see ``utils.images.load_image``. ``features``/``filled``/``on_batch``: see
+    ``max_pixels``, ``bit_depth``: see ``utils.data.images.load_image``. ``features``/``filled``/``on_batch``: see
     ``encode_images``; batches already filled are skipped.
     """
     import torch
 
-    from utils.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDataset, collate_or_error, consecutive_batches
+    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDataset, collate_or_error, consecutive_batches
 
     device = torch.device(device)
     n = len(paths)

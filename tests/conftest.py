@@ -10,7 +10,7 @@ import tqdm
 tqdm.tqdm.monitor_interval = 0
 
 from configs.datasets import get_dataset
-from utils.synthetic import make_synthetic_features
+from utils.demo.synthetic import make_synthetic_features
 
 SMALL = dict(n_images=120, n_classes=4, image_dim=24, caption_dim=40, seed=1)
 
@@ -109,7 +109,7 @@ def tiny_run(tmp_path_factory):
     import images_augment
     from tests.test_search import BIT, run_search
     from tests.tiny_bert import save_tiny_bert
-    from utils.demo_data import make_demo_dataset
+    from utils.demo.scenes import make_demo_dataset
 
     root = tmp_path_factory.mktemp("search")
     data = make_demo_dataset(root / "data", images_per_class=2)
@@ -153,7 +153,7 @@ def run_main(*argv):
 
 def count_image_reads(monkeypatch, interrupt_on: int | None = None) -> list:
     """Record every image ImageDataset reads (the returned list); raise Ctrl-C at read number ``interrupt_on``."""
-    from utils.images import ImageDataset
+    from utils.data.images import ImageDataset
 
     original_getitem, calls = ImageDataset.__getitem__, []
 

@@ -5,9 +5,9 @@ import shutil
 import pytest
 
 import captions_augment
-from utils import backtranslation as bt
-from utils import caption_augment
-from utils.rule_based_augment import (
+from utils.preprocess import backtranslation as bt
+from utils.preprocess import caption_augment
+from utils.preprocess.rule_based import (
     DEFAULT_LEXICON, Lexicon, LexiconTagger, RuleBasedAugmenter,
 )
 

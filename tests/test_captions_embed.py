@@ -121,7 +121,7 @@ def test_end_to_end_files_shapes_and_provenance(default_run):
 def test_random_weights_are_recorded_and_warned_about(default_run, tiny_bert_dir, tmp_path):
     """A model whose config.json says its weights are random gives caption files that say so, which main.py
     warns about; the same model without that line gives files that do not."""
-    from utils.features import random_encoder_warning
+    from utils.data.features import random_encoder_warning
 
     _, outputs = default_run
     _, attrs, _ = read(outputs["raw"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs.datasets import get_dataset
-from utils.dataset_json import captions, image_labels, load_dataset_json
+from utils.data.dataset_json import captions, image_labels, load_dataset_json
 from utils.errors import DUCHError
 
 

@@ -12,7 +12,7 @@ IMAGES_PER_CLASS = 6  # 36 images: 3 queries and 15 database items, so every que
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    from utils.demo import ensure_demo_features
+    from utils.demo.pipeline import ensure_demo_features
 
     data_dir = tmp_path_factory.mktemp("demo")
     ensure_demo_features(data_dir, images_per_class=IMAGES_PER_CLASS, device="cpu")
@@ -35,7 +35,7 @@ def test_pipeline_writes_every_file_of_the_default_preset(demo_dir):
 
 
 def test_second_call_reuses_the_files(demo_dir):
-    from utils.demo import ensure_demo_features
+    from utils.demo.pipeline import ensure_demo_features
 
     before = {p.name: p.stat().st_mtime_ns for p in demo_dir.glob("*.h5")}
     ensure_demo_features(demo_dir, images_per_class=IMAGES_PER_CLASS, device="cpu")
@@ -53,11 +53,11 @@ def test_main_trains_on_the_demo_features(demo_dir, tmp_path):
 
 
 def test_default_demo_builds_its_data_under_data_demo(tmp_path, monkeypatch):
-    import utils.demo
+    import utils.demo.pipeline
 
     calls = []
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(utils.demo, "ensure_demo_features", lambda data_dir, **kw: calls.append(str(data_dir)) or {})
+    monkeypatch.setattr(utils.demo.pipeline, "ensure_demo_features", lambda data_dir, **kw: calls.append(str(data_dir)) or {})
     with pytest.raises(SystemExit):  # the stub made no files: the missing JSON is reported
         run_main("--dataset", "demo", "--epochs", "1")
     assert calls == ["data/demo"]

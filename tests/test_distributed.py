@@ -146,7 +146,7 @@ QUIRK_ROUTE = ("--original-quirks", "--img-aug", "each_img_random")  # train-mod
 
 
 def launch_torchrun_images(tmp_path_factory) -> None:
-    from utils.demo_data import make_demo_dataset
+    from utils.demo.scenes import make_demo_dataset
 
     root = tmp_path_factory.mktemp("torchrun")
     images = make_demo_dataset(root / "images", images_per_class=2)  # 12 images
@@ -228,7 +228,7 @@ def test_test_is_refused_under_torchrun(demo_features, tmp_path, monkeypatch, ca
 # ---- images_augment.py ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from utils.demo_data import make_demo_dataset
+    from utils.demo.scenes import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("images"), images_per_class=2)  # 12 images
 
@@ -290,7 +290,7 @@ def assert_same_features(one_dir: Path, two_dir: Path, name: str):
 
 
 def _encode_reading_no_image(argv):
-    from utils.images import ImageDataset
+    from utils.data.images import ImageDataset
 
     def no_reading(self, index):
         raise AssertionError(f"image {index} was read again")
@@ -403,7 +403,7 @@ def _step_trainer(trainer_class):
 
 def _distributed_step(argv):
     from utils import distributed
-    from utils.distributed_training import DistributedDUCHTrainer
+    from utils.train.distributed_trainer import DistributedDUCHTrainer
 
     distributed.init_from_env("cpu")
     try:
@@ -415,7 +415,7 @@ def _distributed_step(argv):
 
 
 def test_one_step_gradients_of_two_ranks_equal_one_process(tmp_path):
-    from utils.training import DUCHTrainer
+    from utils.train.trainer import DUCHTrainer
 
     losses, state, trainer = _step_trainer(DUCHTrainer)
     assert ranks(_distributed_step, [str(tmp_path / "two.pt")]) == [0, 0]

@@ -3,7 +3,7 @@ import numpy as np
 
 from configs import files
 from configs.datasets import get_dataset
-from utils.dataset_json import image_labels
+from utils.data.dataset_json import image_labels
 
 
 def test_image_and_caption_file_names():

@@ -15,9 +15,9 @@ from PIL import Image
 import images_augment
 from configs import files
 from configs.datasets import get_dataset
-from utils.demo_data import make_demo_dataset
+from utils.demo.scenes import make_demo_dataset
 from utils.errors import DUCHError
-from utils.images import ImageDataset, load_image
+from utils.data.images import ImageDataset, load_image
 from utils.io import read_h5
 
 from tests.conftest import count_image_reads
@@ -273,7 +273,7 @@ def test_ctrl_c_before_encoding_is_one_line(demo_dir, tmp_path, capsys, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("utils.images.find_images", interrupted)
+    monkeypatch.setattr("utils.data.images.find_images", interrupted)
     err = run_error(capsys, copy(demo_dir, tmp_path), code=130)
     assert "interrupted" in err
 
@@ -302,7 +302,7 @@ def test_help_shows_purpose_and_defaults(capsys):
 
 
 def test_missing_img_aug_emb_file_names_the_command_that_makes_it(demo_features):
-    from utils.features import load_features, resolve_files
+    from utils.data.features import load_features, resolve_files
 
     for name, hint in [("image_emb_DEMO_aug_rotation_cc_-20_-10.h5", "--img-aug rotation_cc --rot-deg -20 -10"),
                        ("mine.h5", "check the --img-aug-emb path")]:

@@ -21,8 +21,8 @@ from PIL import Image
 import images_augment
 from configs import datasets
 from configs.files import IMAGE_EMB_KEY
-from utils.demo_data import make_demo_dataset
-from utils.image_transforms import (EACH_IMG_RANDOM_CHOICES, AugParams, SeededTransform,
+from utils.demo.scenes import make_demo_dataset
+from utils.data.transforms import (EACH_IMG_RANDOM_CHOICES, AugParams, SeededTransform,
                                     original_each_img_random_choices)
 from utils.io import read_h5
 

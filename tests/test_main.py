@@ -12,7 +12,7 @@ import torch
 
 from configs.datasets import get_dataset
 from tests.conftest import SMALL, run_main
-from utils.synthetic import make_synthetic_features
+from utils.demo.synthetic import make_synthetic_features
 
 TRAIN = ("--dataset", "demo", "--bit", "8", "--epochs", "3", "--batch-size", "32", "--valid-freq", "2")
 
@@ -69,7 +69,7 @@ def test_test_mode_reproduces_metrics(trained, demo_features, capsys):
 
 
 def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
-    from utils.training import DUCHTrainer
+    from utils.train.trainer import DUCHTrainer
 
     schedule = ("--epochs", "4", "--valid-freq", "3")
     full = tmp_path / "full"
@@ -194,7 +194,7 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
-    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.train.checkpoints import load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint_last.pt"
     save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
@@ -211,7 +211,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path, capsys):
-    from utils.checkpoint import load_checkpoint
+    from utils.train.checkpoints import load_checkpoint
     from utils.errors import DUCHError
 
     path = tmp_path / "evil.pt"

@@ -10,7 +10,7 @@ from torch import nn
 
 from configs.train import TrainConfig
 from utils.retrieval.evaluation import Codes, EvalSet, evaluate_codes
-from utils.training import DUCHTrainer
+from utils.train.trainer import DUCHTrainer
 
 # database codes at Hamming distance 0, 1, 2, 3 from query 0 (and 4, 3, 2, 1 from query 1)
 DB_CODES = torch.tensor([[1, 1, 1, 1], [-1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -1, 1]], dtype=torch.float32)

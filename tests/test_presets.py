@@ -4,7 +4,7 @@ import pytest
 from configs.datasets import get_dataset
 from configs.presets import PRESETS, get_preset
 from utils.errors import DUCHError
-from utils.features import resolve_files
+from utils.data.features import resolve_files
 
 # SPEC section 1: preset -> (augmented image set, augmented caption set)
 SPEC_TABLE = {

@@ -15,8 +15,8 @@ from configs.datasets import get_dataset
 from configs.train import TrainConfig
 from tests.conftest import SMALL, run_main
 from tests.test_main import _copy_features, expect_error, train_args
-from utils.splits import make_split
-from utils.synthetic import make_synthetic_features
+from utils.data.splits import make_split
+from utils.demo.synthetic import make_synthetic_features
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "demo_8_test_default"
@@ -99,7 +99,7 @@ def test_resume_may_only_raise_epochs_and_records_it(demo_features, tmp_path, ca
 
 
 def test_overwrite_leaves_no_file_of_the_previous_run(demo_features, tmp_path, monkeypatch):
-    from utils.training import DUCHTrainer
+    from utils.train.trainer import DUCHTrainer
 
     out = tmp_path / "runs"
     run_main(*train_args(demo_features, out, "--epochs", "1"))
@@ -117,8 +117,8 @@ def test_overwrite_leaves_no_file_of_the_previous_run(demo_features, tmp_path, m
 
 # ---- 3. the last batch of one sample is folded into the one before -----------------------------------
 def test_last_batch_of_one_sample_is_trained(demo_features):
-    from utils.runner import RunData
-    from utils.training import DUCHTrainer, batch_indices
+    from utils.train.runner import RunData
+    from utils.train.trainer import DUCHTrainer, batch_indices
 
     assert [len(b) for b in batch_indices(torch.arange(61), 20)] == [20, 20, 21]
     assert [len(b) for b in batch_indices(torch.arange(60), 20)] == [20, 20, 20]
@@ -151,7 +151,7 @@ def test_checkpoint_of_other_widths_is_refused(demo_features, tmp_path, capsys):
 # ---- 5. file modes, no stray folders -------------------------------------------------------------
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
-    from utils.checkpoint import save_checkpoint
+    from utils.train.checkpoints import save_checkpoint
     from utils.io import write_h5, write_json
 
     old = os.umask(umask)
@@ -213,7 +213,7 @@ def test_warnings(demo_features, tmp_path, capsys):
 
 
 def test_demo_random_text_encoder_is_read_from_its_record(tmp_path):
-    from utils.features import random_encoder_warning
+    from utils.data.features import random_encoder_warning
 
     path = tmp_path / "caption_emb_DEMO_aug.h5"
     with h5py.File(path, "w") as f:
@@ -224,7 +224,7 @@ def test_demo_random_text_encoder_is_read_from_its_record(tmp_path):
 
 
 def test_bit_below_eight_warns():
-    from utils.runner import run_warnings
+    from utils.train.runner import run_warnings
 
     class Data:  # only what run_warnings reads
         split = make_split(40, 42)
@@ -278,7 +278,7 @@ def test_a_run_renders_its_plots(demo_features, tmp_path):
 
 @pytest.mark.render_plots
 def test_plots_show_chance_and_weighted_losses(seeded_run, tmp_path):
-    from utils.plots import plot_losses, plot_p_at_k, plot_pr_curves
+    from utils.train.plots import plot_losses, plot_p_at_k, plot_pr_curves
 
     _, _, run_dir, _ = seeded_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -307,9 +307,9 @@ def test_unknown_names_suggest_the_closest(tmp_path, capsys):
 
 
 def test_tau_reaches_the_contrastive_loss(demo_features, monkeypatch):
-    from utils import losses
-    from utils.runner import RunData
-    from utils.training import DUCHTrainer
+    from utils.train import losses
+    from utils.train.runner import RunData
+    from utils.train.trainer import DUCHTrainer
 
     torch.manual_seed(0)
     a, b, c, d = (torch.randn(6, 8) for _ in range(4))
@@ -373,7 +373,7 @@ def test_test_refuses_when_the_runs_files_resolve_elsewhere(demo_features, tmp_p
 
 
 def test_interrupt_before_the_first_epoch_leaves_nothing(demo_features, tmp_path, monkeypatch, capsys):
-    from utils import runner
+    from utils.train import runner
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -23,7 +23,7 @@ def run_search(*argv):
 
 
 def load_index(tiny_run):
-    from utils.retrieval.search import SearchIndex
+    from utils.search.query import SearchIndex
 
     return SearchIndex.open(tiny_run["index"])
 
@@ -61,7 +61,7 @@ def test_index_files_and_manifest(tiny_run):
     assert outputs.dtype == np.float16 and outputs.shape == (n, BIT)
     # the packed codes are the signs of the stored outputs, and unpack back to them
     assert np.array_equal(unpack_codes(codes, BIT), np.where(outputs.astype(np.float32) >= 0, 1, -1))
-    # the stored standardisation is the run's own (utils.features.standardise) and the codes are the run's:
+    # the stored standardisation is the run's own (utils.data.features.standardise) and the codes are the run's:
     # the query split's codes equal those main.py --test wrote
     split = json.loads((run_dir / "split.json").read_text())
     run_codes = np.load(run_dir / "codes.npz")
@@ -78,8 +78,8 @@ def test_index_files_and_manifest(tiny_run):
 
 
 def test_standardisation_matches_training():
-    from utils.features import standardise
-    from utils.retrieval.encoders import FeatureStats
+    from utils.data.features import standardise
+    from utils.search.encoders import FeatureStats
 
     x = np.random.default_rng(0).gamma(2.0, size=(50, 33)).astype(np.float32)
     assert np.array_equal(FeatureStats.of(x).apply(x), standardise(x))
@@ -88,7 +88,7 @@ def test_standardisation_matches_training():
 
 
 def test_caption_embedded_by_search_equals_captions_embed(tiny_run):
-    from utils.retrieval.search import QueryEncoder
+    from utils.search.query import QueryEncoder
 
     index = load_index(tiny_run)
     encoder = QueryEncoder(index, "cpu")
@@ -117,7 +117,7 @@ def test_text_query_equals_brute_force(tiny_run, tmp_path, capsys):
 
 
 def test_image_query_equals_brute_force_and_reproduces_the_features(tiny_run):
-    from utils.retrieval.search import QueryEncoder
+    from utils.search.query import QueryEncoder
 
     index = load_index(tiny_run)
     image = tiny_run["data"] / "images" / "5.png"
@@ -142,8 +142,8 @@ def test_row_query_equals_brute_force(tiny_run, modality, target):
 
 def test_faiss_flat_orders_ties_by_row():
     """The property the exact search relies on, at several k, on codes with heavy ties."""
-    from utils.retrieval.index import make_binary_index
-    from utils.retrieval.search import order_by_distance_then_row
+    from utils.search.index import make_binary_index
+    from utils.search.query import order_by_distance_then_row
 
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 256, size=(3000, 1), dtype=np.uint8)
@@ -247,7 +247,7 @@ def _image_dir(root: Path, data: Path) -> Path:
 
 
 def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_path, monkeypatch):
-    import utils.retrieval.index as index_module
+    import utils.search.index as index_module
 
     folder = _image_dir(tmp_path, tiny_run["data"])
     args = ["index", "--run", tiny_run["run"], "--image-dir", folder, "--shard-size", 2, "--no-progress"]

@@ -1,8 +1,8 @@
 """The split and the caption rows, and the tensors a run trains and evaluates on (SPEC section 3).
 
 The expectations re-derive the original release's random calls, written out here from SPEC, and read
-the feature files with h5py and standardise them here, independently of utils/splits.py and
-utils/features.py.
+the feature files with h5py and standardise them here, independently of utils/data/splits.py and
+utils/data/features.py.
 """
 import json
 import random
@@ -14,8 +14,8 @@ import torch
 
 from configs.datasets import get_dataset
 from configs.train import TrainConfig
-from utils.splits import choose_captions, make_split, split_indices
-from utils.synthetic import make_synthetic_features
+from utils.data.splits import choose_captions, make_split, split_indices
+from utils.demo.synthetic import make_synthetic_features
 
 
 def original_split(n, seed=42):
@@ -95,7 +95,7 @@ def assert_rows(tensor, expected):
     ("default", "image_emb_DEMO_aug_aug_center.h5", "caption_emb_DEMO_aug.h5", True),  # QUIRK: txt2 = txt1
 ])
 def test_run_tensors_are_the_standardised_rows_of_the_split(data_dir, preset, image_aug, caption_aug, original_quirks):
-    from utils.runner import RunData
+    from utils.train.runner import RunData
 
     cfg = TrainConfig(dataset="demo", data_dir=str(data_dir), preset=preset, bit=8, original_quirks=original_quirks)
     data = RunData(cfg, torch.device("cpu"))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from utils import losses
+from utils.train import losses
 
 
 def reference_ntxent(a, b, tau=1.0):
@@ -56,8 +56,8 @@ def test_gradient_penalty_of_a_linear_discriminator_is_exact():
 
 def _trainer(demo_features, **overrides):
     from configs.train import TrainConfig
-    from utils.runner import RunData
-    from utils.training import DUCHTrainer
+    from utils.train.runner import RunData
+    from utils.train.trainer import DUCHTrainer
 
     cfg = TrainConfig(dataset="demo", data_dir=str(demo_features), bit=8, batch_size=32, epochs=3, **overrides)
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from configs.train import TrainConfig
-from utils.training import VIEWS, DUCHTrainer
+from utils.train.trainer import VIEWS, DUCHTrainer
 
 N_TRAIN, BITS, D_IMG, D_TXT = 8, 6, 5, 7
 IDX = [5, 0, 3, 7, 2]  # the batch: rows of the training set, not in order
@@ -195,7 +195,7 @@ def test_step_gradients_and_updates_match_the_spec(original_quirks):
 
 
 def test_gradient_penalty_is_taken_at_the_elementwise_interpolate():
-    from utils import losses
+    from utils.train import losses
 
     torch.manual_seed(0)
     disc = QuadraticDiscriminator(BITS)

@@ -4,7 +4,7 @@ A search must encode new inputs exactly as the feature files were made. The reci
 feature files' HDF5 attributes (written by ``images_augment.py`` and ``captions_embed.py``) into an
 ``ImageEncoderSpec`` / ``TextEncoderSpec``; when a file carries no record, the user names the encoder
 with flags and the spec says so. The run's standardisation (one scalar mean and std per file,
-``utils.features.standardise``) travels as ``FeatureStats``.
+``utils.data.features.standardise``) travels as ``FeatureStats``.
 """
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from utils.io import sha256_of
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _FILE_WEIGHTS = re.compile(r"^file (?P<path>.+) \(sha256 (?P<sha>[0-9a-f]{64})\)$")
-_BIT_DEPTH = re.compile(r"hold (?P<bits>\d+)-bit values")  # utils.images.high_bit_depth_rule, as recorded
+_BIT_DEPTH = re.compile(r"hold (?P<bits>\d+)-bit values")  # utils.data.images.high_bit_depth_rule, as recorded
 
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """The scalar standardisation of one feature file: ``(x - mean) / std`` as ``utils.features.standardise``.
+    """The scalar standardisation of one feature file: ``(x - mean) / std`` as ``utils.data.features.standardise``.
 
     ``mean`` is the float32 mean numpy computes, kept exactly (a float32 value is exact as a float), so
     a query is standardised bit for bit as the rows the run trained on.
@@ -135,7 +135,7 @@ class ImageEncoderSpec:
     @classmethod
     def from_flags(cls, weights: str, img_aug: str, crop_size: Sequence[int], seed: int, normalize: bool,
                    bit_depth: int = 16) -> "ImageEncoderSpec":
-        from utils.image_transforms import AugParams, check_image_aug_set
+        from utils.data.transforms import AugParams, check_image_aug_set
 
         params = AugParams.checked(crop_size=crop_size)
         sha = sha256_of(weights) if weights not in ("imagenet", "none") and Path(weights).is_file() else None
@@ -145,7 +145,7 @@ class ImageEncoderSpec:
     def build(self, device):
         """(ResNet18 in eval mode on ``device``, transform (PIL image, index) -> tensor)."""
         from models.image_encoder import build_image_encoder
-        from utils.image_transforms import AugParams, SeededTransform
+        from utils.data.transforms import AugParams, SeededTransform
 
         if self.weights_sha256 and self.weights not in ("imagenet", "none"):
             path = Path(self.weights)
@@ -174,7 +174,7 @@ class ImageEncoderSpec:
         return encode_image_files(model, transform, list(paths), device, batch_size, num_workers, bit_depth=self.bit_depth)
 
     def check_readable(self, paths: Sequence[Path]) -> None:
-        from utils.images import check_images_readable
+        from utils.data.images import check_images_readable
 
         check_images_readable(list(paths), bit_depth=self.bit_depth)
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from configs.datasets import DATASETS
-from utils.dataset_json import image_labels, load_dataset_json
-from utils.demo_data import CLASS_NAMES, make_demo_dataset
+from utils.data.dataset_json import image_labels, load_dataset_json
+from utils.demo.scenes import CLASS_NAMES, make_demo_dataset
 from utils.errors import DUCHError
 
 PER_CLASS = 3

@@ -22,7 +22,7 @@ import torch
 
 from utils.distributed import (SyncBatchNorm1d, all_reduce_gradients, broadcast_state, context, gather_rows,
                                shard_bounds, shard_sizes, sync_device_rng)
-from utils.training import DUCHTrainer
+from utils.train.trainer import DUCHTrainer
 
 
 class DistributedDUCHTrainer(DUCHTrainer):

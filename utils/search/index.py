@@ -28,7 +28,7 @@ from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
-from utils.retrieval.encoders import (
+from utils.search.encoders import (
     FeatureStats, ImageEncoderSpec, TextEncoderSpec, find_image_files, hash_outputs, pack_outputs, read_h5_attrs,
     sha256_of,
 )
@@ -69,7 +69,7 @@ class TrainedRun:
 
     @classmethod
     def open(cls, run_dir: str | Path, which: str = "best") -> "TrainedRun":
-        from utils.checkpoint import BEST_NAME, LAST_NAME
+        from utils.train.checkpoints import BEST_NAME, LAST_NAME
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -86,7 +86,7 @@ class TrainedRun:
     def load_model(self, device, payload: dict | None = None):
         """The DUCH networks of the checkpoint, in eval mode on ``device``."""
         from models.duch import DUCH
-        from utils.checkpoint import load_checkpoint
+        from utils.train.checkpoints import load_checkpoint
 
         payload = payload or load_checkpoint(self.checkpoint)
         try:
@@ -152,7 +152,7 @@ class IndexOptions:
 
 
 def _feature_paths(cfg: dict, ds, data_dir: Path | None):
-    from utils.features import FeatureFiles, resolve_files
+    from utils.data.features import FeatureFiles, resolve_files
 
     if data_dir is not None:
         if not data_dir.is_dir():
@@ -182,7 +182,7 @@ def _load_raw(path: Path, key: str, rows: int, width: int, hint: str, what: str)
 
 
 def _class_names(data: dict, labels: np.ndarray) -> list[str]:
-    from utils.dataset_json import class_names_from_filenames
+    from utils.data.dataset_json import class_names_from_filenames
 
     images = data["images"]
     if all("classname" in im for im in images):
@@ -201,7 +201,7 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
     if path.is_file():
         split = read_json(path, "split")
     else:
-        from utils.splits import make_split
+        from utils.data.splits import make_split
 
         split = make_split(n_images, seed).to_json()
     names = [""] * n_images
@@ -214,7 +214,7 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
 
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
-    from utils.images import find_image
+    from utils.data.images import find_image
 
     out = []
     for im in data["images"]:
@@ -398,8 +398,8 @@ def build_index(opts: IndexOptions) -> dict:
     import faiss
     import torch
 
-    from utils.checkpoint import checkpoint_epoch, load_checkpoint
-    from utils.dataset_json import image_labels, load_dataset_json
+    from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
+    from utils.data.dataset_json import image_labels, load_dataset_json
     from utils.runtime import resolve_device, versions
 
     opts.check()

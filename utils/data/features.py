@@ -9,7 +9,7 @@ import numpy as np
 from configs import files
 from configs.datasets import CAPTIONS_PER_IMAGE, DatasetInfo
 from configs.presets import BASE_CAPTION_KEY, BASE_IMAGE_SET, get_preset
-from utils.dataset_json import image_labels, load_dataset_json
+from utils.data.dataset_json import image_labels, load_dataset_json
 from utils.errors import DUCHError
 from utils.io import read_h5, read_h5_attrs, read_json
 
@@ -106,7 +106,7 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
     initialisation)" for ``--weights none``), a ``random_weights`` attribute, and for caption files made
     by the offline demo, its ``demo_encoders.json`` record of a random text model.
     """
-    from utils.demo import ENCODERS_FILE  # here: utils.demo imports this module
+    from utils.demo.pipeline import ENCODERS_FILE  # here: utils.demo.pipeline imports this module
 
     attrs = read_h5_attrs(path, key)
     weights = str(attrs.get("weights", ""))

@@ -1,7 +1,7 @@
 """The offline demo: a generated dataset turned into features by the project's own preprocessing scripts.
 
 ``python main.py --dataset demo`` calls ``ensure_demo_features`` first; on a fresh machine it draws the
-images and captions (``utils/demo_data.py``), runs ``images_augment.py`` for the two image views,
+images and captions (``utils/demo/scenes.py``), runs ``images_augment.py`` for the two image views,
 ``captions_augment.py --txt-aug rule-based`` and ``captions_embed.py``, with the encoders available
 offline, and records which encoders were used in ``demo_encoders.json``.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from configs.datasets import get_dataset
 from configs.files import augmented_json_name, dataset_json_name
 from configs.presets import BASE_IMAGE_SET, get_preset
-from utils.features import resolve_files
+from utils.data.features import resolve_files
 from utils.io import read_json, write_json
 from utils.logs import get_logger
 
@@ -29,7 +29,7 @@ def demo_encoders(data_dir: Path) -> dict:
     image_weights = "imagenet" if imagenet_cache_path().is_file() else "none"
     text_model = offline_demo_text_model()
     if text_model is None:
-        from utils.dataset_json import captions, load_dataset_json
+        from utils.data.dataset_json import captions, load_dataset_json
 
         words = sorted({w for c in captions(load_dataset_json(data_dir / dataset_json_name(get_dataset("demo")))) for w in c.split()})
         text_model = build_random_bert(data_dir / "models" / "random-bert", words, hidden_size=128, seed=0)
@@ -50,7 +50,7 @@ def ensure_demo_features(data_dir: str | Path, images_per_class: int = 100, devi
     import captions_augment
     import captions_embed
     import images_augment
-    from utils.demo_data import make_demo_dataset
+    from utils.demo.scenes import make_demo_dataset
 
     data_dir = Path(data_dir)
     ds = get_dataset("demo")

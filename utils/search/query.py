@@ -17,10 +17,10 @@ import numpy as np
 
 from utils.errors import DUCHError
 from utils.io import read_json
-from utils.retrieval.encoders import (
+from utils.search.encoders import (
     FeatureStats, ImageEncoderSpec, TextEncoderSpec, hash_outputs, pack_outputs, sha256_of,
 )
-from utils.retrieval.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
+from utils.search.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
 
 TARGETS = MODALITIES  # what a query searches: images or captions
 ROW_MODALITIES = {"image": "images", "caption": "captions"}

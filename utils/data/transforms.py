@@ -4,7 +4,7 @@ Each set works on a PIL image as the original did (torchvision.transforms.v2 dis
 PIL kernels), then resizes to 224x224 and converts to a float tensor in [0, 1], optionally followed
 by ImageNet mean/std normalisation (our default; the original release skipped it).
 
-Random transforms draw from torch's global generator; ``utils.images.ImageDataset`` seeds it per
+Random transforms draw from torch's global generator; ``utils.data.images.ImageDataset`` seeds it per
 image from (seed, image index), which makes every output independent of batch size and workers.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ in the new sentence stays the same; "there is" (EX followed by VBZ) becomes "it 
 
 Two routes supply the resources the rule needs (similar words, a POS tagger, a chooser):
 
-- ``glove`` (the paper, ``utils/rule_based_paper.py``): gensim GloVe vectors, NLTK's tokenizer and
+- ``glove`` (the paper, ``utils/preprocess/rule_based_glove.py``): gensim GloVe vectors, NLTK's tokenizer and
   tagger, bert-score's BERTScorer, run as the original release ran them.
 - ``lexicon`` (offline, ships with the project): the remote-sensing synonym lexicon
   ``data/lexicon/rs_synonyms.json`` gives both the POS tag of each word form and same-tag
@@ -29,14 +29,14 @@ import numpy as np
 
 from utils.errors import DUCHError, did_you_mean
 from utils.io import read_json
-from utils.rule_based_paper import (
+from utils.preprocess.rule_based_glove import (
     BERTSCORE_MODEL, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, REPLACEABLE_TAGS,
     build_paper_augmenter, describe_paper_resources, make_bertscore,
 )
 
 UNKNOWN_TAG = "X"
 ROUTES = ("auto", "glove", "lexicon")
-DEFAULT_LEXICON = Path(__file__).resolve().parent.parent / "data" / "lexicon" / "rs_synonyms.json"
+DEFAULT_LEXICON = Path(__file__).resolve().parents[2] / "data" / "lexicon" / "rs_synonyms.json"
 __all__ = ["BERTSCORE_MODEL", "GLOVE_MIN_SIM", "GLOVE_TOPN", "PAPER_BERTSCORE_THRESHOLD", "ROUTES", "DEFAULT_LEXICON",
            "Lexicon", "LexiconTagger", "RuleBasedAugmenter", "build_augmenter"]
 

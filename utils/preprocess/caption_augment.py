@@ -15,7 +15,7 @@ from tqdm import tqdm
 from configs.datasets import DatasetInfo
 from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
 from models.text_encoder import preprocess_caption
-from utils.dataset_json import captions, load_dataset_json
+from utils.data.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_json
 
@@ -95,7 +95,7 @@ def augment_dataset(args, ds: DatasetInfo) -> dict:
 
 
 def _rule_based(raws: list[str], args) -> tuple[list[str], dict]:
-    from utils.rule_based_augment import build_augmenter
+    from utils.preprocess.rule_based import build_augmenter
 
     aug, provenance = build_augmenter(
         route=args.route, lexicon_path=args.lexicon, glove_path=args.glove, glove_min_sim=args.glove_min_sim,
@@ -110,13 +110,13 @@ def _rule_based(raws: list[str], args) -> tuple[list[str], dict]:
 
 def load_translator(src, tgt, **kwargs):
     """Indirection so tests can watch which models are loaded, and in what order."""
-    from utils.backtranslation import MarianTranslator
+    from utils.preprocess.backtranslation import MarianTranslator
 
     return MarianTranslator(src, tgt, **kwargs)
 
 
 def _backtranslation(raws: list[str], args, ds: DatasetInfo, out_dir: Path) -> tuple[list[str], dict]:
-    from utils import backtranslation as bt
+    from utils.preprocess import backtranslation as bt
     from utils.runtime import resolve_device, seed_everything
 
     seed_everything(args.seed)

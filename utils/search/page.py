@@ -32,7 +32,7 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE) -> str | None:
     """A JPEG thumbnail of the image as a data: URI, or None when the file is absent or unreadable."""
     from utils.errors import DUCHError
-    from utils.images import load_image
+    from utils.data.images import load_image
 
     if not path or not Path(path).is_file():
         return None
@@ -54,7 +54,7 @@ def _image_tag(path, alt: str) -> str:
 
 
 def render_page(result: dict, title: str = "DUCH search", about: str = "") -> str:
-    """The HTML of one query's results (``utils.retrieval.search.search`` output)."""
+    """The HTML of one query's results (``utils.search.query.search`` output)."""
     q = result["query"]
     esc = html.escape
     if q["kind"] == "text":

@@ -20,15 +20,15 @@ import torch
 from configs.datasets import get_dataset
 from configs.train import TrainConfig, check_config
 from utils import distributed
-from utils.checkpoint import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
+from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.errors import DUCHError
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
-from utils.features import Features, load_features, resolve_files, width_notes
+from utils.data.features import Features, load_features, resolve_files, width_notes
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
 from utils.runtime import git_commit, resolve_device, seed_everything, versions
-from utils.splits import Split, make_split
-from utils.training import DUCHTrainer, run_epochs
+from utils.data.splits import Split, make_split
+from utils.train.trainer import DUCHTrainer, run_epochs
 
 HISTORY_NAME = "history.jsonl"
 CONFIG_NAME = "config.json"
@@ -279,7 +279,7 @@ def _epoch_line(cfg: TrainConfig, record: dict) -> str:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool) -> dict:
-    """Under torchrun every rank trains (utils/distributed_training.py); rank 0 alone writes, logs and tests."""
+    """Under torchrun every rank trains (utils/train/distributed_trainer.py); rank 0 alone writes, logs and tests."""
     last_path = run_dir / LAST_NAME
     ctx = distributed.context()
     device = ctx.device if ctx.distributed else resolve_device(cfg.device)
@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
     logger = setup_logger(run_dir / "train.log" if ctx.is_main else None, level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
     if ctx.distributed:
-        from utils.distributed_training import DistributedDUCHTrainer as Trainer
+        from utils.train.distributed_trainer import DistributedDUCHTrainer as Trainer
     else:
         Trainer = DUCHTrainer
     trainer = Trainer(cfg, data.train_views, data.query, data.db, device)
@@ -428,7 +428,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     with atomic_path(run_dir / f"codes{suffix}.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **codes.to_npz(data.query.labels, data.db.labels), **rows)
-    from utils.plots import plot_losses, plot_p_at_k, plot_pr_curves
+    from utils.train.plots import plot_losses, plot_p_at_k, plot_pr_curves
 
     title = cfg.run_name() + (" (last checkpoint)" if suffix else "")
     plot_pr_curves(metrics, run_dir / f"pr_curves{suffix}.png", title)
