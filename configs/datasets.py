@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.errors import DUCHError, did_you_mean
+from configs.errors import DUCHError, did_you_mean
 
 CAPTIONS_PER_IMAGE = 5
 

@@ -10,6 +10,19 @@ from typing import Sequence
 
 from configs.datasets import DatasetInfo
 
+# the image transform sets (utils/data/transforms.py builds them); a set's name is part of its file name
+IMAGE_AUG_SETS = (
+    "no_aug",
+    "center_crop_only",
+    "random_crop_only",
+    "aug_center",
+    "aug_random",
+    "rotation_cc",
+    "blur_cc",
+    "jitter_cc",
+    "each_img_random",
+)
+ENCODERS_FILE = "demo_encoders.json"  # the offline demo's record of the encoders it used
 IMAGE_EMB_KEY = "image_emb"
 CAPTION_EMB_KEY = "caption_emb"
 IMAGE_EMB_DIM = 512
@@ -105,8 +118,6 @@ def parse_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
     match = re.fullmatch(rf"image_emb_{re.escape(ds.name)}_aug(?:_(.+))?\.h5", Path(name).name)
     if not match:
         return None
-    from utils.data.transforms import IMAGE_AUG_SETS
-
     rest = match.group(1) or "no_aug"
     for img_aug, n_params in (("rotation_cc", 2), ("blur_cc", 4), ("jitter_cc", 1)):
         if rest.startswith(img_aug + "_"):

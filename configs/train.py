@@ -53,7 +53,7 @@ def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
     from configs.datasets import get_dataset
     from configs.presets import get_preset
-    from utils.errors import DUCHError, did_you_mean
+    from configs.errors import DUCHError, did_you_mean
 
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)

@@ -106,12 +106,10 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
     initialisation)" for ``--weights none``), a ``random_weights`` attribute, and for caption files made
     by the offline demo, its ``demo_encoders.json`` record of a random text model.
     """
-    from utils.demo.pipeline import ENCODERS_FILE  # here: utils.demo.pipeline imports this module
-
     attrs = read_h5_attrs(path, key)
     weights = str(attrs.get("weights", ""))
     random = weights.startswith("none") or bool(attrs.get("random_weights", False))
-    encoders_path = path.parent / ENCODERS_FILE
+    encoders_path = path.parent / files.ENCODERS_FILE
     if not random and "model" in attrs and encoders_path.is_file():
         encoders = read_json(encoders_path, "demo encoder record")
         random = (

@@ -13,19 +13,9 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+from configs.files import IMAGE_AUG_SETS
 from utils.errors import DUCHError, did_you_mean
 
-IMAGE_AUG_SETS = (
-    "no_aug",
-    "center_crop_only",
-    "random_crop_only",
-    "aug_center",
-    "aug_random",
-    "rotation_cc",
-    "blur_cc",
-    "jitter_cc",
-    "each_img_random",
-)
 # each_img_random applies one of these, chosen per image
 EACH_IMG_RANDOM_CHOICES = ("rotation_cc", "blur_cc", "jitter_cc")
 

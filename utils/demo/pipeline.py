@@ -11,14 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from configs.datasets import get_dataset
-from configs.files import augmented_json_name, dataset_json_name
+from configs.files import ENCODERS_FILE, augmented_json_name, dataset_json_name
 from configs.presets import BASE_IMAGE_SET, get_preset
 from utils.data.features import resolve_files
 from utils.io import read_json, write_json
 from utils.logs import get_logger
 
 DEMO_PRESET = "default"
-ENCODERS_FILE = "demo_encoders.json"
 
 
 def demo_encoders(data_dir: Path) -> dict:
