@@ -23,10 +23,11 @@ IMAGE_AUG_SETS = (
     "each_img_random",
 )
 ENCODERS_FILE = "demo_encoders.json"  # the offline demo's record of the encoders it used
+# in a run folder of main.py: its settings and its split (search.py index reads both)
+CONFIG_NAME = "config.json"
+SPLIT_NAME = "split.json"
 IMAGE_EMB_KEY = "image_emb"
 CAPTION_EMB_KEY = "caption_emb"
-IMAGE_EMB_DIM = 512
-CAPTION_EMB_DIM = 768
 
 # sentence keys in the dataset JSON, and the caption-augmentation type that writes each
 RAW_CAPTION_KEY = "raw"
@@ -36,9 +37,6 @@ CAPTION_AUG_KEYS = {
     "backtranslation-chain": "aug_bt_chain",
 }
 TXT_AUG_BY_KEY = {key: txt_aug for txt_aug, key in CAPTION_AUG_KEYS.items()}
-
-# image transform sets whose file name carries their parameters
-PARAMETERISED_IMAGE_SETS = ("rotation_cc", "blur_cc", "jitter_cc")
 
 
 def _int_name(value) -> str:
@@ -73,7 +71,7 @@ def image_emb_name(
     blur_val: Sequence[float] = (3, 3, 1.1, 1.3),
     jit_str: float = 0.5,
 ) -> str:
-    """``image_emb_DS_aug_<set>[_<params>].h5``, exactly as the original writes it (SPEC section 1).
+    """``image_emb_DS_aug_<set>[_<params>].h5``, exactly as the original writes it (docs/formats.md).
 
     ``no_aug`` -> ``image_emb_DS_aug_no_aug.h5``; rotation degrees as integers (the original's
     ``--rot-deg`` is ``type=int``), blur kernel as integers and sigmas as floats (``3_3_1.1_1.3``),

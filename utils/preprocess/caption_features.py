@@ -197,7 +197,7 @@ def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict,
     import json
 
     from utils import distributed
-    from utils.io import write_h5_rows
+    from utils.preprocess import resume
 
     kept = {k: v for k, v in embed_kwargs.items() if k not in ("progress", "desc")}
     digest = _texts_digest(texts)
@@ -206,28 +206,22 @@ def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict,
         return json.dumps({"attrs": attrs, "settings": kept, "rows": len(texts), "sha": digest, "rank": rank},
                           sort_keys=True, default=str)
 
-    part = distributed.part_path(path, ctx.rank, ctx.world_size)
-    if distributed.load_part(part, fingerprint(ctx.rank)) is None:
+    part = resume.part_path(path, ctx.rank, ctx.world_size)
+    if resume.load_piece(part, fingerprint(ctx.rank)) is None:
         rows, emb = embed_captions(text_model, texts, shard=(ctx.rank, ctx.world_size), **embed_kwargs)
-        distributed.save_part(part, fingerprint(ctx.rank), rows=rows, features=emb)
+        resume.save_piece(part, fingerprint(ctx.rank), rows=rows, features=emb)
     else:
         print(f"rank {ctx.rank}: {part} holds this rank's {path.name} rows already", file=sys.stderr)
     distributed.barrier()
     if not ctx.is_main:
         return
-    parts = [distributed.part_path(path, rank, ctx.world_size) for rank in range(ctx.world_size)]
 
-    def pieces():
-        for rank, part_file in enumerate(parts):
-            saved = distributed.load_part(part_file, fingerprint(rank))
-            if saved is None:
-                raise DUCHError(f"rank {rank}'s part file {part_file} is missing; rerun the same command")
-            yield saved["rows"], saved["features"]
+    def load(rank: int, part_file: Path):
+        saved = resume.load_piece(part_file, fingerprint(rank))
+        return None if saved is None else (saved["rows"], saved["features"])
 
-    write_h5_rows(path, CAPTION_EMB_KEY, (len(texts), text_model.width(attrs["hidden_states"], attrs["operator"])),
-                  pieces(), attrs=attrs)
-    for part_file in parts:
-        part_file.unlink(missing_ok=True)
+    width = text_model.width(attrs["hidden_states"], attrs["operator"])
+    resume.merge_parts(path, CAPTION_EMB_KEY, (len(texts), width), ctx.world_size, attrs, load, "is missing")
 
 
 def _texts_digest(texts) -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -77,61 +76,38 @@ def encode_images(opts: ImageFeatureOptions) -> Path:
         distributed.shutdown()
 
 
-def _partial_path(out_path: Path) -> Path:
-    """Where an interrupted run keeps the rows it has encoded (beside the output, hidden)."""
-    return out_path.with_name(f".{out_path.name}.partial.npz")
-
-
 def _part_fingerprint(fingerprint: str, rank: int) -> str:
     return json.dumps({"settings": fingerprint, "rank": rank})
 
 
 def _load_partial(path: Path, fingerprint: str, num_images: int):
-    """(features, filled) saved by an interrupted run with the same settings, or None."""
-    import numpy as np
+    """(features, filled) saved by an interrupted run (or a rank) with the same settings, or None."""
+    from utils.preprocess import resume
 
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["fingerprint"]) != fingerprint or saved["features"].shape[0] != num_images:
-                print(f"note: {path} was made with other settings; starting afresh", file=sys.stderr)
-                return None
-            return saved["features"].copy(), saved["filled"].copy()
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    saved = resume.load_piece(path, fingerprint, rows=("features", num_images), notes=True)
+    if saved is not None and "filled" not in saved:
         print(f"note: {path} is unreadable; starting afresh", file=sys.stderr)
         return None
+    return None if saved is None else (saved["features"], saved["filled"])
 
 
 def _save_partial(path: Path, fingerprint: str, features, filled) -> None:
-    import numpy as np
+    from utils.preprocess import resume
 
-    from utils.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, features=features, filled=filled, fingerprint=np.array(fingerprint))
+    resume.save_piece(path, fingerprint, features=features, filled=filled)
 
 
 def _merge_parts(out_path: Path, settings_fingerprint: str, shard_rows: list[list[int]], width: int, num_images: int,
                  attrs: dict) -> None:
     """Rank 0 writes the ranks' part files into the output, one part in memory at a time, then deletes them."""
-    from utils import distributed
+    from utils.preprocess import resume
 
-    world_size = len(shard_rows)
-    parts = [distributed.part_path(out_path, rank, world_size) for rank in range(world_size)]
+    def load(rank: int, part: Path):
+        saved = _load_partial(part, _part_fingerprint(settings_fingerprint, rank), len(shard_rows[rank]))
+        return None if saved is None or not saved[1].all() else (shard_rows[rank], saved[0])
 
-    def pieces():
-        for rank, rows in enumerate(shard_rows):
-            saved = _load_partial(parts[rank], _part_fingerprint(settings_fingerprint, rank), len(rows))
-            if saved is None or not saved[1].all():
-                raise DUCHError(f"rank {rank}'s part file {parts[rank]} is missing or incomplete; rerun the same command")
-            yield rows, saved[0]
-
-    from utils.io import write_h5_rows
-
-    write_h5_rows(out_path, IMAGE_EMB_KEY, (num_images, width), pieces(), attrs=attrs)
-    for part in parts:
-        part.unlink(missing_ok=True)
+    resume.merge_parts(out_path, IMAGE_EMB_KEY, (num_images, width), len(shard_rows), attrs, load,
+                       "is missing or incomplete")
 
 
 def _encode(opts: ImageFeatureOptions) -> Path:
@@ -145,6 +121,7 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     from utils.data.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
                               is_high_bit_depth, original_image_order)
     from utils.io import check_writable_dir, refuse_overwrite, write_h5
+    from utils.preprocess import resume
     from utils.runtime import resolve_device, seed_everything, versions
 
     # everything the user can get wrong is checked before the long work
@@ -223,13 +200,13 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {
         "paths": [str(p) for p in paths], "device_type": device.type}, sort_keys=True, default=str)
     work_paths, work_batches = paths, batches
-    partial_path = _partial_path(out_path)
+    partial_path = resume.partial_path(out_path)
     if ctx.distributed:  # this rank's images, with the seeds of their JSON rows; its partial file is its part
         transform = RowsTransform(transform, rows)
         work_paths = [paths[i] for i in rows]
         starts = np.cumsum([0] + [len(batch) for batch in shards[ctx.rank]])
         work_batches = [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])]
-        partial_path = distributed.part_path(out_path, ctx.rank, ctx.world_size)
+        partial_path = resume.part_path(out_path, ctx.rank, ctx.world_size)
         settings_fingerprint, fingerprint = fingerprint, _part_fingerprint(fingerprint, ctx.rank)
     resumed = _load_partial(partial_path, fingerprint, len(work_paths))
     features, filled = resumed if resumed else (None, None)

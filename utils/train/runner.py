@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from configs.datasets import get_dataset
+from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
 from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
@@ -31,8 +32,6 @@ from utils.data.splits import Split, make_split
 from utils.train.trainer import DUCHTrainer, run_epochs
 
 HISTORY_NAME = "history.jsonl"
-CONFIG_NAME = "config.json"
-SPLIT_NAME = "split.json"
 # what a training or test writes in its run folder (cleared by --overwrite)
 RUN_OUTPUTS = (
     CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, BEST_NAME, LAST_NAME, "train.log", "losses.png",
