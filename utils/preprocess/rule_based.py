@@ -1,4 +1,4 @@
-"""Rule-based caption augmentation (``aug_rb``, SPEC section 2): route choice and the offline lexicon route.
+"""Rule-based caption augmentation (``aug_rb``, docs/method.md): route choice and the offline lexicon route.
 
 Nouns (NN, NNS, NNP, NNPS) and verbs (VB, VBD, VBG, VBN) are replaced by a similar word whose POS tag
 in the new sentence stays the same; "there is" (EX followed by VBZ) becomes "it is".

@@ -1,4 +1,4 @@
-"""The DUCH training loop (SPEC section 3): features live on the device, batches are index tensors."""
+"""The DUCH training loop (docs/method.md): features live on the device, batches are index tensors."""
 from __future__ import annotations
 
 import time
