@@ -52,14 +52,16 @@ class TrainConfig:
 def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
     from configs.datasets import get_dataset
-    from configs.presets import get_preset
     from configs.errors import DUCHError, did_you_mean
+    from configs.presets import get_preset
 
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)
     if cfg.model not in MODELS:
-        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
-    for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):
+        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: "
+                        f"{', '.join(MODELS)}")
+    for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2),
+                             ("valid-freq", cfg.valid_freq, 1)):
         if value < low:
             raise DUCHError(f"--{name} must be at least {low}, got {value}")
     if len(cfg.contrastive_weights) != 3:

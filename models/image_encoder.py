@@ -85,7 +85,8 @@ def build_image_encoder(weights: str = "imagenet"):
         state = _local_state_dict(path)
         description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k,
+             v in state.items() if not k.startswith("fc.")}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

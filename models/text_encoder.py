@@ -149,7 +149,8 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
             raise DUCHError(f"cannot load the weights of text model folder {path}: {_one_line(err)[:300]}") from None
         raise _missing_model_error(name, _one_line(err)[:300]) from None
     if not getattr(model.config, "hidden_size", None) or not getattr(model.config, "num_hidden_layers", None):
-        raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no hidden_size/num_hidden_layers)")
+        raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no "
+                        "hidden_size/num_hidden_layers)")
     device = torch.device(device)
     model.eval().to(device)
     return TextModel(name=name, source=source, tokenizer=tokenizer, model=model, device=device)

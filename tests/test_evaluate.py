@@ -74,7 +74,8 @@ def test_single_modality_packed_and_options(tmp_path, capsys):
 
 def test_main_py_codes_score_as_main_py_does(demo_features, tmp_path):
     """One engine: evaluate.py on a run's codes.npz gives that run's metrics.json."""
-    metrics = run_main("--dataset", "demo", "--bit", "8", "--epochs", "2", "--batch-size", "32", "--data-dir", str(demo_features), "--out-dir", str(tmp_path))
+    metrics = run_main("--dataset", "demo", "--bit", "8", "--epochs", "2", "--batch-size", "32", "--data-dir",
+                       str(demo_features), "--out-dir", str(tmp_path))
     run_dir = tmp_path / "demo_8_test_default"
     again = evaluate("--codes", run_dir / "codes.npz")
     for key in ("map@20", "map@10", "chance", "p@k", "precision_radius", "recall_radius"):
@@ -99,7 +100,8 @@ def good(n_q=4, n_db=9, bits=8):
         (lambda a: a.pop("db_labels"), (), "lacks db_labels"),
         (lambda a: a.update(db=np.ones((9, 16))), (), "8 bits but db codes have 16"),
         (lambda a: a.update(db_labels=np.zeros(5, int)), (), "db_labels has 5 rows but db has 9"),
-        (lambda a: a.update(q=np.array([{"bits": 1}] * 4, dtype=object)), (), "not a readable .npz file of arrays"),  # no pickles
+        (lambda a: a.update(q=np.array([{"bits": 1}] * 4, dtype=object)), (),
+         "not a readable .npz file of arrays"),  # no pickles
         (lambda a: a.update(q_img=a.pop("q")), (), "lacks q_txt, db_img, db_txt; a codes file holds either"),
         (lambda a: a.update(db_txt=a.pop("db")), (), "lacks q_img, q_txt, db_img; a codes file holds either"),
         (lambda a: a.update(q=np.full((4, 8), 3)), (), "the value 3"),
@@ -134,7 +136,9 @@ def test_missing_file_and_existing_out(tmp_path, capsys):
 
 
 def test_cli_help_and_error_without_traceback(tmp_path):
-    help_text = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    help_text = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True).stdout
     assert "(default: [20, 10])" in help_text and "(default: 4.0)" in help_text
-    done = subprocess.run([sys.executable, "evaluate.py", "--codes", str(tmp_path / "x.npz")], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "evaluate.py", "--codes", str(tmp_path / "x.npz")], cwd=ROOT,
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "not found" in done.stderr

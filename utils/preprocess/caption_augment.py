@@ -17,14 +17,24 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configs.datasets import DatasetInfo, get_dataset
-from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
+from configs.files import (
+    CAPTION_AUG_KEYS,
+    RAW_CAPTION_KEY,
+    augmented_json_name,
+    current_dataset_json,
+    dataset_json_name,
+)
 from models.text_encoder import preprocess_caption
 from utils.data.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError, did_you_mean
 from utils.io import check_writable_dir, write_json
 from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
 from utils.preprocess.rule_based import (
-    BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, ROUTES,
+    BERTSCORE_MODEL,
+    DEFAULT_LEXICON,
+    GLOVE_MIN_SIM,
+    GLOVE_TOPN,
+    ROUTES,
 )
 
 PROVENANCE_KEY = "augmentation_provenance"
@@ -186,7 +196,8 @@ def load_translator(src, tgt, **kwargs):
     return MarianTranslator(src, tgt, **kwargs)
 
 
-def _backtranslation(raws: list[str], opts: CaptionAugmentOptions, ds: DatasetInfo, out_dir: Path) -> tuple[list[str], dict]:
+def _backtranslation(raws: list[str], opts: CaptionAugmentOptions, ds: DatasetInfo,
+                     out_dir: Path) -> tuple[list[str], dict]:
     from utils.preprocess import backtranslation as bt
     from utils.runtime import resolve_device, seed_everything
 

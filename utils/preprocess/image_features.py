@@ -114,12 +114,26 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     import numpy as np
 
     from models.image_encoder import build_image_encoder, encode_image_files
-    from utils.data.dataset_json import load_dataset_json
     from utils import distributed
-    from utils.data.transforms import (OUTPUT_SIZE, PAPER_BLUR, PAPER_ROTATION, AugParams, RowsTransform, SeededTransform,
-                                        check_image_aug_set, original_each_img_random_choices)
-    from utils.data.images import (check_images_readable, consecutive_batches, find_images, high_bit_depth_rule,
-                              is_high_bit_depth, original_image_order)
+    from utils.data.dataset_json import load_dataset_json
+    from utils.data.images import (
+        check_images_readable,
+        consecutive_batches,
+        find_images,
+        high_bit_depth_rule,
+        is_high_bit_depth,
+        original_image_order,
+    )
+    from utils.data.transforms import (
+        OUTPUT_SIZE,
+        PAPER_BLUR,
+        PAPER_ROTATION,
+        AugParams,
+        RowsTransform,
+        SeededTransform,
+        check_image_aug_set,
+        original_each_img_random_choices,
+    )
     from utils.io import check_writable_dir, refuse_overwrite, write_h5
     from utils.preprocess import resume
     from utils.runtime import resolve_device, seed_everything, versions
@@ -156,11 +170,13 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     shard_rows = [[i for batch in shard for i in batch] for shard in shards]
     rows = shard_rows[ctx.rank]
 
-    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels, opts.bit_depth)
+    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels,
+                                    opts.bit_depth)
     formats = distributed.sum_counters(formats)
     high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
     if high_bit_depth and ctx.is_main:
-        print(f"note: {high_bit_depth} images are not 8-bit ({', '.join(sorted(f for f in formats if is_high_bit_depth(f)))}); "
+        print(f"note: {high_bit_depth} images are not 8-bit "
+              f"({', '.join(sorted(f for f in formats if is_high_bit_depth(f)))}); "
               f"converted to 8 bits as documented: {high_bit_depth_rule(opts.bit_depth)}", file=sys.stderr)
 
     seed_everything(opts.seed)  # also makes --weights none reproducible
@@ -191,7 +207,8 @@ def _encode(opts: ImageFeatureOptions) -> Path:
         "resize": list(OUTPUT_SIZE),
         "seed": opts.seed,
         "image_formats": dict(formats),
-        "high_bit_depth_conversion": high_bit_depth_rule(opts.bit_depth) if high_bit_depth else "none needed (8-bit images)",
+        "high_bit_depth_conversion": (high_bit_depth_rule(opts.bit_depth) if high_bit_depth
+                                      else "none needed (8-bit images)"),
         "synthetic_dataset": bool(ds.synthetic or data.get("synthetic", False)),
         "world_size": ctx.world_size,
         "versions": versions(),
@@ -212,7 +229,8 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     features, filled = resumed if resumed else (None, None)
     if resumed:
         rank = f"rank {ctx.rank}: " if ctx.distributed else ""
-        print(f"{rank}resuming: {int(filled.sum())} of {len(work_paths)} images already encoded in {partial_path}", file=sys.stderr)
+        print(f"{rank}resuming: {int(filled.sum())} of {len(work_paths)} images already encoded in {partial_path}",
+              file=sys.stderr)
         # batch-norm buffers change in train mode, but only batch statistics shape the outputs
     state = {"features": features, "filled": filled, "saved_at": time.monotonic()}
     to_encode = len(work_paths) - (int(filled.sum()) if filled is not None else 0)
@@ -256,5 +274,6 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     print(f"encoded {to_encode} images in {elapsed:.2f} s ({to_encode / max(elapsed, 1e-9):.2f} images/s"
           f"{f', {ctx.world_size} ranks' if ctx.distributed else ''})")
     print(f"wrote {out_path}: {IMAGE_EMB_KEY} {len(paths)} x {features.shape[1]} float32 "
-          f"({img_aug}, weights: {weights_description}" + (f"; {ctx.world_size} ranks" if ctx.distributed else "") + ")")
+          f"({img_aug}, weights: {weights_description}"
+          + (f"; {ctx.world_size} ranks" if ctx.distributed else "") + ")")
     return out_path

@@ -129,7 +129,8 @@ def load_glove(resource: Resource):
         return KeyedVectors.load_word2vec_format(str(path), binary=False, no_header=not has_header)
     except (ValueError, UnicodeDecodeError, EOFError, OSError) as err:
         raise DUCHError(f"cannot read GloVe vectors file {path} ({type(err).__name__}: "
-                        f"{' '.join(str(err).split())[:200]}); expected GloVe or word2vec text, or word2vec binary (.bin)") from None
+                        f"{' '.join(str(err).split())[:200]}); expected GloVe or word2vec text, or word2vec binary "
+                        "(.bin)") from None
 
 
 def _first_line(path: Path) -> str:

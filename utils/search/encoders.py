@@ -93,6 +93,7 @@ class ImageEncoderSpec:
         else:
             return None
         defaults = cls(weights)
+        conversion = str(attrs.get("high_bit_depth_conversion", ""))
         return cls(
             weights=weights,
             img_aug=str(attrs.get("img_aug", defaults.img_aug)),
@@ -104,7 +105,7 @@ class ImageEncoderSpec:
             seed=int(attrs.get("seed", defaults.seed)),
             weights_sha256=sha,
             features_train_mode=bool(attrs.get("original_quirks", False)),
-            bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(str(attrs.get("high_bit_depth_conversion", "")))) else 16,
+            bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(conversion)) else 16,
         )
 
     @classmethod
@@ -129,7 +130,8 @@ class ImageEncoderSpec:
         if self.features_train_mode:
             warnings.warn(
                 "the image features were made with --original-quirks (batch-norm batch statistics); a new image "
-                "is encoded in eval mode, so its features follow a slightly different recipe", UserWarning, stacklevel=2)
+                "is encoded in eval mode, so its features follow a slightly different recipe", UserWarning,
+                stacklevel=2)
         import torch
 
         with torch.random.fork_rng(devices=[]):
@@ -142,11 +144,13 @@ class ImageEncoderSpec:
         return model.to(device).eval(), transform
 
     def encode(self, encoder, paths: Sequence[Path], device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-        """Raw 512-d features of image files, rows in order, as images_augment.py computes them; ``encoder`` from ``build``."""
+        """Raw 512-d features of image files, rows in order, as images_augment.py computes them; ``encoder`` from
+        ``build``."""
         from models.image_encoder import encode_image_files
 
         model, transform = encoder
-        return encode_image_files(model, transform, list(paths), device, batch_size, num_workers, bit_depth=self.bit_depth)
+        return encode_image_files(model, transform, list(paths), device, batch_size, num_workers,
+                                  bit_depth=self.bit_depth)
 
     def check_readable(self, paths: Sequence[Path]) -> None:
         from utils.data.images import check_images_readable
@@ -232,7 +236,8 @@ def hash_outputs(net, features: np.ndarray, device, batch_size: int = 8192) -> n
 
 
 def pack_outputs(outputs: np.ndarray) -> np.ndarray:
-    """Packed codes of continuous outputs: sign as ``models.duch.to_binary`` (0 -> +1), packed by ``codes.pack_codes``."""
+    """Packed codes of continuous outputs: sign as ``models.duch.to_binary`` (0 -> +1), packed by
+    ``codes.pack_codes``."""
     import torch
 
     from models.duch import to_binary

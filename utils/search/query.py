@@ -18,7 +18,12 @@ import numpy as np
 from utils.errors import DUCHError
 from utils.io import read_json
 from utils.search.encoders import (
-    FeatureStats, ImageEncoderSpec, TextEncoderSpec, hash_outputs, pack_outputs, sha256_of,
+    FeatureStats,
+    ImageEncoderSpec,
+    TextEncoderSpec,
+    hash_outputs,
+    pack_outputs,
+    sha256_of,
 )
 from utils.search.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
 
@@ -148,7 +153,8 @@ def faiss_threads(n: int | None):
 
 
 def order_by_distance_then_row(distances: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each result list sorted by (distance, row); rows faiss could not fill (-1, approximate indexes) dropped to the end."""
+    """Each result list sorted by (distance, row); rows faiss could not fill (-1, approximate indexes) dropped to
+    the end."""
     distances, rows = np.asarray(distances), np.asarray(rows)
     key_rows = np.where(rows < 0, np.iinfo(np.int64).max, rows)
     order = np.lexsort((key_rows, distances), axis=-1) if distances.size else np.zeros_like(rows)
@@ -223,9 +229,11 @@ class QueryEncoder:
         record = self.index.manifest["encoders"].get("text")
         if record is None:
             path = self.index.manifest["features"]["caption"]["path"]
-            raise DUCHError(f"the caption features {path} carry no text-model record, so a sentence cannot be embedded as "
+            raise DUCHError(f"the caption features {path} carry no text-model record, so a sentence cannot be embedded "
+                            "as "
                             f"they were; rebuild the index naming the model that made them with --text-model: python "
-                            f"search.py index --run {self.index.manifest['run']['dir']} --text-model NAME_OR_FOLDER --overwrite")
+                            f"search.py index --run {self.index.manifest['run']['dir']} --text-model NAME_OR_FOLDER "
+                            "--overwrite")
         return TextEncoderSpec.from_json(record)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -247,9 +255,12 @@ class QueryEncoder:
         record = self.index.manifest["encoders"].get("image")
         if record is None:
             path = self.index.manifest["features"]["image"]["path"]
-            raise DUCHError(f"the image features {path} carry no record of their encoder, so an image cannot be encoded as "
-                            f"they were; rebuild the index naming it with --weights (imagenet, none or a .pth file) and "
-                            f"--img-aug: python search.py index --run {self.index.manifest['run']['dir']} --weights imagenet --overwrite")
+            raise DUCHError(f"the image features {path} carry no record of their encoder, so an image cannot be "
+                            "encoded as "
+                            "they were; rebuild the index naming it with --weights (imagenet, none or a .pth file) "
+                            "and "
+                            f"--img-aug: python search.py index --run {self.index.manifest['run']['dir']} --weights "
+                            "imagenet --overwrite")
         return ImageEncoderSpec.from_json(record)
 
     def embed_images(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -297,10 +308,12 @@ def check_query(index: SearchIndex, query: Query) -> None:
             raise DUCHError(f"--row needs --modality image or caption, got {query.modality!r}")
         n = index.size(ROW_MODALITIES[query.modality])
         if not 0 <= query.row < n:
-            raise DUCHError(f"--row {query.row} is out of range: the index holds {n} {ROW_MODALITIES[query.modality]} (rows 0..{n - 1})")
+            raise DUCHError(f"--row {query.row} is out of range: the index holds {n} {ROW_MODALITIES[query.modality]} "
+                            f"(rows 0..{n - 1})")
 
 
-def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Query], target: str = "images", k: int = 10,
+def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Query], target: str = "images",
+           k: int = 10,
            rerank: bool = False, shortlist: int = DEFAULT_SHORTLIST) -> list[dict]:
     """Results of every query: ``{"query", "results": [{"rank", "row", "distance", ...}]}``.
 
@@ -374,7 +387,8 @@ def format_table(result: dict, width: int = 60) -> str:
             "row": lambda: f"{q['modality']} row {q['row']}"}[q["kind"]]()
     rerank = q.get("rerank")
     lines = [f"query: {what} -> {q['target']} (top {q['k']}{', re-ranked by cosine' if rerank else ''})"]
-    header = f"{'rank':>4} {'hamming':>7} " + (f"{'cosine':>7} " if rerank else "") + f"{'row':>6}  {'filename':<18} {'class':<14} caption"
+    header = (f"{'rank':>4} {'hamming':>7} " + (f"{'cosine':>7} " if rerank else "")
+              + f"{'row':>6}  {'filename':<18} {'class':<14} caption")
     lines.append(header)
     for r in result["results"]:
         caption = (r.get("caption") or "")
