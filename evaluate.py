@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from utils.errors import DUCHError, exit_on_user_error
+from utils.io import write_json
+from utils.logs import setup_logger
+from utils.retrieval.evaluation import evaluate_file, format_map_table
 from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS
 
 
@@ -35,10 +38,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    from utils.io import write_json
-    from utils.logs import setup_logger
-    from utils.retrieval.evaluation import evaluate_file, format_map_table
-
     if args.bits is not None and args.bits < 1:
         raise DUCHError(f"--bits must be at least 1, got {args.bits}")
     out = Path(args.out) if args.out else None

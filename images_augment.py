@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from configs.datasets import DATASETS
+from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from utils.data.transforms import IMAGE_AUG_SETS
 from utils.errors import exit_on_user_error
 from utils.preprocess.image_features import DEFAULT_BATCH_SIZE, ImageFeatureOptions, encode_images
 
@@ -23,9 +25,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
-    from utils.data.transforms import IMAGE_AUG_SETS
-
     parser = argparse.ArgumentParser(
         description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
         formatter_class=_HelpFormatter, add_help=add_help,

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from configs.datasets import DATASETS
+from configs.datasets import DATASETS, get_dataset
 from configs.presets import PRESETS
 from configs.train import MODELS, TrainConfig, check_config
 from utils.errors import DUCHError, exit_on_user_error
+from utils.logs import setup_logger
 
 
 class RunArgumentParser(argparse.ArgumentParser):
@@ -90,8 +91,6 @@ NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "dev
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from configs.datasets import get_dataset
-
     data_dir = args.data_dir or get_dataset(args.dataset).default_data_dir
     return TrainConfig(
         dataset=args.dataset.lower(), preset=args.preset.lower(), bit=args.bit, model=args.model.lower(), tag=args.tag,
@@ -131,7 +130,6 @@ def main(args: argparse.Namespace) -> dict:
         # (a run's data is in its config)
         if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):
             from utils.demo.pipeline import ensure_demo_features
-            from utils.logs import setup_logger
 
             if distributed.context().is_main:
                 logger = setup_logger()

@@ -12,12 +12,13 @@ import sys
 import time
 
 from utils.errors import DUCHError, exit_on_user_error
+from utils.io import refuse_overwrite, write_text
+from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES, IndexOptions, build_index
+from utils.search.page import write_page
+from utils.search.query import DEFAULT_SHORTLIST, Query, QueryEncoder, SearchIndex, format_table, search
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES
-    from utils.search.query import DEFAULT_SHORTLIST
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
 
@@ -47,8 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                          "folder>)")
     ix.add_argument("--weights", default=None,
                     help="image encoder for --image-dir and image queries when the image features do not record "
-                         "theirs: "
-                         "imagenet, none or a ResNet18 .pth file (overrides the record when given)")
+                         "theirs: imagenet, none or a ResNet18 .pth file (overrides the record when given)")
     ix.add_argument("--img-aug", default="center_crop_only",
                     help="with --weights: the transform set the image features were made with (default: %(default)s)")
     ix.add_argument("--crop-size", type=int, nargs=2, default=[200, 200], metavar=("CROP_H", "CROP_W"),
@@ -109,7 +109,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def run_index(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from utils.search.index import IndexOptions, build_index
 
     opts = IndexOptions(
         run_dir=Path(args.run), data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint,
@@ -137,18 +136,15 @@ def run_index(args: argparse.Namespace) -> dict:
     counts = manifest["counts"]
     out = Path(args.out) if args.out else Path(args.run) / "index"
     print(f"indexed {counts['images']} images ({counts['new_images']} from --image-dir) and {counts['captions']} "
-          "captions, "
-          f"{manifest['bit']} bits, {manifest['index']['type']} index, checkpoint {manifest['checkpoint']['path']} "
-          f"(epoch {manifest['checkpoint']['epoch']}), in {time.perf_counter() - start:.1f} s -> {out}")
+          f"captions, {manifest['bit']} bits, {manifest['index']['type']} index, checkpoint "
+          f"{manifest['checkpoint']['path']} (epoch {manifest['checkpoint']['epoch']}), in "
+          f"{time.perf_counter() - start:.1f} s -> {out}")
     return manifest
 
 
 def run_query(args: argparse.Namespace) -> list[dict]:
     from pathlib import Path
 
-    from utils.io import refuse_overwrite, write_text
-    from utils.search.page import write_page
-    from utils.search.query import Query, QueryEncoder, SearchIndex, format_table, search
 
     if args.row is not None and args.modality is None:
         raise DUCHError("--row needs --modality image or --modality caption")
@@ -172,7 +168,7 @@ def run_query(args: argparse.Namespace) -> list[dict]:
             raise DUCHError(f"--queries file {path} holds no query")
 
     index = SearchIndex.open(args.index)  # before transformers loads: a mistyped --index answers at once
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: start-up time
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars say nothing to a searcher
     index.set_nprobe(args.nprobe)

@@ -115,8 +115,7 @@ def main() -> None:
         t, p = sorted(row["threads"]), sorted(row["prange"])
         mt, mp = t[len(t) // 2], p[len(p) // 2]
         print(f"{name:20s} {row['threads compile']:15.2f}s {row['prange compile']:14.2f}s {t[0]:7.3f}/{mt:.3f}s "
-              f"{p[0]:7.3f}/{mp:.3f}s "
-              f"{mp / mt:15.2f}")
+              f"{p[0]:7.3f}/{mp:.3f}s {mp / mt:15.2f}")
     total_t = sum(row["threads compile"] for row in rows.values())
     total_p = sum(row["prange compile"] for row in rows.values())
     print(f"compile, three variants: threads {total_t:.1f} s, prange {total_p:.1f} s (ratio {total_p / total_t:.2f})")

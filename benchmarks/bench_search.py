@@ -149,9 +149,8 @@ def bench_float(n: int, args, rng) -> dict:
     np_single = single_query_ms(numpy_topk, q, max(5, args.single // 5))
     row = {"n": n, "flatip_batch_ms": 1000 * t_batch / len(q), "flatip_single_ms": single,
            "numpy_batch_ms": 1000 * t_np_batch / len(q), "numpy_single_ms": np_single, "bytes_per_item": dim * 4}
-    print(f"faiss IndexFlatIP: {row['flatip_batch_ms']:.3f} ms/query batched, {single:.2f} ms alone; "
-          f"numpy brute force: {row['numpy_batch_ms']:.3f} ms/query batched, {np_single:.2f} ms alone; {dim * 4} bytes "
-          "per item")
+    print(f"faiss IndexFlatIP: {row['flatip_batch_ms']:.3f} ms/query batched, {single:.2f} ms alone; numpy brute "
+          f"force: {row['numpy_batch_ms']:.3f} ms/query batched, {np_single:.2f} ms alone; {dim * 4} bytes per item")
     return row
 
 
@@ -201,8 +200,7 @@ def main():
         print(line)
     if floats:
         print(f"memory: {rows[0]['bytes_per_item']} bytes per code vs {floats['bytes_per_item']} per {args.dim}-d "
-              "float "
-              f"feature: {floats['bytes_per_item'] / rows[0]['bytes_per_item']:.0f}x less")
+              f"float feature: {floats['bytes_per_item'] / rows[0]['bytes_per_item']:.0f}x less")
 
 
 if __name__ == "__main__":

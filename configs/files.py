@@ -165,8 +165,7 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str 
     settings = parse_image_emb_name(ds, Path(path).name)
     if settings is None:
         return (f"python images_augment.py --dataset {ds.key} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which "
-                "writes "
-                f"image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
+                f"writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
     return image_emb_command(ds, data_dir=data_dir, **settings)
 
 

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from configs.datasets import get_dataset
+from configs.errors import DUCHError, did_you_mean
+from configs.presets import get_preset
+
 MODELS = ("duch",)  # --model names, lower case (any case is accepted)
 
 
@@ -51,10 +55,6 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
-    from configs.datasets import get_dataset
-    from configs.errors import DUCHError, did_you_mean
-    from configs.presets import get_preset
-
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)
     if cfg.model not in MODELS:

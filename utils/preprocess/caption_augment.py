@@ -35,7 +35,9 @@ from utils.preprocess.rule_based import (
     GLOVE_MIN_SIM,
     GLOVE_TOPN,
     ROUTES,
+    build_augmenter,
 )
+from utils.runtime import resolve_device, seed_everything
 
 PROVENANCE_KEY = "augmentation_provenance"
 
@@ -176,8 +178,6 @@ def augment_dataset(opts: CaptionAugmentOptions, ds: DatasetInfo) -> dict:
 
 
 def _rule_based(raws: list[str], opts: CaptionAugmentOptions) -> tuple[list[str], dict]:
-    from utils.preprocess.rule_based import build_augmenter
-
     aug, provenance = build_augmenter(
         route=opts.route, lexicon_path=opts.lexicon, glove_path=opts.glove, glove_min_sim=opts.glove_min_sim,
         glove_topk=opts.glove_topk, bertscore_model=opts.bertscore_model, bertscore_layer=opts.bertscore_layer,
@@ -199,7 +199,6 @@ def load_translator(src, tgt, **kwargs):
 def _backtranslation(raws: list[str], opts: CaptionAugmentOptions, ds: DatasetInfo,
                      out_dir: Path) -> tuple[list[str], dict]:
     from utils.preprocess import backtranslation as bt
-    from utils.runtime import resolve_device, seed_everything
 
     seed_everything(opts.seed)
     device = resolve_device(opts.device)

@@ -34,6 +34,7 @@ from models.text_encoder import (
 from utils.data.dataset_json import captions, load_dataset_json, sentence_keys_present
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_h5
+from utils.preprocess import resume
 from utils.runtime import resolve_device
 
 DEFAULT_BATCH_SIZE = 64
@@ -210,7 +211,6 @@ def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict,
     import json
 
     from utils import distributed
-    from utils.preprocess import resume
 
     kept = {k: v for k, v in embed_kwargs.items() if k not in ("progress", "desc")}
     digest = _texts_digest(texts)

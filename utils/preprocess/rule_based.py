@@ -39,6 +39,7 @@ from utils.preprocess.rule_based_glove import (
     describe_paper_resources,
     make_bertscore,
 )
+from utils.runtime import resolve_device
 
 UNKNOWN_TAG = "X"
 ROUTES = ("auto", "glove", "lexicon")
@@ -214,8 +215,6 @@ def build_augmenter(
     warn: Callable[[str], None] | None = None,
 ) -> tuple[Callable[[str, int], str], dict]:
     """Pick the route (``auto``: the paper's when its resources are present or downloadable), build it, describe it."""
-    from utils.runtime import resolve_device
-
     warn = warn or (lambda m: print(m, file=sys.stderr))
     if route not in ROUTES:
         raise DUCHError(f"unknown --route {route!r}{did_you_mean(route, ROUTES)}; choose one of: {', '.join(ROUTES)}")

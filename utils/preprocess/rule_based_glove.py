@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.hub import suggest_model
+from models.hub import hub_offline, suggest_model
 from utils.errors import DUCHError
 
 GLOVE_NAME = "glove-wiki-gigaword-200"
@@ -170,8 +170,6 @@ def ensure_nltk(resource: Resource, package: str) -> None:
 
 
 def find_bertscore_model(ref: str) -> Resource:
-    from models.hub import hub_offline
-
     what = f"BERTScore model {ref}"
     how = f"with network run `huggingface-cli download {ref} --local-dir DIR` and pass --bertscore-model DIR"
     path = Path(ref).expanduser()

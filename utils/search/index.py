@@ -25,9 +25,14 @@ from configs import files
 from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
+from utils.data.dataset_json import class_names_from_filenames, image_labels, load_dataset_json
+from utils.data.features import FeatureFiles, load_feature_file, resolve_files
+from utils.data.images import find_image
+from utils.data.splits import make_split
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_h5_attrs, read_json, write_json, write_text
 from utils.preprocess import resume
+from utils.runtime import resolve_device, versions
 from utils.search.encoders import (
     FeatureStats,
     ImageEncoderSpec,
@@ -159,8 +164,6 @@ class IndexOptions:
 
 
 def _feature_paths(cfg: dict, ds, data_dir: Path | None):
-    from utils.data.features import FeatureFiles, resolve_files
-
     if data_dir is not None:
         if not data_dir.is_dir():
             raise DUCHError(f"--data-dir {data_dir}: no such folder")
@@ -173,8 +176,6 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
 
 def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: str) -> np.ndarray:
     """One feature file as stored (not yet standardised), checked against the dataset and the checkpoint."""
-    from utils.data.features import load_feature_file
-
     if not path.is_file():
         raise DUCHError(f"{what} file not found: {path} (recorded in the run's config.json); pass --data-dir to "
                         f"the folder that holds it, or make it with: {hint}")
@@ -183,8 +184,6 @@ def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: 
 
 
 def _class_names(data: dict, labels: np.ndarray) -> list[str]:
-    from utils.data.dataset_json import class_names_from_filenames
-
     images = data["images"]
     if all("classname" in im for im in images):
         return [str(im["classname"]) for im in images]
@@ -202,8 +201,6 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
     if path.is_file():
         split = read_json(path, "split")
     else:
-        from utils.data.splits import make_split
-
         split = make_split(n_images, seed).to_json()
     names = [""] * n_images
     for name in ("train", "query", "db"):
@@ -215,8 +212,6 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
 
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
-    from utils.data.images import find_image
-
     out = []
     for im in data["images"]:
         try:
@@ -319,8 +314,7 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
             except KeyboardInterrupt:
                 finished = len(shards.starts) - len(shards.todo())
                 print(f"\ninterrupted: {finished} of {len(shards.starts)} shards of {image_dir} are saved in "
-                      f"{shard_dir}; "
-                      f"run the same command again to resume", file=sys.stderr)
+                      f"{shard_dir}; run the same command again to resume", file=sys.stderr)
                 raise SystemExit(130) from None
     distributed.barrier()
     if not ctx.is_main:
@@ -343,7 +337,7 @@ def default_nlist(n: int) -> int:
 def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | None = None,
                       nprobe: int = DEFAULT_NPROBE):
     """A faiss binary index over packed codes (d = 8 x bytes); returns (index, its parameters)."""
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     d = codes.shape[1] * 8
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -372,7 +366,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _save_faiss(path: Path, index) -> None:
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     with atomic_path(path) as tmp:
         faiss.write_index_binary(index, str(tmp))
@@ -386,13 +380,43 @@ def _jsonl(rows: list[dict]) -> str:
 # the whole build
 
 
+def _usable_image_spec(spec: ImageEncoderSpec | None, path: Path, width: int,
+                       opts: IndexOptions) -> ImageEncoderSpec | None:
+    """The recipe new images are encoded with, or None when the features' width rules it out (refused when
+    --image-dir or --weights needs it)."""
+    if opts.image_dir is not None and spec is None:
+        raise DUCHError(f"the image features {path} carry no record of their encoder, so --image-dir cannot "
+                        "encode new images the same way; name it with --weights (imagenet, none or a .pth file) and "
+                        "--img-aug (the transform set the features were made with, e.g. center_crop_only)")
+    if spec is not None and width != FEATURE_DIM:
+        if opts.image_dir is not None or opts.weights:
+            raise DUCHError(f"the image features {path} are {width} wide, not ResNet18's "
+                            f"{FEATURE_DIM}: new images cannot be encoded like them")
+        return None
+    return spec
+
+
+def _write_modalities(out: Path, outputs: dict, metadata: dict, opts: IndexOptions) -> tuple[dict, dict]:
+    """Codes, outputs, faiss index and metadata of each modality; returns (file names, index parameters)."""
+    index_params: dict = {"type": opts.index_type}
+    written = {}
+    for modality in MODALITIES:
+        names = index_file_names(modality)
+        codes = pack_outputs(outputs[modality])
+        index, index_params[modality] = make_binary_index(codes, opts.index_type, opts.nlist, opts.nprobe)
+        _save_npy(out / names["codes"], codes)
+        _save_npy(out / names["outputs"], outputs[modality].astype(np.float16))
+        _save_faiss(out / names["faiss"], index)
+        write_text(out / names["metadata"], _jsonl(metadata[modality]))
+        written[modality] = names
+    return written, index_params
+
+
 def build_index(opts: IndexOptions) -> dict:
     """Build the index folder of a run; returns the manifest."""
-    import faiss
-    import torch
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
-    from utils.data.dataset_json import image_labels, load_dataset_json
-    from utils.runtime import resolve_device, versions
     from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
 
     opts.check()
@@ -408,26 +432,16 @@ def build_index(opts: IndexOptions) -> dict:
                              hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
     n = len(data["images"])
     payload = load_checkpoint(run.checkpoint)
-    bit = int(payload.get("bit", cfg.get("bit", 0)))
+    bits = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
                           files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
     caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, n, int(payload["caption_dim"]),
                             files.caption_emb_command(ds), "caption feature")
-    image_attrs, caption_attrs = read_h5_attrs(paths.image,
-                                               files.IMAGE_EMB_KEY), read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
+    image_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY)
+    caption_attrs = read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
     image_stats, caption_stats = FeatureStats.of(image_raw), FeatureStats.of(caption_raw)
-    image_spec, text_spec = image_encoder_spec(image_attrs, opts), text_encoder_spec(caption_attrs, opts)
-    if opts.image_dir is not None and image_spec is None:
-        raise DUCHError(f"the image features {paths.image} carry no record of their encoder, so --image-dir cannot "
-                        "encode new "
-                        f"images the same way; name it with --weights (imagenet, none or a .pth file) and --img-aug "
-                        f"(the transform set the features were made with, e.g. center_crop_only)")
-    if image_spec is not None and image_raw.shape[1] != FEATURE_DIM:
-        if opts.image_dir is not None or opts.weights:
-            raise DUCHError(f"the image features {paths.image} are {image_raw.shape[1]} wide, not ResNet18's "
-                            f"{FEATURE_DIM}: "
-                            f"new images cannot be encoded like them")
-        image_spec = None
+    image_spec = _usable_image_spec(image_encoder_spec(image_attrs, opts), paths.image, image_raw.shape[1], opts)
+    text_spec = text_encoder_spec(caption_attrs, opts)
 
     from utils import distributed
 
@@ -456,29 +470,18 @@ def build_index(opts: IndexOptions) -> dict:
         image_features = np.concatenate([image_features, image_stats.apply(new_raw)])
         root = Path(opts.image_dir)
         meta_images += [{"row": n + m, "filename": p.relative_to(root).as_posix(), "class": None, "class_code": None,
-                         "split": NEW_IMAGE_SPLIT, "path": str(p.resolve()), "captions": []} for m,
-                         p in enumerate(new_paths)]
+                         "split": NEW_IMAGE_SPLIT, "path": str(p.resolve()), "captions": []}
+                        for m, p in enumerate(new_paths)]
     outputs = {
         "images": hash_outputs(model.image_net, image_features, device),
         "captions": hash_outputs(model.text_net, caption_stats.apply(caption_raw), device),
     }
-    metadata = {"images": meta_images, "captions": meta_captions}
-    index_params: dict = {"type": opts.index_type}
-    written = {}
-    for modality in MODALITIES:
-        names = index_file_names(modality)
-        codes = pack_outputs(outputs[modality])
-        index, index_params[modality] = make_binary_index(codes, opts.index_type, opts.nlist, opts.nprobe)
-        _save_npy(out / names["codes"], codes)
-        _save_npy(out / names["outputs"], outputs[modality].astype(np.float16))
-        _save_faiss(out / names["faiss"], index)
-        write_text(out / names["metadata"], _jsonl(metadata[modality]))
-        written[modality] = names
+    written, index_params = _write_modalities(out, outputs, {"images": meta_images, "captions": meta_captions}, opts)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "bit": bit,
-        "bytes_per_code": int((bit + 7) // 8),
+        "bit": bits,
+        "bytes_per_code": int((bits + 7) // 8),
         "run": {"dir": str(run.run_dir), "config": cfg},
         "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()),
                        "sha256": sha256_of(run.checkpoint),

@@ -6,6 +6,10 @@ import html
 import io
 from pathlib import Path
 
+from utils.data.images import load_image
+from utils.errors import DUCHError
+from utils.io import write_text
+
 THUMBNAIL_SIZE = 192
 
 _STYLE = """
@@ -33,9 +37,6 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 
 def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE) -> str | None:
     """A JPEG thumbnail of the image as a data: URI, or None when the file is absent or unreadable."""
-    from utils.data.images import load_image
-    from utils.errors import DUCHError
-
     if not path or not Path(path).is_file():
         return None
     try:
@@ -94,6 +95,4 @@ def render_page(result: dict, title: str = "DUCH search", about: str = "") -> st
 
 
 def write_page(path: str | Path, result: dict, title: str = "DUCH search", about: str = "") -> None:
-    from utils.io import write_text
-
     write_text(path, render_page(result, title, about))

@@ -17,6 +17,7 @@ import numpy as np
 
 from utils.errors import DUCHError
 from utils.io import read_json
+from utils.runtime import resolve_device
 from utils.search.encoders import (
     FeatureStats,
     ImageEncoderSpec,
@@ -60,7 +61,7 @@ class SearchIndex:
     def __init__(self, index_dir: Path, manifest: dict):
         self.dir = index_dir
         self.manifest = manifest
-        self.bit = int(manifest["bit"])
+        self.bits = int(manifest["bit"])
         self.codes, self.faiss, self.metadata = {}, {}, {}
         self._outputs: dict = {}
         for modality in MODALITIES:
@@ -139,7 +140,7 @@ def faiss_threads(n: int | None):
 
     Measured on 2 cores (benchmarks/bench_search.py): one query over 1M codes takes the same time on one
     thread as on two, while two threads on a machine busy with other work spin-wait for each other (100x slower)."""
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     if n is None:
         yield
@@ -188,7 +189,7 @@ def check_checkpoint(manifest: dict, index_dir: Path) -> None:
 
 
 def _read_faiss(path: Path):
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     try:
         return faiss.read_index_binary(str(path))
@@ -205,8 +206,6 @@ class QueryEncoder:
     """The run's networks and the feature encoders, loaded once per process and on first use."""
 
     def __init__(self, index: SearchIndex, device="auto", batch_size: int = 64):
-        from utils.runtime import resolve_device
-
         self.index = index
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -230,10 +229,9 @@ class QueryEncoder:
         if record is None:
             path = self.index.manifest["features"]["caption"]["path"]
             raise DUCHError(f"the caption features {path} carry no text-model record, so a sentence cannot be embedded "
-                            "as "
-                            f"they were; rebuild the index naming the model that made them with --text-model: python "
-                            f"search.py index --run {self.index.manifest['run']['dir']} --text-model NAME_OR_FOLDER "
-                            "--overwrite")
+                            "as they were; rebuild the index naming the model that made them with --text-model: "
+                            f"python search.py index --run {self.index.manifest['run']['dir']} --text-model "
+                            "NAME_OR_FOLDER --overwrite")
         return TextEncoderSpec.from_json(record)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -246,7 +244,7 @@ class QueryEncoder:
         return spec.embed(self._text_model, texts, batch_size=self.batch_size)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Continuous text-net outputs (n, bit)."""
+        """Continuous text-net outputs (n, bits)."""
         features = self.caption_stats.apply(self.embed_texts(texts))
         return hash_outputs(self.model.text_net, features, self.device)
 
@@ -256,11 +254,9 @@ class QueryEncoder:
         if record is None:
             path = self.index.manifest["features"]["image"]["path"]
             raise DUCHError(f"the image features {path} carry no record of their encoder, so an image cannot be "
-                            "encoded as "
-                            "they were; rebuild the index naming it with --weights (imagenet, none or a .pth file) "
-                            "and "
-                            f"--img-aug: python search.py index --run {self.index.manifest['run']['dir']} --weights "
-                            "imagenet --overwrite")
+                            "encoded as they were; rebuild the index naming it with --weights (imagenet, none or a "
+                            ".pth file) and --img-aug: python search.py index --run "
+                            f"{self.index.manifest['run']['dir']} --weights imagenet --overwrite")
         return ImageEncoderSpec.from_json(record)
 
     def embed_images(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -281,8 +277,8 @@ class QueryEncoder:
 
     # any query ---------------------------------------------------------------------------------
     def encode(self, queries: Sequence[Query]) -> np.ndarray:
-        """Continuous outputs of every query (n, bit), texts and images each in one batch."""
-        out = np.zeros((len(queries), self.index.bit), np.float32)
+        """Continuous outputs of every query (n, bits), texts and images each in one batch."""
+        out = np.zeros((len(queries), self.index.bits), np.float32)
         groups: dict[str, list[int]] = {"text": [], "image": [], "row": []}
         for i, q in enumerate(queries):
             groups[q.kind].append(i)

@@ -74,8 +74,7 @@ def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
     elif lonely:
         out.append(
             f"{lonely} of {len(q_labels)} queries have no relevant database item (their class is absent from the "
-            "database); "
-            f"they count 0 in mAP, precision and recall"
+            "database); they count 0 in mAP, precision and recall"
         )
     return out + data.features.warnings
 
