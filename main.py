@@ -39,7 +39,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=d.epochs,
                         help="training epochs; --resume may raise it (default: %(default)s)")
     parser.add_argument("--tag", default=d.tag, help="model tag (for save path) (default: %(default)s)")
-    parser.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(DATASETS)}, any case (default: %(default)s)")
+    parser.add_argument("--dataset", default=d.dataset,
+                        help=f"one of: {', '.join(DATASETS)}, any case, or the path of a captions JSON (default: %(default)s)")
+    parser.add_argument("--name", default=None, help="a dataset file's name in file names (default: the JSON's stem)")
+    parser.add_argument("--split", nargs="+", default=None, metavar="PROTOCOL",
+                        help="duch (the original's seed-42 split; default for ucm, rsicd, demo), json (the JSON's "
+                             "train/val/test; default for the others) or file PATH (a split.json of a run)")
+    parser.add_argument("--labels", default=None, metavar="CSV",
+                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes")
     parser.add_argument("--preset", default=d.preset, help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=d.alpha, help="alpha hyperparameter (La) (default: %(default)s)")
     parser.add_argument("--beta", type=float, default=d.beta, help="beta hyperparameter (Lq) (default: %(default)s)")
@@ -77,14 +84,33 @@ NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "dev
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from configs.datasets import get_dataset
 
-    data_dir = args.data_dir or get_dataset(args.dataset).default_data_dir
+    from configs.datasets import is_dataset_file
+
+    name = getattr(args, "name", None)
+    data_dir = args.data_dir or get_dataset(args.dataset, name).default_data_dir
+    split, split_file = parse_split(getattr(args, "split", None))
     return TrainConfig(
-        dataset=args.dataset.lower(), preset=args.preset.lower(), bit=args.bit, model=args.model.lower(), tag=args.tag,
+        dataset=args.dataset if is_dataset_file(args.dataset) else args.dataset.lower(), name=name, split=split,
+        split_file=split_file, labels=getattr(args, "labels", None), preset=args.preset.lower(), bit=args.bit, model=args.model.lower(), tag=args.tag,
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, alpha=args.alpha, beta=args.beta,
         gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=args.valid_freq,
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,
         img_aug_emb=args.img_aug_emb, device=args.device,
     )
+
+
+def parse_split(values) -> tuple[str | None, str | None]:
+    """``--split duch``, ``--split json`` or ``--split file PATH`` -> (protocol, path)."""
+    if not values:
+        return None, None
+    protocol, rest = str(values[0]).lower(), list(values[1:])
+    if protocol == "file" and len(rest) == 1:
+        return protocol, rest[0]
+    if protocol in ("duch", "json") and not rest:
+        return protocol, None
+    if protocol == "file":
+        raise DUCHError("--split file needs the path of a split.json: --split file PATH")
+    raise DUCHError(f"--split {' '.join(map(str, values))}: choose duch, json or file PATH")
 
 
 def typed_settings(args: argparse.Namespace) -> set[str]:
@@ -100,6 +126,9 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
+    typed_split = "split" in (getattr(args, "explicit", None) or [])
+    if typed_split:
+        args.explicit = [*args.explicit, "split_file"]
     check_config(cfg)  # bad flags are caught before any data is built or read, and before torch loads
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
