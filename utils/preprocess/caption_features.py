@@ -15,7 +15,7 @@ from pathlib import Path
 from configs.datasets import get_dataset
 from configs.files import (
     CAPTION_AUG_KEYS, CAPTION_EMB_KEY, RAW_CAPTION_KEY, augmented_json_name, caption_emb_name,
-    current_dataset_json, data_path, dataset_json_name,
+    current_dataset_json, data_path, source_dataset_json,
 )
 from models.text_encoder import (
     DEFAULT_HIDDEN_STATES, DEFAULT_MAX_LENGTH, DEFAULT_TEXT_MODEL, PUNCTUATION_REMOVED, embed_captions,
@@ -33,7 +33,8 @@ DEFAULT_BATCH_SIZE = 64
 class CaptionFeatureOptions:
     """Every setting of one caption embedding run (the flags of ``captions_embed.py``, same names and defaults)."""
 
-    dataset: str = "ucm"
+    dataset: str = "ucm"  # a dataset name or the path of a captions JSON
+    name: str | None = None  # a dataset file's name in file names (default: its stem)
     data_dir: str | Path | None = None  # default: the dataset's
     model: str = DEFAULT_TEXT_MODEL
     max_length: int = DEFAULT_MAX_LENGTH
@@ -58,7 +59,7 @@ def find_dataset_json(ds, data_dir: Path) -> Path:
     found = current_dataset_json(ds, data_dir)
     if found.is_file():
         return found
-    augmented, plain = data_path(data_dir, augmented_json_name(ds)), data_path(data_dir, dataset_json_name(ds))
+    augmented, plain = data_path(data_dir, augmented_json_name(ds)), source_dataset_json(ds, data_dir)
     raise DUCHError(
         f"dataset JSON not found: neither {augmented} nor {plain} exists; put the {ds.name} captions file "
         f"{plain.name} in {data_dir} (see README, Data), or pass --data-dir to the folder that holds it"
@@ -101,7 +102,7 @@ def embed_caption_sets(opts: CaptionFeatureOptions) -> dict[str, Path]:
 
 
 def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
-    ds = get_dataset(opts.dataset)
+    ds = get_dataset(opts.dataset, opts.name)
     data_dir = Path(opts.data_dir if opts.data_dir is not None else ds.default_data_dir)
     if opts.batch_size < 1:
         raise DUCHError(f"--batch-size must be at least 1 (got {opts.batch_size})")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from configs.datasets import get_dataset
-from configs.files import IMAGE_EMB_KEY, dataset_json_name, image_emb_name
+from configs.files import IMAGE_EMB_KEY, image_emb_name, source_dataset_json
 from utils.errors import DUCHError
 
 DEFAULT_BATCH_SIZE = 64
@@ -33,7 +33,8 @@ def _default_max_image_pixels() -> int:
 class ImageFeatureOptions:
     """Every setting of one image encoding run (the flags of ``images_augment.py``, same names and defaults)."""
 
-    dataset: str = "ucm"
+    dataset: str = "ucm"  # a dataset name or the path of a captions JSON
+    name: str | None = None  # a dataset file's name in file names (default: its stem)
     img_aug: str = "no_aug"
     crop_size: list = field(default_factory=lambda: [200, 200])
     rot_deg: list = field(default_factory=lambda: [-10, -5])
@@ -148,7 +149,7 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     from utils.runtime import resolve_device, seed_everything, versions
 
     # everything the user can get wrong is checked before the long work
-    ds = get_dataset(opts.dataset)
+    ds = get_dataset(opts.dataset, opts.name)
     img_aug = check_image_aug_set(opts.img_aug)
     params = AugParams.checked(opts.crop_size, opts.rot_deg, opts.blur_val, opts.jit_str)
     quirks = bool(opts.original_quirks)
@@ -161,7 +162,7 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     image_dir = Path(opts.image_dir) if opts.image_dir else data_dir / ds.image_dir
     out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str)
     refuse_overwrite(out_path, opts.overwrite)
-    json_path = data_dir / dataset_json_name(ds)
+    json_path = source_dataset_json(ds, data_dir)
     data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}")
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
