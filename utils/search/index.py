@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from configs import files
-from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
+from configs.datasets import get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
 from utils.errors import DUCHError
@@ -181,10 +181,16 @@ def _load_raw(path: Path, key: str, rows: int, width: int, hint: str, what: str)
     return array
 
 
-def _class_names(data: dict, labels: np.ndarray) -> list[str]:
+def _class_names(data: dict, labels: np.ndarray | None, names: list[str] | None = None) -> list[str | None]:
     from utils.data.dataset_json import class_names_from_filenames
 
     images = data["images"]
+    if labels is None:
+        return [None] * len(images)
+    if labels.ndim == 2:  # multi-label (--labels CSV): the names of each image's labels
+        return [";".join(names[c] for c in np.flatnonzero(row)) for row in labels]
+    if names:
+        return [names[c] for c in labels.tolist()]
     if all("classname" in im for im in images):
         return [str(im["classname"]) for im in images]
     classes = data.get("classes")
@@ -205,7 +211,7 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
         split = make_split(n_images, seed).to_json()
     names = [""] * n_images
-    for name in ("train", "query", "db"):
+    for name in ("train", "val", "query", "db"):
         for j in split.get(name, []):
             if 0 <= j < n_images:
                 names[j] = name
@@ -225,16 +231,20 @@ def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
     return out
 
 
-def _metadata(data: dict, labels: np.ndarray, classes: list[str], splits: list[str], used: set[int],
+def _metadata(data: dict, labels: np.ndarray | None, classes: list[str | None], splits: list[str], used: set[int],
               image_paths: list[str | None]) -> tuple[list[dict], list[dict]]:
+    from utils.data.dataset_json import caption_offsets
+
+    offsets = caption_offsets(data)
     images, captions = [], []
     for j, im in enumerate(data["images"]):
         texts = [str(s.get("raw", "")) for s in im["sentences"]]
-        base = {"filename": im["filename"], "class": classes[j], "class_code": int(labels[j]), "split": splits[j],
+        code = int(labels[j]) if labels is not None and labels.ndim == 1 else None
+        base = {"filename": im["filename"], "class": classes[j], "class_code": code, "split": splits[j],
                 "path": image_paths[j]}
         images.append({"row": j, **base, "captions": texts})
         for i, text in enumerate(texts):
-            r = CAPTIONS_PER_IMAGE * j + i
+            r = int(offsets[j]) + i
             captions.append({"row": r, "image_row": j, "sentence": i, **base, "caption": text, "split_caption": r in used})
     return images, captions
 
@@ -399,7 +409,7 @@ def build_index(opts: IndexOptions) -> dict:
     import torch
 
     from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
-    from utils.data.dataset_json import image_labels, load_dataset_json
+    from utils.data.dataset_json import caption_offsets, load_dataset_json, resolve_labels
     from utils.runtime import resolve_device, versions
 
     opts.check()
@@ -409,15 +419,16 @@ def build_index(opts: IndexOptions) -> dict:
     if (out / MANIFEST_NAME).exists() and not opts.overwrite:
         raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
     check_writable_dir(out, "index folder")
-    ds = get_dataset(cfg["dataset"])
+    ds = get_dataset(cfg["dataset"], cfg.get("name"))
     paths = _feature_paths(cfg, ds, Path(opts.data_dir) if opts.data_dir else None)
     data = load_dataset_json(paths.dataset_json, hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
     n = len(data["images"])
+    n_captions = int(caption_offsets(data)[-1])
     payload = load_checkpoint(run.checkpoint)
     bit = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
                           files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
-    caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, CAPTIONS_PER_IMAGE * n, int(payload["caption_dim"]),
+    caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, n_captions, int(payload["caption_dim"]),
                             files.caption_emb_command(ds), "caption feature")
     image_attrs, caption_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY), read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
     image_stats, caption_stats = FeatureStats.of(image_raw), FeatureStats.of(caption_raw)
@@ -437,8 +448,9 @@ def build_index(opts: IndexOptions) -> dict:
     ctx = distributed.context()
     device = ctx.device if ctx.distributed else resolve_device(opts.device)
     model = run.load_model(device, payload)
-    labels = image_labels(data)
-    classes = _class_names(data, labels)
+    resolved = resolve_labels(data, ds, paths.dataset_json, cfg.get("labels"))
+    labels = resolved.values
+    classes = _class_names(data, labels, resolved.names)
     splits, used = _split_of(run.run_dir, n, int(cfg.get("seed", 42)))
     image_dir = Path(opts.dataset_image_dir) if opts.dataset_image_dir else Path(paths.dataset_json).parent / ds.image_dir
     image_paths = _dataset_image_paths(data, image_dir)
@@ -484,7 +496,7 @@ def build_index(opts: IndexOptions) -> dict:
         "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()), "sha256": sha256_of(run.checkpoint),
                        "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
                        "epoch": checkpoint_epoch(payload)},
-        "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": CAPTIONS_PER_IMAGE * n,
+        "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": n_captions,
                     "image_dir": str(image_dir), "images_found": n - missing},
         "features": {
             "image": {"path": str(paths.image), "rows": int(image_raw.shape[0]), "width": int(image_raw.shape[1]),
