@@ -45,6 +45,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--split", nargs="+", default=None, metavar="PROTOCOL",
                         help="duch (the original's seed-42 split; default for ucm, rsicd, demo), json (the JSON's "
                              "train/val/test; default for the others) or file PATH (a split.json of a run)")
+    parser.add_argument("--check-overlap", default=None, metavar="OTHER",
+                        help="report which test images also occur (same file content) in another dataset (a name or "
+                             "captions JSON), then stop")
+    parser.add_argument("--image-dir", default=None, help="with --check-overlap: this dataset's image folder")
+    parser.add_argument("--other-image-dir", default=None, help="with --check-overlap: the other dataset's image folder")
     parser.add_argument("--labels", default=None, metavar="CSV",
                         help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes")
     parser.add_argument("--preset", default=d.preset, help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
@@ -78,7 +83,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # flags that are not settings of the run: where to look, what to do, which device runs it
-NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit")
+NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit", "check_overlap", "image_dir",
+                    "other_image_dir")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -123,6 +129,19 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
     return {k for k in explicit if k not in NOT_RUN_SETTINGS}
 
 
+def check_overlap(cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    """--check-overlap OTHER: the test images of this dataset's split found in OTHER's image files."""
+    from configs.datasets import get_dataset
+    from utils.data.overlap import check_overlap as check, overlap_line
+    from utils.logs import setup_logger
+
+    ds = get_dataset(cfg.dataset, cfg.name)
+    report = check(ds, cfg.data_dir, cfg.split or ds.default_split, args.check_overlap, cfg.seed, cfg.split_file,
+                   args.image_dir, args.other_image_dir)
+    setup_logger().info(overlap_line(report))
+    return report
+
+
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
@@ -133,6 +152,8 @@ def main(args: argparse.Namespace) -> dict:
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         raise DUCHError(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")
+    if getattr(args, "check_overlap", None):
+        return check_overlap(cfg, args)
     from utils import distributed
     from utils.train import runner
 
