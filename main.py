@@ -40,7 +40,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="training epochs; --resume may raise it (default: %(default)s)")
     parser.add_argument("--tag", default=d.tag, help="model tag (for save path) (default: %(default)s)")
     parser.add_argument("--dataset", default=d.dataset,
-                        help=f"one of: {', '.join(DATASETS)}, any case, or the path of a captions JSON (default: %(default)s)")
+                        help=f"one of: {', '.join(DATASETS)}, any case, or the path of a captions JSON "
+                             f"(default: %(default)s)")
     parser.add_argument("--name", default=None, help="a dataset file's name in file names (default: the JSON's stem)")
     parser.add_argument("--split", nargs="+", default=None, metavar="PROTOCOL",
                         help="duch (the original's seed-42 split; default for ucm, rsicd, demo), json (the JSON's "
@@ -83,8 +84,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # flags that are not settings of the run: where to look, what to do, which device runs it
-NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit", "check_overlap", "image_dir",
-                    "other_image_dir")
+NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit", "check_overlap",
+                    "image_dir", "other_image_dir")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -97,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     split, split_file = parse_split(getattr(args, "split", None))
     return TrainConfig(
         dataset=args.dataset if is_dataset_file(args.dataset) else args.dataset.lower(), name=name, split=split,
-        split_file=split_file, labels=getattr(args, "labels", None), preset=args.preset.lower(), bit=args.bit, model=args.model.lower(), tag=args.tag,
+        split_file=split_file, labels=getattr(args, "labels", None), preset=args.preset.lower(), bit=args.bit,
+        model=args.model.lower(), tag=args.tag,
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, alpha=args.alpha, beta=args.beta,
         gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=args.valid_freq,
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,

@@ -96,7 +96,9 @@ def get_dataset(key: str, name: str | None = None) -> DatasetInfo:
     if is_dataset_file(key):
         path = Path(key)
         if not path.is_file():
-            raise DUCHError(f"dataset file {path} not found (--dataset takes {', '.join(DATASETS)} or the path of a captions JSON)")
+            raise DUCHError(
+                f"dataset file {path} not found (--dataset takes {', '.join(DATASETS)} or the path of a captions JSON)"
+            )
         label = name or path.stem
         if not label or any(c in label for c in "/\\ "):
             raise DUCHError(f"--name {label!r}: a dataset name is used in file names; use letters, digits, '-' and '_'")

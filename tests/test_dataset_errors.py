@@ -16,7 +16,8 @@ def synthetic(tmp_path):
     source = tmp_path / "data" / "syn.json"
     source.parent.mkdir()
     source.write_text("{}")
-    make_synthetic_features(get_dataset(str(source)), source.parent, n_images=30, n_classes=3, image_dim=8, caption_dim=8)
+    make_synthetic_features(get_dataset(str(source)), source.parent, n_images=30, n_classes=3, image_dim=8,
+                            caption_dim=8)
     augmented = source.parent / "augmented_syn.json"
     data = json.loads(augmented.read_text())
     for j, image in enumerate(data["images"]):
@@ -87,7 +88,8 @@ def test_labels_csv_with_unknown_files(synthetic, tmp_path, capsys):
     rewrite(source, data)
     csv = tmp_path / "labels.csv"
     csv.write_text("1.png,a\nnot_there.png,b\n")
-    assert "line 2 names 'not_there.png', which is not an image" in fails(capsys, tmp_path, source, "--labels", str(csv))
+    line = fails(capsys, tmp_path, source, "--labels", str(csv))
+    assert "line 2 names 'not_there.png', which is not an image" in line
 
 
 def test_bad_split_flag(synthetic, tmp_path, capsys):
@@ -104,7 +106,8 @@ def test_check_overlap_counts_shared_test_images(tmp_path, capsys):
         path.write_bytes(b"other picture %d" % k)
     tests = [im["filename"] for im in json.loads(mine.read_text())["images"] if im["split"] == "test"]
     for k in range(2):  # ... but two of mine's test images, renamed
-        shutil.copy(tmp_path / "mine" / "images" / tests[k], tmp_path / "theirs" / "images" / "sea" / f"sea_00{k + 1}.png")
+        target = tmp_path / "theirs" / "images" / "sea" / f"sea_00{k + 1}.png"
+        shutil.copy(tmp_path / "mine" / "images" / tests[k], target)
     report = run_main("--dataset", str(mine), "--check-overlap", str(theirs))
     assert report["test_images"] == 4 and report["other_images"] == 24 and report["shared"] == 2
     assert report["examples"] == [[tests[0], "sea_001.png"], [tests[1], "sea_002.png"]]

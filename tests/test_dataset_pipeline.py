@@ -44,7 +44,8 @@ def make_dataset(root, kind):
                 name = f"{cls}_{i + 1:03d}.png"
                 _image(root / "images" / cls / name, c, i)
                 texts = _captions(c, i, count)
-                entry = {"filename": name, "split": split, "raw": texts[0], **{f"raw_{m}": t for m, t in enumerate(texts) if m}}
+                entry = {"filename": name, "split": split, "raw": texts[0]}
+                entry.update({f"raw_{m}": t for m, t in enumerate(texts) if m})
                 nwpu.setdefault(cls, []).append(entry)
                 continue
             name = f"{cls}_{i + 1}.png" if kind == "prefix" else f"{j + 1}.png"
@@ -97,8 +98,8 @@ def test_layout_end_to_end(kind, tmp_path, bert, capsys):
     run_dir = tmp_path / "runs" / f"{kind}_16_test_no_aug"
     protocol = metrics["protocol"]
     assert protocol["split"] == ("duch" if kind == "csv" else "json")
-    assert protocol["labels"] == {"fields": "classcode", "prefix": "file names", "nwpu": "classname", "csv": "labels CSV",
-                                  "none": "none"}[kind]
+    rules = {"fields": "classcode", "prefix": "file names", "nwpu": "classname", "csv": "labels CSV", "none": "none"}
+    assert protocol["labels"] == rules[kind]
     recall = metrics["recall"]
     for form in ("index", "tie_aware"):
         assert set(recall[form]) == {"i2t", "t2i", "mr"} and set(recall[form]["i2t"]) == {"r@1", "r@5", "r@10"}
@@ -106,7 +107,7 @@ def test_layout_end_to_end(kind, tmp_path, bert, capsys):
     assert ("map@20" in metrics) == (kind != "none") and (metrics.get("class_level") == "skipped") == (kind == "none")
     split = json.loads((run_dir / "split.json").read_text())
     if kind != "csv":  # the JSON's parts: test = the 4 images marked test, validation on the val images
-        assert len(split["files"]["query"]) == 4 and len(split["files"]["val"]) == 4 and len(split["files"]["train"]) == 16
+        assert [len(split["files"][part]) for part in ("query", "val", "train")] == [4, 4, 16]
         assert recall["n_images"] == 4
     # the codes file carries the caption-to-image rows: evaluate.py recomputes the same recall
     codes = np.load(run_dir / "codes.npz")
@@ -127,5 +128,6 @@ def test_layout_end_to_end(kind, tmp_path, bert, capsys):
     assert shared["files"] == split["files"] and shared["caption_index"] == split["caption_index"]
     assert moved["protocol"]["split"] == "file"
     run_search("index", "--run", run_dir, "--no-progress")
-    found = run_search("query", "--index", run_dir / "index", "--text", "a blue sea", "--target", "captions", "-k", 5, "--quiet")
+    found = run_search("query", "--index", run_dir / "index", "--text", "a blue sea", "--target", "captions", "-k", 5,
+                       "--quiet")
     assert len(found[0]["results"]) == 5 and all(r["caption"] for r in found[0]["results"])

@@ -36,7 +36,8 @@ def nwpu(per_class=3, counts=None):
         out[c] = []
         for i in range(per_class):
             k = counts[n] if counts else 5
-            entry = {"filename": f"{c}_{i + 1:03d}.jpg", "split": ("train", "val", "test")[i % 3], "raw": f"{c} {i} zero"}
+            split = ("train", "val", "test")[i % 3]
+            entry = {"filename": f"{c}_{i + 1:03d}.jpg", "split": split, "raw": f"{c} {i} zero"}
             entry.update({f"raw_{m}": f"{c} {i} caption {m}" for m in range(1, k)})
             out[c].append(entry)
             n += 1
@@ -74,7 +75,8 @@ def test_nwpu_layout_becomes_karpathy_with_ragged_captions_and_class_folders(tmp
     data = load_dataset_json(write(tmp_path, nwpu(counts=counts)))
     assert data["layout"] == "nwpu" and len(data["images"]) == 6
     assert [len(im["sentences"]) for im in data["images"]] == counts
-    assert data["images"][3]["classname"] == "bare_land" and data["images"][0]["sentences"][1]["raw"] == "airplane 0 caption 1"
+    assert data["images"][3]["classname"] == "bare_land"
+    assert data["images"][0]["sentences"][1]["raw"] == "airplane 0 caption 1"
     offsets = caption_offsets(data)
     assert offsets.tolist() == [0, 5, 6, 9, 11, 16, 20]
     assert caption_owner(offsets).tolist() == [0] * 5 + [1] + [2] * 3 + [3] * 2 + [4] * 5 + [5] * 4
@@ -119,7 +121,8 @@ def test_label_rules_in_order(tmp_path):
     ("twice", r"line 3: '1.tif' has a second row"),
 ])
 def test_labels_csv_errors(tmp_path, case, message):
-    rows = {"unknown": "1.tif,a\nx.tif,b\n", "missing": "1.tif,a\n2.tif,b\n", "twice": "1.tif,a\n2.tif,b\n1.tif,c\n"}[case]
+    rows = {"unknown": "1.tif,a\nx.tif,b\n", "missing": "1.tif,a\n2.tif,b\n",
+            "twice": "1.tif,a\n2.tif,b\n1.tif,c\n"}[case]
     csv = tmp_path / "labels.csv"
     csv.write_text(rows)
     with pytest.raises(DUCHError, match=message):
@@ -163,13 +166,23 @@ def test_split_file_round_trip_by_file_names(tmp_path):
     path = write(tmp_path, first.to_json(names, offsets), "split.json")
     # another person's JSON lists the images in another order: the split follows the file names
     order = list(reversed(range(20)))
-    again = resolve_split("file", [images[j] for j in order], caption_offsets([counts[j] for j in order]), split_file=path)
+    reordered = [images[j] for j in order]
+    again = resolve_split("file", reordered, caption_offsets([counts[j] for j in order]), split_file=path)
     back = {new: old for new, old in enumerate(order)}
     assert sorted(back[j] for j in again.train) == first.train and sorted(back[j] for j in again.query) == first.query
     portable = json.loads(path.read_text())
     assert portable["files"]["query"] == [names[j] for j in first.query] and portable["format"] == "duch-split/1"
     bad = dict(portable, files=dict(portable["files"], train=["nope.tif"]))
-    with pytest.raises(DUCHError, match=r"files.train names 1 files the dataset JSON does not have \(e.g. 'nope.tif'\)"):
+    message = r"files.train names 1 files the dataset JSON does not have \(e.g. 'nope.tif'\)"
+    with pytest.raises(DUCHError, match=message):
         resolve_split("file", images, offsets, split_file=write(tmp_path, bad, "bad.json"))
     with pytest.raises(DUCHError, match="--split file needs the path"):
         resolve_split("file", images, offsets)
+
+
+@pytest.mark.parametrize("n", [2100, 10921])  # UCM, RSICD: the default protocol is the original's split, unchanged
+def test_default_split_of_ucm_and_rsicd_is_the_original(n):
+    images = karpathy([f"{j}.tif" for j in range(n)])["images"]
+    for key in ("ucm", "rsicd"):
+        assert get_dataset(key).default_split == "duch"
+    assert resolve_split("duch", images, caption_offsets([5] * n), 42) == make_split(n, 42)

@@ -42,8 +42,8 @@ def detect_layout(data, path: str | Path = "dataset JSON") -> str:
             return NWPU
         bad = next((e for e in entries if not (isinstance(e, dict) and "raw" in e)), None)
         if bad is not None and isinstance(bad, dict) and "sentences" in bad:
-            raise DUCHError(f"{path}: mixed layouts: class lists (NWPU layout) hold entries with 'sentences' (Karpathy layout); "
-                            f"expected {LAYOUTS_EXPECTED}")
+            raise DUCHError(f"{path}: mixed layouts: class lists (NWPU layout) hold entries with 'sentences' "
+                            f"(Karpathy layout); expected {LAYOUTS_EXPECTED}")
     raise DUCHError(f"{path}: not a captions JSON this project reads; expected {LAYOUTS_EXPECTED}")
 
 
@@ -83,14 +83,14 @@ def load_dataset_json(path: str | Path, hint: str = "") -> dict:
         if not isinstance(filename, str) or not filename.strip():
             found = "no 'filename'" if filename is None else f"'filename' {filename!r}, not a file name"
             raise DUCHError(f"{path}: image {j} has {found}; every image needs the name of its image file")
-        key = f"{image.get('filepath', '')}/{filename}" if layout == KARPATHY else filename
-        if key in seen:
-            raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[key]} and {j}); every image needs its own file")
-        seen[key] = j
+        if filename in seen:  # split files and labels CSVs name images by file name
+            raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[filename]} and {j}); "
+                            f"every image needs its own file")
+        seen[filename] = j
         sentences = image.get("sentences")
         if sentences is None and layout == KARPATHY and "raw" in image:
-            raise DUCHError(f"{path}: mixed layouts: {_where(j, image)} has NWPU-style 'raw' fields in a Karpathy-layout "
-                            f"file; expected {LAYOUTS_EXPECTED}")
+            raise DUCHError(f"{path}: mixed layouts: {_where(j, image)} has NWPU-style 'raw' fields in a "
+                            f"Karpathy-layout file; expected {LAYOUTS_EXPECTED}")
         if not isinstance(sentences, list) or not sentences:
             raise DUCHError(f"{path}: {_where(j, image)} has no captions; every image needs at least one")
         for i, sentence in enumerate(sentences):
@@ -109,7 +109,10 @@ def caption_counts(data: dict) -> np.ndarray:
 def caption_offsets(data_or_counts) -> np.ndarray:
     """(N + 1,) first caption row of each image, then the total: image j owns rows offsets[j]:offsets[j + 1]
     (``5 j + i`` when every image has 5)."""
-    counts = caption_counts(data_or_counts) if isinstance(data_or_counts, dict) else np.asarray(data_or_counts, dtype=np.int64)
+    if isinstance(data_or_counts, dict):
+        counts = caption_counts(data_or_counts)
+    else:
+        counts = np.asarray(data_or_counts, dtype=np.int64)
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
@@ -237,7 +240,8 @@ def read_labels_csv(path: str | Path, filenames: list[str]) -> tuple[np.ndarray,
             by_image[index[name]] = [x.strip() for x in row[1].split(";") if x.strip()]
     missing = [filenames[j] for j in range(len(filenames)) if j not in by_image]
     if missing:
-        raise DUCHError(f"{path}: {len(missing)} of {len(filenames)} images have no row (e.g. {missing[0]!r}); every image needs a label")
+        raise DUCHError(f"{path}: {len(missing)} of {len(filenames)} images have no row (e.g. {missing[0]!r}); "
+                        f"every image needs a label")
     names = sorted({label for labels in by_image.values() for label in labels})
     code = {name: c for c, name in enumerate(names)}
     if all(len(v) == 1 for v in by_image.values()):
@@ -279,8 +283,8 @@ def resolve_labels(data: dict, ds: DatasetInfo | None = None, source: str | Path
             return ImageLabels(values, len(classes), field, classes)
         if having:
             j = next(j for j, image in enumerate(images) if field not in image)
-            raise DUCHError(f"{source}: {_where(j, images[j])} has no {field!r} ({len(images) - having} of {len(images)} "
-                            f"images lack one); give every image one, or none")
+            raise DUCHError(f"{source}: {_where(j, images[j])} has no {field!r} "
+                            f"({len(images) - having} of {len(images)} images lack one); give every image one, or none")
     filenames = [image["filename"] for image in images]
     stems = [Path(name).stem for name in filenames]
     if all("_" in stem and stem.rsplit("_", 1)[0] for stem in stems):

@@ -64,4 +64,5 @@ def overlap_line(report: dict) -> str:
                 f"{report['other_images']} images of {report['other']}")
     examples = ", ".join(f"{a} = {b}" for a, b in report["examples"])
     return (f"{report['dataset']}: {report['shared']} of its {report['test_images']} test images also occur in "
-            f"{report['other']} (same file content), e.g. {examples}: a model trained on {report['other']} has seen them")
+            f"{report['other']} (same file content), e.g. {examples}: "
+            f"a model trained on {report['other']} has seen them")

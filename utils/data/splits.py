@@ -63,7 +63,8 @@ class Split:
             out["format"] = SPLIT_FORMAT
             out["files"] = {part: [filenames[j] for j in getattr(self, part)] for part in PARTS}
             out["caption_index"] = {
-                part: [int(r - offsets[j]) for j, r in zip(getattr(self, part), getattr(self, f"{part}_captions"))] for part in PARTS
+                part: [int(r - offsets[j]) for j, r in zip(getattr(self, part), getattr(self, f"{part}_captions"))]
+                for part in PARTS
             }
         return out
 
@@ -106,8 +107,8 @@ def json_split(images: list[dict], offsets, seed: int = 42, source="dataset JSON
         if value not in parts:
             name = image.get("filename")
             found = "no 'split' field" if value is None else f"split {value!r}"
-            raise DUCHError(f"{source}: image {j} ({name}) has {found}; --split json needs train, val or test on every image "
-                            f"(or use --split duch, or --split file PATH)")
+            raise DUCHError(f"{source}: image {j} ({name}) has {found}; --split json needs train, val or test on "
+                            f"every image (or use --split duch, or --split file PATH)")
     for j, image in enumerate(images):
         parts[image["split"]].append(j)
     for part in ("train", "test"):
@@ -136,7 +137,8 @@ def read_split_file(path: str | Path, filenames: list[str], offsets) -> Split:
             raise DUCHError(f"{path}: files.{part} is not a list of file names")
         unknown = [n for n in names if n not in index]
         if unknown:
-            raise DUCHError(f"{path}: files.{part} names {len(unknown)} files the dataset JSON does not have (e.g. {unknown[0]!r})")
+            raise DUCHError(f"{path}: files.{part} names {len(unknown)} files the dataset JSON does not have "
+                            f"(e.g. {unknown[0]!r})")
         parts[part] = [index[n] for n in names]
         picks = chosen.get(part)
         if picks is None:
@@ -147,7 +149,8 @@ def read_split_file(path: str | Path, filenames: list[str], offsets) -> Split:
         for j, i in zip(parts[part], picks):
             count = int(offsets[j + 1] - offsets[j])
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count:
-                raise DUCHError(f"{path}: caption_index.{part} gives {i!r} for {filenames[j]!r}, which has {count} captions")
+                raise DUCHError(f"{path}: caption_index.{part} gives {i!r} for {filenames[j]!r}, "
+                                f"which has {count} captions")
         rows[part] = [int(offsets[j]) + int(i) for j, i in zip(parts[part], picks)]
     if not parts["train"] or not parts["query"] or not parts["db"]:
         raise DUCHError(f"{path}: a split needs train, query and db files")

@@ -164,7 +164,8 @@ def evaluate_file(
     if all(k in arrays for k in INSTANCE_KEYS):
         from utils.retrieval.recall import instance_recall
 
-        recall = instance_recall(arrays["test_img"], arrays["test_txt"], arrays["test_txt_image"], memory_gb=memory_gb, bits=bits)
+        recall = instance_recall(arrays["test_img"], arrays["test_txt"], arrays["test_txt_image"], memory_gb=memory_gb,
+                                 bits=bits)
         if not has_class_codes(arrays):
             return {"recall": recall}
     elif any(k in arrays for k in INSTANCE_KEYS):

@@ -68,7 +68,8 @@ def recall_at(q, db, q_ids, db_ids, ks=RECALL_KS, memory_gb: float = 1.0, bits: 
     dw = as_code_words(db, bits, "database codes")
     q_ids, db_ids = np.asarray(q_ids).reshape(-1), np.asarray(db_ids).reshape(-1)
     if len(q_ids) != len(qw) or len(db_ids) != len(dw):
-        raise DUCHError(f"recall: {len(qw)} query codes with {len(q_ids)} ids, {len(dw)} database codes with {len(db_ids)} ids")
+        raise DUCHError(f"recall: {len(qw)} query codes with {len(q_ids)} ids, "
+                        f"{len(dw)} database codes with {len(db_ids)} ids")
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise DUCHError(f"recall cut-offs must be positive integers, got {ks}")
@@ -97,7 +98,8 @@ def recall_at(q, db, q_ids, db_ids, ks=RECALL_KS, memory_gb: float = 1.0, bits: 
     }
 
 
-def instance_recall(img_codes, txt_codes, txt_image, ks=RECALL_KS, memory_gb: float = 1.0, bits: int | None = None) -> dict:
+def instance_recall(img_codes, txt_codes, txt_image, ks=RECALL_KS, memory_gb: float = 1.0,
+                    bits: int | None = None) -> dict:
     """I->T and T->I recall within a set of images and their captions, in metrics.json's layout:
     {"index": {"i2t": {"r@1": .., ..}, "t2i": {..}, "mr": ..}, "tie_aware": {..}, "n_images", "n_captions"}.
 
@@ -111,10 +113,12 @@ def instance_recall(img_codes, txt_codes, txt_image, ks=RECALL_KS, memory_gb: fl
     if len(owner) != len(txt):
         raise DUCHError(f"{len(txt)} caption codes but {len(owner)} caption-to-image rows")
     if len(owner) and (owner.min() < 0 or owner.max() >= len(img)):
-        raise DUCHError(f"caption-to-image rows must lie in 0..{len(img) - 1} (the image codes), found {int(owner.min())}..{int(owner.max())}")
+        raise DUCHError(f"caption-to-image rows must lie in 0..{len(img) - 1} (the image codes), "
+                        f"found {int(owner.min())}..{int(owner.max())}")
     image_ids = np.arange(len(img))
     out: dict = {"index": {}, "tie_aware": {}}
-    for name, (q, db, q_ids, db_ids) in {"i2t": (img, txt, image_ids, owner), "t2i": (txt, img, owner, image_ids)}.items():
+    directions = {"i2t": (img, txt, image_ids, owner), "t2i": (txt, img, owner, image_ids)}
+    for name, (q, db, q_ids, db_ids) in directions.items():
         result = recall_at(q, db, q_ids, db_ids, ks, memory_gb)
         for form in ("index", "tie_aware"):
             out[form][name] = {f"r@{k}": 100.0 * float(v) for k, v in result[form].items()}

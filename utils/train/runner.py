@@ -22,7 +22,9 @@ from configs.train import TrainConfig, check_config
 from utils import distributed
 from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.errors import DUCHError
-from utils.retrieval.evaluation import (EvalSet, InstanceSet, encode_sets, evaluate_codes, format_results, instance_metrics)
+from utils.retrieval.evaluation import (
+    EvalSet, InstanceSet, encode_sets, evaluate_codes, format_results, instance_metrics,
+)
 from utils.data.features import Features, load_features, resolve_files, width_notes
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
