@@ -38,7 +38,7 @@ class DatasetInfo:
     default_split: str = "duch"  # the split protocol when --split is not given: duch or json
     json_names: tuple[str, ...] = ()  # other names of the release's captions JSON, read when NAME.json is absent
     json_path: str | None = None  # a dataset given by its file: the captions JSON itself
-    captions_per_image: int | None = 5  # documented count (None: any, ragged allowed)
+    captions_per_image: int | None = 5  # the count every image must have (None: any, ragged allowed)
 
     @property
     def from_file(self) -> bool:
@@ -57,16 +57,19 @@ DATASETS: dict[str, DatasetInfo] = {
     "rsitmd": DatasetInfo(
         "rsitmd", "RSITMD", 32, 4743, ".tif", "images", original_image_batch_size=500, label_rule="auto",
         default_split="json", json_names=("dataset_RSITMD.json",),
+        captions_per_image=None,
     ),
     # Sydney-Captions release: images 1.tif ... 613.tif in one folder, 7 classes not named in the JSON
     "sydney": DatasetInfo(
         "sydney", "SYDNEY", 7, 613, ".tif", "imgs", original_image_batch_size=500, label_rule="auto",
         default_split="json", json_names=("dataset.json",),
+        captions_per_image=None,
     ),
     # NWPU-Captions release: object keyed by class, images in NWPU-RESISC45/<class>/<class>_<n>.jpg
     "nwpu": DatasetInfo(
         "nwpu", "NWPU", 45, 31500, ".jpg", "NWPU-RESISC45", original_image_batch_size=500, label_rule="auto",
         default_split="json", json_names=("dataset_nwpu.json",),
+        captions_per_image=None,
     ),
     # generated offline demo in the UCM layout; encoders available offline decide the widths
     "demo": DatasetInfo(

@@ -61,12 +61,13 @@ def _nwpu_to_karpathy(data: dict, path) -> dict:
     return {"dataset": "NWPU", "layout": NWPU, "images": images}
 
 
-def load_dataset_json(path: str | Path, hint: str = "") -> dict:
+def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None = None) -> dict:
     """Load, normalise and validate a captions JSON (docs/datasets.md).
 
     Either layout comes back as a Karpathy-layout dict: an ``images`` list of objects, each with a
     non-empty string ``filename`` (unique) and at least one sentence object whose ``raw`` caption is a
-    non-empty string; the number of captions may differ between images (``caption_offsets``).
+    non-empty string; the number of captions may differ between images (``caption_offsets``), except for
+    a dataset whose facts fix it (``ds.captions_per_image``: UCM, RSICD and the demo have 5).
     """
     data = read_json(path, "dataset JSON", hint)
     layout = detect_layout(data, path)
@@ -93,6 +94,9 @@ def load_dataset_json(path: str | Path, hint: str = "") -> dict:
                             f"Karpathy-layout file; expected {LAYOUTS_EXPECTED}")
         if not isinstance(sentences, list) or not sentences:
             raise DUCHError(f"{path}: {_where(j, image)} has no captions; every image needs at least one")
+        if ds is not None and ds.captions_per_image is not None and len(sentences) != ds.captions_per_image:
+            raise DUCHError(f"{path}: {_where(j, image)} has {len(sentences)} captions; every {ds.name} image has "
+                            f"{ds.captions_per_image} (for another count, give the JSON itself: --dataset PATH)")
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, dict):
                 raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not an object")

@@ -148,7 +148,8 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     """
     preset = get_preset(preset_name)
     data_dir = paths.image.parent
-    data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds, data_dir)}")
+    data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds, data_dir)}",
+                             ds=ds)
     n = len(data["images"])
     if n < MIN_IMAGES:
         raise DUCHError(

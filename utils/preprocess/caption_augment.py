@@ -134,7 +134,7 @@ def load_input(ds: DatasetInfo, data_dir: str | Path, key: str, overwrite: bool)
         f"put the captions file {dataset_json_name(ds)} of the {ds.name} release in {Path(data_dir)} "
         "(see data/README.md), or pass --data-dir"
     )
-    data = load_dataset_json(src, hint)
+    data = load_dataset_json(src, hint, ds=ds)
     captions(data, RAW_CAPTION_KEY)  # every sentence needs its raw caption
     present = [s for image in data["images"] for s in image["sentences"] if key in s]
     if present and not overwrite:

@@ -112,7 +112,7 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
         raise DUCHError(f"--max-length must be at least 2 (got {opts.max_length})")
 
     json_path = find_dataset_json(ds, data_dir)
-    data = load_dataset_json(json_path)
+    data = load_dataset_json(json_path, ds=ds)
     if RAW_CAPTION_KEY not in sentence_keys_present(data, [RAW_CAPTION_KEY]):
         raise DUCHError(f"{json_path}: not every sentence has a {RAW_CAPTION_KEY!r} caption")
     keys = [RAW_CAPTION_KEY] + sentence_keys_present(data, CAPTION_AUG_KEYS.values())

@@ -163,7 +163,7 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str)
     refuse_overwrite(out_path, opts.overwrite)
     json_path = source_dataset_json(ds, data_dir)
-    data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}")
+    data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}", ds=ds)
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
     ctx = distributed.init_from_env(opts.device) if distributed.torchrun_world_size() > 1 else distributed.context()
