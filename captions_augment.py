@@ -27,8 +27,10 @@ PURPOSE = "Augment dataset captions (rule-based or back-translation) into augmen
 
 def get_args_parser(add_help=True):
     parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help)
-    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME",
-                        help=f"dataset: {', '.join(DATASETS)} (default: %(default)s)")
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET",
+                        help=f"dataset: {', '.join(DATASETS)}, or the path of a captions JSON (default: %(default)s)")
+    parser.add_argument("--name", default=None,
+                        help="a dataset file's name in output file names (default: the JSON's stem)")
     parser.add_argument("--txt-aug", default="rule-based", metavar="TXT_AUG_TYPE",
                         help=f"augmentation type: {', '.join(CAPTION_AUG_KEYS)} (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="folder of the dataset JSON (default: the dataset's)")

@@ -22,8 +22,10 @@ PURPOSE = "Embed the dataset captions (raw and every augmented set) into caption
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=PURPOSE, add_help=add_help)
-    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME",
-                        help=f"dataset: {', '.join(DATASETS)} (default: %(default)s)")
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET",
+                        help=f"dataset: {', '.join(DATASETS)}, or the path of a captions JSON (default: %(default)s)")
+    parser.add_argument("--name", default=None,
+                        help="a dataset file's name in output file names (default: the JSON's stem)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the dataset JSON and the feature files (default: the dataset's, e.g. data)")
     parser.add_argument("--model", default=DEFAULT_TEXT_MODEL,

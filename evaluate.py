@@ -3,6 +3,9 @@
 Takes main.py's codes.npz (q_img, q_txt, db_img, db_txt, q_labels, db_labels: four directions and
 their mean) or a single-modality file (q, db, q_labels, db_labels: one direction). Codes are ±1 (any
 dtype), 0/1, or packed uint8 rows with --bits; labels are class codes (1-D) or multi-hot rows (2-D).
+A codes file with test_img, test_txt and test_txt_image (the test images' codes, the codes of all their
+captions, and the row in test_img of each caption's image) is also scored, or only scored, with
+instance-level recall R@1/5/10 and mR, I->T and T->I, ties by index and tie-aware (docs/datasets.md).
 Prints the mAP table with chance level; --out writes metrics.json in main.py's layout.
 """
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from utils.errors import DUCHError, exit_on_user_error
 from utils.io import write_json
 from utils.logs import setup_logger
-from utils.retrieval.evaluation import evaluate_file, format_map_table
+from utils.retrieval.evaluation import evaluate_file, format_results
 from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS
 
 
@@ -52,7 +55,7 @@ def main(args: argparse.Namespace) -> dict:
     metrics["eval_time_s"] = round(elapsed, 4)
     if out is not None:
         write_json(out, metrics)
-    logger.info(f"{args.codes} ({elapsed:.2f} s)\n{format_map_table(metrics)}" + (f"\nmetrics in {out}" if out else ""))
+    logger.info(f"{args.codes} ({elapsed:.2f} s)\n{format_results(metrics)}" + (f"\nmetrics in {out}" if out else ""))
     return metrics
 
 

@@ -29,7 +29,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
         formatter_class=_HelpFormatter, add_help=add_help,
     )
-    parser.add_argument("--dataset", default="ucm", metavar="DATASET_NAME", help=f"one of: {', '.join(DATASETS)}")
+    parser.add_argument("--dataset", default="ucm", metavar="DATASET",
+                        help=f"dataset: {', '.join(DATASETS)}, or the path of a captions JSON (default: %(default)s)")
+    parser.add_argument("--name", default=None,
+                        help="a dataset file's name in output file names (default: the JSON's stem)")
     parser.add_argument("--img-aug", default="no_aug", metavar="IMG_AUG_SET",
                         help=f"image transform set, one of: {', '.join(IMAGE_AUG_SETS)}")
     parser.add_argument("--crop-size", nargs=2, type=int, default=[200, 200], metavar=("CROP_H", "CROP_W"),

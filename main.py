@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from configs.datasets import DATASETS, get_dataset
+from configs.datasets import DATASETS, get_dataset, is_dataset_file
 from configs.presets import PRESETS
 from configs.train import MODELS, TrainConfig, check_config
 from utils.errors import DUCHError, exit_on_user_error
@@ -43,7 +43,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="training epochs; --resume may raise it (default: %(default)s)")
     parser.add_argument("--tag", default=d.tag, help="model tag (for save path) (default: %(default)s)")
     parser.add_argument("--dataset", default=d.dataset,
-                        help=f"one of: {', '.join(DATASETS)}, any case (default: %(default)s)")
+                        help=f"one of: {', '.join(DATASETS)}, any case, or the path of a captions JSON "
+                             f"(default: %(default)s)")
+    parser.add_argument("--name", default=None, help="a dataset file's name in file names (default: the JSON's stem)")
+    parser.add_argument("--split", nargs="+", default=None, metavar="PROTOCOL",
+                        help="duch (the original's seed-42 split; default for ucm, rsicd, demo), json (the JSON's "
+                             "train/val/test; default for the others) or file PATH (a split.json of a run)")
+    parser.add_argument("--check-overlap", default=None, metavar="OTHER",
+                        help="report which test images also occur (same file content) in another dataset (a name or "
+                             "captions JSON), then stop")
+    parser.add_argument("--image-dir", default=None, help="with --check-overlap: this dataset's image folder")
+    parser.add_argument("--other-image-dir", default=None,
+                        help="with --check-overlap: the other dataset's image folder")
+    parser.add_argument("--labels", default=None, metavar="CSV",
+                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes")
     parser.add_argument("--preset", default=d.preset,
                         help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=d.alpha, help="alpha hyperparameter (La) (default: %(default)s)")
@@ -87,18 +100,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # flags that are not settings of the run: where to look, what to do, which device runs it
-NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit")
+NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit", "check_overlap",
+                    "image_dir", "other_image_dir")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    data_dir = args.data_dir or get_dataset(args.dataset).default_data_dir
+    name = getattr(args, "name", None)
+    data_dir = args.data_dir or get_dataset(args.dataset, name).default_data_dir
+    split, split_file = parse_split(getattr(args, "split", None))
     return TrainConfig(
-        dataset=args.dataset.lower(), preset=args.preset.lower(), bit=args.bit, model=args.model.lower(), tag=args.tag,
+        dataset=args.dataset if is_dataset_file(args.dataset) else args.dataset.lower(), name=name, split=split,
+        split_file=split_file, labels=getattr(args, "labels", None), preset=args.preset.lower(), bit=args.bit,
+        model=args.model.lower(), tag=args.tag,
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, alpha=args.alpha, beta=args.beta,
         gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=args.valid_freq,
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,
         img_aug_emb=args.img_aug_emb, device=args.device,
     )
+
+
+def parse_split(values) -> tuple[str | None, str | None]:
+    """``--split duch``, ``--split json`` or ``--split file PATH`` -> (protocol, path)."""
+    if not values:
+        return None, None
+    protocol, rest = str(values[0]).lower(), list(values[1:])
+    if protocol == "file" and len(rest) == 1:
+        return protocol, rest[0]
+    if protocol in ("duch", "json") and not rest:
+        return protocol, None
+    if protocol == "file":
+        raise DUCHError("--split file needs the path of a split.json: --split file PATH")
+    raise DUCHError(f"--split {' '.join(map(str, values))}: choose duch, json or file PATH")
 
 
 def typed_settings(args: argparse.Namespace) -> set[str]:
@@ -111,14 +143,31 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
     return {k for k in explicit if k not in NOT_RUN_SETTINGS}
 
 
+def check_overlap(cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    """--check-overlap OTHER: the test images of this dataset's split found in OTHER's image files."""
+    from utils.data.overlap import check_overlap as check
+    from utils.data.overlap import overlap_line
+
+    ds = get_dataset(cfg.dataset, cfg.name)
+    report = check(ds, cfg.data_dir, cfg.split or ds.default_split, args.check_overlap, cfg.seed, cfg.split_file,
+                   args.image_dir, args.other_image_dir)
+    setup_logger().info(overlap_line(report))
+    return report
+
+
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
+    typed_split = "split" in (getattr(args, "explicit", None) or [])
+    if typed_split:
+        args.explicit = [*args.explicit, "split_file"]
     check_config(cfg)  # bad flags are caught before any data is built or read, and before torch loads
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         raise DUCHError("--test evaluates a trained run; it cannot be combined with "
                         f"--{'resume' if args.resume else 'overwrite'}")
+    if getattr(args, "check_overlap", None):
+        return check_overlap(cfg, args)
     from utils import distributed
     from utils.train import runner
 

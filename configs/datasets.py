@@ -1,7 +1,12 @@
-"""Facts about the supported datasets: one place for names, class counts and folder layouts."""
+"""Facts about the supported datasets: one place for names, class counts and folder layouts.
+
+A dataset is named (``ucm``, ``rsicd``, ``rsitmd``, ``sydney``, ``nwpu``, ``demo``) or given as the path of
+its captions JSON (``resolve_dataset``); docs/datasets.md describes the layouts and protocols.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from configs.errors import DUCHError, did_you_mean
 
@@ -10,9 +15,9 @@ CAPTIONS_PER_IMAGE = 5
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    key: str  # the CLI name: ucm, rsicd, demo
-    name: str  # the upper-case name used in file names: UCM, RSICD, DEMO
-    num_classes: int
+    key: str  # the CLI name: ucm, rsicd, demo (for a dataset given by its file: the lower-case name)
+    name: str  # the name used in file names: UCM, RSICD, DEMO (for a file: its stem or --name)
+    num_classes: int | None
     num_images: int | None  # expected size of the real dataset (None: any)
     image_ext: str
     image_dir: str  # default image folder, relative to the data folder
@@ -27,6 +32,17 @@ class DatasetInfo:
     labels_from_filenames: bool = False
     # the original release's images_augment.py batch (its training-mode batch norm depends on it)
     original_image_batch_size: int = 525
+    # labels: "classcode" = every image must carry one (UCM, demo); "auto" = class fields, else file-name
+    # prefixes, else --labels CSV, else none (utils/data/dataset_json.py resolve_labels)
+    label_rule: str = "classcode"
+    default_split: str = "duch"  # the split protocol when --split is not given: duch or json
+    json_names: tuple[str, ...] = ()  # other names of the release's captions JSON, read when NAME.json is absent
+    json_path: str | None = None  # a dataset given by its file: the captions JSON itself
+    captions_per_image: int | None = 5  # the count every image must have (None: any, ragged allowed)
+
+    @property
+    def from_file(self) -> bool:
+        return self.json_path is not None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -35,6 +51,25 @@ DATASETS: dict[str, DatasetInfo] = {
     # RSICD release: images <class>_<n>.jpg in one folder
     "rsicd": DatasetInfo(
         "rsicd", "RSICD", 31, 10921, ".jpg", "RSICD_images", original_image_batch_size=500, labels_from_filenames=True,
+        label_rule="filename", json_names=("dataset_rsicd.json",),
+    ),
+    # RSITMD release: images <class>_<n>.tif in one folder, dataset_RSITMD.json with train/test splits
+    "rsitmd": DatasetInfo(
+        "rsitmd", "RSITMD", 32, 4743, ".tif", "images", original_image_batch_size=500, label_rule="auto",
+        default_split="json", json_names=("dataset_RSITMD.json",),
+        captions_per_image=None,
+    ),
+    # Sydney-Captions release: images 1.tif ... 613.tif in one folder, 7 classes not named in the JSON
+    "sydney": DatasetInfo(
+        "sydney", "SYDNEY", 7, 613, ".tif", "imgs", original_image_batch_size=500, label_rule="auto",
+        default_split="json", json_names=("dataset.json",),
+        captions_per_image=None,
+    ),
+    # NWPU-Captions release: object keyed by class, images in NWPU-RESISC45/<class>/<class>_<n>.jpg
+    "nwpu": DatasetInfo(
+        "nwpu", "NWPU", 45, 31500, ".jpg", "NWPU-RESISC45", original_image_batch_size=500, label_rule="auto",
+        default_split="json", json_names=("dataset_nwpu.json",),
+        captions_per_image=None,
     ),
     # generated offline demo in the UCM layout; encoders available offline decide the widths
     "demo": DatasetInfo(
@@ -45,9 +80,40 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def get_dataset(key: str) -> DatasetInfo:
-    """Look a dataset up by its CLI name (case-insensitive); unknown names are a clear error."""
+SPLIT_PROTOCOLS = ("duch", "json", "file")
+
+
+def is_dataset_file(value: str) -> bool:
+    """A --dataset value that names a captions JSON rather than a known dataset."""
+    value = str(value)
+    return value.lower() not in DATASETS and (value.lower().endswith(".json") or "/" in value or "\\" in value)
+
+
+def get_dataset(key: str, name: str | None = None) -> DatasetInfo:
+    """Look a dataset up by its CLI name (case-insensitive) or by the path of its captions JSON.
+
+    A path gives a dataset named after the file's stem (or ``name``): ``data/mine/captions.json`` ->
+    ``captions``, feature files ``image_emb_captions_aug_no_aug.h5`` ... next to the JSON by default.
+    Unknown names are a clear error.
+    """
+    if is_dataset_file(key):
+        path = Path(key)
+        if not path.is_file():
+            raise DUCHError(
+                f"dataset file {path} not found (--dataset takes {', '.join(DATASETS)} or the path of a captions JSON)"
+            )
+        label = name or path.stem
+        if not label or any(c in label for c in "/\\ "):
+            raise DUCHError(f"--name {label!r}: a dataset name is used in file names; use letters, digits, '-' and '_'")
+        return DatasetInfo(
+            label.lower(), label, None, None, "", "images", default_data_dir=str(path.parent),
+            image_dim=None, caption_dim=None, label_rule="auto", default_split="json", json_path=str(path),
+            captions_per_image=None, original_image_batch_size=500,
+        )
     info = DATASETS.get(str(key).lower())
     if info is None:
-        raise DUCHError(f"unknown dataset {key!r}{did_you_mean(key, DATASETS)}; choose one of: {', '.join(DATASETS)}")
-    return info
+        raise DUCHError(
+            f"unknown dataset {key!r}{did_you_mean(key, DATASETS)}; choose one of: {', '.join(DATASETS)}, "
+            f"or give the path of a captions JSON"
+        )
+    return replace(info, name=name) if name else info

@@ -58,10 +58,21 @@ def augmented_json_name(ds: DatasetInfo) -> str:
     return f"augmented_{ds.name}.json"
 
 
+def source_dataset_json(ds: DatasetInfo, data_dir: str | Path) -> Path:
+    """The captions JSON as released: the file a dataset was given by, else ``DS.json`` in ``data_dir``,
+    else the first of the release's own names found there (``dataset_RSITMD.json`` ...), else ``DS.json``."""
+    if ds.json_path is not None:
+        return Path(ds.json_path)
+    plain = Path(data_dir) / dataset_json_name(ds)
+    if plain.is_file():
+        return plain
+    return next((Path(data_dir) / n for n in ds.json_names if (Path(data_dir) / n).is_file()), plain)
+
+
 def current_dataset_json(ds: DatasetInfo, data_dir: str | Path) -> Path:
-    """``augmented_DS.json`` once caption augmentation has run, else ``DS.json`` (which may not exist)."""
+    """``augmented_DS.json`` once caption augmentation has run, else the source JSON (which may not exist)."""
     augmented = Path(data_dir) / augmented_json_name(ds)
-    return augmented if augmented.is_file() else Path(data_dir) / dataset_json_name(ds)
+    return augmented if augmented.is_file() else source_dataset_json(ds, data_dir)
 
 
 def image_emb_name(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from configs.datasets import get_dataset
+from configs.datasets import SPLIT_PROTOCOLS, get_dataset
 from configs.errors import DUCHError, did_you_mean
 from configs.presets import get_preset
 
@@ -12,7 +12,7 @@ MODELS = ("duch",)  # --model names, lower case (any case is accepted)
 
 @dataclass
 class TrainConfig:
-    dataset: str = "ucm"
+    dataset: str = "ucm"  # a dataset name (configs/datasets.py) or the path of a captions JSON
     preset: str = "default"
     bit: int = 32
     model: str = "duch"
@@ -44,10 +44,24 @@ class TrainConfig:
     img_aug_emb: str | None = None
     device: str = "auto"
     files: dict = field(default_factory=dict)
+    name: str | None = None  # --name: the dataset's name in file names (default: the JSON's stem)
+    split: str | None = None  # duch, json or file (None: the dataset's default, duch for runs made before)
+    split_file: str | None = None  # --split file PATH
+    labels: str | None = None  # --labels CSV, used when the JSON and file names carry no classes
+
+    def dataset_key(self) -> str:
+        """The dataset's name in run folders: its CLI name, or --name / the JSON's stem (lower case)."""
+        from configs.datasets import is_dataset_file
+
+        if is_dataset_file(self.dataset):
+            from pathlib import Path
+
+            return (self.name or Path(self.dataset).stem).lower()
+        return self.dataset
 
     def run_name(self) -> str:
         """``<dataset>_<bit>_<tag>_<preset>``: the run folder under ``out_dir``."""
-        return f"{self.dataset}_{self.bit}_{self.tag}_{self.preset}"
+        return f"{self.dataset_key()}_{self.bit}_{self.tag}_{self.preset}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -55,8 +69,12 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
-    get_dataset(cfg.dataset)
+    get_dataset(cfg.dataset, cfg.name)
     get_preset(cfg.preset)
+    if cfg.split is not None and cfg.split not in SPLIT_PROTOCOLS:
+        raise DUCHError(f"unknown --split {cfg.split!r}; choose one of: duch, json, file PATH")
+    if cfg.split == "file" and not cfg.split_file:
+        raise DUCHError("--split file needs the path of a split.json: --split file PATH")
     if cfg.model not in MODELS:
         raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: "
                         f"{', '.join(MODELS)}")

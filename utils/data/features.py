@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from configs import files
-from configs.datasets import CAPTIONS_PER_IMAGE, DatasetInfo
+from configs.datasets import DatasetInfo
 from configs.presets import BASE_CAPTION_KEY, BASE_IMAGE_SET, get_preset
-from utils.data.dataset_json import image_labels, load_dataset_json
+from utils.data.dataset_json import caption_offsets, load_dataset_json, resolve_labels
 from utils.errors import DUCHError
 from utils.io import read_h5, read_h5_attrs, read_json
 
@@ -33,11 +33,22 @@ class FeatureFiles:
 class Features:
     image: np.ndarray  # (N, d_img), standardised
     image_aug: np.ndarray
-    caption: np.ndarray  # (5N, d_txt), standardised
+    caption: np.ndarray  # (total captions, d_txt), standardised; image j owns rows offsets[j]:offsets[j + 1]
     caption_aug: np.ndarray
-    labels: np.ndarray  # (N,) class codes
+    labels: np.ndarray | None  # (N,) class codes or (N, L) multi-hot rows; None: the dataset has no labels
     n_classes: int
     warnings: list[str] = field(default_factory=list)  # e.g. features made with random encoder weights
+    offsets: np.ndarray | None = None  # (N + 1,) caption rows per image; None: 5 per image
+    images: list[dict] = field(default_factory=list)  # the JSON's image entries (file names, split fields)
+    label_rule: str = "classcode"
+
+    @property
+    def n_images(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def caption_offsets(self) -> np.ndarray:
+        return self.offsets if self.offsets is not None else np.arange(self.n_images + 1, dtype=np.int64) * 5
 
     @property
     def widths(self) -> dict[str, int]:
@@ -75,14 +86,13 @@ def standardise(x: np.ndarray) -> np.ndarray:
 
 
 def load_feature_file(path: Path, key: str, n_images: int, hint: str, what: str, width: int | None = None,
-                      width_reason: str | None = None) -> np.ndarray:
-    """Read one feature file and check rows (per image, JSON order), width and finiteness.
+                      width_reason: str | None = None, n_captions: int | None = None) -> np.ndarray:
+    """Read one feature file and check rows (per image or caption, JSON order), width and finiteness.
 
     ``width``: the width it must have; ``width_reason`` says why, after "but" in the error (default: it is the
     width of the base file of the same modality, and base and augmented views must agree).
     """
-    per_image = CAPTIONS_PER_IMAGE if key == files.CAPTION_EMB_KEY else 1
-    rows = per_image * n_images
+    rows = (n_captions if n_captions is not None else 5 * n_images) if key == files.CAPTION_EMB_KEY else n_images
     array = read_h5(path, key, hint=hint)
     if array.ndim != 2:
         raise DUCHError(f"{path}: {what} must be a 2-D array, got shape {array.shape}")
@@ -129,7 +139,8 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
     )
 
 
-def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, original_quirks: bool = False) -> Features:
+def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, original_quirks: bool = False,
+                  labels_csv: str | None = None) -> Features:
     """Load, validate and standardise the four views and the labels.
 
     Any feature width is accepted (another backbone or text model) as long as the two files of a
@@ -137,23 +148,25 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     """
     preset = get_preset(preset_name)
     data_dir = paths.image.parent
-    data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds, data_dir)}")
+    data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds, data_dir)}",
+                             ds=ds)
     n = len(data["images"])
     if n < MIN_IMAGES:
         raise DUCHError(
             f"{paths.dataset_json}: {n} images; training and testing need at least {MIN_IMAGES} "
             f"(half train, then 20 % of the rest as queries and the others as the database)"
         )
-    labels = image_labels(data, ds, paths.dataset_json)
-    n_classes = data.get("num_classes")
-    n_classes = n_classes if isinstance(n_classes, int) and not isinstance(n_classes, bool) else int(labels.max()) + 1
+    resolved = resolve_labels(data, ds, paths.dataset_json, labels_csv)
+    offsets = caption_offsets(data)
+    n_captions = int(offsets[-1])
     img_hint = files.image_emb_command(ds, BASE_IMAGE_SET, data_dir)
     image = load_feature_file(paths.image, files.IMAGE_EMB_KEY, n, img_hint, "image feature")
     image_aug = load_feature_file(paths.image_aug, files.IMAGE_EMB_KEY, n,
                                   files.image_emb_command_for_file(ds, paths.image_aug, data_dir=data_dir),
                                   "image feature", width=image.shape[1])
     cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY, data_dir)
-    caption = load_feature_file(paths.caption, files.CAPTION_EMB_KEY, n, cap_hint, "caption feature")
+    caption = load_feature_file(paths.caption, files.CAPTION_EMB_KEY, n, cap_hint, "caption feature",
+                                n_captions=n_captions)
     read = [(paths.image, files.IMAGE_EMB_KEY), (paths.image_aug, files.IMAGE_EMB_KEY),
             (paths.caption, files.CAPTION_EMB_KEY)]
     if original_quirks:
@@ -162,7 +175,7 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
         caption_aug = load_feature_file(
             paths.caption_aug, files.CAPTION_EMB_KEY, n,
             files.caption_emb_command(ds, preset.aug_caption_key, data_dir),
-            "caption feature", width=caption.shape[1],
+            "caption feature", width=caption.shape[1], n_captions=n_captions,
         )
         read.append((paths.caption_aug, files.CAPTION_EMB_KEY))
     warnings = [w for w in (random_encoder_warning(path, key) for path, key in dict.fromkeys(read)) if w]
@@ -171,9 +184,12 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
         image_aug=standardise(image_aug),
         caption=standardise(caption),
         caption_aug=standardise(caption_aug) if caption_aug is not caption else None,
-        labels=labels,
-        n_classes=n_classes,
+        labels=resolved.values,
+        n_classes=resolved.n_classes,
         warnings=warnings,
+        offsets=offsets,
+        images=data["images"],
+        label_rule=resolved.rule,
     )
 
 

@@ -48,11 +48,34 @@ def find_image(image_dir: Path, filename: str, classname: str | None = None) -> 
 
 
 def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
-    """The file of every JSON image entry, in JSON order; the first missing one is a clear error."""
+    """The file of every JSON image entry, in JSON order; the first missing one is a clear error.
+
+    Looked for as ``image_dir/filename``, ``image_dir/classname/filename`` (NWPU-Captions), or, for
+    images in other nested folders, the one file of that name anywhere under ``image_dir``."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise DUCHError(f"image folder not found: {image_dir}; pass --image-dir to the folder that holds the images")
-    return [find_image(image_dir, entry["filename"], entry.get("classname")) for entry in images]
+    nested: dict[str, list[Path]] | None = None
+    out = []
+    for entry in images:
+        filename, classname = entry["filename"], entry.get("classname")
+        direct = [image_dir / filename] + ([image_dir / str(classname) / filename] if classname else [])
+        found = next((p for p in direct if p.is_file()), None)
+        if found is None:
+            if nested is None:
+                nested = {}
+                for path in sorted(image_dir.rglob("*")):
+                    if path.is_file():
+                        nested.setdefault(path.name, []).append(path)
+            matches = nested.get(Path(filename).name, [])
+            if len(matches) > 1:
+                raise DUCHError(f"image {filename} occurs {len(matches)} times under {image_dir} "
+                                f"({matches[0]}, {matches[1]}, ...); "
+                                f"give its folder in the JSON's file name or pass --image-dir to the right folder")
+            # find_image's error names where it looked
+            found = matches[0] if matches else find_image(image_dir, filename, classname)
+        out.append(found)
+    return out
 
 
 @contextlib.contextmanager

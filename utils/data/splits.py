@@ -1,14 +1,30 @@
-"""Train / query / database split and per-image caption choice, exactly as the original release.
+"""Splits of a dataset into train / validation / query / database images, and the caption each uses.
 
-The original used Python's ``random`` module re-seeded at fixed points; the same calls in the same
-order give the same indices for the same seed.
+Three protocols (docs/datasets.md):
+
+- ``duch``: the original release's random split, exactly: Python's ``random`` module re-seeded at fixed
+  points; the same calls in the same order give the same indices for the same seed. Validation and
+  test both use the query images (as the original).
+- ``json``: the JSON's own ``split`` field: train on "train", select the model on "val", test on "test";
+  class-level queries are the test images, the database every image outside test.
+- ``file``: a split.json written by an earlier run (any protocol), read back by file names.
+
+Caption choices draw from each image's own caption count: with 5 captions per image the rows are the
+original's ``5 j + i``.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from configs.datasets import CAPTIONS_PER_IMAGE
+import numpy as np
+
+from utils.errors import DUCHError
+from utils.io import read_json
+
+SPLIT_FORMAT = "duch-split/1"
+PARTS = ("train", "val", "query", "db")
 
 
 @dataclass
@@ -16,12 +32,41 @@ class Split:
     train: list[int]
     query: list[int]
     db: list[int]
-    train_captions: list[int]  # caption row (5*j + i) used for each train image
+    train_captions: list[int]  # caption row used for each train image (5*j + i with 5 captions per image)
     query_captions: list[int]
     db_captions: list[int]
+    val: list[int] = field(default_factory=list)  # model-selection queries (json): empty = validate on query/db
+    val_captions: list[int] = field(default_factory=list)
+    protocol: str = "duch"
 
-    def to_json(self) -> dict:
-        return {k: list(map(int, v)) for k, v in self.__dict__.items()}
+    @property
+    def test(self) -> list[int]:
+        """The test images: instance-level recall runs within them and all their captions."""
+        return self.query
+
+    @property
+    def valid_query(self) -> list[int]:
+        return self.val or self.query
+
+    @property
+    def valid_db(self) -> list[int]:
+        """Validation database: the train images when a validation part exists (never the test images)."""
+        return self.train if self.val else self.db
+
+    def to_json(self, filenames: list[str] | None = None, offsets: np.ndarray | None = None) -> dict:
+        """Indices as before (``train``, ``query_captions``, ...) and, given the file names, the portable
+        form that ``--split file`` reads: file names per part and each image's caption index."""
+        out = {k: list(map(int, getattr(self, k))) for k in
+               ("train", "query", "db", "train_captions", "query_captions", "db_captions", "val", "val_captions")}
+        out["protocol"] = self.protocol
+        if filenames is not None and offsets is not None:
+            out["format"] = SPLIT_FORMAT
+            out["files"] = {part: [filenames[j] for j in getattr(self, part)] for part in PARTS}
+            out["caption_index"] = {
+                part: [int(r - offsets[j]) for j, r in zip(getattr(self, part), getattr(self, f"{part}_captions"))]
+                for part in PARTS
+            }
+        return out
 
 
 def split_indices(n_images: int, seed: int = 42, train_share: float = 0.5, query_share: float = 0.2):
@@ -36,13 +81,96 @@ def split_indices(n_images: int, seed: int = 42, train_share: float = 0.5, query
     return train, query, db
 
 
-def choose_captions(images: list[int], seed: int = 42) -> list[int]:
-    """Re-seed, then pick one of the 5 caption rows of each image, in order."""
+def choose_captions(images: list[int], seed: int = 42, offsets=None) -> list[int]:
+    """Re-seed, then pick one caption row of each image, in order: ``offsets[j] + sample(range(count_j), 1)``
+    (``5 j + sample(range(5), 1)`` without offsets: the original's call)."""
     random.seed(seed)
-    return [CAPTIONS_PER_IMAGE * j + random.sample(range(CAPTIONS_PER_IMAGE), 1)[0] for j in images]
+    if offsets is None:
+        return [5 * j + random.sample(range(5), 1)[0] for j in images]
+    offsets = np.asarray(offsets)
+    return [int(offsets[j]) + random.sample(range(int(offsets[j + 1] - offsets[j])), 1)[0] for j in images]
 
 
-def make_split(n_images: int, seed: int = 42) -> Split:
+def make_split(n_images: int, seed: int = 42, offsets=None) -> Split:
+    """The ``duch`` protocol."""
     train, query, db = split_indices(n_images, seed)
-    return Split(train, query, db, choose_captions(train, seed), choose_captions(query, seed),
-                 choose_captions(db, seed))
+    return Split(train, query, db, choose_captions(train, seed, offsets), choose_captions(query, seed, offsets),
+                 choose_captions(db, seed, offsets))
+
+
+def json_split(images: list[dict], offsets, seed: int = 42, source="dataset JSON") -> Split:
+    """The ``json`` protocol: the JSON's ``split`` of every image (train / val / test; RSICD's and UCM's
+    "val" included); queries = test, database = train + val, validation = val against train."""
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for j, image in enumerate(images):
+        value = image.get("split")
+        if value not in parts:
+            name = image.get("filename")
+            found = "no 'split' field" if value is None else f"split {value!r}"
+            raise DUCHError(f"{source}: image {j} ({name}) has {found}; --split json needs train, val or test on "
+                            f"every image (or use --split duch, or --split file PATH)")
+    for j, image in enumerate(images):
+        parts[image["split"]].append(j)
+    for part in ("train", "test"):
+        if not parts[part]:
+            raise DUCHError(f"{source}: no image has split {part!r}; --split json needs train and test images")
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    db = sorted(train + val)
+    return Split(train, test, db, choose_captions(train, seed, offsets), choose_captions(test, seed, offsets),
+                 choose_captions(db, seed, offsets), val=val, val_captions=choose_captions(val, seed, offsets),
+                 protocol="json")
+
+
+def read_split_file(path: str | Path, filenames: list[str], offsets) -> Split:
+    """A split.json's portable part (file names and caption indices) as indices of this dataset."""
+    saved = read_json(path, "split file")
+    if not isinstance(saved, dict) or not isinstance(saved.get("files"), dict):
+        raise DUCHError(f"{path}: not a portable split file (a split.json with 'files' per part, written by main.py)")
+    index = {name: j for j, name in enumerate(filenames)}
+    offsets = np.asarray(offsets)
+    chosen = saved.get("caption_index") if isinstance(saved.get("caption_index"), dict) else {}
+    parts: dict[str, list[int]] = {}
+    rows: dict[str, list[int]] = {}
+    for part in PARTS:
+        names = saved["files"].get(part, [])
+        if not isinstance(names, list):
+            raise DUCHError(f"{path}: files.{part} is not a list of file names")
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise DUCHError(f"{path}: files.{part} names {len(unknown)} files the dataset JSON does not have "
+                            f"(e.g. {unknown[0]!r})")
+        parts[part] = [index[n] for n in names]
+        picks = chosen.get(part)
+        if picks is None:
+            rows[part] = choose_captions(parts[part], 42, offsets)
+            continue
+        if not isinstance(picks, list) or len(picks) != len(names):
+            raise DUCHError(f"{path}: caption_index.{part} must list one caption index per file of files.{part}")
+        for j, i in zip(parts[part], picks):
+            count = int(offsets[j + 1] - offsets[j])
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count:
+                raise DUCHError(f"{path}: caption_index.{part} gives {i!r} for {filenames[j]!r}, "
+                                f"which has {count} captions")
+        rows[part] = [int(offsets[j]) + int(i) for j, i in zip(parts[part], picks)]
+    if not parts["train"] or not parts["query"] or not parts["db"]:
+        raise DUCHError(f"{path}: a split needs train, query and db files")
+    if set(parts["query"]) & set(parts["train"]) or (parts["val"] and set(parts["query"]) & set(parts["val"])):
+        raise DUCHError(f"{path}: test (query) files also occur in train or val")
+    return Split(parts["train"], parts["query"], parts["db"], rows["train"], rows["query"], rows["db"],
+                 val=parts["val"], val_captions=rows["val"], protocol="file")
+
+
+def resolve_split(protocol: str, images: list[dict], offsets, seed: int = 42, split_file: str | Path | None = None,
+                  source="dataset JSON") -> Split:
+    """The split of a run for ``--split duch|json|file``."""
+    if protocol == "duch":
+        uniform5 = np.all(np.diff(offsets) == 5)
+        split = make_split(len(images), seed, None if uniform5 else offsets)
+        return split
+    if protocol == "json":
+        return json_split(images, offsets, seed, source)
+    if protocol == "file":
+        if not split_file:
+            raise DUCHError("--split file needs the path of a split.json: --split file PATH")
+        return read_split_file(split_file, [image["filename"] for image in images], offsets)
+    raise DUCHError(f"unknown split protocol {protocol!r}; choose one of: duch, json, file PATH")

@@ -46,7 +46,8 @@ PROVENANCE_KEY = "augmentation_provenance"
 class CaptionAugmentOptions:
     """Every setting of one caption augmentation run (the flags of ``captions_augment.py``, same names and defaults)."""
 
-    dataset: str = "ucm"
+    dataset: str = "ucm"  # a dataset name or the path of a captions JSON
+    name: str | None = None  # a dataset file's name in file names (default: its stem)
     txt_aug: str = "rule-based"  # a key of CAPTION_AUG_KEYS
     data_dir: str | Path | None = None  # default: the dataset's
     device: str = "auto"
@@ -84,7 +85,7 @@ def augment_captions(opts: CaptionAugmentOptions) -> dict:
     """Check the options, then run one augmentation type end to end; returns its provenance record.
 
     Ctrl-C is one line and exit 130: nothing is written, the translations made so far stay cached."""
-    ds = get_dataset(opts.dataset)
+    ds = get_dataset(opts.dataset, opts.name)
     if opts.txt_aug not in CAPTION_AUG_KEYS:
         raise DUCHError(f"unknown --txt-aug {opts.txt_aug!r}{did_you_mean(opts.txt_aug, CAPTION_AUG_KEYS)}; "
                         f"choose one of: {', '.join(CAPTION_AUG_KEYS)}")
@@ -145,7 +146,7 @@ def load_input(ds: DatasetInfo, data_dir: str | Path, key: str, overwrite: bool)
         f"put the captions file {dataset_json_name(ds)} of the {ds.name} release in {Path(data_dir)} "
         "(see data/README.md), or pass --data-dir"
     )
-    data = load_dataset_json(src, hint)
+    data = load_dataset_json(src, hint, ds=ds)
     captions(data, RAW_CAPTION_KEY)  # every sentence needs its raw caption
     present = [s for image in data["images"] for s in image["sentences"] if key in s]
     if present and not overwrite:

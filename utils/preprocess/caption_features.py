@@ -21,7 +21,7 @@ from configs.files import (
     caption_emb_name,
     current_dataset_json,
     data_path,
-    dataset_json_name,
+    source_dataset_json,
 )
 from models.text_encoder import (
     DEFAULT_HIDDEN_STATES,
@@ -44,7 +44,8 @@ DEFAULT_BATCH_SIZE = 64
 class CaptionFeatureOptions:
     """Every setting of one caption embedding run (the flags of ``captions_embed.py``, same names and defaults)."""
 
-    dataset: str = "ucm"
+    dataset: str = "ucm"  # a dataset name or the path of a captions JSON
+    name: str | None = None  # a dataset file's name in file names (default: its stem)
     data_dir: str | Path | None = None  # default: the dataset's
     model: str = DEFAULT_TEXT_MODEL
     max_length: int = DEFAULT_MAX_LENGTH
@@ -69,7 +70,7 @@ def find_dataset_json(ds, data_dir: Path) -> Path:
     found = current_dataset_json(ds, data_dir)
     if found.is_file():
         return found
-    augmented, plain = data_path(data_dir, augmented_json_name(ds)), data_path(data_dir, dataset_json_name(ds))
+    augmented, plain = data_path(data_dir, augmented_json_name(ds)), source_dataset_json(ds, data_dir)
     raise DUCHError(
         f"dataset JSON not found: neither {augmented} nor {plain} exists; put the {ds.name} captions file "
         f"{plain.name} in {data_dir} (see README, Data), or pass --data-dir to the folder that holds it"
@@ -112,7 +113,7 @@ def embed_caption_sets(opts: CaptionFeatureOptions) -> dict[str, Path]:
 
 
 def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
-    ds = get_dataset(opts.dataset)
+    ds = get_dataset(opts.dataset, opts.name)
     data_dir = Path(opts.data_dir if opts.data_dir is not None else ds.default_data_dir)
     if opts.batch_size < 1:
         raise DUCHError(f"--batch-size must be at least 1 (got {opts.batch_size})")
@@ -122,7 +123,7 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
         raise DUCHError(f"--max-length must be at least 2 (got {opts.max_length})")
 
     json_path = find_dataset_json(ds, data_dir)
-    data = load_dataset_json(json_path)
+    data = load_dataset_json(json_path, ds=ds)
     if RAW_CAPTION_KEY not in sentence_keys_present(data, [RAW_CAPTION_KEY]):
         raise DUCHError(f"{json_path}: not every sentence has a {RAW_CAPTION_KEY!r} caption")
     keys = [RAW_CAPTION_KEY] + sentence_keys_present(data, CAPTION_AUG_KEYS.values())

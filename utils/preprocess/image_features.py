@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.datasets import DatasetInfo, get_dataset
-from configs.files import IMAGE_EMB_KEY, dataset_json_name, image_emb_name
+from configs.files import IMAGE_EMB_KEY, image_emb_name, source_dataset_json
 from models.image_encoder import build_image_encoder, encode_image_files
 from utils.data.dataset_json import load_dataset_json
 from utils.data.images import (
@@ -51,7 +51,8 @@ PARTIAL_SAVE_EVERY_S = 60.0  # progress of a long run is saved this often (and w
 class ImageFeatureOptions:
     """Every setting of one image encoding run (the flags of ``images_augment.py``, same names and defaults)."""
 
-    dataset: str = "ucm"
+    dataset: str = "ucm"  # a dataset name or the path of a captions JSON
+    name: str | None = None  # a dataset file's name in file names (default: its stem)
     img_aug: str = "no_aug"
     crop_size: list = field(default_factory=lambda: [200, 200])
     rot_deg: list = field(default_factory=lambda: [-10, -5])
@@ -143,7 +144,7 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     """Everything the user can get wrong, checked before the long work."""
     from utils.data.images import find_images
 
-    ds = get_dataset(opts.dataset)
+    ds = get_dataset(opts.dataset, opts.name)
     img_aug = check_image_aug_set(opts.img_aug)
     params = AugParams.checked(opts.crop_size, opts.rot_deg, opts.blur_val, opts.jit_str)
     quirks = bool(opts.original_quirks)
@@ -156,8 +157,8 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     image_dir = Path(opts.image_dir) if opts.image_dir else data_dir / ds.image_dir
     out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str)
     refuse_overwrite(out_path, opts.overwrite)
-    json_path = data_dir / dataset_json_name(ds)
-    data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}")
+    json_path = source_dataset_json(ds, data_dir)
+    data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}", ds=ds)
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
     return _Job(ds, img_aug, params, quirks, batch_size, data_dir, out_path, json_path, data, paths)

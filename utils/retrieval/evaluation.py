@@ -22,15 +22,36 @@ DIRECTIONS = {"i2t": ("img", "txt"), "t2i": ("txt", "img"), "i2i": ("img", "img"
 DIRECTION_TITLES = {"i2t": "I->T", "t2i": "T->I", "i2i": "I->I", "t2t": "T->T", "q2db": "Q->DB"}
 CROSS_MODAL_KEYS = ("q_img", "q_txt", "db_img", "db_txt", "q_labels", "db_labels")
 SINGLE_KEYS = ("q", "db", "q_labels", "db_labels")
+# instance-level recall: test images, all their captions, and the row in test_img of each caption's image
+INSTANCE_KEYS = ("test_img", "test_txt", "test_txt_image")
 
 
 @dataclass
 class EvalSet:
-    """Features of the query or database items (one caption per image) and their labels, on the device."""
+    """Features of the query or database items (one caption per image) and their labels, on the device
+    (labels None: the dataset has none, class-level metrics are skipped)."""
 
     image: torch.Tensor
     caption: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
+
+
+@dataclass
+class InstanceSet:
+    """Images and ALL their captions, for instance-level recall: ``caption_image[c]`` is the row in
+    ``image`` of caption c's image."""
+
+    image: torch.Tensor
+    caption: torch.Tensor
+    caption_image: np.ndarray
+
+
+def instance_metrics(model, instance: InstanceSet, memory_gb: float = 1.0) -> dict:
+    """Encode an instance set and score R@1/5/10 and mR, I->T and T->I, both forms (utils.retrieval.recall)."""
+    from utils.retrieval.recall import instance_recall
+
+    img, txt = model.encode(instance.image, instance.caption)
+    return instance_recall(img, txt, instance.caption_image, memory_gb=memory_gb)
 
 
 @dataclass
@@ -99,17 +120,22 @@ def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, 
     return evaluate_directions(pairs, q_labels, db_labels, with_curves=with_curves, progress=progress, **kwargs)
 
 
-def load_codes_file(path: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Directions and labels of a codes file: main.py's codes.npz (four directions) or a
-    single-modality file with ``q, db, q_labels, db_labels`` (one direction, ``q2db``). Other keys are ignored."""
+def read_codes_npz(path: str | Path) -> dict:
+    """Every array of a codes file (never pickles)."""
     path = Path(path)
     if not path.is_file():
         raise DUCHError(f"codes file {path} not found")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as err:  # not an npz, or object arrays (which would need pickle)
         raise DUCHError(f"{path} is not a readable .npz file of arrays ({err})") from None
+
+
+def load_codes_file(path: str | Path, arrays: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Directions and labels of a codes file: main.py's codes.npz (four directions) or a
+    single-modality file with ``q, db, q_labels, db_labels`` (one direction, ``q2db``). Other keys are ignored."""
+    arrays = read_codes_npz(path) if arrays is None else arrays
     if all(k in arrays for k in CROSS_MODAL_KEYS):
         a = arrays
         pairs = {name: (a[f"q_{qm}"], a[f"db_{dm}"]) for name, (qm, dm) in DIRECTIONS.items()}
@@ -120,17 +146,42 @@ def load_codes_file(path: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
         missing = [k for k in near if k not in arrays]
         raise DUCHError(
             f"{path} lacks {', '.join(missing)}; a codes file holds either {', '.join(CROSS_MODAL_KEYS)} "
-            f"(main.py's codes.npz) or {', '.join(SINGLE_KEYS)} (found: {', '.join(sorted(arrays)) or 'nothing'})"
+            f"(main.py's codes.npz) or {', '.join(SINGLE_KEYS)}, and/or {', '.join(INSTANCE_KEYS)} for instance-level "
+            f"recall (found: {', '.join(sorted(arrays)) or 'nothing'})"
         )
     return pairs, arrays["q_labels"], arrays["db_labels"]
+
+
+def has_class_codes(arrays: dict) -> bool:
+    return all(k in arrays for k in CROSS_MODAL_KEYS) or all(k in arrays for k in SINGLE_KEYS)
 
 
 def evaluate_file(
     path: str | Path, map_ks=MAP_KS, with_curves: bool = True, memory_gb: float = DEFAULT_MEMORY_GB,
     bits: int | None = None,
 ) -> dict:
-    """Metrics of a codes file (``load_codes_file``), every array checked under its own name first."""
-    pairs, q_labels, db_labels = load_codes_file(path)
+    """Metrics of a codes file (``load_codes_file``), every array checked under its own name first; with
+    ``test_img``, ``test_txt`` and ``test_txt_image`` also instance-level recall (or only that)."""
+    arrays = read_codes_npz(path)
+    recall = None
+    if all(k in arrays for k in INSTANCE_KEYS):
+        from utils.retrieval.recall import instance_recall
+
+        recall = instance_recall(arrays["test_img"], arrays["test_txt"], arrays["test_txt_image"], memory_gb=memory_gb,
+                                 bits=bits)
+        if not has_class_codes(arrays):
+            return {"recall": recall}
+    elif any(k in arrays for k in INSTANCE_KEYS):
+        missing = [k for k in INSTANCE_KEYS if k not in arrays]
+        raise DUCHError(f"{path} lacks {', '.join(missing)}; instance-level recall needs {', '.join(INSTANCE_KEYS)}")
+    metrics = _evaluate_class_codes(path, arrays, map_ks, with_curves, memory_gb, bits)
+    if recall is not None:
+        metrics["recall"] = recall
+    return metrics
+
+
+def _evaluate_class_codes(path, arrays: dict, map_ks, with_curves: bool, memory_gb: float, bits) -> dict:
+    pairs, q_labels, db_labels = load_codes_file(path, arrays)
     ks = check_map_ks(map_ks)
     names = {"q2db": ("q", "db")} if "q2db" in pairs else {n: (f"q_{a}", f"db_{b}") for n, (a, b) in DIRECTIONS.items()}
     checked: dict[str, object] = {}
@@ -155,6 +206,20 @@ def evaluate_file(
                                   progress=True)
     metrics["n_query"], metrics["n_db"] = q_lab.n, db_lab.n
     return metrics
+
+
+def format_results(metrics: dict) -> str:
+    """The class-level table (when there are labels) and the instance-level recall (when computed)."""
+    from utils.retrieval.recall import format_recall_table
+
+    parts = []
+    if "chance" in metrics:
+        parts.append(format_map_table(metrics))
+    elif metrics.get("class_level") == "skipped":
+        parts.append("class-level metrics skipped: the dataset has no labels")
+    if "recall" in metrics:
+        parts.append(format_recall_table(metrics["recall"]))
+    return "\n".join(parts)
 
 
 def format_map_table(metrics: dict) -> str:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from configs import files
-from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
+from configs.datasets import get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
-from utils.data.dataset_json import class_names_from_filenames, image_labels, load_dataset_json
+from utils.data.dataset_json import caption_offsets, class_names_from_filenames, load_dataset_json, resolve_labels
 from utils.data.features import FeatureFiles, load_feature_file, resolve_files
 from utils.data.images import find_image
 from utils.data.splits import make_split
@@ -174,17 +174,24 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
     return FeatureFiles(**{k: Path(v) for k, v in recorded.items() if k in FeatureFiles.__dataclass_fields__})
 
 
-def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: str) -> np.ndarray:
+def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: str,
+              n_captions: int | None = None) -> np.ndarray:
     """One feature file as stored (not yet standardised), checked against the dataset and the checkpoint."""
     if not path.is_file():
         raise DUCHError(f"{what} file not found: {path} (recorded in the run's config.json); pass --data-dir to "
                         f"the folder that holds it, or make it with: {hint}")
     return load_feature_file(path, key, n_images, hint, what, width=width,
-                             width_reason=f"the checkpoint was trained on width {width}")
+                             width_reason=f"the checkpoint was trained on width {width}", n_captions=n_captions)
 
 
-def _class_names(data: dict, labels: np.ndarray) -> list[str]:
+def _class_names(data: dict, labels: np.ndarray | None, names: list[str] | None = None) -> list[str | None]:
     images = data["images"]
+    if labels is None:
+        return [None] * len(images)
+    if labels.ndim == 2:  # multi-label (--labels CSV): the names of each image's labels
+        return [";".join(names[c] for c in np.flatnonzero(row)) for row in labels]
+    if names:
+        return [names[c] for c in labels.tolist()]
     if all("classname" in im for im in images):
         return [str(im["classname"]) for im in images]
     classes = data.get("classes")
@@ -203,7 +210,7 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
     else:
         split = make_split(n_images, seed).to_json()
     names = [""] * n_images
-    for name in ("train", "query", "db"):
+    for name in ("train", "val", "query", "db"):
         for j in split.get(name, []):
             if 0 <= j < n_images:
                 names[j] = name
@@ -221,16 +228,20 @@ def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
     return out
 
 
-def _metadata(data: dict, labels: np.ndarray, classes: list[str], splits: list[str], used: set[int],
+def _metadata(data: dict, labels: np.ndarray | None, classes: list[str | None], splits: list[str], used: set[int],
               image_paths: list[str | None]) -> tuple[list[dict], list[dict]]:
+    from utils.data.dataset_json import caption_offsets
+
+    offsets = caption_offsets(data)
     images, captions = [], []
     for j, im in enumerate(data["images"]):
         texts = [str(s.get("raw", "")) for s in im["sentences"]]
-        base = {"filename": im["filename"], "class": classes[j], "class_code": int(labels[j]), "split": splits[j],
+        code = int(labels[j]) if labels is not None and labels.ndim == 1 else None
+        base = {"filename": im["filename"], "class": classes[j], "class_code": code, "split": splits[j],
                 "path": image_paths[j]}
         images.append({"row": j, **base, "captions": texts})
         for i, text in enumerate(texts):
-            r = CAPTIONS_PER_IMAGE * j + i
+            r = int(offsets[j]) + i
             captions.append({"row": r, "image_row": j, "sentence": i, **base, "caption": text,
                              "split_caption": r in used})
     return images, captions
@@ -426,17 +437,18 @@ def build_index(opts: IndexOptions) -> dict:
     if (out / MANIFEST_NAME).exists() and not opts.overwrite:
         raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
     check_writable_dir(out, "index folder")
-    ds = get_dataset(cfg["dataset"])
+    ds = get_dataset(cfg["dataset"], cfg.get("name"))
     paths = _feature_paths(cfg, ds, Path(opts.data_dir) if opts.data_dir else None)
     data = load_dataset_json(paths.dataset_json,
                              hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
     n = len(data["images"])
+    n_captions = int(caption_offsets(data)[-1])
     payload = load_checkpoint(run.checkpoint)
     bits = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
                           files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
     caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, n, int(payload["caption_dim"]),
-                            files.caption_emb_command(ds), "caption feature")
+                            files.caption_emb_command(ds), "caption feature", n_captions=n_captions)
     image_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY)
     caption_attrs = read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
     image_stats, caption_stats = FeatureStats.of(image_raw), FeatureStats.of(caption_raw)
@@ -448,8 +460,9 @@ def build_index(opts: IndexOptions) -> dict:
     ctx = distributed.context()
     device = ctx.device if ctx.distributed else resolve_device(opts.device)
     model = run.load_model(device, payload)
-    labels = image_labels(data)
-    classes = _class_names(data, labels)
+    resolved = resolve_labels(data, ds, paths.dataset_json, cfg.get("labels"))
+    labels = resolved.values
+    classes = _class_names(data, labels, resolved.names)
     splits, used = _split_of(run.run_dir, n, int(cfg.get("seed", 42)))
     image_dir = (Path(opts.dataset_image_dir) if opts.dataset_image_dir
                  else Path(paths.dataset_json).parent / ds.image_dir)
@@ -487,7 +500,7 @@ def build_index(opts: IndexOptions) -> dict:
                        "sha256": sha256_of(run.checkpoint),
                        "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
                        "epoch": checkpoint_epoch(payload)},
-        "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": CAPTIONS_PER_IMAGE * n,
+        "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": n_captions,
                     "image_dir": str(image_dir), "images_found": n - missing},
         "features": {
             "image": {"path": str(paths.image), "rows": int(image_raw.shape[0]), "width": int(image_raw.shape[1]),

@@ -22,11 +22,18 @@ from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
 from utils.data.features import Features, load_features, resolve_files, width_notes
-from utils.data.splits import Split, make_split
+from utils.data.splits import Split, resolve_split
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
-from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
+from utils.retrieval.evaluation import (
+    EvalSet,
+    InstanceSet,
+    encode_sets,
+    evaluate_codes,
+    format_results,
+    instance_metrics,
+)
 from utils.runtime import git_commit, resolve_device, seed_everything, versions
 from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.train.trainer import DUCHTrainer, run_epochs
@@ -66,6 +73,11 @@ def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
         out.append(f"--batch-size {cfg.batch_size} is larger than the {n_train} training images: every epoch is one "
                    f"batch of {n_train}")
     labels = data.features.labels
+    if labels is None:
+        return out + [f"the dataset has no labels ({LABEL_RULES}): class-level metrics (mAP, P@K, PR) are skipped; "
+                      f"instance-level recall is reported"] + data.features.warnings
+    if labels.ndim != 1:
+        return out + data.features.warnings
     q_labels, db_labels = labels[data.split.query], labels[data.split.db]
     lonely = int((~np.isin(q_labels, db_labels)).sum())
     if lonely == len(q_labels):
@@ -79,19 +91,46 @@ def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
     return out + data.features.warnings
 
 
+LABEL_RULES = "no class field in the JSON, no class prefix in the file names, no --labels CSV"
+
+
+def split_protocol(cfg: TrainConfig) -> str:
+    """--split, else the dataset's default (duch for UCM, RSICD and the demo, json for the others)."""
+    return cfg.split or get_dataset(cfg.dataset, cfg.name).default_split
+
+
+def instance_rows(images: list[int], offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Caption rows of the given images (all of each image's captions, in order) and the position in
+    ``images`` of each row's image."""
+    offsets = np.asarray(offsets)
+    counts = offsets[np.asarray(images, dtype=np.int64) + 1] - offsets[np.asarray(images, dtype=np.int64)]
+    rows = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in images]) if images else np.zeros(0, np.int64)
+    return rows.astype(np.int64), np.repeat(np.arange(len(images)), counts)
+
+
 class RunData:
     """Features, split and the device tensors of one run."""
 
     def __init__(self, cfg: TrainConfig, device):
-        ds = get_dataset(cfg.dataset)
+        ds = get_dataset(cfg.dataset, cfg.name)
         self.paths = resolve_files(ds, cfg.data_dir, cfg.preset, cfg.img_aug_emb)
         cfg.files = self.paths.to_json()
-        self.features: Features = load_features(ds, self.paths, cfg.preset, cfg.original_quirks)
-        self.split: Split = make_split(len(self.features.labels), cfg.seed)
+        self.features: Features = load_features(ds, self.paths, cfg.preset, cfg.original_quirks, labels_csv=cfg.labels)
+        self.protocol = split_protocol(cfg)
+        self.split: Split = resolve_split(self.protocol, self.features.images, self.features.caption_offsets, cfg.seed,
+                                          cfg.split_file, self.paths.dataset_json)
         f, s = self.features, self.split
+        self.filenames = [image["filename"] for image in f.images]
 
         def tensor(x):
             return torch.as_tensor(np.ascontiguousarray(x), device=device)
+
+        def labels(rows):
+            return None if f.labels is None else tensor(f.labels[rows])
+
+        def instance(images):
+            rows, owner = instance_rows(images, f.caption_offsets)
+            return InstanceSet(tensor(f.image[images]), tensor(f.caption[rows]), owner), rows
 
         self.train_views = {
             "i1": tensor(f.image[s.train]),
@@ -100,8 +139,40 @@ class RunData:
         }
         self.train_views["t2"] = (self.train_views["t1"] if f.caption_aug is None
                                   else tensor(f.caption_aug[s.train_captions]))
-        self.query = EvalSet(tensor(f.image[s.query]), tensor(f.caption[s.query_captions]), tensor(f.labels[s.query]))
-        self.db = EvalSet(tensor(f.image[s.db]), tensor(f.caption[s.db_captions]), tensor(f.labels[s.db]))
+        self.query = EvalSet(tensor(f.image[s.query]), tensor(f.caption[s.query_captions]), labels(s.query))
+        self.db = EvalSet(tensor(f.image[s.db]), tensor(f.caption[s.db_captions]), labels(s.db))
+        # validation: the val part against the train images (json, file with val), else query/db as the original
+        if s.val:
+            self.valid_query = EvalSet(tensor(f.image[s.val]), tensor(f.caption[s.val_captions]), labels(s.val))
+            self.valid_db = EvalSet(tensor(f.image[s.train]), tensor(f.caption[s.train_captions]), labels(s.train))
+        else:
+            self.valid_query, self.valid_db = self.query, self.db
+        # a json/file split without val images selects no model on test: the last validation wins
+        self.selects_model = bool(s.val) or self.protocol == "duch"
+        self.test_instance, self.test_caption_rows = instance(s.test)
+        self.valid_instance = instance(s.valid_query)[0] if s.val else self.test_instance
+
+    def split_record(self) -> dict:
+        return self.split.to_json(self.filenames, self.features.caption_offsets)
+
+
+def protocol_record(data: RunData) -> dict:
+    """The evaluation protocol, as metrics.json states it."""
+    s = data.split
+    class_level = (
+        "skipped: no labels" if data.features.labels is None else
+        "query = test images (one caption each), database = every image outside test; relevant = shares a label"
+        if data.protocol != "duch" else "the original's query / database split; relevant = shares a label"
+    )
+    return {
+        "split": data.protocol, "labels": data.features.label_rule,
+        "images": {"train": len(s.train), "val": len(s.val), "test": len(s.test), "database": len(s.db)},
+        "selection": "validation images against train images" if s.val else (
+            "query against database (the original's)" if data.protocol == "duch" else "none: the last validated model"),
+        "class_level": class_level,
+        "instance_level": "within the test images and all their captions: I->T hit when any of the image's captions is "
+                          "in the top K; T->I hit when the caption's image is; ties by index and tie-aware expectation",
+    }
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
@@ -309,7 +380,8 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
         from utils.train.distributed_trainer import DistributedDUCHTrainer as Trainer
     else:
         Trainer = DUCHTrainer
-    trainer = Trainer(cfg, data.train_views, data.query, data.db, device)
+    trainer = Trainer(cfg, data.train_views, data.valid_query, data.valid_db, device)
+    trainer.instance = data.valid_instance
     history: list[dict] = []
     record = _config_record(cfg, device, "train", data, warnings, **ctx.record())
     if saved is not None:
@@ -333,7 +405,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
         logger.info(note)
     if ctx.is_main:
         write_json(run_dir / CONFIG_NAME, record)
-        write_json(run_dir / SPLIT_NAME, data.split.to_json(), indent=None)
+        write_json(run_dir / SPLIT_NAME, data.split_record(), indent=None)
     s = data.split
     logger.info(
         f"DUCH {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, "
@@ -348,9 +420,15 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
         history.append(record)
         logger.info(_epoch_line(cfg, record), extra=FILE_ONLY)
         if "valid" in record:
-            score = record["valid"][f"map@{cfg.map_k}"]["avg"]
-            logger.info(f"epoch {epoch + 1}: validation mAP@{cfg.map_k} avg "
-                        f"{score:.4f}\n{format_map_table(record['valid'])}")
+            valid = record["valid"]
+            if f"map@{cfg.map_k}" in valid:
+                score, what = valid[f"map@{cfg.map_k}"]["avg"], f"mAP@{cfg.map_k} avg"
+            else:
+                score, what = valid["recall"]["tie_aware"]["mr"], "mR (tie-aware)"
+            logger.info(f"epoch {epoch + 1}: validation {what} {score:.4f}\n{format_results(valid)}")
+            if not data.selects_model:  # no validation images, and test never selects: the latest model is kept
+                logger.info("no validation images in the split: the best checkpoint is the latest validated model")
+                score = max(score, trainer.best_score + 1.0)
             if score > trainer.best_score:
                 trainer.best_score, trainer.best_epoch = score, epoch
                 save_checkpoint(run_dir / BEST_NAME, trainer.model_payload())
@@ -441,7 +519,13 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     model.load_state_dict(payload["model"])
     start = time.perf_counter()
     codes = encode_sets(model, data.query, data.db)
-    metrics = evaluate_codes(codes, data.query.labels, data.db.labels)
+    if data.features.labels is not None:
+        metrics = evaluate_codes(codes, data.query.labels, data.db.labels)
+    else:
+        metrics = {"class_level": "skipped"}
+        logger.info("class-level metrics skipped: the dataset has no labels (instance-level recall is reported)")
+    metrics["recall"] = instance_metrics(model, data.test_instance)
+    metrics["protocol"] = protocol_record(data)
     elapsed = time.perf_counter() - start
     metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": checkpoint_epoch(payload)}
     metrics["n_query"], metrics["n_db"] = len(data.split.query), len(data.split.db)
@@ -450,14 +534,20 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     write_json(run_dir / f"metrics{suffix}.json", metrics)
     rows = {"q_rows": np.asarray(data.split.query, dtype=np.int64),
             "db_rows": np.asarray(data.split.db, dtype=np.int64)}
+    test_img, test_txt = model.encode(data.test_instance.image, data.test_instance.caption)
+    instance = {"test_img": test_img.cpu().numpy().astype(np.int8), "test_txt": test_txt.cpu().numpy().astype(np.int8),
+                "test_txt_image": np.asarray(data.test_instance.caption_image, dtype=np.int64),
+                "test_rows": np.asarray(data.split.test, dtype=np.int64), "test_txt_rows": data.test_caption_rows}
+    class_codes = codes.to_npz(data.query.labels, data.db.labels) if data.features.labels is not None else {}
     with atomic_path(run_dir / f"codes{suffix}.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **codes.to_npz(data.query.labels, data.db.labels), **rows)
+            np.savez(f, **class_codes, **rows, **instance)
     from utils.train.plots import plot_losses, plot_p_at_k, plot_pr_curves
 
     title = cfg.run_name() + (" (last checkpoint)" if suffix else "")
-    plot_pr_curves(metrics, run_dir / f"pr_curves{suffix}.png", title)
-    plot_p_at_k(metrics, run_dir / f"p_at_k{suffix}.png", title)
+    if "chance" in metrics:
+        plot_pr_curves(metrics, run_dir / f"pr_curves{suffix}.png", title)
+        plot_p_at_k(metrics, run_dir / f"p_at_k{suffix}.png", title)
     history = read_history(run_dir)
     if history:
         plot_losses(history, run_dir / "losses.png", cfg.run_name(),
@@ -465,6 +555,6 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     logger.info(
         f"test of {ckpt_path} (epoch {metrics['model']['epoch']}; {metrics['n_query']} queries, {metrics['n_db']} "
         f"database items, {elapsed:.2f} s)\n"
-        f"{format_map_table(metrics)}\nresults in {run_dir}" + (f" (files ending in {suffix})" if suffix else "")
+        f"{format_results(metrics)}\nresults in {run_dir}" + (f" (files ending in {suffix})" if suffix else "")
     )
     return metrics

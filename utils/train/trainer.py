@@ -127,9 +127,19 @@ class DUCHTrainer:
         self.B = torch.sign(((b["i1"] + b["i2"]) / 2 + (b["t1"] + b["t2"]) / 2) / 2)
 
     # ---- validation --------------------------------------------------------------------------------
+    instance = None  # the validation images with all their captions (InstanceSet), for recall
+
     def validate(self) -> dict:
-        codes = encode_sets(self.model, self.query, self.db)
-        return evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
+        """Class-level mAP (when the dataset has labels) and instance-level recall (when an instance set is given)."""
+        out = {}
+        if self.query.labels is not None:
+            codes = encode_sets(self.model, self.query, self.db)
+            out = evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
+        if self.instance is not None:
+            from utils.retrieval.evaluation import instance_metrics
+
+            out["recall"] = instance_metrics(self.model, self.instance)
+        return out
 
     def is_validation_epoch(self, epoch: int) -> bool:
         """Every valid_freq epochs, and at the last epoch so that a best model always exists."""
