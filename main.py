@@ -1,4 +1,8 @@
-"""DUCH: train (default) or test (--test) deep unsupervised contrastive hashing on feature files."""
+"""DUCH: train (default) or test (--test) deep unsupervised contrastive hashing on feature files.
+
+--method djsrh / jdsh trains a baseline of the paper's tables in the same harness; several --method,
+--bit or --dataset values run the grid of every combination and write the comparison tables.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,7 @@ import sys
 
 from configs.datasets import DATASETS
 from configs.presets import PRESETS
-from configs.train import MODELS, TrainConfig, check_config
+from configs.train import METHODS, MODELS, TrainConfig, check_config
 from utils.errors import DUCHError, exit_on_user_error
 
 
@@ -34,12 +38,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = RunArgumentParser(description=__doc__, add_help=add_help)
     parser.add_argument("--test", action="store_true",
                         help="evaluate a trained run with the settings in its config.json, instead of training (default: off)")
-    parser.add_argument("--bit", type=int, default=d.bit, help="hash code length (default: %(default)s)")
+    parser.add_argument("--bit", type=int, nargs="+", default=d.bit,
+                        help="hash code length; several run the grid (default: %(default)s)")
+    parser.add_argument("--method", nargs="+", default=d.method, type=str.lower,
+                        help=f"training method, any case: {', '.join(METHODS)}; several run the grid (default: %(default)s)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a baseline's hyperparameter (configs/baselines.py), e.g. --param reweight=true; repeatable")
     parser.add_argument("--model", default=d.model, help=f"model type, any case: {', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help="training epochs; --resume may raise it (default: %(default)s)")
+                        help="training epochs; --resume may raise it (default: %(default)s; a baseline's: its configuration's)")
     parser.add_argument("--tag", default=d.tag, help="model tag (for save path) (default: %(default)s)")
-    parser.add_argument("--dataset", default=d.dataset, help=f"one of: {', '.join(DATASETS)}, any case (default: %(default)s)")
+    parser.add_argument("--dataset", nargs="+", default=d.dataset,
+                        help=f"one of: {', '.join(DATASETS)}, any case; several run the grid (default: %(default)s)")
     parser.add_argument("--preset", default=d.preset, help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=d.alpha, help="alpha hyperparameter (La) (default: %(default)s)")
     parser.add_argument("--beta", type=float, default=d.beta, help="beta hyperparameter (Lq) (default: %(default)s)")
@@ -74,14 +84,42 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit")
 
 
+def _values(value) -> list:
+    """A flag's values: a list (several typed) or one value (the default, or a namespace built by hand)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _one(value):
+    values = _values(value)
+    if len(values) != 1:
+        raise DUCHError(f"one value expected here, got {len(values)}: {' '.join(map(str, values))}")
+    return values[0]
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run of one (dataset, method, bit): the flags, and for a baseline its configuration's
+    epochs, batch size and validation interval where those flags were not typed."""
     from configs.datasets import get_dataset
 
-    data_dir = args.data_dir or get_dataset(args.dataset).default_data_dir
+    dataset = str(_one(args.dataset)).lower()
+    method = str(_one(getattr(args, "method", "duch"))).lower()
+    get_dataset(dataset)
+    data_dir = args.data_dir or get_dataset(dataset).default_data_dir
+    schedule, params = {}, {}
+    if method in METHODS and method != "duch":
+        from configs.baselines import SCHEDULE_FLAGS, method_params, parse_overrides
+
+        params = parse_overrides(method, method_params(method, dataset), getattr(args, "param", []))
+        typed = typed_settings(args)
+        schedule = {k: params[k] for k in SCHEDULE_FLAGS if k not in typed}
+    elif getattr(args, "param", None):
+        raise DUCHError("--param sets a baseline's hyperparameters (--method djsrh or jdsh); DUCH has its own flags")
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "valid_freq": args.valid_freq, **schedule}
     return TrainConfig(
-        dataset=args.dataset.lower(), preset=args.preset.lower(), bit=args.bit, model=args.model.lower(), tag=args.tag,
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, alpha=args.alpha, beta=args.beta,
-        gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=args.valid_freq,
+        dataset=dataset, preset=args.preset.lower(), bit=int(_one(args.bit)), model=args.model.lower(), tag=args.tag,
+        method=method, method_params=params,
+        epochs=flags["epochs"], batch_size=flags["batch_size"], seed=args.seed, alpha=args.alpha, beta=args.beta,
+        gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=flags["valid_freq"],
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,
         img_aug_emb=args.img_aug_emb, device=args.device,
     )
@@ -94,11 +132,35 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
     if explicit is None:
         defaults = vars(get_args_parser(add_help=False).parse_args([]))
         explicit = [k for k, v in vars(args).items() if k in defaults and v != defaults[k]]
-    return {k for k in explicit if k not in NOT_RUN_SETTINGS}
+    return {"method_params" if k == "param" else k for k in explicit if k not in NOT_RUN_SETTINGS}
+
+
+def grid_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every (dataset, method, bit) the flags name, in that nesting order, without repeats."""
+    datasets = list(dict.fromkeys(str(v).lower() for v in _values(args.dataset)))
+    methods = list(dict.fromkeys(str(v).lower() for v in _values(getattr(args, "method", "duch"))))
+    bits = list(dict.fromkeys(int(v) for v in _values(args.bit)))
+    return [(d, m, b) for d in datasets for m in methods for b in bits]
+
+
+def cell_args(args: argparse.Namespace, dataset: str, method: str, bit: int) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "dataset": dataset, "method": method, "bit": bit})
 
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
+    cells = grid_cells(args)
+    if len(cells) > 1:
+        if args.test or args.resume or args.overwrite:
+            raise DUCHError("a grid (several --dataset, --method or --bit) skips finished runs and resumes interrupted ones "
+                            "by itself: drop --test, --resume and --overwrite")
+        from utils.train.grid import run_grid
+
+        configs = [config_from_args(cell_args(args, *cell)) for cell in cells]
+        for cfg in configs:  # every cell's flags are checked before the first one trains
+            check_config(cfg)
+        return run_grid(configs, typed_settings(args) - {"dataset", "method", "bit"})
+    args = cell_args(args, *cells[0])
     cfg = config_from_args(args)
     check_config(cfg)  # bad flags are caught before any data is built or read, and before torch loads
     typed = typed_settings(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 MODELS = ("duch",)  # --model names, lower case (any case is accepted)
+METHODS = ("duch", "djsrh", "jdsh")  # --method: DUCH, or a baseline of the paper's tables (configs/baselines.py)
 
 
 @dataclass
@@ -12,6 +13,7 @@ class TrainConfig:
     preset: str = "default"
     bit: int = 32
     model: str = "duch"
+    method: str = "duch"
     tag: str = "test"
     epochs: int = 100
     batch_size: int = 256
@@ -40,10 +42,14 @@ class TrainConfig:
     img_aug_emb: str | None = None
     device: str = "auto"
     files: dict = field(default_factory=dict)
+    # a baseline's hyperparameters (configs/baselines.py, with --param overrides); empty for DUCH
+    method_params: dict = field(default_factory=dict)
 
     def run_name(self) -> str:
-        """``<dataset>_<bit>_<tag>_<preset>``: the run folder under ``out_dir``."""
-        return f"{self.dataset}_{self.bit}_{self.tag}_{self.preset}"
+        """``<dataset>_<bit>_<tag>_<preset>`` for DUCH, ``<method>_<dataset>_<bit>_<tag>_<preset>`` for a
+        baseline: the run folder under ``out_dir``."""
+        name = f"{self.dataset}_{self.bit}_{self.tag}_{self.preset}"
+        return name if self.method == "duch" else f"{self.method}_{name}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,6 +65,10 @@ def check_config(cfg: TrainConfig) -> None:
     get_preset(cfg.preset)
     if cfg.model not in MODELS:
         raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
+    if cfg.method not in METHODS:
+        raise DUCHError(
+            f"unknown method {cfg.method!r}{did_you_mean(cfg.method, METHODS)}; choose one of: {', '.join(METHODS)}"
+        )
     for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):
         if value < low:
             raise DUCHError(f"--{name} must be at least {low}, got {value}")
