@@ -4,6 +4,10 @@ Takes main.py's codes.npz (q_img, q_txt, db_img, db_txt, q_labels, db_labels: fo
 their mean) or a single-modality file (q, db, q_labels, db_labels: one direction). Codes are ±1 (any
 dtype), 0/1, or packed uint8 rows with --bits; labels are class codes (1-D) or multi-hot rows (2-D).
 Prints the mAP table with chance level; --out writes metrics.json in main.py's layout.
+
+--compare RUN_DIR... writes the comparison of finished runs of main.py (any methods, bits, seeds): a table
+per dataset (methods x bits, mAP@20 I->T / T->I and the mean of four directions, the paper's numbers
+beside; mean ± std and n over seeds) as Markdown and CSV, and PR / P@K figures per bit length.
 """
 from __future__ import annotations
 
@@ -17,7 +21,12 @@ from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--codes", required=True, metavar="FILE.npz", help="codes file to score")
+    parser.add_argument("--codes", default=None, metavar="FILE.npz", help="codes file to score (or --compare)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="RUN_DIR",
+                        help="compare finished run folders of main.py instead: tables and figures in --compare-dir")
+    parser.add_argument("--compare-dir", default=".", metavar="DIR",
+                        help="with --compare: folder of compare_<dataset>.md/.csv and compare_<dataset>_<bit>.png "
+                             "(default: the current folder)")
     parser.add_argument("--out", default=None, metavar="metrics.json", help="write the metrics here (default: print the table only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--map-k", type=int, nargs="+", default=list(MAP_KS), metavar="K", help="K of mAP@K (default: %(default)s)")
@@ -33,6 +42,10 @@ def main(args: argparse.Namespace) -> dict:
     from utils.logs import setup_logger
     from utils.retrieval.evaluation import evaluate_file, format_map_table
 
+    if (args.codes is None) == (args.compare is None):
+        raise DUCHError("pass --codes FILE.npz to score a codes file, or --compare RUN_DIR... to compare runs (one)")
+    if args.compare is not None:
+        return compare(args)
     if args.bits is not None and args.bits < 1:
         raise DUCHError(f"--bits must be at least 1, got {args.bits}")
     out = Path(args.out) if args.out else None
@@ -48,6 +61,20 @@ def main(args: argparse.Namespace) -> dict:
         write_json(out, metrics)
     logger.info(f"{args.codes} ({elapsed:.2f} s)\n{format_map_table(metrics)}" + (f"\nmetrics in {out}" if out else ""))
     return metrics
+
+
+def compare(args: argparse.Namespace) -> dict:
+    from utils.logs import setup_logger
+    from utils.train.compare import load_result, write_comparison
+
+    logger = setup_logger()
+    results = [load_result(run_dir) for run_dir in args.compare]
+    written = write_comparison(results, Path(args.compare_dir))
+    for table in written["tables"]:
+        if table.endswith(".md"):
+            logger.info(Path(table).read_text(encoding="utf-8"))
+    logger.info("comparison: " + ", ".join(written["tables"] + written["figures"]))
+    return written
 
 
 if __name__ == "__main__":

@@ -432,3 +432,23 @@ def test_table_refuses_two_runs_of_one_seed():
 
     with pytest.raises(DUCHError, match="seed 1"):
         cells([fake_result("duch", 64, 1, 0.8, 0.9, 0.7, 0.6), fake_result("duch", 64, 1, 0.7, 0.8, 0.7, 0.6)])
+
+
+def test_evaluate_compare_writes_the_table_of_run_folders(demo_features, tmp_path, capsys):
+    import evaluate
+
+    for seed in ("1", "2"):
+        run_main(*base_args(demo_features, tmp_path / seed, "djsrh", "--epochs", "1", "--seed", seed))
+    runs = [tmp_path / seed / "djsrh_demo_8_test_default" for seed in ("1", "2")]
+    out = tmp_path / "cmp"
+    written = evaluate.main(evaluate.get_args_parser().parse_args(["--compare", *map(str, runs), "--compare-dir", str(out)]))
+    assert sorted(written["tables"]) == [str(out / "compare_demo.csv"), str(out / "compare_demo.md")]
+    values = [json.loads((r / "metrics.json").read_text())["map@20"]["i2t"] for r in runs]
+    row = next(csv.DictReader(io.StringIO((out / "compare_demo.csv").read_text())))
+    assert (row["method"], row["n"], row["seeds"]) == ("djsrh", "2", "1 2")
+    assert float(row["i2t_mean"]) == pytest.approx(np.mean(values), abs=1e-6)
+    assert float(row["i2t_std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert (out / "compare_demo_8.png").is_file()
+    with pytest.raises(SystemExit) as exc:  # an unfinished run folder: one line
+        evaluate.main(evaluate.get_args_parser().parse_args(["--compare", str(tmp_path)]))
+    assert exc.value.code == 2 and "not a run folder" in capsys.readouterr().err
