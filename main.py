@@ -41,12 +41,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--bit", type=int, nargs="+", default=d.bit,
                         help="hash code length; several run the grid (default: %(default)s)")
     parser.add_argument("--method", nargs="+", default=d.method, type=str.lower,
-                        help=f"training method, any case: {', '.join(METHODS)}; several run the grid (default: %(default)s)")
+                        help=f"training method, any case: {', '.join(METHODS)}; several run the grid "
+                             "(default: %(default)s)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="a baseline's hyperparameter (configs/baselines.py), e.g. --param reweight=true; repeatable")
+                        help="a baseline's hyperparameter (configs/baselines.py), e.g. --param reweight=true; "
+                             "repeatable")
     parser.add_argument("--model", default=d.model, help=f"model type, any case: {', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help="training epochs; --resume may raise it (default: %(default)s; a baseline's: its configuration's)")
+                        help="training epochs; --resume may raise it "
+                             "(default: %(default)s; a baseline's: its configuration's)")
     parser.add_argument("--tag", default=d.tag, help="model tag (for save path) (default: %(default)s)")
     parser.add_argument("--dataset", nargs="+", default=d.dataset,
                         help=f"one of: {', '.join(DATASETS)}, any case; several run the grid (default: %(default)s)")
@@ -96,9 +99,10 @@ def _one(value):
     return values[0]
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, grid: bool = False) -> TrainConfig:
     """The run of one (dataset, method, bit): the flags, and for a baseline its configuration's
-    epochs, batch size and validation interval where those flags were not typed."""
+    epochs, batch size and validation interval where those flags were not typed. In a grid, --param
+    reaches the baselines' runs only."""
     from configs.datasets import get_dataset
 
     dataset = str(_one(args.dataset)).lower()
@@ -112,14 +116,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         params = parse_overrides(method, method_params(method, dataset), getattr(args, "param", []))
         typed = typed_settings(args)
         schedule = {k: params[k] for k in SCHEDULE_FLAGS if k not in typed}
-    elif getattr(args, "param", None):
+    elif getattr(args, "param", None) and not grid:
         raise DUCHError("--param sets a baseline's hyperparameters (--method djsrh or jdsh); DUCH has its own flags")
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "valid_freq": args.valid_freq, **schedule}
     return TrainConfig(
         dataset=dataset, preset=args.preset.lower(), bit=int(_one(args.bit)), model=args.model.lower(), tag=args.tag,
         method=method, method_params=params,
         epochs=flags["epochs"], batch_size=flags["batch_size"], seed=args.seed, alpha=args.alpha, beta=args.beta,
-        gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=flags["valid_freq"],
+        gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau,
+        valid_freq=flags["valid_freq"],
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,
         img_aug_emb=args.img_aug_emb, device=args.device,
     )
@@ -133,6 +138,21 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
         defaults = vars(get_args_parser(add_help=False).parse_args([]))
         explicit = [k for k, v in vars(args).items() if k in defaults and v != defaults[k]]
     return {"method_params" if k == "param" else k for k in explicit if k not in NOT_RUN_SETTINGS}
+
+
+def _ensure_demo(cfg: TrainConfig) -> None:
+    """The offline demo's features, made once (by one process under torchrun)."""
+    from utils import distributed
+    from utils.demo.pipeline import ensure_demo_features
+    from utils.logs import setup_logger
+
+    if distributed.context().is_main:
+        logger = setup_logger()
+        with distributed.one_process():
+            encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
+        if encoders:
+            logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
+    distributed.barrier()
 
 
 def grid_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
@@ -152,13 +172,21 @@ def main(args: argparse.Namespace) -> dict:
     cells = grid_cells(args)
     if len(cells) > 1:
         if args.test or args.resume or args.overwrite:
-            raise DUCHError("a grid (several --dataset, --method or --bit) skips finished runs and resumes interrupted ones "
+            raise DUCHError("a grid (several --dataset, --method or --bit) skips finished runs and resumes interrupted "
+                            "ones "
                             "by itself: drop --test, --resume and --overwrite")
+        from utils import distributed
         from utils.train.grid import run_grid
 
-        configs = [config_from_args(cell_args(args, *cell)) for cell in cells]
+        if distributed.torchrun_world_size() > 1:
+            raise DUCHError("a grid runs its trainings one after the other in one process: run it with python main.py")
+        configs = [config_from_args(cell_args(args, *cell), grid=True) for cell in cells]
         for cfg in configs:  # every cell's flags are checked before the first one trains
             check_config(cfg)
+        for cfg in configs:
+            if cfg.dataset == "demo" and args.data_dir is None:
+                _ensure_demo(cfg)
+                break
         return run_grid(configs, typed_settings(args) - {"dataset", "method", "bit"})
     args = cell_args(args, *cells[0])
     cfg = config_from_args(args)
@@ -175,16 +203,7 @@ def main(args: argparse.Namespace) -> dict:
         distributed.init_from_env(cfg.device)
     try:
         if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):  # a run's data is in its config
-            from utils.demo.pipeline import ensure_demo_features
-            from utils.logs import setup_logger
-
-            if distributed.context().is_main:
-                logger = setup_logger()
-                with distributed.one_process():
-                    encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
-                if encoders:
-                    logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
-            distributed.barrier()
+            _ensure_demo(cfg)
         if args.test:
             return runner.test_run(cfg, typed, which=args.checkpoint)
         metrics = runner.train(cfg, resume=args.resume, overwrite=args.overwrite, typed=typed)

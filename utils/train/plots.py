@@ -91,7 +91,9 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "", weights:
     epochs = [h["epoch"] for h in history]
     total = np.array([h["loss"]["total"] for h in history])
     duch = "contrastive" in history[0]["loss"]
-    total_label = "total = L_c + alpha L_adv + beta L_q + gamma L_bb" if duch else "total = weighted sum of the terms below"
+    total_label = "total = weighted sum of the terms below"
+    if duch:
+        total_label = "total = L_c + alpha L_adv + beta L_q + gamma L_bb"
     top.plot(epochs, total, color="black", linewidth=2, marker="o", markersize=3, label=total_label)
     top.set(ylabel="weighted total", title=f"training losses {title}".strip())
     top.grid(alpha=0.3)

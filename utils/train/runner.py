@@ -272,8 +272,8 @@ def _epoch_line(cfg: TrainConfig, record: dict) -> str:
     loss = record["loss"]
     if cfg.method != "duch":
         terms = ", ".join(f"{k} {v:.6g}" for k, v in loss.items() if k != "total")
-        return (f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} ({terms}); lr {record['lr']:.3g}; "
-                f"{record['time_s']:.3f} s")
+        return (f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} ({terms}); "
+                f"lr {record['lr']:.3g}; {record['time_s']:.3f} s")
     return (
         f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} = contrastive {loss['contrastive']:.6g}"
         f" + {cfg.alpha:g} x adversarial {loss['adversarial']:.6g} + {cfg.beta:g} x quantization {loss['quantization']:.6g}"
@@ -436,8 +436,8 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
         _log_warnings(logger, warnings)
         write_json(run_dir / f"test_config{suffix}.json", _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
     if str(payload.get("method", "duch")) != cfg.method:
-        raise DUCHError(f"{ckpt_path} holds a {payload.get('method', 'duch')} model but the run is set to --method {cfg.method}; "
-                        f"the checkpoint does not belong to this run folder")
+        raise DUCHError(f"{ckpt_path} holds a {payload.get('method', 'duch')} model but the run is set to "
+                        f"--method {cfg.method}; the checkpoint does not belong to this run folder")
     _check_widths(payload, data, ckpt_path)
     from models.methods import model_from_payload
 
