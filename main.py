@@ -45,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a baseline's hyperparameter (configs/baselines.py), e.g. --param reweight=true; "
-                             "repeatable")
+                             "repeatable (default: the method's configuration)")
     parser.add_argument("--model", default=d.model, help=f"model type, any case: {', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
                         help="training epochs; --resume may raise it "
