@@ -191,7 +191,7 @@ def plot_bit(results: list[RunResult], path: str | Path, title: str) -> list[str
 
     from utils.io import atomic_path
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9), constrained_layout=True)
     by_method: dict[str, list[RunResult]] = {}
     for r in results:
         by_method.setdefault(r.method, []).append(r)
