@@ -441,7 +441,8 @@ def test_evaluate_compare_writes_the_table_of_run_folders(demo_features, tmp_pat
         run_main(*base_args(demo_features, tmp_path / seed, "djsrh", "--epochs", "1", "--seed", seed))
     runs = [tmp_path / seed / "djsrh_demo_8_test_default" for seed in ("1", "2")]
     out = tmp_path / "cmp"
-    written = evaluate.main(evaluate.get_args_parser().parse_args(["--compare", *map(str, runs), "--compare-dir", str(out)]))
+    argv = ["--compare", *map(str, runs), "--compare-dir", str(out)]
+    written = evaluate.main(evaluate.get_args_parser().parse_args(argv))
     assert sorted(written["tables"]) == [str(out / "compare_demo.csv"), str(out / "compare_demo.md")]
     values = [json.loads((r / "metrics.json").read_text())["map@20"]["i2t"] for r in runs]
     row = next(csv.DictReader(io.StringIO((out / "compare_demo.csv").read_text())))

@@ -117,7 +117,7 @@ def _fmt(cell: Cell, key: str) -> str:
 
 
 def markdown_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
-    """Rows: methods; per bit length a column I->T / T->I (the paper's [in brackets]) and one of the 4-direction mean."""
+    """Rows: methods; per bit length a column I->T / T->I (the paper's [in brackets]) and the 4-direction mean."""
     bits = sorted({b for per_bit in by_method.values() for b in per_bit})
     multi = any(c.n > 1 for per_bit in by_method.values() for c in per_bit.values())
     head = ["method"] + [h for b in bits for h in (f"{b} bits I->T / T->I", f"{b} bits avg")]
