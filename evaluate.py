@@ -7,6 +7,10 @@ A codes file with test_img, test_txt and test_txt_image (the test images' codes,
 captions, and the row in test_img of each caption's image) is also scored, or only scored, with
 instance-level recall R@1/5/10 and mR, I->T and T->I, ties by index and tie-aware (docs/datasets.md).
 Prints the mAP table with chance level; --out writes metrics.json in main.py's layout.
+
+--compare RUN_DIR... writes the comparison of finished runs of main.py (any methods, bits, seeds): a table
+per dataset (methods x bits, mAP@20 I->T / T->I and the mean of four directions, the paper's numbers
+beside; mean ± std and n over seeds) as Markdown and CSV, and PR / P@K figures per bit length.
 """
 from __future__ import annotations
 
@@ -24,7 +28,12 @@ from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--codes", required=True, metavar="FILE.npz", help="codes file to score")
+    parser.add_argument("--codes", default=None, metavar="FILE.npz", help="codes file to score (or --compare)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="RUN_DIR",
+                        help="compare finished run folders of main.py instead: tables and figures in --compare-dir")
+    parser.add_argument("--compare-dir", default=".", metavar="DIR",
+                        help="with --compare: folder of compare_<dataset>.md/.csv and compare_<dataset>_<bit>.png "
+                             "(default: the current folder)")
     parser.add_argument("--out", default=None, metavar="metrics.json",
                         help="write the metrics here (default: print the table only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -41,6 +50,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
+    if (args.codes is None) == (args.compare is None):
+        raise DUCHError("pass --codes FILE.npz to score a codes file, or --compare RUN_DIR... to compare runs (one)")
+    if args.compare is not None:
+        return compare(args)
     if args.bits is not None and args.bits < 1:
         raise DUCHError(f"--bits must be at least 1, got {args.bits}")
     out = Path(args.out) if args.out else None
@@ -57,6 +70,20 @@ def main(args: argparse.Namespace) -> dict:
         write_json(out, metrics)
     logger.info(f"{args.codes} ({elapsed:.2f} s)\n{format_results(metrics)}" + (f"\nmetrics in {out}" if out else ""))
     return metrics
+
+
+def compare(args: argparse.Namespace) -> dict:
+    from utils.logs import setup_logger
+    from utils.train.compare import load_result, write_comparison
+
+    logger = setup_logger()
+    results = [load_result(run_dir) for run_dir in args.compare]
+    written = write_comparison(results, Path(args.compare_dir))
+    for table in written["tables"]:
+        if table.endswith(".md"):
+            logger.info(Path(table).read_text(encoding="utf-8"))
+    logger.info("comparison: " + ", ".join(written["tables"] + written["figures"]))
+    return written
 
 
 if __name__ == "__main__":

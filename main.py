@@ -1,4 +1,8 @@
-"""DUCH: train (default) or test (--test) deep unsupervised contrastive hashing on feature files."""
+"""DUCH: train (default) or test (--test) deep unsupervised contrastive hashing on feature files.
+
+--method djsrh / jdsh trains a baseline of the paper's tables in the same harness; several --method,
+--bit or --dataset values run the grid of every combination and write the comparison tables.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,7 @@ import sys
 
 from configs.datasets import DATASETS, get_dataset, is_dataset_file
 from configs.presets import PRESETS
-from configs.train import MODELS, TrainConfig, check_config
+from configs.train import METHODS, MODELS, TrainConfig, check_config
 from utils.errors import DUCHError, exit_on_user_error
 from utils.logs import setup_logger
 
@@ -36,27 +40,37 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--test", action="store_true",
                         help="evaluate a trained run with the settings in its config.json, instead of training "
                              "(default: off)")
-    parser.add_argument("--bit", type=int, default=d.bit, help="hash code length (default: %(default)s)")
+    parser.add_argument("--bit", type=int, nargs="+", default=d.bit,
+                        help="hash code length; several run the grid (default: %(default)s)")
+    parser.add_argument("--method", nargs="+", default=d.method, type=str.lower,
+                        help=f"training method, any case: {', '.join(METHODS)}; several run the grid "
+                             "(default: %(default)s)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a baseline's hyperparameter (configs/baselines.py), e.g. --param reweight=true; "
+                             "repeatable (default: the method's configuration)")
     parser.add_argument("--model", default=d.model,
                         help=f"model type, any case: {', '.join(MODELS)} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help="training epochs; --resume may raise it (default: %(default)s)")
+                        help="training epochs; --resume may raise it "
+                             "(default: %(default)s; a baseline's: its configuration's)")
     parser.add_argument("--tag", default=d.tag, help="model tag (for save path) (default: %(default)s)")
-    parser.add_argument("--dataset", default=d.dataset,
-                        help=f"one of: {', '.join(DATASETS)}, any case, or the path of a captions JSON "
-                             f"(default: %(default)s)")
+    parser.add_argument("--dataset", nargs="+", default=d.dataset,
+                        help=f"one of: {', '.join(DATASETS)}, any case, or the path of a captions JSON; several "
+                             f"run the grid (default: %(default)s)")
     parser.add_argument("--name", default=None, help="a dataset file's name in file names (default: the JSON's stem)")
     parser.add_argument("--split", nargs="+", default=None, metavar="PROTOCOL",
                         help="duch (the original's seed-42 split; default for ucm, rsicd, demo), json (the JSON's "
                              "train/val/test; default for the others) or file PATH (a split.json of a run)")
     parser.add_argument("--check-overlap", default=None, metavar="OTHER",
                         help="report which test images also occur (same file content) in another dataset (a name or "
-                             "captions JSON), then stop")
-    parser.add_argument("--image-dir", default=None, help="with --check-overlap: this dataset's image folder")
+                             "captions JSON), then stop (default: off)")
+    parser.add_argument("--image-dir", default=None,
+                        help="with --check-overlap: this dataset's image folder (default: the dataset's)")
     parser.add_argument("--other-image-dir", default=None,
-                        help="with --check-overlap: the other dataset's image folder")
+                        help="with --check-overlap: the other dataset's image folder (default: the dataset's)")
     parser.add_argument("--labels", default=None, metavar="CSV",
-                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes")
+                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes "
+                             "(default: none)")
     parser.add_argument("--preset", default=d.preset,
                         help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=d.alpha, help="alpha hyperparameter (La) (default: %(default)s)")
@@ -104,16 +118,49 @@ NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "dev
                     "image_dir", "other_image_dir")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _values(value) -> list:
+    """A flag's values: a list (several typed) or one value (the default, or a namespace built by hand)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _one(value):
+    values = _values(value)
+    if len(values) != 1:
+        raise DUCHError(f"one value expected here, got {len(values)}: {' '.join(map(str, values))}")
+    return values[0]
+
+
+def _dataset_value(value) -> str:
+    """A dataset name (any case) or the path of a captions JSON (kept as typed)."""
+    return str(value) if is_dataset_file(str(value)) else str(value).lower()
+
+
+def config_from_args(args: argparse.Namespace, grid: bool = False) -> TrainConfig:
+    """The run of one (dataset, method, bit): the flags, and for a baseline its configuration's
+    epochs, batch size and validation interval where those flags were not typed. In a grid, --param
+    reaches the baselines' runs only."""
+    dataset = _dataset_value(_one(args.dataset))
+    method = str(_one(getattr(args, "method", "duch"))).lower()
     name = getattr(args, "name", None)
-    data_dir = args.data_dir or get_dataset(args.dataset, name).default_data_dir
+    data_dir = args.data_dir or get_dataset(dataset, name).default_data_dir
     split, split_file = parse_split(getattr(args, "split", None))
+    schedule, params = {}, {}
+    if method in METHODS and method != "duch":
+        from configs.baselines import SCHEDULE_FLAGS, method_params, parse_overrides
+
+        params = parse_overrides(method, method_params(method, dataset), getattr(args, "param", []))
+        typed = typed_settings(args)
+        schedule = {k: params[k] for k in SCHEDULE_FLAGS if k not in typed}
+    elif getattr(args, "param", None) and not grid:
+        raise DUCHError("--param sets a baseline's hyperparameters (--method djsrh or jdsh); DUCH has its own flags")
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "valid_freq": args.valid_freq, **schedule}
     return TrainConfig(
-        dataset=args.dataset if is_dataset_file(args.dataset) else args.dataset.lower(), name=name, split=split,
-        split_file=split_file, labels=getattr(args, "labels", None), preset=args.preset.lower(), bit=args.bit,
-        model=args.model.lower(), tag=args.tag,
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, alpha=args.alpha, beta=args.beta,
-        gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau, valid_freq=args.valid_freq,
+        dataset=dataset, name=name, split=split, split_file=split_file, labels=getattr(args, "labels", None),
+        preset=args.preset.lower(), bit=int(_one(args.bit)), model=args.model.lower(), tag=args.tag,
+        method=method, method_params=params,
+        epochs=flags["epochs"], batch_size=flags["batch_size"], seed=args.seed, alpha=args.alpha, beta=args.beta,
+        gamma=args.gamma, contrastive_weights=tuple(args.contrastive_weights), tau=args.tau,
+        valid_freq=flags["valid_freq"],
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,
         img_aug_emb=args.img_aug_emb, device=args.device,
     )
@@ -140,7 +187,34 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
     if explicit is None:
         defaults = vars(get_args_parser(add_help=False).parse_args([]))
         explicit = [k for k, v in vars(args).items() if k in defaults and v != defaults[k]]
-    return {k for k in explicit if k not in NOT_RUN_SETTINGS}
+    return {"method_params" if k == "param" else k for k in explicit if k not in NOT_RUN_SETTINGS}
+
+
+def _ensure_demo(cfg: TrainConfig) -> None:
+    """The offline demo's features, made once (by one process under torchrun)."""
+    from utils import distributed
+    from utils.demo.pipeline import ensure_demo_features
+    from utils.logs import setup_logger
+
+    if distributed.context().is_main:
+        logger = setup_logger()
+        with distributed.one_process():
+            encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
+        if encoders:
+            logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
+    distributed.barrier()
+
+
+def grid_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every (dataset, method, bit) the flags name, in that nesting order, without repeats."""
+    datasets = list(dict.fromkeys(_dataset_value(v) for v in _values(args.dataset)))
+    methods = list(dict.fromkeys(str(v).lower() for v in _values(getattr(args, "method", "duch"))))
+    bits = list(dict.fromkeys(int(v) for v in _values(args.bit)))
+    return [(d, m, b) for d in datasets for m in methods for b in bits]
+
+
+def cell_args(args: argparse.Namespace, dataset: str, method: str, bit: int) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "dataset": dataset, "method": method, "bit": bit})
 
 
 def check_overlap(cfg: TrainConfig, args: argparse.Namespace) -> dict:
@@ -157,6 +231,26 @@ def check_overlap(cfg: TrainConfig, args: argparse.Namespace) -> dict:
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
+    cells = grid_cells(args)
+    if len(cells) > 1:
+        if args.test or args.resume or args.overwrite:
+            raise DUCHError("a grid (several --dataset, --method or --bit) skips finished runs and resumes interrupted "
+                            "ones "
+                            "by itself: drop --test, --resume and --overwrite")
+        from utils import distributed
+        from utils.train.grid import run_grid
+
+        if distributed.torchrun_world_size() > 1:
+            raise DUCHError("a grid runs its trainings one after the other in one process: run it with python main.py")
+        configs = [config_from_args(cell_args(args, *cell), grid=True) for cell in cells]
+        for cfg in configs:  # every cell's flags are checked before the first one trains
+            check_config(cfg)
+        for cfg in configs:
+            if cfg.dataset == "demo" and args.data_dir is None:
+                _ensure_demo(cfg)
+                break
+        return run_grid(configs, typed_settings(args) - {"dataset", "method", "bit"})
+    args = cell_args(args, *cells[0])
     cfg = config_from_args(args)
     typed_split = "split" in (getattr(args, "explicit", None) or [])
     if typed_split:
@@ -176,17 +270,8 @@ def main(args: argparse.Namespace) -> dict:
             runner.refuse("--test evaluates in one process: run it with python main.py --test, not torchrun")
         distributed.init_from_env(cfg.device)
     try:
-        # (a run's data is in its config)
-        if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):
-            from utils.demo.pipeline import ensure_demo_features
-
-            if distributed.context().is_main:
-                logger = setup_logger()
-                with distributed.one_process():
-                    encoders = ensure_demo_features(cfg.data_dir, device=cfg.device)
-                if encoders:
-                    logger.info(f"demo features: images {encoders['image_source']}; captions {encoders['text_source']}")
-            distributed.barrier()
+        if cfg.dataset == "demo" and args.data_dir is None and not (args.test or args.resume):  # (data in config)
+            _ensure_demo(cfg)
         if args.test:
             return runner.test_run(cfg, typed, which=args.checkpoint)
         metrics = runner.train(cfg, resume=args.resume, overwrite=args.overwrite, typed=typed)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from configs.datasets import SPLIT_PROTOCOLS, get_dataset
+from configs.datasets import SPLIT_PROTOCOLS, get_dataset, is_dataset_file
 from configs.errors import DUCHError, did_you_mean
 from configs.presets import get_preset
 
 MODELS = ("duch",)  # --model names, lower case (any case is accepted)
+METHODS = ("duch", "djsrh", "jdsh")  # --method: DUCH, or a baseline of the paper's tables (configs/baselines.py)
 
 
 @dataclass
@@ -16,6 +18,7 @@ class TrainConfig:
     preset: str = "default"
     bit: int = 32
     model: str = "duch"
+    method: str = "duch"
     tag: str = "test"
     epochs: int = 100
     batch_size: int = 256
@@ -48,20 +51,20 @@ class TrainConfig:
     split: str | None = None  # duch, json or file (None: the dataset's default, duch for runs made before)
     split_file: str | None = None  # --split file PATH
     labels: str | None = None  # --labels CSV, used when the JSON and file names carry no classes
+    # a baseline's hyperparameters (configs/baselines.py, with --param overrides); empty for DUCH
+    method_params: dict = field(default_factory=dict)
 
     def dataset_key(self) -> str:
         """The dataset's name in run folders: its CLI name, or --name / the JSON's stem (lower case)."""
-        from configs.datasets import is_dataset_file
-
         if is_dataset_file(self.dataset):
-            from pathlib import Path
-
             return (self.name or Path(self.dataset).stem).lower()
         return self.dataset
 
     def run_name(self) -> str:
-        """``<dataset>_<bit>_<tag>_<preset>``: the run folder under ``out_dir``."""
-        return f"{self.dataset_key()}_{self.bit}_{self.tag}_{self.preset}"
+        """``<dataset>_<bit>_<tag>_<preset>`` for DUCH, ``<method>_<dataset>_<bit>_<tag>_<preset>`` for a
+        baseline: the run folder under ``out_dir``."""
+        name = f"{self.dataset_key()}_{self.bit}_{self.tag}_{self.preset}"
+        return name if self.method == "duch" else f"{self.method}_{name}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -78,6 +81,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.model not in MODELS:
         raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: "
                         f"{', '.join(MODELS)}")
+    if cfg.method not in METHODS:
+        raise DUCHError(
+            f"unknown method {cfg.method!r}{did_you_mean(cfg.method, METHODS)}; choose one of: {', '.join(METHODS)}"
+        )
     for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2),
                              ("valid-freq", cfg.valid_freq, 1)):
         if value < low:

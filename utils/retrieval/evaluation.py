@@ -13,7 +13,15 @@ import numpy as np
 
 from utils.errors import DUCHError
 from utils.retrieval.hamming import as_code_words
-from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS, as_labels, check_map_ks, retrieval_metrics
+from utils.retrieval.metrics import (
+    DEFAULT_MEMORY_GB,
+    MAP_DEFINITIONS,
+    MAP_KS,
+    as_labels,
+    check_map_ks,
+    map_definitions,
+    retrieval_metrics,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -107,6 +115,23 @@ def evaluate_directions(
     if with_curves:
         for key in ("p@k", "precision_radius", "recall_radius"):
             out[key] = {name: per_direction[name][key] for name in pairs}
+        out.update(_other_map_definitions(pairs, words, q_lab, db_lab, ks, memory_gb))
+    return out
+
+
+def _other_map_definitions(pairs: dict, words, q_lab, db_lab, ks, memory_gb: float) -> dict:
+    """``map_cut@K`` and ``map_tie_aware`` tables (each direction and "avg"), and ``map_definitions`` naming them."""
+    per = {
+        name: map_definitions(words(q, f"query codes ({name})"), words(db, f"database codes ({name})"), q_lab, db_lab,
+                              map_ks=ks, memory_gb=memory_gb)
+        for name, (q, db) in pairs.items()
+    }
+    out: dict = {}
+    for key in next(iter(per.values())):
+        table = {name: per[name][key] for name in pairs}
+        table["avg"] = float(np.mean(list(table.values())))
+        out[key] = table
+    out["map_definitions"] = dict(MAP_DEFINITIONS)
     return out
 
 

@@ -326,3 +326,85 @@ def retrieval_metrics(
         out["precision_radius"] = (precision_total / n_q).tolist()
         out["recall_radius"] = (recall_total / n_q).tolist()
     return out
+
+
+# ---- other mAP definitions, for numbers comparable across papers --------------------------------------
+# Kept apart from the engine above: exact, by counting, on dense distance blocks of a chunk of queries.
+MAP_DEFINITIONS = {
+    "map@K": "DUCH / DJSRH / JDSH release: AP = (1/m) sum_{j<=m} j / p_j over the first m = min(K, R) relevant items "
+             "ranked by (distance, database index); the list is not cut at K (p_j may exceed K)",
+    "map_cut@K": "the list cut at K: AP = mean of precision@p over the relevant ranks p <= K (ranked by (distance, "
+                 "database index)); 0 when none of the first K is relevant",
+    "map_tie_aware": "tie-aware AP of the full list (He et al., CVPR 2018): the exact expectation of AP over uniformly "
+                     "random orders of the items at equal distance, from the counts per distance",
+}
+
+
+def harmonic_numbers(n: int) -> np.ndarray:
+    """H[0..n] with H[0] = 0, in float64."""
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64))])
+
+
+def tie_aware_ap(counts: np.ndarray, relevant: np.ndarray, harmonic: np.ndarray | None = None) -> np.ndarray:
+    """Expected AP over random tie orders, per query, from (Q, D) item and relevant-item counts per distance.
+
+    In the group at distance d (n items, r relevant, N0 items and R0 relevant before it) a relevant item
+    sits at a uniform position j = 1..n, with (j - 1)(r - 1)/(n - 1) other relevant items expected before
+    it, so its expected precision is (1/n) sum_j (R0 + 1 + (j - 1) c) / (N0 + j), c = (r - 1)/(n - 1),
+    = (1/n) [(R0 + 1 - c (N0 + 1)) (H(N0 + n) - H(N0)) + c n]. AP = (1/R) sum_d r_d (that); 0 when R = 0.
+    """
+    counts = np.asarray(counts, np.float64)
+    relevant = np.asarray(relevant, np.float64)
+    n_before = np.cumsum(counts, axis=1) - counts
+    r_before = np.cumsum(relevant, axis=1) - relevant
+    if harmonic is None:
+        harmonic = harmonic_numbers(int(counts.sum(axis=1).max(initial=0)))
+    n_safe = np.maximum(counts, 1)
+    c = np.where(counts > 1, (relevant - 1) / np.maximum(counts - 1, 1), 0.0)
+    lo, hi = n_before.astype(np.int64), (n_before + counts).astype(np.int64)
+    group = ((r_before + 1 - c * (n_before + 1)) * (harmonic[hi] - harmonic[lo]) + c * counts) / n_safe
+    total_relevant = relevant.sum(axis=1)
+    ap = np.where(relevant > 0, relevant * group, 0.0).sum(axis=1)
+    return np.where(total_relevant > 0, ap / np.maximum(total_relevant, 1), 0.0)
+
+
+def cut_ap(rel_sorted: np.ndarray, k: int) -> np.ndarray:
+    """AP of each row cut at K: rows are relevance (0/1) in ranked order."""
+    top = np.asarray(rel_sorted[:, :k], np.float64)
+    precision = np.cumsum(top, axis=1) / np.arange(1, top.shape[1] + 1)
+    hits = top.sum(axis=1)
+    return np.where(hits > 0, (precision * top).sum(axis=1) / np.maximum(hits, 1), 0.0)
+
+
+def map_definitions(
+    query_codes, db_codes, query_labels, db_labels, map_ks=MAP_KS, bits: int | None = None,
+    memory_gb: float = DEFAULT_MEMORY_GB,
+) -> dict:
+    """``map_cut@K`` for each K and ``map_tie_aware`` of one retrieval direction (MAP_DEFINITIONS); means over
+    queries, a query without relevant items counting 0 as in mAP@K."""
+    ks = check_map_ks(map_ks)
+    q = as_code_words(query_codes, bits, "query codes")
+    db = as_code_words(db_codes, bits, "database codes")
+    if q.bits != db.bits:
+        raise DUCHError(f"query codes have {q.bits} bits but database codes have {db.bits}")
+    ql, dl = _paired(as_labels(query_labels, "query labels"), as_labels(db_labels, "database labels"))
+    n_q, n_db, n_bins = len(q), len(db), q.bits + 1
+    step = max(1, min(n_q, int(memory_gb * 2**30 / max(1, 40 * n_db))))
+    harmonic = harmonic_numbers(n_db)
+    cut_total, tie_total = np.zeros(len(ks)), 0.0
+    for start in range(0, n_q, step):
+        stop = min(start + step, n_q)
+        dist = hamming_distances(CodeWords(q.words[:, start:stop], q.bits), db).astype(np.int64)
+        rel = relevance(ql[start:stop] if ql.ndim == 1 else ql[:, start:stop], dl)
+        order = np.argsort(dist, axis=1, kind="stable")  # ties by database index
+        rel_sorted = np.take_along_axis(rel, order, axis=1)
+        for i, k in enumerate(ks):
+            cut_total[i] += cut_ap(rel_sorted, int(min(k, n_db))).sum()
+        keys = dist + n_bins * np.arange(stop - start)[:, None]
+        counts = np.bincount(keys.ravel(), minlength=(stop - start) * n_bins).reshape(-1, n_bins)
+        size = (stop - start) * n_bins
+        rel_counts = np.bincount(keys.ravel(), weights=rel.ravel(), minlength=size).reshape(-1, n_bins)
+        tie_total += tie_aware_ap(counts, rel_counts, harmonic).sum()
+    out = {f"map_cut@{k}": float(v / n_q) for k, v in zip(ks, cut_total)}
+    out["map_tie_aware"] = float(tie_total / n_q)
+    return out

@@ -95,16 +95,16 @@ class TrainedRun:
         return cls(run_dir, config, path, which)
 
     def load_model(self, device, payload: dict | None = None):
-        """The DUCH networks of the checkpoint, in eval mode on ``device``."""
-        from models.duch import DUCH
+        """The networks of the checkpoint (DUCH, DJSRH or JDSH, as it records), in eval mode on ``device``."""
+        from models.methods import model_from_payload
         from utils.train.checkpoints import load_checkpoint
 
         payload = payload or load_checkpoint(self.checkpoint)
         try:
-            model = DUCH(int(payload["image_dim"]), int(payload["caption_dim"]), int(payload["bit"]))
+            model = model_from_payload(payload)
             model.load_state_dict(payload["model"])
         except (KeyError, RuntimeError) as err:
-            raise DUCHError(f"{self.checkpoint} is not a DUCH checkpoint of main.py: "
+            raise DUCHError(f"{self.checkpoint} is not a checkpoint of main.py: "
                             f"{str(err).splitlines()[0]}") from None
         return model.to(device).eval()
 

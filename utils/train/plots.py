@@ -92,13 +92,19 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "",
     weights = {"contrastive": 1.0, **(weights or {})}
     epochs = [h["epoch"] for h in history]
     total = np.array([h["loss"]["total"] for h in history])
-    top.plot(epochs, total, color="black", linewidth=2, marker="o", markersize=3,
-             label="total = L_c + alpha L_adv + beta L_q + gamma L_bb")
+    duch = "contrastive" in history[0]["loss"]
+    total_label = "total = weighted sum of the terms below"
+    if duch:
+        total_label = "total = L_c + alpha L_adv + beta L_q + gamma L_bb"
+    top.plot(epochs, total, color="black", linewidth=2, marker="o", markersize=3, label=total_label)
     top.set(ylabel="weighted total", title=f"training losses {title}".strip())
     top.grid(alpha=0.3)
     top.legend(loc="best", frameon=True, fontsize="small")  # "best" places it where it covers no point
     symbols = {"contrastive": "L_c", "adversarial": "alpha L_adv", "quantization": "beta L_q",
                "bit_balance": "gamma L_bb"}
+    if not duch:  # a baseline's terms (utils/train/losses_djsrh.py, losses_jdsh.py), each by its name
+        weights.pop("contrastive")
+        symbols = {term: term for term in weights}
     for style, (term, symbol) in zip(_STYLES, symbols.items()):
         if term not in weights or term not in history[0]["loss"]:
             continue

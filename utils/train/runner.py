@@ -45,7 +45,7 @@ RUN_OUTPUTS = (
     "metrics*.json", "codes*.npz", "pr_curves*.png", "p_at_k*.png", "test*.log", "test_config*.json",
 )
 # settings that name the run folder: they must agree with config.json whether typed or not
-RUN_IDENTITY = ("dataset", "bit", "preset")
+RUN_IDENTITY = ("dataset", "bit", "preset", "method")
 
 
 def refuse(message: str):
@@ -352,6 +352,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 
 def _epoch_line(cfg: TrainConfig, record: dict) -> str:
     loss = record["loss"]
+    if cfg.method != "duch":
+        terms = ", ".join(f"{k} {v:.6g}" for k, v in loss.items() if k != "total")
+        return (f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} ({terms}); "
+                f"lr {record['lr']:.3g}; {record['time_s']:.3f} s")
     return (
         f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} = contrastive {loss['contrastive']:.6g}"
         f" + {cfg.alpha:g} x adversarial {loss['adversarial']:.6g} + {cfg.beta:g} x quantization "
@@ -359,6 +363,20 @@ def _epoch_line(cfg: TrainConfig, record: dict) -> str:
         f" + {cfg.gamma:g} x bit_balance {loss['bit_balance']:.6g}; discriminator {loss['discriminator']:.6g}"
         f"; lr {record['lr']:.3g}; {record['time_s']:.3f} s"
     )
+
+
+def _method_note(cfg: TrainConfig) -> str:
+    if cfg.method != "duch":
+        return f"the DUCH authors' {cfg.method.upper()} settings (docs/baselines.md)"
+    return "original-release quirks" if cfg.original_quirks else "paper method"
+
+
+def _loss_weights(cfg: TrainConfig) -> dict[str, float]:
+    if cfg.method == "duch":
+        return {"adversarial": cfg.alpha, "quantization": cfg.beta, "bit_balance": cfg.gamma}
+    from utils.train.trainer_baselines import LOSSES
+
+    return LOSSES[cfg.method].term_weights(cfg.method_params)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool) -> dict:
@@ -376,7 +394,11 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
     logger = setup_logger(run_dir / "train.log" if ctx.is_main else None,
                           level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
-    if ctx.distributed:
+    if cfg.method != "duch":
+        if ctx.distributed:
+            refuse(f"--method {cfg.method} trains in one process: run it with python main.py, not torchrun")
+        from utils.train.trainer_baselines import BaselineTrainer as Trainer
+    elif ctx.distributed:
         from utils.train.distributed_trainer import DistributedDUCHTrainer as Trainer
     else:
         Trainer = DUCHTrainer
@@ -408,8 +430,8 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
         write_json(run_dir / SPLIT_NAME, data.split_record(), indent=None)
     s = data.split
     logger.info(
-        f"DUCH {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, "
-        f"{'original-release quirks' if cfg.original_quirks else 'paper method'}, "
+        f"{cfg.method.upper()} {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, "
+        f"{_method_note(cfg)}, "
         f"device {device}{f' x {ctx.world_size} ranks ({ctx.backend})' if ctx.distributed else ''}; train "
         f"{len(s.train)} / query {len(s.query)} / database {len(s.db)} images"
     )
@@ -456,7 +478,11 @@ def main_command(cfg: TrainConfig, *extra: str) -> str:
     """The main.py command line of a run (for error messages), keeping a non-default --data-dir and --out-dir."""
     parts = ["python main.py", f"--dataset {cfg.dataset}", f"--preset {cfg.preset}", f"--bit {cfg.bit}",
              f"--tag {cfg.tag}"]
-    if Path(cfg.data_dir) != Path(get_dataset(cfg.dataset).default_data_dir):
+    if cfg.method != "duch":
+        parts.insert(1, f"--method {cfg.method}")
+    if cfg.name:
+        parts.append(f"--name {cfg.name}")
+    if Path(cfg.data_dir) != Path(get_dataset(cfg.dataset, cfg.name).default_data_dir):
         parts.append(f"--data-dir {cfg.data_dir}")
     if Path(cfg.out_dir) != Path(TrainConfig.out_dir):
         parts.append(f"--out-dir {cfg.out_dir}")
@@ -511,11 +537,13 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
         _log_warnings(logger, warnings)
         write_json(run_dir / f"test_config{suffix}.json",
                    _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
+    if str(payload.get("method", "duch")) != cfg.method:
+        raise DUCHError(f"{ckpt_path} holds a {payload.get('method', 'duch')} model but the run is set to "
+                        f"--method {cfg.method}; the checkpoint does not belong to this run folder")
     _check_widths(payload, data, ckpt_path)
-    from models.duch import DUCH
+    from models.methods import model_from_payload
 
-    widths = data.features.widths
-    model = DUCH(widths["image"], widths["caption"], cfg.bit).to(device)
+    model = model_from_payload(payload).to(device)
     model.load_state_dict(payload["model"])
     start = time.perf_counter()
     codes = encode_sets(model, data.query, data.db)
@@ -550,8 +578,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
         plot_p_at_k(metrics, run_dir / f"p_at_k{suffix}.png", title)
     history = read_history(run_dir)
     if history:
-        plot_losses(history, run_dir / "losses.png", cfg.run_name(),
-                    weights={"adversarial": cfg.alpha, "quantization": cfg.beta, "bit_balance": cfg.gamma})
+        plot_losses(history, run_dir / "losses.png", cfg.run_name(), weights=_loss_weights(cfg))
     logger.info(
         f"test of {ckpt_path} (epoch {metrics['model']['epoch']}; {metrics['n_query']} queries, {metrics['n_db']} "
         f"database items, {elapsed:.2f} s)\n"

@@ -1,0 +1,240 @@
+"""Comparison of finished runs: a table per dataset (methods x bits) and PR / P@K figures per bit length.
+
+Each run folder gives its config.json (dataset, method, bits, seed) and metrics.json. A cell holds
+mAP@20 I->T and T->I (the paper's tables) and the mean of the four directions; runs that differ only
+in seed share a cell, shown as mean ± standard deviation (sample, n - 1) with the number of seeds.
+The paper's numbers (configs/published.py) stand beside each cell the paper reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from configs.published import published
+from configs.train import METHODS
+from utils.errors import DUCHError
+from utils.io import read_json, write_text
+
+MAP_KEY = "map@20"
+PR_DIRECTIONS = ("i2t", "t2i")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    dataset: str
+    method: str
+    bit: int
+    seed: int
+    i2t: float
+    t2i: float
+    avg: float
+    curves: dict = field(default_factory=dict)  # p@k, precision_radius, recall_radius by direction
+
+
+def load_result(run_dir: str | Path) -> RunResult:
+    """The comparison figures of one finished run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise DUCHError(f"{run_dir} is not a run folder of main.py (no config.json)")
+    if not (run_dir / "metrics.json").is_file():
+        raise DUCHError(
+            f"{run_dir} has no metrics.json: the run is not finished (train it to the end, or run main.py --test)"
+        )
+    config = read_json(run_dir / "config.json", "run configuration")
+    metrics = read_json(run_dir / "metrics.json", "run metrics")
+    try:
+        table = metrics[MAP_KEY]
+        i2t, t2i = float(table["i2t"]), float(table["t2i"])
+        avg = float(np.mean([float(table[d]) for d in ("i2t", "t2i", "i2i", "t2t")]))
+        result = RunResult(
+            run_dir,
+            str(config["dataset"]),
+            str(config.get("method", "duch")),
+            int(config["bit"]),
+            int(config.get("seed", 0)),
+            i2t,
+            t2i,
+            avg,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise DUCHError(
+            f"{run_dir}: metrics.json or config.json lacks {err} (a cross-modal run of main.py has it)"
+        ) from None
+    result.curves = {k: metrics[k] for k in ("p@k", "precision_radius", "recall_radius") if k in metrics}
+    return result
+
+
+def _method_order(methods) -> list[str]:
+    known = [m for m in METHODS if m in methods]
+    return known + sorted(set(methods) - set(known))
+
+
+@dataclass
+class Cell:
+    values: dict[str, list[float]]  # i2t, t2i, avg -> one value per seed
+    seeds: list[int]
+
+    def mean(self, key: str) -> float:
+        return float(np.mean(self.values[key]))
+
+    def std(self, key: str) -> float:
+        v = self.values[key]
+        return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def cells(results: list[RunResult]) -> dict[str, dict[str, dict[int, Cell]]]:
+    """dataset -> method -> bit -> Cell. Two runs of one cell with the same seed are refused (ambiguous)."""
+    out: dict = {}
+    for r in results:
+        cell = (
+            out.setdefault(r.dataset, {})
+            .setdefault(r.method, {})
+            .setdefault(r.bit, Cell({"i2t": [], "t2i": [], "avg": []}, []))
+        )
+        if r.seed in cell.seeds:
+            raise DUCHError(
+                f"two runs of {r.dataset} {r.method} {r.bit} bits with seed {r.seed} (one is {r.run_dir}): "
+                f"pass one of them"
+            )
+        cell.seeds.append(r.seed)
+        for key in ("i2t", "t2i", "avg"):
+            cell.values[key].append(getattr(r, key))
+    return out
+
+
+def _fmt(cell: Cell, key: str) -> str:
+    return f"{cell.mean(key):.3f}" if cell.n == 1 else f"{cell.mean(key):.3f} ± {cell.std(key):.3f}"
+
+
+def markdown_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
+    """Rows: methods; per bit length a column I->T / T->I (the paper's [in brackets]) and the 4-direction mean."""
+    bits = sorted({b for per_bit in by_method.values() for b in per_bit})
+    multi = any(c.n > 1 for per_bit in by_method.values() for c in per_bit.values())
+    head = ["method"] + [h for b in bits for h in (f"{b} bits I->T / T->I", f"{b} bits avg")]
+    lines = [
+        f"mAP@20 on {dataset} (I->T / T->I; avg: mean of I->T, T->I, I->I, T->T; [paper])"
+        + ("; mean ± std over seeds (n)" if multi else ""),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for method in _method_order(by_method):
+        row = [method]
+        for b in bits:
+            cell = by_method[method].get(b)
+            paper = published(dataset, method, b)
+            mark = f" [{paper[0]:.3f} / {paper[1]:.3f}]" if paper else ""
+            if cell is None:
+                row += [f"-{mark}", "-"]
+                continue
+            n = f" (n={cell.n})" if multi else ""
+            row += [f"{_fmt(cell, 'i2t')} / {_fmt(cell, 't2i')}{mark}{n}", _fmt(cell, "avg")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = (
+    "dataset",
+    "method",
+    "bit",
+    "n",
+    "seeds",
+    "i2t_mean",
+    "i2t_std",
+    "t2i_mean",
+    "t2i_std",
+    "avg_mean",
+    "avg_std",
+    "paper_i2t",
+    "paper_t2i",
+)
+
+
+def csv_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for method in _method_order(by_method):
+        for b in sorted(by_method[method]):
+            c = by_method[method][b]
+            paper = published(dataset, method, b) or ("", "")
+            writer.writerow(
+                [
+                    dataset,
+                    method,
+                    b,
+                    c.n,
+                    " ".join(map(str, c.seeds)),
+                    *(f"{f(k):.6f}" for k in ("i2t", "t2i", "avg") for f in (c.mean, c.std)),
+                    *paper,
+                ]
+            )
+    return buf.getvalue()
+
+
+def plot_bit(results: list[RunResult], path: str | Path, title: str) -> list[str]:
+    """PR curves (top) and P@K curves (bottom) of I->T and T->I, one line per method (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.io import atomic_path
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9), constrained_layout=True)
+    by_method: dict[str, list[RunResult]] = {}
+    for r in results:
+        by_method.setdefault(r.method, []).append(r)
+    labels = []
+    for method in _method_order(by_method):
+        runs = [r for r in by_method[method] if r.curves]
+        if not runs:
+            continue
+        label = method + (f" (n={len(runs)})" if len(runs) > 1 else "")
+        labels.append(label)
+        for col, d in enumerate(PR_DIRECTIONS):
+            p = np.mean([r.curves["precision_radius"][d] for r in runs], axis=0)
+            rc = np.mean([r.curves["recall_radius"][d] for r in runs], axis=0)
+            axes[0, col].plot(rc, p, marker=".", label=label)
+            ks = sorted(runs[0].curves["p@k"][d], key=int)
+            pk = np.mean([[r.curves["p@k"][d][k] for k in ks] for r in runs], axis=0)
+            axes[1, col].plot([int(k) for k in ks], pk, marker=".", label=label)
+    names = {"i2t": "I->T", "t2i": "T->I"}
+    for col, d in enumerate(PR_DIRECTIONS):
+        axes[0, col].set(title=f"PR over Hamming radii, {names[d]}", xlabel="recall", ylabel="precision")
+        axes[1, col].set(title=f"P@K, {names[d]}", xlabel="K", ylabel="precision")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+            if labels:
+                ax.legend(fontsize="small")
+    fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return labels
+
+
+def write_comparison(results: list[RunResult], out_dir: str | Path, stem: str = "compare") -> dict[str, list[str]]:
+    """``<stem>_<dataset>.md`` / ``.csv`` per dataset, ``<stem>_<dataset>_<bit>.png`` per bit length; returns paths."""
+    out_dir = Path(out_dir)
+    written: dict[str, list[str]] = {"tables": [], "figures": []}
+    for dataset, by_method in cells(results).items():
+        md = out_dir / f"{stem}_{dataset}.md"
+        write_text(md, markdown_table(dataset, by_method))
+        write_text(out_dir / f"{stem}_{dataset}.csv", csv_table(dataset, by_method))
+        written["tables"] += [str(md), str(out_dir / f"{stem}_{dataset}.csv")]
+        for bit in sorted({r.bit for r in results if r.dataset == dataset}):
+            path = out_dir / f"{stem}_{dataset}_{bit}.png"
+            plot_bit([r for r in results if r.dataset == dataset and r.bit == bit], path, f"{dataset}, {bit} bits")
+            written["figures"].append(str(path))
+    return written
