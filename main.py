@@ -48,11 +48,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "train/val/test; default for the others) or file PATH (a split.json of a run)")
     parser.add_argument("--check-overlap", default=None, metavar="OTHER",
                         help="report which test images also occur (same file content) in another dataset (a name or "
-                             "captions JSON), then stop")
-    parser.add_argument("--image-dir", default=None, help="with --check-overlap: this dataset's image folder")
-    parser.add_argument("--other-image-dir", default=None, help="with --check-overlap: the other dataset's image folder")
+                             "captions JSON), then stop (default: off)")
+    parser.add_argument("--image-dir", default=None, help="with --check-overlap: this dataset's image folder "
+                                                                  "(default: <data-dir>/<the dataset's image folder>)")
+    parser.add_argument("--other-image-dir", default=None, help="with --check-overlap: the other dataset's image "
+                        "folder (default: its own)")
     parser.add_argument("--labels", default=None, metavar="CSV",
-                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes")
+                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes "
+                             "(default: none)")
     parser.add_argument("--preset", default=d.preset, help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=d.alpha, help="alpha hyperparameter (La) (default: %(default)s)")
     parser.add_argument("--beta", type=float, default=d.beta, help="beta hyperparameter (Lq) (default: %(default)s)")
@@ -89,9 +92,7 @@ NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "dev
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from configs.datasets import get_dataset
-
-    from configs.datasets import is_dataset_file
+    from configs.datasets import get_dataset, is_dataset_file
 
     name = getattr(args, "name", None)
     data_dir = args.data_dir or get_dataset(args.dataset, name).default_data_dir
@@ -134,7 +135,8 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
 def check_overlap(cfg: TrainConfig, args: argparse.Namespace) -> dict:
     """--check-overlap OTHER: the test images of this dataset's split found in OTHER's image files."""
     from configs.datasets import get_dataset
-    from utils.data.overlap import check_overlap as check, overlap_line
+    from utils.data.overlap import check_overlap as check
+    from utils.data.overlap import overlap_line
     from utils.logs import setup_logger
 
     ds = get_dataset(cfg.dataset, cfg.name)

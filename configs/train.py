@@ -65,11 +65,9 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
-    from configs.datasets import get_dataset
+    from configs.datasets import SPLIT_PROTOCOLS, get_dataset
     from configs.presets import get_preset
     from utils.errors import DUCHError, did_you_mean
-
-    from configs.datasets import SPLIT_PROTOCOLS
 
     get_dataset(cfg.dataset, cfg.name)
     get_preset(cfg.preset)
