@@ -191,7 +191,7 @@ def test_default_split_of_ucm_and_rsicd_is_the_original(n):
 def test_ucm_rsicd_and_demo_keep_five_captions_a_file_takes_any(tmp_path):
     path = write(tmp_path, karpathy(["1.tif", "2.tif"], counts=[5, 4]))
     for key in ("ucm", "rsicd", "demo"):
-        with pytest.raises(DUCHError, match=r"image 1 \(2.tif\) has 4 captions; every .* image has 5"):
+        with pytest.raises(DUCHError, match=r"image 1 \(2.tif\) has 4 captions; every .* image has exactly 5"):
             load_dataset_json(path, ds=get_dataset(key))
     for ds in (get_dataset("rsitmd"), get_dataset(str(path)), None):
         assert caption_offsets(load_dataset_json(path, ds=ds)).tolist() == [0, 5, 9]

@@ -97,7 +97,8 @@ def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None =
             raise DUCHError(f"{path}: {_where(j, image)} has no captions; every image needs at least one")
         if ds is not None and ds.captions_per_image is not None and len(sentences) != ds.captions_per_image:
             raise DUCHError(f"{path}: {_where(j, image)} has {len(sentences)} captions; every {ds.name} image has "
-                            f"{ds.captions_per_image} (for another count, give the JSON itself: --dataset PATH)")
+                            f"exactly {ds.captions_per_image} (for another count, give the JSON itself: "
+                            f"--dataset PATH)")
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, dict):
                 raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not "
