@@ -55,8 +55,11 @@ def check_config(cfg: TrainConfig) -> None:
     from configs.presets import get_preset
     from utils.errors import DUCHError, did_you_mean
 
+    from utils.paths import safe_name
+
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)
+    safe_name(cfg.tag, "--tag")  # the tag names the run folder: no separators, no '..', nothing the plot title parses
     if cfg.model not in MODELS:
         raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
     for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):

@@ -154,3 +154,102 @@ def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
     """Nothing the user made is overwritten unasked."""
     if Path(path).exists() and not overwrite:
         raise DUCHError(f"{path} already exists; pass --overwrite to replace it")
+
+
+# ----------------------------------------------------------------------------------------------
+# .npy / .npz: headers checked before any data is read
+
+MAX_ARRAY_BYTES = 8 << 30  # one array larger than this (8 GiB) is refused before it is read
+
+
+def _npy_header(f, what: str):
+    """(shape, fortran_order, dtype) of the .npy stream at ``f``; a damaged or object header is a DUCHError."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(f)
+        reader = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = reader(f, max_header_size=10000)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise DUCHError(f"{what} is not a readable .npy array ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if dtype.hasobject:
+        raise DUCHError(f"{what} holds Python objects (an object array), not numbers; refused (it would need pickle)")
+    return shape, fortran, dtype
+
+
+def _check_size(shape, dtype, what: str, max_bytes: int, stored: int | None = None) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    nbytes = n * dtype.itemsize
+    if nbytes > max_bytes:
+        raise DUCHError(f"{what} would take {nbytes / 2**30:.2f} GiB in memory (shape {tuple(shape)}, {dtype}); "
+                        f"the limit is {max_bytes / 2**30:.2f} GiB: refused before reading")
+    if stored is not None and stored < nbytes:
+        raise DUCHError(f"{what} is truncated: its header says {nbytes} bytes of data, the file holds {stored}")
+    return nbytes
+
+
+def read_npy(path: str | Path, what: str = "array file", max_bytes: int = MAX_ARRAY_BYTES, mmap: bool = False) -> np.ndarray:
+    """One .npy array, its header (shape, dtype, no objects, size within ``max_bytes``, not truncated) checked
+    before the data is read. Every problem is a DUCHError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"{what} not found: {path}")
+    label = f"{what} {path}"
+    with open(path, "rb") as f:
+        shape, _, dtype = _npy_header(f, label)
+        _check_size(shape, dtype, label, max_bytes, stored=path.stat().st_size - f.tell())
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as err:
+        raise DUCHError(f"{label} is not a readable .npy array ({str(err).splitlines()[0]})") from None
+
+
+def npz_keys(path: str | Path, what: str = "npz file") -> list[str]:
+    """The array names of an .npz file, without reading any array."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"{what} not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        kind = "a single .npy array" if path.read_bytes()[:6] == b"\x93NUMPY" else "not an .npz file"
+        raise DUCHError(f"{what} {path} is {kind} ({err}); an .npz archive of named arrays is expected") from None
+
+
+def read_npz(path: str | Path, keys, what: str = "npz file", max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, np.ndarray]:
+    """Only ``keys`` of an .npz file, each header checked before its data is read: a small archive holding
+    gigabytes of compressed zeros under a key nobody asked for costs nothing, and one under a needed key is
+    refused by its declared size. Damaged, truncated or object arrays are a DUCHError naming the key."""
+    import zipfile
+
+    path = Path(path)
+    present = set(npz_keys(path, what))
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for key in keys:
+                if key not in present:
+                    continue
+                label = f"{what} {path}: array {key!r}"
+                info = z.getinfo(key + ".npy")
+                with z.open(info) as f:
+                    shape, fortran, dtype = _npy_header(f, label)
+                    _check_size(shape, dtype, label, max_bytes, stored=info.file_size - f.tell())
+                    count = 1
+                    for d in shape:
+                        count *= int(d)
+                    data = f.read(count * dtype.itemsize)
+                if len(data) != count * dtype.itemsize:
+                    raise DUCHError(f"{label} is truncated")
+                array = np.frombuffer(data, dtype=dtype, count=count)
+                out[key] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
+        raise DUCHError(f"{what} {path} is damaged or truncated ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    return out

@@ -38,6 +38,9 @@ def load_dataset_json(path: str | Path, hint: str = "") -> dict:
         if not isinstance(filename, str) or not filename.strip():
             found = "no 'filename'" if filename is None else f"'filename' {filename!r}, not a file name"
             raise DUCHError(f"{path}: image {j} has {found}; every image needs the name of its image file")
+        check_relative_name(filename, f"{path}: image {j} has 'filename'")
+        if "classname" in image:
+            check_relative_name(str(image["classname"]), f"{path}: {_where(j, image)} has 'classname'")
         sentences = image.get("sentences")
         if not isinstance(sentences, list) or len(sentences) != CAPTIONS_PER_IMAGE:
             n = len(sentences) if isinstance(sentences, list) else 0
@@ -49,6 +52,17 @@ def load_dataset_json(path: str | Path, hint: str = "") -> dict:
                 raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not an object")
     captions(data, RAW_KEY, source=path)
     return data
+
+
+def check_relative_name(name: str, what: str) -> None:
+    """A file or folder name from the JSON is relative and never climbs: no absolute path, no ``..``, no NUL.
+    (Symlinks are caught where the file is opened: ``utils.paths.contained``.)"""
+    import os
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if "\x00" in name or os.path.isabs(name) or PureWindowsPath(name).drive or name.startswith(("/", "\\")) or ".." in parts:
+        raise DUCHError(f"{what} {name!r}: a path that leads outside the image folder; names must be relative, without '..'")
 
 
 def class_names_from_filenames(filenames: list[str]) -> list[str]:

@@ -37,10 +37,15 @@ _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an
 
 
 def find_image(image_dir: Path, filename: str, classname: str | None = None) -> Path:
-    """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``."""
-    candidates = [image_dir / filename]
+    """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``.
+
+    Both names come from the dataset JSON: a name that leads outside ``image_dir`` (``..``, an absolute
+    path, a symlink pointing out) is refused by name (``utils.paths.contained``), never read."""
+    from utils.paths import contained
+
+    candidates = [contained(image_dir, filename, "dataset JSON filename")]
     if classname:
-        candidates.append(image_dir / classname / filename)
+        candidates.append(contained(image_dir, f"{classname}/{filename}", "dataset JSON classname/filename"))
     for path in candidates:
         if path.is_file():
             return path

@@ -100,27 +100,26 @@ def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, 
 def load_codes_file(path: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
     """Directions and labels of a codes file: main.py's codes.npz (four directions) or a
     single-modality file with ``q, db, q_labels, db_labels`` (one direction, ``q2db``). Other keys are ignored."""
+    from utils.io import npz_keys, read_npz
+
     path = Path(path)
     if not path.is_file():
         raise DUCHError(f"codes file {path} not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:  # not an npz, or object arrays (which would need pickle)
-        raise DUCHError(f"{path} is not a readable .npz file of arrays ({err})") from None
-    if all(k in arrays for k in CROSS_MODAL_KEYS):
-        a = arrays
+    present = set(npz_keys(path, "codes file"))
+    if all(k in present for k in CROSS_MODAL_KEYS):  # only the keys of the layout are read, each size-checked first
+        a = read_npz(path, CROSS_MODAL_KEYS, "codes file")
         pairs = {name: (a[f"q_{qm}"], a[f"db_{dm}"]) for name, (qm, dm) in DIRECTIONS.items()}
-    elif all(k in arrays for k in SINGLE_KEYS):
-        pairs = {"q2db": (arrays["q"], arrays["db"])}
+    elif all(k in present for k in SINGLE_KEYS):
+        a = read_npz(path, SINGLE_KEYS, "codes file")
+        pairs = {"q2db": (a["q"], a["db"])}
     else:
-        near = CROSS_MODAL_KEYS if any(k in arrays for k in ("q_img", "q_txt", "db_img", "db_txt")) else SINGLE_KEYS
-        missing = [k for k in near if k not in arrays]
+        near = CROSS_MODAL_KEYS if any(k in present for k in ("q_img", "q_txt", "db_img", "db_txt")) else SINGLE_KEYS
+        missing = [k for k in near if k not in present]
         raise DUCHError(
             f"{path} lacks {', '.join(missing)}; a codes file holds either {', '.join(CROSS_MODAL_KEYS)} "
-            f"(main.py's codes.npz) or {', '.join(SINGLE_KEYS)} (found: {', '.join(sorted(arrays)) or 'nothing'})"
+            f"(main.py's codes.npz) or {', '.join(SINGLE_KEYS)} (found: {', '.join(sorted(present)) or 'nothing'})"
         )
-    return pairs, arrays["q_labels"], arrays["db_labels"]
+    return pairs, a["q_labels"], a["db_labels"]
 
 
 def evaluate_file(

@@ -216,8 +216,11 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
     from utils.data.images import find_image
 
+    from utils.paths import contained
+
     out = []
     for im in data["images"]:
+        contained(image_dir, im["filename"], "dataset JSON filename")  # a name leading outside is refused, not skipped
         try:
             out.append(str(find_image(image_dir, im["filename"], im.get("classname")).resolve()))
         except DUCHError:

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.io import read_json
+from utils.io import read_json, read_npy
 from utils.search.encoders import (
     FeatureStats, ImageEncoderSpec, TextEncoderSpec, hash_outputs, pack_outputs, sha256_of,
 )
@@ -60,16 +60,39 @@ class SearchIndex:
         self._outputs: dict = {}
         for modality in MODALITIES:
             names = index_file_names(modality)
-            self.codes[modality] = np.load(self._file(names["codes"]))
+            self.codes[modality] = read_npy(self._file(names["codes"]), "index codes")
             self.faiss[modality] = _read_faiss(self._file(names["faiss"]))
             self.metadata[modality] = _read_jsonl(self._file(names["metadata"]))
-            n = len(self.codes[modality])
+            codes = self.codes[modality]
+            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != (self.bit + 7) // 8:
+                raise DUCHError(f"{index_dir}: {names['codes']} holds {codes.dtype} of shape {codes.shape}, not packed "
+                                f"{self.bit}-bit codes; rebuild the index with --overwrite")
+            n = len(codes)
             if self.faiss[modality].ntotal != n or len(self.metadata[modality]) != n:
                 raise DUCHError(f"{index_dir}: the {modality} codes, faiss index and metadata disagree in length; "
                                 f"rebuild the index with --overwrite")
+            self._check_paths(modality)
             nprobe = (manifest.get("index", {}).get(modality) or {}).get("nprobe")
             if nprobe and hasattr(self.faiss[modality], "nprobe"):
                 self.faiss[modality].nprobe = int(nprobe)
+
+    def image_folders(self) -> list[str]:
+        """The folders whose images the index may show: the dataset's image folder and --image-dir."""
+        folders = [(self.manifest.get("dataset") or {}).get("image_dir")]
+        folders.append((self.manifest.get("image_dir") or {}).get("path"))
+        return [str(f) for f in folders if isinstance(f, str) and f]
+
+    def _check_paths(self, modality: str) -> None:
+        """Every image path in the metadata lies inside the index's image folders: a hand-edited or damaged
+        metadata line cannot make a results page embed another file."""
+        from utils.paths import is_inside
+
+        folders = self.image_folders()
+        for meta in self.metadata[modality]:
+            path = meta.get("path") if isinstance(meta, dict) else None
+            if path is not None and not (isinstance(path, str) and any(is_inside(path, f) for f in folders)):
+                raise DUCHError(f"{self.dir}: metadata_{modality}.jsonl row {meta.get('row')} names the image {path!r}, "
+                                f"outside the index's image folders; refused (rebuild the index with --overwrite)")
 
     @classmethod
     def open(cls, index_dir: str | Path, verify_checkpoint: bool = True) -> "SearchIndex":
@@ -98,7 +121,7 @@ class SearchIndex:
     def outputs(self, modality: str) -> np.ndarray:
         """Continuous outputs (float16 on disk) of one modality, for re-ranking."""
         if modality not in self._outputs:
-            self._outputs[modality] = np.load(self._file(index_file_names(modality)["outputs"]), mmap_mode="r")
+            self._outputs[modality] = read_npy(self._file(index_file_names(modality)["outputs"]), "index outputs", mmap=True)
         return self._outputs[modality]
 
     def __len__(self) -> int:
@@ -191,8 +214,20 @@ def _read_faiss(path: Path):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Metadata lines, each a JSON object; a broken line is a DUCHError naming its number."""
+    rows, number = [], 1
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                rows.append(row)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DUCHError(f"{path} line {number} is damaged ({str(err).splitlines()[0]}); rebuild the index with --overwrite") from None
+    return rows
 
 
 class QueryEncoder:
@@ -369,18 +404,20 @@ def describe(meta: dict, target: str) -> dict:
 
 def format_table(result: dict, width: int = 60) -> str:
     """The ranked results of one query as a console table."""
+    from utils.terminal import printable
+
     q = result["query"]
-    what = {"text": lambda: f'text "{q["text"]}"', "image": lambda: f"image {q['path']}",
+    what = {"text": lambda: f'text "{printable(q["text"])}"', "image": lambda: f"image {printable(q['path'])}",
             "row": lambda: f"{q['modality']} row {q['row']}"}[q["kind"]]()
     rerank = q.get("rerank")
     lines = [f"query: {what} -> {q['target']} (top {q['k']}{', re-ranked by cosine' if rerank else ''})"]
     header = f"{'rank':>4} {'hamming':>7} " + (f"{'cosine':>7} " if rerank else "") + f"{'row':>6}  {'filename':<18} {'class':<14} caption"
     lines.append(header)
     for r in result["results"]:
-        caption = (r.get("caption") or "")
+        caption = printable(r.get("caption") or "")  # captions are data: no escape sequence reaches the terminal
         caption = caption if len(caption) <= width else caption[: width - 3] + "..."
         cosine = f"{r['cosine']:7.3f} " if rerank else ""
-        lines.append(f"{r['rank']:>4} {r['distance']:>7} {cosine}{r['row']:>6}  {str(r['filename'])[:18]:<18} "
-                     f"{str(r['class'])[:14]:<14} {caption}")
+        lines.append(f"{r['rank']:>4} {r['distance']:>7} {cosine}{r['row']:>6}  {printable(str(r['filename']))[:18]:<18} "
+                     f"{printable(str(r['class']))[:14]:<14} {caption}")
     return "\n".join(lines)
 

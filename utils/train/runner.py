@@ -100,7 +100,10 @@ class RunData:
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.run_name()
+    """``out_dir/<run name>``; the name (dataset, bit, tag, preset) stays one folder inside ``out_dir``."""
+    from utils.paths import contained, safe_name
+
+    return contained(cfg.out_dir, safe_name(cfg.run_name(), "run name"), "run folder")
 
 
 def read_history(run_dir: Path) -> list[dict]:
