@@ -54,7 +54,6 @@ def check_config(cfg: TrainConfig) -> None:
     from configs.datasets import get_dataset
     from configs.presets import get_preset
     from utils.errors import DUCHError, did_you_mean
-
     from utils.paths import safe_name
 
     get_dataset(cfg.dataset)

@@ -162,8 +162,9 @@ def _codes(tmp_path, **extra):
 
 def _add_member(path, key, header_shape, payload=b""):
     """Append an .npy member whose header declares ``header_shape`` (float64) but holds ``payload``."""
-    from numpy.lib import format as npy_format
     import io
+
+    from numpy.lib import format as npy_format
 
     buffer = io.BytesIO()
     npy_format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": header_shape})

@@ -7,6 +7,7 @@ itself and nothing in it can move the cursor, change colours or rewrite the titl
 """
 from __future__ import annotations
 
+
 def _escape(ch: str) -> str:
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")

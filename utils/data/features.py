@@ -106,7 +106,9 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
     initialisation)" for ``--weights none``), a ``random_weights`` attribute, and for caption files made
     by the offline demo, its ``demo_encoders.json`` record of a random text model.
     """
-    from utils.demo.pipeline import ENCODERS_FILE  # here: utils.demo.pipeline imports this module
+    from utils.demo.pipeline import (
+        ENCODERS_FILE,  # here: utils.demo.pipeline imports this module
+    )
 
     attrs = read_h5_attrs(path, key)
     weights = str(attrs.get("weights", ""))

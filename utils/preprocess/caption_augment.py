@@ -13,7 +13,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configs.datasets import DatasetInfo
-from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
+from configs.files import (
+    CAPTION_AUG_KEYS,
+    RAW_CAPTION_KEY,
+    augmented_json_name,
+    current_dataset_json,
+    dataset_json_name,
+)
 from models.text_encoder import preprocess_caption
 from utils.data.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError

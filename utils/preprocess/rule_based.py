@@ -30,8 +30,14 @@ import numpy as np
 from utils.errors import DUCHError, did_you_mean
 from utils.io import read_json
 from utils.preprocess.rule_based_glove import (
-    BERTSCORE_MODEL, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, REPLACEABLE_TAGS,
-    build_paper_augmenter, describe_paper_resources, make_bertscore,
+    BERTSCORE_MODEL,
+    GLOVE_MIN_SIM,
+    GLOVE_TOPN,
+    PAPER_BERTSCORE_THRESHOLD,
+    REPLACEABLE_TAGS,
+    build_paper_augmenter,
+    describe_paper_resources,
+    make_bertscore,
 )
 
 UNKNOWN_TAG = "X"

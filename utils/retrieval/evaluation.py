@@ -13,7 +13,13 @@ import numpy as np
 
 from utils.errors import DUCHError
 from utils.retrieval.hamming import as_code_words
-from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS, as_labels, check_map_ks, retrieval_metrics
+from utils.retrieval.metrics import (
+    DEFAULT_MEMORY_GB,
+    MAP_KS,
+    as_labels,
+    check_map_ks,
+    retrieval_metrics,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.retrieval.hamming import CodeWords, as_code_words, hamming_distances, packed_to_words, to_host
+from utils.retrieval.hamming import (
+    CodeWords,
+    as_code_words,
+    hamming_distances,
+    packed_to_words,
+    to_host,
+)
 
 P_AT_K_CUTOFFS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 MAP_KS = (20, 10)

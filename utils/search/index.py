@@ -29,7 +29,13 @@ from models.image_encoder import FEATURE_DIM
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.search.encoders import (
-    FeatureStats, ImageEncoderSpec, TextEncoderSpec, find_image_files, hash_outputs, pack_outputs, read_h5_attrs,
+    FeatureStats,
+    ImageEncoderSpec,
+    TextEncoderSpec,
+    find_image_files,
+    hash_outputs,
+    pack_outputs,
+    read_h5_attrs,
     sha256_of,
 )
 
@@ -215,7 +221,6 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
     from utils.data.images import find_image
-
     from utils.paths import contained
 
     out = []
@@ -397,13 +402,39 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def build_index(opts: IndexOptions) -> dict:
-    """Build the index folder of a run; returns the manifest."""
+    """Build the index folder of a run; returns the manifest.
+
+    One writer at a time (a lock beside the folder); an --overwrite first removes the old manifest, so an
+    interrupted rebuild leaves an unfinished index, never the old manifest beside new files; the new
+    manifest, written last, records the size and sha256 of every file, checked when the index is opened."""
+    from utils import distributed
+    from utils.locks import OutputLock
+
+    opts.check()
+    TrainedRun.open(opts.run_dir, opts.checkpoint)  # a mistyped --run is named before any folder is made
+    out = Path(opts.out) if opts.out else Path(opts.run_dir) / "index"
+    lock = OutputLock(out, "index folder") if distributed.context().is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _build_index(opts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def file_digests(folder: Path, names) -> dict:
+    """{name: {"size", "sha256"}} of files in ``folder``: what a manifest written last vouches for."""
+    return {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
+
+
+def _build_index(opts: IndexOptions) -> dict:
     import faiss
     import torch
 
-    from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
     from utils.data.dataset_json import image_labels, load_dataset_json
     from utils.runtime import resolve_device, versions
+    from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
 
     opts.check()
     run = TrainedRun.open(opts.run_dir, opts.checkpoint)
@@ -469,6 +500,7 @@ def build_index(opts: IndexOptions) -> dict:
     metadata = {"images": meta_images, "captions": meta_captions}
     index_params: dict = {"type": opts.index_type}
     written = {}
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here the folder is unfinished until the new manifest
     for modality in MODALITIES:
         names = index_file_names(modality)
         codes = pack_outputs(outputs[modality])
@@ -503,6 +535,7 @@ def build_index(opts: IndexOptions) -> dict:
         "counts": {"images": int(len(meta_images)), "dataset_images": n, "new_images": len(new_paths),
                    "captions": int(len(meta_captions))},
         "files": written,
+        "digests": file_digests(out, [name for names in written.values() for name in names.values()]),
         "device": str(device),
         "versions": {**versions(), "faiss": faiss.__version__, "torch_threads": torch.get_num_threads()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

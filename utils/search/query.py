@@ -18,9 +18,20 @@ import numpy as np
 from utils.errors import DUCHError
 from utils.io import read_json, read_npy
 from utils.search.encoders import (
-    FeatureStats, ImageEncoderSpec, TextEncoderSpec, hash_outputs, pack_outputs, sha256_of,
+    FeatureStats,
+    ImageEncoderSpec,
+    TextEncoderSpec,
+    hash_outputs,
+    pack_outputs,
+    sha256_of,
 )
-from utils.search.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
+from utils.search.index import (
+    FORMAT,
+    MANIFEST_NAME,
+    MODALITIES,
+    TrainedRun,
+    index_file_names,
+)
 
 TARGETS = MODALITIES  # what a query searches: images or captions
 ROW_MODALITIES = {"image": "images", "caption": "captions"}
@@ -107,9 +118,14 @@ class SearchIndex:
         manifest = read_json(manifest_path, "index manifest")
         if manifest.get("format") != FORMAT:
             raise DUCHError(f"{manifest_path} is not a manifest of search.py index")
-        if verify_checkpoint:
-            check_checkpoint(manifest, index_dir)
-        return cls(index_dir, manifest)
+        try:
+            check_digests(manifest, index_dir)
+            if verify_checkpoint:
+                check_checkpoint(manifest, index_dir)
+            return cls(index_dir, manifest)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:  # a hand-edited or damaged manifest
+            raise DUCHError(f"{manifest_path} is damaged ({type(err).__name__}: {err}); rebuild the index with "
+                            f"--overwrite") from None
 
     def _file(self, name: str) -> Path:
         path = self.dir / name
@@ -188,6 +204,24 @@ def checkpoint_file(manifest: dict, index_dir: Path) -> Path:
         if moved.is_file():
             return moved
     return path
+
+
+def check_digests(manifest: dict, index_dir: Path) -> None:
+    """Every file of the index is the one its manifest (written last) vouches for: no file of another build."""
+    from utils.paths import contained
+
+    digests = manifest.get("digests")
+    if digests is None:
+        return  # an index built before digests were recorded
+    if not isinstance(digests, dict):
+        raise DUCHError(f"{index_dir / MANIFEST_NAME}: 'digests' is not a JSON object; rebuild the index with --overwrite")
+    for name, record in digests.items():
+        path = contained(index_dir, name, "index file")
+        size = path.stat().st_size if path.is_file() else None
+        if not isinstance(record, dict) or size != record.get("size") or sha256_of(path) != record.get("sha256"):
+            why = "missing" if size is None else "not the file the manifest was written with"
+            raise DUCHError(f"{path} is {why} (an interrupted or concurrent rebuild, or a damaged copy); rebuild the "
+                            f"index with: python search.py index --run {manifest.get('run', {}).get('dir')} --out {index_dir} --overwrite")
 
 
 def check_checkpoint(manifest: dict, index_dir: Path) -> None:
