@@ -7,12 +7,12 @@
 Writes ``<data-dir>/augmented_<DS>.json`` with ``aug_rb`` / ``aug_bt_prob`` / ``aug_bt_chain`` per sentence.
 """
 import argparse
-import sys
 
-from configs.datasets import DATASETS, get_dataset
+from configs.datasets import DATASETS
 from configs.files import CAPTION_AUG_KEYS
+from utils.errors import exit_on_user_error
 from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
-from utils.errors import DUCHError, did_you_mean, exit_on_user_error
+from utils.preprocess.caption_augment import CaptionAugmentOptions, augment_captions
 from utils.preprocess.rule_based import (
     BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, ROUTES,
 )
@@ -79,27 +79,7 @@ def get_args_parser(add_help=True):
 
 @exit_on_user_error
 def main(args):
-    from utils.preprocess.caption_augment import augment_dataset
-
-    ds = get_dataset(args.dataset)
-    if args.txt_aug not in CAPTION_AUG_KEYS:
-        raise DUCHError(f"unknown --txt-aug {args.txt_aug!r}{did_you_mean(args.txt_aug, CAPTION_AUG_KEYS)}; "
-                        f"choose one of: {', '.join(CAPTION_AUG_KEYS)}")
-    if args.route not in ROUTES:
-        raise DUCHError(f"unknown --route {args.route!r}{did_you_mean(args.route, ROUTES)}; "
-                        f"choose one of: {', '.join(ROUTES)}")
-    for flag in ("batch_size", "flush_every", "max_new_tokens", "glove_topk"):
-        if getattr(args, flag) < 1:
-            raise DUCHError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.data_dir is None:
-        args.data_dir = ds.default_data_dir
-    try:
-        return augment_dataset(args, ds)
-    except KeyboardInterrupt:
-        cached = " (the translations made so far stay cached)" if args.txt_aug != "rule-based" else ""
-        print(f"interrupted: nothing was written to {args.data_dir}{cached}; run the same command again to continue",
-              file=sys.stderr)
-        raise SystemExit(130) from None
+    return augment_captions(CaptionAugmentOptions.from_args(args))
 
 
 if __name__ == "__main__":

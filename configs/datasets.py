@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.errors import DUCHError, did_you_mean
+from configs.errors import DUCHError, did_you_mean
 
 CAPTIONS_PER_IMAGE = 5
 
@@ -23,7 +23,7 @@ class DatasetInfo:
     caption_dim: int | None = 768
     synthetic: bool = False
     # the dataset's documented label rule: False = every image carries an integer ``classcode``;
-    # True = when no image carries one, the class is the file name before its last '_' (SPEC section 1)
+    # True = when no image carries one, the class is the file name before its last '_' (docs/formats.md)
     labels_from_filenames: bool = False
     # the original release's images_augment.py batch (its training-mode batch norm depends on it)
     original_image_batch_size: int = 525

@@ -10,10 +10,24 @@ from typing import Sequence
 
 from configs.datasets import DatasetInfo
 
+# the image transform sets (utils/data/transforms.py builds them); a set's name is part of its file name
+IMAGE_AUG_SETS = (
+    "no_aug",
+    "center_crop_only",
+    "random_crop_only",
+    "aug_center",
+    "aug_random",
+    "rotation_cc",
+    "blur_cc",
+    "jitter_cc",
+    "each_img_random",
+)
+ENCODERS_FILE = "demo_encoders.json"  # the offline demo's record of the encoders it used
+# in a run folder of main.py: its settings and its split (search.py index reads both)
+CONFIG_NAME = "config.json"
+SPLIT_NAME = "split.json"
 IMAGE_EMB_KEY = "image_emb"
 CAPTION_EMB_KEY = "caption_emb"
-IMAGE_EMB_DIM = 512
-CAPTION_EMB_DIM = 768
 
 # sentence keys in the dataset JSON, and the caption-augmentation type that writes each
 RAW_CAPTION_KEY = "raw"
@@ -23,9 +37,6 @@ CAPTION_AUG_KEYS = {
     "backtranslation-chain": "aug_bt_chain",
 }
 TXT_AUG_BY_KEY = {key: txt_aug for txt_aug, key in CAPTION_AUG_KEYS.items()}
-
-# image transform sets whose file name carries their parameters
-PARAMETERISED_IMAGE_SETS = ("rotation_cc", "blur_cc", "jitter_cc")
 
 
 def _int_name(value) -> str:
@@ -60,7 +71,7 @@ def image_emb_name(
     blur_val: Sequence[float] = (3, 3, 1.1, 1.3),
     jit_str: float = 0.5,
 ) -> str:
-    """``image_emb_DS_aug_<set>[_<params>].h5``, exactly as the original writes it (SPEC section 1).
+    """``image_emb_DS_aug_<set>[_<params>].h5``, exactly as the original writes it (docs/formats.md).
 
     ``no_aug`` -> ``image_emb_DS_aug_no_aug.h5``; rotation degrees as integers (the original's
     ``--rot-deg`` is ``type=int``), blur kernel as integers and sigmas as floats (``3_3_1.1_1.3``),
@@ -105,8 +116,6 @@ def parse_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
     match = re.fullmatch(rf"image_emb_{re.escape(ds.name)}_aug(?:_(.+))?\.h5", Path(name).name)
     if not match:
         return None
-    from utils.data.transforms import IMAGE_AUG_SETS
-
     rest = match.group(1) or "no_aug"
     for img_aug, n_params in (("rotation_cc", 2), ("blur_cc", 4), ("jitter_cc", 1)):
         if rest.startswith(img_aug + "_"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.errors import DUCHError, did_you_mean
+from configs.errors import DUCHError, did_you_mean
 
 BASE_IMAGE_SET = "center_crop_only"
 BASE_CAPTION_KEY = "raw"

@@ -53,12 +53,10 @@ def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
     from configs.datasets import get_dataset
     from configs.presets import get_preset
-    from utils.errors import DUCHError, did_you_mean
-    from utils.paths import safe_name
+    from configs.errors import DUCHError, did_you_mean
 
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)
-    safe_name(cfg.tag, "--tag")  # the tag names the run folder: no separators, no '..', nothing the plot title parses
     if cfg.model not in MODELS:
         raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
     for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):

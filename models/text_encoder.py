@@ -1,6 +1,6 @@
 """Caption encoder: a Hugging Face BERT-style model turned into fixed-width sentence vectors.
 
-SPEC section 2: lower-case, drop ``. , ! ?``, tokenise (max 64 tokens), combine the last k hidden
+As in docs/method.md: lower-case, drop ``. , ! ?``, tokenise (max 64 tokens), combine the last k hidden
 states (sum, or concat along features), then mean over tokens. Our default averages the real tokens
 only (attention mask); the original release (``original_quirks``) padded every caption to the
 maximum length and averaged over all positions, padding included.

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic feature sets in the on-disk format of SPEC section 1."""
+"""Shared fixtures: small synthetic feature sets in the on-disk format of docs/formats.md."""
 import struct
 import zlib
 

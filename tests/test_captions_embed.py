@@ -14,6 +14,7 @@ import captions_embed
 from models import text_encoder
 from models.text_encoder import embed_captions, load_text_model, preprocess_caption
 from tests.tiny_bert import save_tiny_bert
+from utils.preprocess import caption_features
 from utils.errors import DUCHError
 
 # 3 images x 5 captions of varied length; "A Farm." (row 0) and "a farm" (row 7) must embed alike
@@ -305,7 +306,7 @@ def test_none_caption_refused_before_loading(tmp_path, capsys):
 def test_per_set_resume_after_interrupt(tmp_path, tiny_bert_dir, monkeypatch, capsys):
     make_json(tmp_path / "augmented_UCM.json", with_aug=True)
     argv = ["--data-dir", str(tmp_path), "--model", str(tiny_bert_dir), "--device", "cpu", "--no-progress"]
-    real = captions_embed.embed_captions
+    real = caption_features.embed_captions
     calls = []
 
     def interrupted_after_first(text_model, texts, **kw):
@@ -314,7 +315,7 @@ def test_per_set_resume_after_interrupt(tmp_path, tiny_bert_dir, monkeypatch, ca
             raise KeyboardInterrupt
         return real(text_model, texts, **kw)
 
-    monkeypatch.setattr(captions_embed, "embed_captions", interrupted_after_first)
+    monkeypatch.setattr(caption_features, "embed_captions", interrupted_after_first)
     with pytest.raises(SystemExit) as exc:
         run_main(argv)
     assert exc.value.code == 130
@@ -325,7 +326,7 @@ def test_per_set_resume_after_interrupt(tmp_path, tiny_bert_dir, monkeypatch, ca
     raw_bytes = raw_file.read_bytes()
 
     calls.clear()
-    monkeypatch.setattr(captions_embed, "embed_captions", lambda tm, texts, **kw: calls.append(kw["desc"]) or real(tm, texts, **kw))
+    monkeypatch.setattr(caption_features, "embed_captions", lambda tm, texts, **kw: calls.append(kw["desc"]) or real(tm, texts, **kw))
     run_main(argv)  # resumes: only the missing set
     assert calls == ["embed aug_rb"] and raw_file.read_bytes() == raw_bytes
     assert "kept" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: deterministic, SPEC section 1 structure, balanced, labelled synthetic."""
+"""The synthetic demo dataset: deterministic, docs/formats.md structure, balanced, labelled synthetic."""
 from __future__ import annotations
 
 import json

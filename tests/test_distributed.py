@@ -250,12 +250,12 @@ def encode(data_dir, *extra):
 
 
 def _encode_but_the_merge_dies(argv):
-    import images_augment
+    from utils.preprocess import image_features
 
     def merge_dies(*args, **kwargs):
         raise KeyboardInterrupt
 
-    images_augment._merge_parts = merge_dies
+    image_features._merge_parts = merge_dies
     encode(*argv)
 
 

@@ -29,7 +29,7 @@ def test_parameters_in_names_and_the_older_names_still_read():
     assert files.image_emb_names(ucm, "jitter_cc", jit_str=1) == [
         "image_emb_UCM_aug_jitter_cc_1.0.h5", "image_emb_UCM_aug_jitter_cc_1.h5"]
     assert files.image_emb_names(ucm) == ["image_emb_UCM_aug_no_aug.h5", "image_emb_UCM_aug.h5"]
-    assert files.image_emb_names(ucm, "blur_cc") == ["image_emb_UCM_aug_blur_cc_3_3_1.1_1.3.h5"]  # SPEC's defaults
+    assert files.image_emb_names(ucm, "blur_cc") == ["image_emb_UCM_aug_blur_cc_3_3_1.1_1.3.h5"]  # the original's defaults, docs/method.md
     assert files.image_emb_names(ucm, "jitter_cc") == ["image_emb_UCM_aug_jitter_cc_0.5.h5"]
 
 

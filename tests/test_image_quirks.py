@@ -1,6 +1,6 @@
 """images_augment.py --original-quirks against an independent re-derivation of the original's calls.
 
-The original (SPEC section 2): ``random.seed(42); np.random.seed(42)``; ``perm = np.random.permutation(N)``;
+The original (docs/method.md): ``random.seed(42); np.random.seed(42)``; ``perm = np.random.permutation(N)``;
 a DataLoader over the images in order ``perm`` with ``shuffle=False`` and batch 525 (UCM) / 500 (RSICD);
 ResNet18 never put in eval mode; no normalisation; rows put back in JSON order. Its Dataset picks the
 transform per image with ``random.choice`` in ``__getitem__``; torchvision 0.9's ``RandomChoice`` (around

@@ -1,6 +1,6 @@
-"""The image transform sets of SPEC section 2, checked by what they do to images built for the purpose.
+"""The image transform sets of docs/method.md, checked by what they do to images built for the purpose.
 
-Every expectation is written out from SPEC (order of operations, crop size, blur kernel and sigma range,
+Every expectation is written out from docs/method.md (order of operations, crop size, blur kernel and sigma range,
 rotation range, jitter factors) and measured on the output, not read back from the code under test.
 """
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
         assert np.array_equal(a[key], b[key])
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
-    # SPEC: validation every valid_freq epochs and at the last; the best epoch survives the resume
+    # docs/method.md: validation every valid_freq epochs and at the last; the best epoch survives the resume
     assert [record["epoch"] for record in history if "valid" in record] == [3, 4]
     best = [re.findall(r"best epoch (\d+)", (d / "train.log").read_text())[-1] for d in (full / "demo_8_test_default", run_dir)]
     assert best[0] == best[1]

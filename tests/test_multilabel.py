@@ -1,4 +1,4 @@
-"""Relevance with multi-hot labels where a run evaluates: items sharing ANY label are relevant (SPEC section 4).
+"""Relevance with multi-hot labels where a run evaluates: items sharing ANY label are relevant (docs/method.md).
 
 Runs read one class code per image today (the dataset JSON has no multi-label field); these tests hold
 the evaluation a run calls (``evaluate_codes``, and ``DUCHTrainer.validate``) to the definition with

@@ -1,4 +1,4 @@
-"""Every preset resolves to the files SPEC section 1 gives (names written out literally from its table)."""
+"""Every preset resolves to the files docs/formats.md gives (names written out literally from its table)."""
 import pytest
 
 from configs.datasets import get_dataset
@@ -6,8 +6,8 @@ from configs.presets import PRESETS, get_preset
 from utils.errors import DUCHError
 from utils.data.features import resolve_files
 
-# SPEC section 1: preset -> (augmented image set, augmented caption set)
-SPEC_TABLE = {
+# docs/formats.md: preset -> (augmented image set, augmented caption set)
+PRESET_TABLE = {
     "default": ("image_emb_{DS}_aug_aug_center.h5", "caption_emb_{DS}_aug_rb.h5"),
     "baseline": ("image_emb_{DS}_aug_aug_center.h5", "caption_emb_{DS}_aug_rb.h5"),
     "img_aug_center": ("image_emb_{DS}_aug_aug_center.h5", "caption_emb_{DS}_aug_rb.h5"),
@@ -24,14 +24,14 @@ SPEC_TABLE = {
 
 
 def test_the_presets_are_the_twelve_of_the_spec():
-    assert sorted(PRESETS) == sorted(SPEC_TABLE)
+    assert sorted(PRESETS) == sorted(PRESET_TABLE)
 
 
 @pytest.mark.parametrize("dataset,DS", [("ucm", "UCM"), ("rsicd", "RSICD")])
-@pytest.mark.parametrize("preset", list(SPEC_TABLE))
+@pytest.mark.parametrize("preset", list(PRESET_TABLE))
 def test_preset_resolves_to_the_spec_files(tmp_path, dataset, DS, preset):
     paths = resolve_files(get_dataset(dataset), tmp_path, preset)
-    image_aug, caption_aug = (name.format(DS=DS) for name in SPEC_TABLE[preset])
+    image_aug, caption_aug = (name.format(DS=DS) for name in PRESET_TABLE[preset])
     assert paths.image == tmp_path / f"image_emb_{DS}_aug_center_crop_only.h5"
     assert paths.caption == tmp_path / f"caption_emb_{DS}_aug.h5"
     assert paths.image_aug == tmp_path / image_aug

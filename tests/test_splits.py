@@ -1,6 +1,6 @@
-"""The split and the caption rows, and the tensors a run trains and evaluates on (SPEC section 3).
+"""The split and the caption rows, and the tensors a run trains and evaluates on (docs/method.md).
 
-The expectations re-derive the original release's random calls, written out here from SPEC, and read
+The expectations re-derive the original release's random calls, written out here from docs/method.md, and read
 the feature files with h5py and standardise them here, independently of utils/data/splits.py and
 utils/data/features.py.
 """
@@ -19,7 +19,7 @@ from utils.demo.synthetic import make_synthetic_features
 
 
 def original_split(n, seed=42):
-    """SPEC: random.seed(42); train = sorted(sample(range(N), int(0.5 N))); rest sorted;
+    """docs/method.md: random.seed(42); train = sorted(sample(range(N), int(0.5 N))); rest sorted;
     query = sorted(sample(rest, int(0.2 |rest|))); db = rest - query; then for each of the three
     sets, re-seeded with 42, one random.sample(range(5), 1) per image in order picks row 5 j + i."""
     random.seed(seed)
@@ -77,7 +77,7 @@ def data_dir(tmp_path_factory):
 
 
 def standardised(path, key):
-    """SPEC: one scalar mean and one scalar population (ddof 0) std over the whole array."""
+    """docs/method.md: one scalar mean and one scalar population (ddof 0) std over the whole array."""
     with h5py.File(path, "r") as f:
         x = f[key][()].astype(np.float64)
     return (x - x.sum() / x.size) / np.sqrt(((x - x.mean()) ** 2).sum() / x.size)

@@ -8,7 +8,7 @@ from utils.train import losses
 
 
 def reference_ntxent(a, b, tau=1.0):
-    """Row-by-row NT-Xent as SPEC section 3 writes it."""
+    """Row-by-row NT-Xent as docs/method.md writes it."""
     z = torch.nn.functional.normalize(torch.cat([a, b]), dim=1)
     an, bn = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
     n = a.shape[0]

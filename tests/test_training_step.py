@@ -1,4 +1,4 @@
-"""One DUCH training step as a unit, against a reference written here from the formulas of SPEC section 3.
+"""One DUCH training step as a unit, against a reference written here from the formulas of docs/method.md.
 
 Tiny networks of known form stand in for DUCH's: each hashing net is tanh(x W^T + b) and the
 discriminator is D(x) = <w, x> + b + 1/2 sum_j c_j x_j^2, whose input gradient w + c * x is known in
@@ -18,7 +18,7 @@ from utils.train.trainer import VIEWS, DUCHTrainer
 
 N_TRAIN, BITS, D_IMG, D_TXT = 8, 6, 5, 7
 IDX = [5, 0, 3, 7, 2]  # the batch: rows of the training set, not in order
-# SPEC section 3, written out
+# docs/method.md, written out
 LR, WD_HASH, LR_DISC, WD_DISC, DISC_BETAS = 1e-4, 5e-4, 1e-4, 1e-4, (0.5, 0.9)
 GP_WEIGHT = 10.0
 ADAM_EPS = 1e-8
@@ -70,7 +70,7 @@ def make_trainer(original_quirks=False, **overrides):
 
 # ---- the reference -----------------------------------------------------------------------------------
 def ref_ntxent(a, b, tau=1.0):
-    """NTX of SPEC section 3, one anchor row at a time."""
+    """NTX of docs/method.md, one anchor row at a time."""
     n = a.shape[0]
     z = torch.cat([a, b])
     z = z / z.norm(dim=1, keepdim=True)
@@ -99,7 +99,7 @@ def adam_first_step(p, grad, lr, wd):
 
 
 def reference_step(model, views, idx, codes_b, interpolation, original_quirks):
-    """Everything one step should compute, in float64, from SPEC section 3."""
+    """Everything one step should compute, in float64, from docs/method.md."""
     alpha, beta, gamma, w, tau = (WEIGHTS[k] for k in ("alpha", "beta", "gamma", "contrastive_weights", "tau"))
     p = {name: t.detach().double().clone().requires_grad_(True) for name, t in model.named_parameters()}
     x = {v: views[v][idx].double() for v in VIEWS}
@@ -201,7 +201,7 @@ def test_gradient_penalty_is_taken_at_the_elementwise_interpolate():
     disc = QuadraticDiscriminator(BITS)
     real, fake = torch.randn(10, BITS), torch.randn(10, BITS)
     torch.manual_seed(7)
-    a = torch.rand(10, BITS)  # one weight per element, as SPEC says
+    a = torch.rand(10, BITS)  # one weight per element, as docs/method.md says
     d = [q.detach() for q in (disc.w, disc.b, disc.c)]
     expected = ((ref_disc_input_grad(d, a * real + (1 - a) * fake).norm(dim=1) - 1) ** 2).mean()
     torch.manual_seed(7)

@@ -144,42 +144,6 @@ def sum_counters(counts):
     return sum((Counter(c) for c in gathered), Counter())
 
 
-def part_path(out_path, rank: int, world_size: int):
-    """Where rank ``rank`` keeps its shard of ``out_path`` (hidden, beside it) until rank 0 has merged the shards."""
-    from pathlib import Path
-
-    out_path = Path(out_path)
-    return out_path.with_name(f".{out_path.name}.part-{rank}-of-{world_size}.npz")
-
-
-def save_part(path, fingerprint: str, **arrays) -> None:
-    """A rank's finished shard, written atomically with the fingerprint of the settings that made it."""
-    import numpy as np
-
-    from utils.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, fingerprint=np.array(fingerprint), **arrays)
-
-
-def load_part(path, fingerprint: str) -> dict | None:
-    """The arrays of a part file made with the same settings, or None (absent, unreadable or other settings)."""
-    import zipfile
-    from pathlib import Path
-
-    import numpy as np
-
-    if not Path(path).is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["fingerprint"]) != fingerprint:
-                return None
-            return {k: saved[k].copy() for k in saved.files if k != "fingerprint"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-
-
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
     """Rows [start, stop) of rank ``rank``: contiguous shards, the first ``n % world_size`` one row longer."""
     base, extra = divmod(n, world_size)

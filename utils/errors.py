@@ -1,12 +1,16 @@
-"""One exception type for problems the user can fix; scripts print it without a traceback."""
+"""User errors: scripts print a ``DUCHError`` as one line, without a traceback, and exit with status 2.
+
+The class and ``did_you_mean`` live in ``configs.errors`` (configs, the bottom layer, raise them too); they
+are re-exported here, the place every other module imports them from.
+"""
 from __future__ import annotations
 
 import functools
 import sys
 
+from configs.errors import DUCHError, did_you_mean
 
-class DUCHError(Exception):
-    """A user-facing error: bad input, missing file or model, wrong configuration."""
+__all__ = ["DUCHError", "did_you_mean", "exit_on_user_error"]
 
 
 def describe_os_error(err: OSError) -> str:
@@ -54,14 +58,3 @@ def exit_on_user_error(main):
             fail(f"error: the device ran out of memory ({str(err).splitlines()[0]}); use a smaller --batch-size or --device cpu")
 
     return wrapper
-
-
-def did_you_mean(name, choices) -> str:
-    """' (did you mean X?)' for the closest valid name, or '' when none is close: for unknown-name errors."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name).lower(), [str(c).lower() for c in choices], n=1, cutoff=0.6)
-    if not close:
-        return ""
-    original = {str(c).lower(): str(c) for c in choices}[close[0]]
-    return f" (did you mean {original!r}?)"

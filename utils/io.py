@@ -162,17 +162,31 @@ def read_h5(path: str | Path, key: str, hint: str = "") -> np.ndarray:
         raise DUCHError(f"cannot read HDF5 file {path}: {err}") from None
 
 
-def read_h5_attrs(path: str | Path, key: str) -> dict:
-    """The provenance attributes of one dataset of an HDF5 file ({} when there are none or it cannot be read)."""
+def read_h5_attrs(path: str | Path, key: str, unreadable_ok: bool = False) -> dict:
+    """The provenance attributes of one HDF5 dataset as plain Python values (JSON strings decoded); {} when
+    the dataset has none. An unreadable file is a DUCHError, or {} with ``unreadable_ok``."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            if key not in f:
-                return {}
-            return {name: (value.decode() if isinstance(value, bytes) else value) for name, value in f[key].attrs.items()}
-    except OSError:
-        return {}
+            raw = dict(f[key].attrs) if key in f else {}
+    except OSError as err:
+        if unreadable_ok:
+            return {}
+        raise DUCHError(f"cannot read HDF5 file {path}: {err}") from None
+    out = {}
+    for name, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[name] = value
+    return out
 
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:

@@ -45,7 +45,7 @@ class Features:
 
 
 def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str, img_aug_emb: str | None = None) -> FeatureFiles:
-    """The files of SPEC section 1 for a preset; ``--img-aug-emb`` overrides the augmented image file."""
+    """The files of a preset (docs/formats.md); ``--img-aug-emb`` overrides the augmented image file."""
     data_dir = Path(data_dir)
     preset = get_preset(preset_name)
     json_path = files.current_dataset_json(ds, data_dir)  # labels are the same in both JSON files
@@ -73,10 +73,12 @@ def standardise(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean()) / std).astype(np.float32)
 
 
-def _load_checked(path: Path, key: str, n_images: int, width: int | None, hint: str, what: str) -> np.ndarray:
+def load_feature_file(path: Path, key: str, n_images: int, hint: str, what: str, width: int | None = None,
+                      width_reason: str | None = None) -> np.ndarray:
     """Read one feature file and check rows (per image, JSON order), width and finiteness.
 
-    ``width`` is the width of the other file of the same modality (base vs augmented), which must agree.
+    ``width``: the width it must have; ``width_reason`` says why, after "but" in the error (default: it is the
+    width of the base file of the same modality, and base and augmented views must agree).
     """
     per_image = CAPTIONS_PER_IMAGE if key == files.CAPTION_EMB_KEY else 1
     rows = per_image * n_images
@@ -85,10 +87,12 @@ def _load_checked(path: Path, key: str, n_images: int, width: int | None, hint: 
         raise DUCHError(f"{path}: {what} must be a 2-D array, got shape {array.shape}")
     if array.shape[0] != rows:
         raise DUCHError(
-            f"{path}: {array.shape[0]} rows, but the dataset JSON has {n_images} images so {rows} {what} rows are expected; the file was made for another dataset "
-            f"or JSON; remake it with: {hint}"
+            f"{path}: {array.shape[0]} rows, but the dataset JSON has {n_images} images so {rows} {what} rows are "
+            f"expected; the file was made for another dataset or JSON; remake it with: {hint}"
         )
     if width is not None and array.shape[1] != width:
+        if width_reason is not None:
+            raise DUCHError(f"{path}: {what} width {array.shape[1]}, but {width_reason}")
         raise DUCHError(
             f"{path}: {what} width {array.shape[1]}, but the base {what} file has width {width}: both views of a "
             f"modality must come from the same encoder; remake it with: {hint}"
@@ -106,14 +110,10 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
     initialisation)" for ``--weights none``), a ``random_weights`` attribute, and for caption files made
     by the offline demo, its ``demo_encoders.json`` record of a random text model.
     """
-    from utils.demo.pipeline import (
-        ENCODERS_FILE,  # here: utils.demo.pipeline imports this module
-    )
-
-    attrs = read_h5_attrs(path, key)
+    attrs = read_h5_attrs(path, key, unreadable_ok=True)
     weights = str(attrs.get("weights", ""))
     random = weights.startswith("none") or bool(attrs.get("random_weights", False))
-    encoders_path = path.parent / ENCODERS_FILE
+    encoders_path = path.parent / files.ENCODERS_FILE
     if not random and "model" in attrs and encoders_path.is_file():
         encoders = read_json(encoders_path, "demo encoder record")
         random = (
@@ -147,19 +147,19 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     n_classes = data.get("num_classes")
     n_classes = n_classes if isinstance(n_classes, int) and not isinstance(n_classes, bool) else int(labels.max()) + 1
     img_hint = files.image_emb_command(ds, BASE_IMAGE_SET, data_dir)
-    image = _load_checked(paths.image, files.IMAGE_EMB_KEY, n, None, img_hint, "image feature")
-    image_aug = _load_checked(
-        paths.image_aug, files.IMAGE_EMB_KEY, n, image.shape[1], files.image_emb_command_for_file(ds, paths.image_aug, data_dir=data_dir), "image feature"
-    )
+    image = load_feature_file(paths.image, files.IMAGE_EMB_KEY, n, img_hint, "image feature")
+    image_aug = load_feature_file(paths.image_aug, files.IMAGE_EMB_KEY, n,
+                                  files.image_emb_command_for_file(ds, paths.image_aug, data_dir=data_dir),
+                                  "image feature", width=image.shape[1])
     cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY, data_dir)
-    caption = _load_checked(paths.caption, files.CAPTION_EMB_KEY, n, None, cap_hint, "caption feature")
+    caption = load_feature_file(paths.caption, files.CAPTION_EMB_KEY, n, cap_hint, "caption feature")
     read = [(paths.image, files.IMAGE_EMB_KEY), (paths.image_aug, files.IMAGE_EMB_KEY), (paths.caption, files.CAPTION_EMB_KEY)]
     if original_quirks:
         caption_aug = caption  # the original fed t1 where t2 belongs: the augmented file is never read
     else:
-        caption_aug = _load_checked(
-            paths.caption_aug, files.CAPTION_EMB_KEY, n, caption.shape[1],
-            files.caption_emb_command(ds, preset.aug_caption_key, data_dir), "caption feature",
+        caption_aug = load_feature_file(
+            paths.caption_aug, files.CAPTION_EMB_KEY, n, files.caption_emb_command(ds, preset.aug_caption_key, data_dir),
+            "caption feature", width=caption.shape[1],
         )
         read.append((paths.caption_aug, files.CAPTION_EMB_KEY))
     warnings = [w for w in (random_encoder_warning(path, key) for path, key in dict.fromkeys(read)) if w]

@@ -32,7 +32,6 @@ def high_bit_depth_rule(bit_depth: int = 16) -> str:
     )
 
 
-HIGH_BIT_DEPTH_RULE = high_bit_depth_rule(16)
 _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 

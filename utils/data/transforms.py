@@ -1,4 +1,4 @@
-"""The nine image transform sets of the original release (SPEC section 2), in one place.
+"""The nine image transform sets of the original release (docs/method.md), in one place.
 
 Each set works on a PIL image as the original did (torchvision.transforms.v2 dispatches PIL inputs to
 PIL kernels), then resizes to 224x224 and converts to a float tensor in [0, 1], optionally followed
@@ -13,19 +13,9 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
+from configs.files import IMAGE_AUG_SETS
 from utils.errors import DUCHError, did_you_mean
 
-IMAGE_AUG_SETS = (
-    "no_aug",
-    "center_crop_only",
-    "random_crop_only",
-    "aug_center",
-    "aug_random",
-    "rotation_cc",
-    "blur_cc",
-    "jitter_cc",
-    "each_img_random",
-)
 # each_img_random applies one of these, chosen per image
 EACH_IMG_RANDOM_CHOICES = ("rotation_cc", "blur_cc", "jitter_cc")
 
@@ -124,7 +114,7 @@ def original_each_img_random_choices(order: Iterable[int], seed: int) -> dict[in
     """The set the original release gives each image under ``each_img_random``: {JSON index: set}.
 
     The original calls ``random.choice(sets)`` per image after ``random.seed(42)``, in its encoding
-    order ``order`` (SPEC section 2). With torchvision 0.9 (its requirements.txt), ``rotation_cc``'s
+    order ``order`` (docs/method.md). With torchvision 0.9 (its requirements.txt), ``rotation_cc``'s
     rotation sits in a ``RandomChoice`` of one transform, whose ``random.choice`` takes one more draw
     from the same generator: that draw shifts every later choice, so it is made here too.
     """

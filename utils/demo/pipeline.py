@@ -1,23 +1,23 @@
-"""The offline demo: a generated dataset turned into features by the project's own preprocessing scripts.
+"""The offline demo: a generated dataset turned into features by the project's own preprocessing.
 
 ``python main.py --dataset demo`` calls ``ensure_demo_features`` first; on a fresh machine it draws the
-images and captions (``utils/demo/scenes.py``), runs ``images_augment.py`` for the two image views,
-``captions_augment.py --txt-aug rule-based`` and ``captions_embed.py``, with the encoders available
-offline, and records which encoders were used in ``demo_encoders.json``.
+images and captions (``utils/demo/scenes.py``), encodes the two image views (``encode_images``, what
+``images_augment.py`` runs), augments the captions by the rule-based lexicon route (``augment_captions``)
+and embeds them (``embed_caption_sets``), with the encoders available offline, and records which
+encoders were used in ``demo_encoders.json``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from configs.datasets import get_dataset
-from configs.files import augmented_json_name, dataset_json_name
+from configs.files import ENCODERS_FILE, augmented_json_name, dataset_json_name
 from configs.presets import BASE_IMAGE_SET, get_preset
 from utils.data.features import resolve_files
 from utils.io import read_json, write_json
 from utils.logs import get_logger
 
 DEMO_PRESET = "default"
-ENCODERS_FILE = "demo_encoders.json"
 
 
 def demo_encoders(data_dir: Path) -> dict:
@@ -47,10 +47,10 @@ def demo_encoders(data_dir: Path) -> dict:
 
 def ensure_demo_features(data_dir: str | Path, images_per_class: int = 100, device: str = "auto") -> dict:
     """Build whatever the demo's default preset still lacks; returns the encoder record."""
-    import captions_augment
-    import captions_embed
-    import images_augment
     from utils.demo.scenes import make_demo_dataset
+    from utils.preprocess.caption_augment import CaptionAugmentOptions, augment_captions
+    from utils.preprocess.caption_features import CaptionFeatureOptions, embed_caption_sets
+    from utils.preprocess.image_features import ImageFeatureOptions, encode_images
 
     data_dir = Path(data_dir)
     ds = get_dataset("demo")
@@ -67,16 +67,14 @@ def ensure_demo_features(data_dir: str | Path, images_per_class: int = 100, devi
         make_demo_dataset(data_dir, images_per_class=images_per_class)
     encoders = demo_encoders(data_dir)
     logger.info(f"demo encoders: images: {encoders['image_source']}; captions: {encoders['text_source']}")
-    common = ["--dataset", "demo", "--data-dir", str(data_dir), "--device", device]
+    common = dict(dataset="demo", data_dir=str(data_dir), device=device)
     for image_set, path in ((BASE_IMAGE_SET, paths.image), (preset.aug_image_set, paths.image_aug)):
         if not path.is_file():
-            images_augment.main(images_augment.get_args_parser().parse_args(
-                [*common, "--img-aug", image_set, "--weights", encoders["image_weights"]]))
+            encode_images(ImageFeatureOptions(**common, img_aug=image_set, weights=encoders["image_weights"]))
     if not augmented_json.is_file():
         # the offline lexicon route: the paper route would fetch GloVe and roberta-large (about 1.7 GB) where online
-        captions_augment.main(captions_augment.get_args_parser().parse_args(
-            [*common, "--txt-aug", "rule-based", "--route", "lexicon"]))
+        augment_captions(CaptionAugmentOptions(**common, txt_aug="rule-based", route="lexicon"))
     if not (paths.caption.is_file() and paths.caption_aug.is_file()):
-        captions_embed.main(captions_embed.get_args_parser().parse_args([*common, "--model", encoders["text_model"], "--overwrite"]))
+        embed_caption_sets(CaptionFeatureOptions(**common, model=encoders["text_model"], overwrite=True))
     write_json(encoders_path, encoders)
     return encoders

@@ -1,7 +1,7 @@
 """A small synthetic remote-sensing captions dataset, so that the whole pipeline runs offline.
 
 ``make_demo_dataset`` draws procedural aerial-like scenes of six land-use classes with numpy/PIL and
-writes them in the UCM layout (``images/1.png ... N.png``) with a ``DEMO.json`` of the SPEC section 1
+writes them in the UCM layout (``images/1.png ... N.png``) with a ``DEMO.json`` of the docs/formats.md
 structure: 5 template captions per image, in the UCM style (``There is a piece of farmland .``).
 Everything is a function of ``seed``: two runs write the same bytes. The data is labelled synthetic.
 """
@@ -68,12 +68,6 @@ def _orient(canvas: _Array, rng: np.random.Generator) -> _Array:
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
     return np.ascontiguousarray(canvas)
-
-
-def _rects(canvas: _Array, boxes: _Array, colours: _Array) -> None:
-    """Fill axis-aligned boxes (y0, x0, y1, x1) with colours, in place."""
-    for (y0, x0, y1, x1), colour in zip(boxes.astype(int), colours):
-        canvas[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = colour
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Synthetic, class-structured feature files in the exact on-disk format of SPEC section 1.
+"""Synthetic, class-structured feature files in the exact on-disk format of docs/formats.md.
 
 For tests and timing at UCM/RSICD scale without the real data: every file is labelled synthetic.
 """

@@ -1,4 +1,4 @@
-"""Back-translation with MarianMT (``aug_bt_prob``, ``aug_bt_chain``; SPEC section 2).
+"""Back-translation with MarianMT (``aug_bt_prob``, ``aug_bt_chain``; docs/method.md).
 
 Models are Helsinki-NLP's ``opus-mt-<src>-<tgt>``, loaded with transformers; each is looked up first as
 ``<mt_model_dir>/opus-mt-<src>-<tgt>``, else by its hub name. Translations are cached on disk as JSON,

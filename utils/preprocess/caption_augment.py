@@ -2,30 +2,95 @@
 
 Input is ``augmented_<DS>.json`` when it exists, else ``<DS>.json``, so successive runs (rule-based,
 then back-translation) accumulate their keys in one file. How each key was made is recorded at the
-top level under ``augmentation_provenance``.
+top level under ``augmentation_provenance``. ``captions_augment.py`` is the command line of
+``augment_captions``; the flags are described in docs/scripts.md.
 """
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from configs.datasets import DatasetInfo
-from configs.files import (
-    CAPTION_AUG_KEYS,
-    RAW_CAPTION_KEY,
-    augmented_json_name,
-    current_dataset_json,
-    dataset_json_name,
-)
+from configs.datasets import DatasetInfo, get_dataset
+from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
 from models.text_encoder import preprocess_caption
 from utils.data.dataset_json import captions, load_dataset_json
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 from utils.io import check_writable_dir, write_json
+from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
+from utils.preprocess.rule_based import (
+    BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, ROUTES,
+)
 
 PROVENANCE_KEY = "augmentation_provenance"
+
+
+@dataclass
+class CaptionAugmentOptions:
+    """Every setting of one caption augmentation run (the flags of ``captions_augment.py``, same names and defaults)."""
+
+    dataset: str = "ucm"
+    txt_aug: str = "rule-based"  # a key of CAPTION_AUG_KEYS
+    data_dir: str | Path | None = None  # default: the dataset's
+    device: str = "auto"
+    batch_size: int = 32  # sentences per translation batch
+    seed: int = 42
+    overwrite: bool = False
+    original_quirks: bool = False
+    # rule-based
+    route: str = "auto"  # one of ROUTES
+    lexicon: str = str(DEFAULT_LEXICON)
+    glove: str | None = None
+    glove_min_sim: float = GLOVE_MIN_SIM
+    glove_topk: int = GLOVE_TOPN
+    bertscore_model: str = BERTSCORE_MODEL
+    bertscore_layer: int | None = None
+    bertscore_baseline: str | None = None
+    bertscore_threshold: float | None = None
+    # back-translation
+    bt_langs: list = field(default_factory=lambda: [f"{k}:{v:g}" for k, v in DEFAULT_BT_LANGS.items()])
+    bt_chain: list = field(default_factory=lambda: list(DEFAULT_BT_CHAIN))
+    mt_model_dir: str | None = None
+    cache_dir: str | None = None  # default: <data_dir>/.cache
+    flush_every: int = 10
+    max_new_tokens: int = 128
+    num_beams: int | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "CaptionAugmentOptions":
+        """The options of a parsed ``captions_augment.py`` command line."""
+        given = vars(args)
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
+
+
+def augment_captions(opts: CaptionAugmentOptions) -> dict:
+    """Check the options, then run one augmentation type end to end; returns its provenance record.
+
+    Ctrl-C is one line and exit 130: nothing is written, the translations made so far stay cached."""
+    ds = get_dataset(opts.dataset)
+    if opts.txt_aug not in CAPTION_AUG_KEYS:
+        raise DUCHError(f"unknown --txt-aug {opts.txt_aug!r}{did_you_mean(opts.txt_aug, CAPTION_AUG_KEYS)}; "
+                        f"choose one of: {', '.join(CAPTION_AUG_KEYS)}")
+    if opts.route not in ROUTES:
+        raise DUCHError(f"unknown --route {opts.route!r}{did_you_mean(opts.route, ROUTES)}; "
+                        f"choose one of: {', '.join(ROUTES)}")
+    for flag in ("batch_size", "flush_every", "max_new_tokens", "glove_topk"):
+        if getattr(opts, flag) < 1:
+            raise DUCHError(f"--{flag.replace('_', '-')} must be at least 1")
+    if opts.data_dir is None:
+        opts = dataclasses.replace(opts, data_dir=ds.default_data_dir)
+    try:
+        return augment_dataset(opts, ds)
+    except KeyboardInterrupt:
+        cached = " (the translations made so far stay cached)" if opts.txt_aug != "rule-based" else ""
+        print(f"interrupted: nothing was written to {opts.data_dir}{cached}; run the same command again to continue",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def normalise(text: str) -> str:
@@ -76,17 +141,17 @@ def load_input(ds: DatasetInfo, data_dir: str | Path, key: str, overwrite: bool)
     return data, src, out
 
 
-def augment_dataset(args, ds: DatasetInfo) -> dict:
-    """Run one ``--txt-aug`` type end to end; returns the provenance record written for its key."""
-    key = CAPTION_AUG_KEYS[args.txt_aug]
-    data, src, out = load_input(ds, args.data_dir, key, args.overwrite)
+def augment_dataset(opts: CaptionAugmentOptions, ds: DatasetInfo) -> dict:
+    """Run one ``txt_aug`` type end to end (options already checked); returns the provenance record of its key."""
+    key = CAPTION_AUG_KEYS[opts.txt_aug]
+    data, src, out = load_input(ds, opts.data_dir, key, opts.overwrite)
     check_writable_dir(out.parent)
     raws = captions(data, RAW_CAPTION_KEY)
     start = time.perf_counter()
-    if args.txt_aug == "rule-based":
-        augmented, provenance = _rule_based(raws, args)
+    if opts.txt_aug == "rule-based":
+        augmented, provenance = _rule_based(raws, opts)
     else:
-        augmented, provenance = _backtranslation(raws, args, ds, out.parent)
+        augmented, provenance = _backtranslation(raws, opts, ds, out.parent)
     rows = iter(augmented)
     for image in data["images"]:
         for s in image["sentences"]:
@@ -100,17 +165,17 @@ def augment_dataset(args, ds: DatasetInfo) -> dict:
     return provenance
 
 
-def _rule_based(raws: list[str], args) -> tuple[list[str], dict]:
+def _rule_based(raws: list[str], opts: CaptionAugmentOptions) -> tuple[list[str], dict]:
     from utils.preprocess.rule_based import build_augmenter
 
     aug, provenance = build_augmenter(
-        route=args.route, lexicon_path=args.lexicon, glove_path=args.glove, glove_min_sim=args.glove_min_sim,
-        glove_topk=args.glove_topk, bertscore_model=args.bertscore_model, bertscore_layer=args.bertscore_layer,
-        bertscore_baseline=args.bertscore_baseline, bertscore_threshold=args.bertscore_threshold,
-        device=args.device, seed=args.seed,
+        route=opts.route, lexicon_path=opts.lexicon, glove_path=opts.glove, glove_min_sim=opts.glove_min_sim,
+        glove_topk=opts.glove_topk, bertscore_model=opts.bertscore_model, bertscore_layer=opts.bertscore_layer,
+        bertscore_baseline=opts.bertscore_baseline, bertscore_threshold=opts.bertscore_threshold,
+        device=opts.device, seed=opts.seed,
     )
     out = [aug(text, i) for i, text in enumerate(tqdm(raws, desc="rule-based", unit="sent"))]
-    provenance.update(counts=dict(aug.stats), original_quirks=bool(args.original_quirks))
+    provenance.update(counts=dict(aug.stats), original_quirks=bool(opts.original_quirks))
     return out, {"method": "rule-based", **provenance}
 
 
@@ -121,38 +186,38 @@ def load_translator(src, tgt, **kwargs):
     return MarianTranslator(src, tgt, **kwargs)
 
 
-def _backtranslation(raws: list[str], args, ds: DatasetInfo, out_dir: Path) -> tuple[list[str], dict]:
+def _backtranslation(raws: list[str], opts: CaptionAugmentOptions, ds: DatasetInfo, out_dir: Path) -> tuple[list[str], dict]:
     from utils.preprocess import backtranslation as bt
     from utils.runtime import resolve_device, seed_everything
 
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    if args.txt_aug == "backtranslation-prob":
-        weights = bt.parse_lang_weights(args.bt_langs)
+    seed_everything(opts.seed)
+    device = resolve_device(opts.device)
+    if opts.txt_aug == "backtranslation-prob":
+        weights = bt.parse_lang_weights(opts.bt_langs)
         used = [lang for lang, w in weights.items() if w > 0]
         pairs = [p for lang in used for p in ((bt.SOURCE_LANG, lang), (lang, bt.SOURCE_LANG))]
     else:
-        if not args.bt_chain:
+        if not opts.bt_chain:
             raise DUCHError("--bt-chain needs at least one language")
-        pairs = bt.chain_pairs(args.bt_chain)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out_dir / ".cache"
+        pairs = bt.chain_pairs(opts.bt_chain)
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else out_dir / ".cache"
     pool = bt.TranslatorPool(
-        pairs, cache_dir, f"translations_{ds.name}", args.batch_size, args.flush_every, load_translator,
-        mt_model_dir=args.mt_model_dir, device=device, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        pairs, cache_dir, f"translations_{ds.name}", opts.batch_size, opts.flush_every, load_translator,
+        mt_model_dir=opts.mt_model_dir, device=device, max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams,
     )
-    print(f"{args.txt_aug}: models {', '.join(pool.describe().values())}")
-    quirks = bool(args.original_quirks)
-    provenance = {"method": args.txt_aug, "models": pool.describe(), "seed": args.seed, "cache_dir": str(cache_dir),
-                  "generation": {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams},
+    print(f"{opts.txt_aug}: models {', '.join(pool.describe().values())}")
+    quirks = bool(opts.original_quirks)
+    provenance = {"method": opts.txt_aug, "models": pool.describe(), "seed": opts.seed, "cache_dir": str(cache_dir),
+                  "generation": {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams},
                   "original_quirks": quirks}
-    if args.txt_aug == "backtranslation-prob":
-        out, langs = bt.backtranslate_prob(raws, pool, weights, args.seed, original_quirks=quirks)
+    if opts.txt_aug == "backtranslation-prob":
+        out, langs = bt.backtranslate_prob(raws, pool, weights, opts.seed, original_quirks=quirks)
         provenance.update(weights=weights, language_counts={lang: langs.count(lang) for lang in weights},
                           draw="random.Random(seed).choices(langs, weights, k=n), as random.seed + random.choices",
                           postprocess=("cut to the longest raw caption's length, lower-cased (original quirk)"
                                        if quirks else "lower-cased"))
     else:
-        out = bt.backtranslate_chain(raws, pool, args.bt_chain, original_quirks=quirks)
-        provenance.update(chain=[bt.SOURCE_LANG, *args.bt_chain, bt.SOURCE_LANG],
+        out = bt.backtranslate_chain(raws, pool, opts.bt_chain, original_quirks=quirks)
+        provenance.update(chain=[bt.SOURCE_LANG, *opts.bt_chain, bt.SOURCE_LANG],
                           postprocess="none (original quirk)" if quirks else "lower-cased")
     return out, provenance

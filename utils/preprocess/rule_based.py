@@ -1,4 +1,4 @@
-"""Rule-based caption augmentation (``aug_rb``, SPEC section 2): route choice and the offline lexicon route.
+"""Rule-based caption augmentation (``aug_rb``, docs/method.md): route choice and the offline lexicon route.
 
 Nouns (NN, NNS, NNP, NNPS) and verbs (VB, VBD, VBG, VBN) are replaced by a similar word whose POS tag
 in the new sentence stays the same; "there is" (EX followed by VBZ) becomes "it is".
@@ -30,14 +30,8 @@ import numpy as np
 from utils.errors import DUCHError, did_you_mean
 from utils.io import read_json
 from utils.preprocess.rule_based_glove import (
-    BERTSCORE_MODEL,
-    GLOVE_MIN_SIM,
-    GLOVE_TOPN,
-    PAPER_BERTSCORE_THRESHOLD,
-    REPLACEABLE_TAGS,
-    build_paper_augmenter,
-    describe_paper_resources,
-    make_bertscore,
+    BERTSCORE_MODEL, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, REPLACEABLE_TAGS,
+    build_paper_augmenter, describe_paper_resources, make_bertscore,
 )
 
 UNKNOWN_TAG = "X"

@@ -7,7 +7,7 @@ locally first (a given path, gensim-data's / NLTK's / Hugging Face's cache) and 
 the library's own downloader when its server is reachable; ``describe_paper_resources`` says which,
 without loading anything, so that ``--route auto`` can decide before the long work.
 
-The algorithm is the original's (SPEC section 2): every position is tagged and replaced independently
+The algorithm is the original's (docs/method.md): every position is tagged and replaced independently
 on the untouched tokens; GloVe is looked up case-sensitively (``most_similar``, top 10, cosine >=
 0.65); a neighbour is a candidate when the tagger gives it the same tag in the new sentence; the
 replacement is the candidate with the best BERTScore F1 against the untouched sentence, or, in the

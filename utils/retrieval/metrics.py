@@ -13,7 +13,7 @@ database is ranked by (Hamming distance, database index): ties keep database ord
   (recall[r], precision[r]) are the PR curve.
 - chance = relevant pairs / (Q N): the expected precision of a random ranking.
 
-How (notes in RETRIEVAL.md): distances are integers 0..B, so one pass per query counts items and
+How (notes in docs/evaluation.md): distances are integers 0..B, so one pass per query counts items and
 relevant items per distance (a histogram of B + 1 bins); radius precision/recall follow from its
 cumulative sums. Only the items at distances <= d_max need ranks, where d_max is the first distance
 whose cumulative counts hold the first m relevant items (mAP) and the first max(K) items (P@K); a second
@@ -30,13 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.retrieval.hamming import (
-    CodeWords,
-    as_code_words,
-    hamming_distances,
-    packed_to_words,
-    to_host,
-)
+from utils.retrieval.hamming import CodeWords, as_code_words, hamming_distances, packed_to_words, to_host
 
 P_AT_K_CUTOFFS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 MAP_KS = (20, 10)

@@ -8,7 +8,6 @@ with flags and the spec says so. The run's standardisation (one scalar mean and 
 """
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -49,30 +48,6 @@ class FeatureStats:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def read_h5_attrs(path: str | Path, key: str) -> dict:
-    """The provenance attributes of one HDF5 dataset as plain Python values (JSON strings decoded)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            raw = dict(f[key].attrs) if key in f else {}
-    except OSError as err:
-        raise DUCHError(f"cannot read HDF5 file {path}: {err}") from None
-    out = {}
-    for name, value in raw.items():
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[name] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

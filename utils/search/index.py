@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,15 +26,10 @@ from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
 from utils.errors import DUCHError
-from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
+from utils.io import atomic_path, check_writable_dir, read_h5_attrs, read_json, write_json, write_text
+from utils.preprocess import resume
 from utils.search.encoders import (
-    FeatureStats,
-    ImageEncoderSpec,
-    TextEncoderSpec,
-    find_image_files,
-    hash_outputs,
-    pack_outputs,
-    read_h5_attrs,
+    FeatureStats, ImageEncoderSpec, TextEncoderSpec, find_image_files, hash_outputs, pack_outputs,
     sha256_of,
 )
 
@@ -44,7 +38,6 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("images", "captions")
 SHARDS_DIR = "image_dir_features"
-PLAN_NAME = "plan.json"
 INDEX_TYPES = ("flat", "ivf")
 DEFAULT_NPROBE = 16
 NEW_IMAGE_SPLIT = "new"
@@ -81,7 +74,7 @@ class TrainedRun:
         if not run_dir.is_dir():
             raise DUCHError(f"run folder not found: {run_dir}; train one with python main.py (runs are "
                             f"<out-dir>/<dataset>_<bit>_<tag>_<preset>, e.g. checkpoints/demo_32_test_default)")
-        config = read_json(run_dir / "config.json", "run configuration", f"{run_dir} is not a run folder of main.py")
+        config = read_json(run_dir / files.CONFIG_NAME, "run configuration", f"{run_dir} is not a run folder of main.py")
         path = run_dir / (BEST_NAME if which == "best" else LAST_NAME)
         if not path.is_file() and which == "best" and (run_dir / LAST_NAME).is_file():
             path = run_dir / LAST_NAME  # as main.py --test: a run without validation keeps only the last model
@@ -170,21 +163,15 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
     return FeatureFiles(**{k: Path(v) for k, v in recorded.items() if k in FeatureFiles.__dataclass_fields__})
 
 
-def _load_raw(path: Path, key: str, rows: int, width: int, hint: str, what: str) -> np.ndarray:
+def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: str) -> np.ndarray:
     """One feature file as stored (not yet standardised), checked against the dataset and the checkpoint."""
-    from utils.io import read_h5
+    from utils.data.features import load_feature_file
 
     if not path.is_file():
         raise DUCHError(f"{what} file not found: {path} (recorded in the run's config.json); pass --data-dir to "
                         f"the folder that holds it, or make it with: {hint}")
-    array = read_h5(path, key, hint=hint)
-    if array.ndim != 2 or array.shape[0] != rows:
-        raise DUCHError(f"{path}: shape {array.shape}, but the dataset JSON needs {rows} {what} rows; remake it with: {hint}")
-    if array.shape[1] != width:
-        raise DUCHError(f"{path}: {what} width {array.shape[1]}, but the checkpoint was trained on width {width}")
-    if not np.isfinite(array).all():
-        raise DUCHError(f"{path}: {int((~np.isfinite(array)).any(axis=1).sum())} rows contain NaN or inf; remake it with: {hint}")
-    return array
+    return load_feature_file(path, key, n_images, hint, what, width=width,
+                             width_reason=f"the checkpoint was trained on width {width}")
 
 
 def _class_names(data: dict, labels: np.ndarray) -> list[str]:
@@ -203,7 +190,7 @@ def _class_names(data: dict, labels: np.ndarray) -> list[str]:
 
 def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[int]]:
     """Split name of every image and the caption rows the split uses, from split.json (or recomputed)."""
-    path = run_dir / "split.json"
+    path = run_dir / files.SPLIT_NAME
     if path.is_file():
         split = read_json(path, "split")
     else:
@@ -297,52 +284,37 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
     shard_dir = out_dir / SHARDS_DIR
     plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
             "encoder": spec.to_json(), "shard_size": opts.shard_size}
-    plan_path = shard_dir / PLAN_NAME
-    if plan_path.is_file() and read_json(plan_path, "shard plan") != plan:
-        if not opts.overwrite:
-            raise DUCHError(f"{shard_dir} holds features of another image set, encoder or shard size; pass --overwrite "
-                            f"to discard them, or choose another --out")
-        if ctx.is_main:
-            shutil.rmtree(shard_dir)
+    shards = resume.ShardFolder(shard_dir, len(paths), opts.shard_size, FEATURE_DIM)
+    other_plan = shards.plan_differs(plan)
+    if other_plan and not opts.overwrite:
+        raise DUCHError(f"{shard_dir} holds features of another image set, encoder or shard size; pass --overwrite "
+                        f"to discard them, or choose another --out")
     distributed.barrier()  # every rank has read the old plan before rank 0 replaces it
     if ctx.is_main:
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        write_json(plan_path, plan, indent=None)
+        shards.start(plan, discard=other_plan)
     distributed.barrier()
-    starts = list(range(0, len(paths), opts.shard_size))
-    shard_paths = [shard_dir / f"shard_{s // opts.shard_size:06d}.npy" for s in starts]
 
-    def complete(i: int) -> bool:
-        if not shard_paths[i].is_file():
-            return False
-        try:
-            return np.load(shard_paths[i], mmap_mode="r").shape == (len(paths[starts[i]:starts[i] + opts.shard_size]), FEATURE_DIM)
-        except (OSError, ValueError):
-            return False
-
-    todo = [i for i in range(len(starts)) if not complete(i)]
+    todo = shards.todo()
     todo = todo[slice(*distributed.shard_bounds(len(todo), ctx.world_size, ctx.rank))]  # all of them for one process
-    done_images = len(paths) - sum(len(paths[starts[i]:starts[i] + opts.shard_size]) for i in todo)
+    done_images = len(paths) - sum(len(shards.rows(i)) for i in todo)
     if todo:
         encoder = spec.build(device)
-        with tqdm(total=len(paths), initial=done_images, unit="img", desc="encode --image-dir", disable=not opts.progress) as bar:
+        with tqdm(total=len(paths), initial=done_images, unit="img", desc="encode --image-dir",
+                  disable=not opts.progress) as bar:
             try:
                 for i in todo:
-                    chunk = paths[starts[i]:starts[i] + opts.shard_size]
-                    features = encode_shard(spec, encoder, chunk, device, opts)
-                    with atomic_path(shard_paths[i]) as tmp:
-                        with open(tmp, "wb") as f:
-                            np.save(f, features)
+                    chunk = [paths[r] for r in shards.rows(i)]
+                    shards.save(i, encode_shard(spec, encoder, chunk, device, opts))
                     bar.update(len(chunk))
             except KeyboardInterrupt:
-                finished = sum(complete(i) for i in range(len(starts)))
-                print(f"\ninterrupted: {finished} of {len(starts)} shards of {image_dir} are saved in {shard_dir}; "
+                finished = len(shards.starts) - len(shards.todo())
+                print(f"\ninterrupted: {finished} of {len(shards.starts)} shards of {image_dir} are saved in {shard_dir}; "
                       f"run the same command again to resume", file=sys.stderr)
                 raise SystemExit(130) from None
     distributed.barrier()
     if not ctx.is_main:
         return paths, None
-    features = np.concatenate([np.load(p) for p in shard_paths])
+    features = shards.load_all()
     if not np.isfinite(features).all():
         raise DUCHError(f"the features of some images under {image_dir} are NaN or inf; check those files")
     return paths, features
@@ -451,7 +423,7 @@ def _build_index(opts: IndexOptions) -> dict:
     bit = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
                           files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
-    caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, CAPTIONS_PER_IMAGE * n, int(payload["caption_dim"]),
+    caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, n, int(payload["caption_dim"]),
                             files.caption_emb_command(ds), "caption feature")
     image_attrs, caption_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY), read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
     image_stats, caption_stats = FeatureStats.of(image_raw), FeatureStats.of(caption_raw)

@@ -31,8 +31,8 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 
 def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE) -> str | None:
     """A JPEG thumbnail of the image as a data: URI, or None when the file is absent or unreadable."""
-    from utils.data.images import load_image
     from utils.errors import DUCHError
+    from utils.data.images import load_image
 
     if not path or not Path(path).is_file():
         return None

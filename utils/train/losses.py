@@ -1,4 +1,4 @@
-"""The DUCH losses (SPEC section 3). Sums over the batch, not means, as in the original."""
+"""The DUCH losses (docs/method.md). Sums over the batch, not means, as in the original."""
 from __future__ import annotations
 
 import math

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.io import atomic_path
 from utils.retrieval.evaluation import DIRECTION_TITLES
+from utils.io import atomic_path
 
 CHANCE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.2)
 

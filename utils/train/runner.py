@@ -18,41 +18,23 @@ import numpy as np
 import torch
 
 from configs.datasets import get_dataset
+from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
-from utils.data.features import (
-    FeatureFiles,
-    Features,
-    load_features,
-    resolve_files,
-    width_notes,
-)
-from utils.data.splits import Split, make_split
+from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.errors import DUCHError
+from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
+from utils.data.features import FeatureFiles, Features, load_features, resolve_files, width_notes
 from utils.fingerprints import check_unchanged, fingerprints
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.locks import OutputLock
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
 from utils.publish import publish_folder, recover_folder, staging_path_of
-from utils.retrieval.evaluation import (
-    EvalSet,
-    encode_sets,
-    evaluate_codes,
-    format_map_table,
-)
 from utils.runtime import git_commit, resolve_device, seed_everything, versions
-from utils.train.checkpoints import (
-    BEST_NAME,
-    LAST_NAME,
-    checkpoint_epoch,
-    load_checkpoint,
-    save_checkpoint,
-)
+from utils.data.splits import Split, make_split
 from utils.train.trainer import DUCHTrainer, run_epochs
 
 HISTORY_NAME = "history.jsonl"
-CONFIG_NAME = "config.json"
-SPLIT_NAME = "split.json"
 # what a training or test writes in its run folder (cleared by --overwrite)
 RUN_OUTPUTS = (
     CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, BEST_NAME, LAST_NAME, "train.log", "losses.png",
@@ -123,6 +105,7 @@ def run_dir_of(cfg: TrainConfig) -> Path:
     """``out_dir/<run name>``; the name (dataset, bit, tag, preset) stays one folder inside ``out_dir``."""
     from utils.paths import contained, safe_name
 
+    safe_name(cfg.tag, "--tag")
     return contained(cfg.out_dir, safe_name(cfg.run_name(), "run name"), "run folder")
 
 
