@@ -77,3 +77,21 @@ def same_stat(record: dict, path: str | Path) -> bool:
     except OSError:
         return False
     return stat.st_size == record.get("size") and stat.st_mtime_ns == record.get("mtime_ns")
+
+
+def file_stats(paths) -> dict:
+    """{path: [size, mtime_ns]} of many files (the images of a folder): cheap enough for thousands of files."""
+    out = {}
+    for path in paths:
+        stat = os.stat(path)
+        out[str(path)] = [stat.st_size, stat.st_mtime_ns]
+    return out
+
+
+def changed_files(before: dict, now: dict, limit: int = 3) -> str:
+    """The files whose [size, mtime_ns] differ between two ``file_stats`` records, named (at most ``limit``)."""
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if not changed:
+        return ""
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more

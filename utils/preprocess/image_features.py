@@ -197,8 +197,11 @@ def _encode(opts: ImageFeatureOptions) -> Path:
         "versions": versions(),
     }
     # an interrupted run resumes from its saved rows when every setting that shapes them is the same
-    fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {
-        "paths": [str(p) for p in paths], "device_type": device.type}, sort_keys=True, default=str)
+    from utils.fingerprints import file_stats
+
+    fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {  # images' size and mtime included:
+        "paths": [str(p) for p in paths], "device_type": device.type,       # an edited image is encoded again
+        "inputs": file_stats(paths)}, sort_keys=True, default=str)
     work_paths, work_batches = paths, batches
     partial_path = resume.partial_path(out_path)
     if ctx.distributed:  # this rank's images, with the seeds of their JSON rows; its partial file is its part

@@ -282,11 +282,21 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
         raise DUCHError(f"no images (tif, tiff, png, jpg) found under {image_dir}")
     spec.check_readable(paths)  # a bad file stops before the long work, named
     shard_dir = out_dir / SHARDS_DIR
+    from utils.fingerprints import changed_files, file_stats
+
     plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
-            "encoder": spec.to_json(), "shard_size": opts.shard_size}
+            "encoder": spec.to_json(), "shard_size": opts.shard_size,
+            "inputs": {p.relative_to(image_dir).as_posix(): v for p, v in zip(paths, file_stats(paths).values())}}
     shards = resume.ShardFolder(shard_dir, len(paths), opts.shard_size, FEATURE_DIM)
     other_plan = shards.plan_differs(plan)
     if other_plan and not opts.overwrite:
+        old = read_json(shard_dir / resume.PLAN_NAME, "shard plan")
+        same_rest = isinstance(old, dict) and {k: v for k, v in old.items() if k != "inputs"} == \
+            {k: v for k, v in plan.items() if k != "inputs"}
+        if same_rest and isinstance(old.get("inputs"), dict):
+            changed = changed_files(old["inputs"], plan["inputs"])
+            raise DUCHError(f"{shard_dir} caches features of images that changed since ({changed}); "
+                            f"pass --overwrite to encode them again")
         raise DUCHError(f"{shard_dir} holds features of another image set, encoder or shard size; pass --overwrite "
                         f"to discard them, or choose another --out")
     distributed.barrier()  # every rank has read the old plan before rank 0 replaces it
