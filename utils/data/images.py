@@ -139,15 +139,20 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
 
 
 def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                          bit_depth: int = 16) -> Counter:
+                          bit_depth: int = 16, crop_size: tuple[int, int] | None = None) -> Counter:
     """Cheap header check of every image before the long work; returns how many images of each format.
 
-    Decoding errors are still caught later, while encoding.
+    ``crop_size`` (height, width): an image smaller than the crop is refused by name (the crop would pad it
+    with zeros, mostly encoding padding). Decoding errors are still caught later, while encoding.
     """
     formats: Counter = Counter()
     for path in paths:
         with _opened(path, max_pixels) as image:
             description = describe_image(image)
+            width, height = image.size
+        if crop_size is not None and (crop_size[0] > height or crop_size[1] > width):
+            raise DUCHError(f"image {path} is {height}x{width} (HxW), smaller than --crop-size {crop_size[0]} {crop_size[1]}: "
+                            f"the crop would be mostly zero padding; choose a --crop-size within every image")
         if bit_depth < 16 and "-bit TIFF" in description:
             raise DUCHError(
                 f"image {path} is a multi-band 16-bit TIFF, which Pillow reads only to 8 bits (the high byte), so "

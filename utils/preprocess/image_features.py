@@ -122,6 +122,7 @@ def _encode(opts: ImageFeatureOptions) -> Path:
                               is_high_bit_depth, original_image_order)
     from utils.io import check_writable_dir, refuse_overwrite, write_h5
     from utils.preprocess import resume
+    from utils.data.transforms import uses_crop
     from utils.runtime import resolve_device, seed_everything, versions
 
     # everything the user can get wrong is checked before the long work
@@ -129,7 +130,10 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     img_aug = check_image_aug_set(opts.img_aug)
     params = AugParams.checked(opts.crop_size, opts.rot_deg, opts.blur_val, opts.jit_str)
     quirks = bool(opts.original_quirks)
-    batch_size = opts.batch_size or (ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE)
+    from configs.checks import check_seed
+
+    check_seed(opts.seed)
+    batch_size = opts.batch_size if opts.batch_size is not None else (ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE)
     if batch_size < 1 or opts.num_workers < 0 or opts.max_image_pixels < 0:
         raise DUCHError("--batch-size must be >= 1, --num-workers >= 0 and --max-image-pixels >= 0")
     if not 9 <= opts.bit_depth <= 16:
@@ -156,7 +160,8 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     shard_rows = [[i for batch in shard for i in batch] for shard in shards]
     rows = shard_rows[ctx.rank]
 
-    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels, opts.bit_depth)
+    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels, opts.bit_depth,
+                                    crop_size=params.crop_size if uses_crop(img_aug) else None)
     formats = distributed.sum_counters(formats)
     high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
     if high_bit_depth and ctx.is_main:

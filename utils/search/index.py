@@ -249,12 +249,31 @@ def image_encoder_spec(attrs: dict, opts: IndexOptions) -> ImageEncoderSpec | No
     return spec
 
 
+def check_text_model_exists(name: str) -> None:
+    """--text-model is a folder that exists, or a hub name already in the local cache (nothing is downloaded
+    at index time): a mistyped name is refused now, not at the first text query."""
+    if Path(name).is_dir():
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub names: NAME or ORG/NAME
+    if not looks_like_path:
+        try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(name, local_files_only=True)
+            return
+        except (OSError, ValueError):
+            pass
+    raise DUCHError(f"--text-model {name}: no such folder, nor a model in the local Hugging Face cache; name the "
+                    f"folder or model the caption features were made with")
+
+
 def text_encoder_spec(attrs: dict, opts: IndexOptions) -> TextEncoderSpec | None:
     recorded = TextEncoderSpec.from_attrs(attrs)
     if recorded is not None and not opts.text_model:
         return recorded
     if not opts.text_model:
         return None
+    check_text_model_exists(opts.text_model)
     return TextEncoderSpec(model=opts.text_model, max_length=opts.text_max_length, hidden_states=opts.text_hidden_states,
                            operator=opts.text_operator, original_quirks=opts.text_original_quirks,
                            source="flags (--text-model ...)")

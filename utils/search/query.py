@@ -149,6 +149,8 @@ class SearchIndex:
     def set_nprobe(self, nprobe: int | None) -> None:
         if nprobe is None:
             return
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
+            raise DUCHError(f"--nprobe must be at least 1 (inverted lists visited per query), got {nprobe}")
         for index in self.faiss.values():
             if hasattr(index, "nprobe"):
                 index.nprobe = int(nprobe)
@@ -354,8 +356,12 @@ class QueryEncoder:
 
 
 def require_text(text: str | None) -> None:
-    if not str(text or "").strip():
-        raise DUCHError("empty text query; give a sentence, e.g. --text \"a river next to green fields\"")
+    """A sentence that still has words after the caption cleaning (lower case, ``. , ! ?`` removed)."""
+    from models.text_encoder import preprocess_caption
+
+    if not preprocess_caption(str(text or "")).strip():
+        raise DUCHError(f"empty text query {str(text or '')!r} (nothing left after removing punctuation); give a "
+                        f"sentence, e.g. --text \"a river next to green fields\"")
 
 
 def check_query(index: SearchIndex, query: Query) -> None:

@@ -153,11 +153,20 @@ def read_run_config(run_dir: Path, flag: str) -> dict:
 
 def _settings_of(saved: dict) -> TrainConfig:
     """The TrainConfig saved in a config.json record."""
+    from configs.train import check_values
+
     values = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
     for key in ("contrastive_weights", "discriminator_betas"):
         if key in values:
+            if not isinstance(values[key], list):
+                raise DUCHError(f"{CONFIG_NAME}: {key} must be a list of numbers, got {values[key]!r}")
             values[key] = tuple(values[key])
-    return TrainConfig(**values)
+    run = TrainConfig(**values)
+    try:
+        check_values(run)  # a hand-edited config.json: a string where a number belongs is named, not a traceback
+    except DUCHError as err:
+        raise DUCHError(f"the run's {CONFIG_NAME} holds a value that cannot be right: {err}") from None
+    return run
 
 
 def _norm(value):
@@ -327,6 +336,26 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool
         raise
 
 
+def check_model_fits(cfg: TrainConfig, widths: dict, device) -> None:
+    """A --bit whose networks cannot fit in memory is refused, saying what they would need."""
+    import os
+
+    from models.duch import HIDDEN_UNITS
+
+    params = sum(w * HIDDEN_UNITS + HIDDEN_UNITS * cfg.bit for w in widths.values()) + 2 * (cfg.bit * 2 * cfg.bit + 2 * cfg.bit)
+    need = params * 4 * 4  # float32 weights, gradients and two Adam moments
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        raise DUCHError(f"--bit {cfg.bit}: the networks would need about {need / 2**30:.1f} GiB ({params:,} parameters with "
+                        f"gradients and optimiser state), more than the {have / 2**30:.1f} GiB of {device}; use fewer bits")
+
+
 def _epoch_line(cfg: TrainConfig, record: dict) -> str:
     loss = record["loss"]
     return (
@@ -351,6 +380,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         _check_same_files(saved_files, cfg.files, "--resume")
     logger = setup_logger(run_dir / "train.log" if ctx.is_main else None, level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
+    check_model_fits(cfg, data.features.widths, device)
     if ctx.distributed:
         from utils.train.distributed_trainer import DistributedDUCHTrainer as Trainer
     else:
