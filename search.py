@@ -116,7 +116,7 @@ def run_index(args: argparse.Namespace) -> dict:
 def run_query(args: argparse.Namespace) -> list[dict]:
     from pathlib import Path
 
-    from utils.io import refuse_overwrite, write_text
+    from utils.io import check_output_file, write_text
     from utils.search.page import write_page
     from utils.search.query import Query, QueryEncoder, SearchIndex, format_table, search
 
@@ -124,9 +124,9 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         raise DUCHError("--row needs --modality image or --modality caption")
     if args.queries and args.html:
         raise DUCHError("--html shows one query; use --json with --queries")
-    for out in (args.json, args.html):
+    for flag, out in (("--json", args.json), ("--html", args.html)):
         if out:
-            refuse_overwrite(out, args.overwrite)
+            check_output_file(out, args.overwrite, flag)
     if args.text is not None:
         queries = [Query("text", text=args.text)]
     elif args.image is not None:
@@ -137,7 +137,7 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         path = Path(args.queries)
         if not path.is_file():
             raise DUCHError(f"--queries file not found: {path}")
-        queries = [Query.parse_line(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        queries = [Query.parse_line(line) for line in read_query_lines(path) if line.strip()]
         if not queries:
             raise DUCHError(f"--queries file {path} holds no query")
 
@@ -171,6 +171,16 @@ def run_query(args: argparse.Namespace) -> list[dict]:
                    f"checkpoint, epoch {m['checkpoint']['epoch']}), {index.size(args.target)} {args.target}")
         print(f"wrote {args.html}")
     return results
+
+
+def read_query_lines(path) -> list[str]:
+    """The lines of a --queries file, which must be UTF-8 text: a bad byte is named by line, not a traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DUCHError(f"--queries file {path} is not UTF-8 text: byte 0x{data[err.start]:02x} on line {line}") from None
 
 
 @exit_on_user_error

@@ -201,6 +201,21 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def check_output_file(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+    """An output file that can be written, checked before the work that fills it: not a folder, its folder
+    exists and is writable, and it is not replaced unasked."""
+    path = Path(path)
+    if path.is_dir():
+        raise DUCHError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'metrics.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise DUCHError(f"{flag} {path}: the folder {parent} does not exist; create it first or choose another place")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DUCHError(f"{flag} {path}: the folder {parent} is not writable")
+    refuse_overwrite(path, overwrite)
+    return path
+
+
 def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
     """Nothing the user made is overwritten unasked."""
     if Path(path).exists() and not overwrite:

@@ -359,6 +359,11 @@ def require_text(text: str | None) -> None:
     """A sentence that still has words after the caption cleaning (lower case, ``. , ! ?`` removed)."""
     from models.text_encoder import preprocess_caption
 
+    try:
+        str(text or "").encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line arrive as lone surrogates
+        raise DUCHError(f"text query {str(text).encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8 "
+                        f"text") from None
     if not preprocess_caption(str(text or "")).strip():
         raise DUCHError(f"empty text query {str(text or '')!r} (nothing left after removing punctuation); give a "
                         f"sentence, e.g. --text \"a river next to green fields\"")
