@@ -180,7 +180,8 @@ def read_query_lines(path) -> list[str]:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise DUCHError(f"--queries file {path} is not UTF-8 text: byte 0x{data[err.start]:02x} on line {line}") from None
+        bad = f"byte 0x{data[err.start]:02x} on line {line}"
+        raise DUCHError(f"--queries file {path} is not UTF-8 text: {bad}") from None
 
 
 @exit_on_user_error

@@ -81,7 +81,8 @@ def check_values(cfg: TrainConfig) -> None:
     for name in ("bit", "epochs", "batch_size", "valid_freq", "lr_decay_freq", "map_k"):
         check_int(f"--{name.replace('_', '-')}", getattr(cfg, name), 1)
     check_seed(cfg.seed)
-    for name in ("alpha", "beta", "gamma", "lr", "weight_decay", "lr_discriminator", "discriminator_weight_decay", "lr_min"):
+    weights = ("alpha", "beta", "gamma", "lr", "weight_decay", "lr_discriminator", "discriminator_weight_decay", "lr_min")
+    for name in weights:
         check_finite(f"--{name.replace('_', '-')}", getattr(cfg, name), 0.0)
     check_finite("lr_decay", cfg.lr_decay, 0.0, low_inclusive=False)
     for i, w in enumerate(cfg.contrastive_weights):
@@ -94,7 +95,8 @@ def check_values(cfg: TrainConfig) -> None:
             raise DUCHError(f"{name} must be a string, got {getattr(cfg, name)!r}")
     import re
 
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):  # mps, xpu, meta: torch knows them, the project does not run there
+    # mps, xpu, meta: torch knows them, the project does not run there
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise DUCHError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
     for name in ("original_quirks",):
         if not isinstance(getattr(cfg, name), bool):

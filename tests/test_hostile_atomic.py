@@ -79,7 +79,8 @@ with OutputLock(sys.argv[1], "run folder"):
 
 def _holder(tmp_path, target):
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(target), str(ready)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(target), str(ready)], env=env)
     for _ in range(600):
         if ready.exists():
             return proc
@@ -145,7 +146,8 @@ def test_failed_first_training_removes_only_its_own_files(demo_features, tmp_pat
 
     monkeypatch.setattr(DUCHTrainer, "train_epoch", keep_a_note)
     with pytest.raises(SystemExit):
-        run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out), "--epochs", "1")
+        run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out),
+                 "--epochs", "1")
     assert sorted(p.name for p in (out / RUN).iterdir()) == ["notes.txt"]
 
 
@@ -186,7 +188,8 @@ def test_interrupted_index_overwrite_leaves_no_old_manifest(tiny_run, tmp_path, 
     assert exit_info.value.code == 130
     assert not (index / "manifest.json").exists() and not lock_path_of(index).exists()
     with pytest.raises(SystemExit):
-        search.main(search.get_args_parser().parse_args(["query", "--index", str(index), "--row", "0", "--modality", "image"]))
+        search.main(search.get_args_parser().parse_args(
+            ["query", "--index", str(index), "--row", "0", "--modality", "image"]))
     assert "no finished index" in capsys.readouterr().err
 
 

@@ -65,7 +65,8 @@ def test_test_and_resume_refuse_a_replaced_feature_file(demo_features, tmp_path,
     metrics = (out / RUN / "metrics.json").read_bytes()
     for flag in ("--test", "--resume"):
         with pytest.raises(SystemExit) as exit_info:
-            run_main("--dataset", "demo", "--bit", "8", "--out-dir", str(out), flag, *(["--epochs", "3"] if flag == "--resume" else []))
+            more = ["--epochs", "3"] if flag == "--resume" else []
+            run_main("--dataset", "demo", "--bit", "8", "--out-dir", str(out), flag, *more)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"{flag} of the run" in err and "input files changed" in err
         assert "image_emb_" in err and ("content (sha256) changed" in err or "size" in err)
@@ -79,7 +80,8 @@ def test_cached_image_dir_shards_of_a_changed_image_are_refused(tiny_run, tmp_pa
     from tests.test_search import _image_dir, run_search
 
     folder = _image_dir(tmp_path, tiny_run["data"])
-    args = ["index", "--run", tiny_run["run"], "--image-dir", folder, "--shard-size", 2, "--no-progress", "--out", tmp_path / "ix"]
+    args = ["index", "--run", tiny_run["run"], "--image-dir", folder, "--shard-size", 2, "--no-progress",
+            "--out", tmp_path / "ix"]
     original, calls = index_module.encode_shard, []
 
     def interrupted(*a, **kw):
@@ -105,7 +107,8 @@ def test_resume_file_of_other_images_is_named_and_not_used(tmp_path, capsys):
         return json.dumps({"img_aug": "center", "inputs": stats}, sort_keys=True)
 
     piece = tmp_path / ".out.h5.partial.npz"
-    resume.save_piece(piece, fp({"a.png": [10, 1], "b.png": [20, 2]}), features=np.zeros((2, 3)), filled=np.ones(2, bool))
+    resume.save_piece(piece, fp({"a.png": [10, 1], "b.png": [20, 2]}), features=np.zeros((2, 3)),
+                      filled=np.ones(2, bool))
     assert resume.load_piece(piece, fp({"a.png": [10, 1], "b.png": [20, 2]})) is not None
     assert resume.load_piece(piece, fp({"a.png": [10, 1], "b.png": [20, 3]}), notes=True) is None
     assert "images that changed since (b.png)" in capsys.readouterr().err

@@ -32,7 +32,8 @@ def random_json(rng, depth=0):
 
 def plausible_dataset(rng):
     """Near-valid dataset JSON with one random thing changed: reaches deeper code than pure noise."""
-    images = [{"filename": f"img_{j}.png", "classcode": j % 3, "sentences": [{"raw": f"caption {j} {i}"} for i in range(5)]}
+    images = [{"filename": f"img_{j}.png", "classcode": j % 3,
+               "sentences": [{"raw": f"caption {j} {i}"} for i in range(5)]}
               for j in range(int(rng.integers(1, 5)))]
     data = {"images": images, "num_classes": 3}
     target = images[int(rng.integers(0, len(images)))]
@@ -100,7 +101,8 @@ def random_array(rng):
 
 def plausible_codes(rng):
     n_q, n_db, bits = int(rng.integers(0, 5)), int(rng.integers(0, 9)), int(rng.integers(1, 20))
-    arrays = {"q": np.where(rng.random((n_q, bits)) > 0.5, 1, -1), "db": np.where(rng.random((n_db, bits)) > 0.5, 1, -1),
+    arrays = {"q": np.where(rng.random((n_q, bits)) > 0.5, 1, -1),
+              "db": np.where(rng.random((n_db, bits)) > 0.5, 1, -1),
               "q_labels": rng.integers(0, 3, n_q), "db_labels": rng.integers(0, 3, n_db)}
     for _ in range(int(rng.integers(0, 3))):
         arrays[str(rng.choice(CODE_KEYS))] = random_array(rng)

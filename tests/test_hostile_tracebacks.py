@@ -84,7 +84,8 @@ def test_search_outputs_and_queries_checked_at_the_door(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_search("query", "--index", tmp_path / "none", "--queries", bad)
     assert exit_info.value.code == 2 and "not UTF-8 text: byte 0xff on line 2" in _one_line(capsys)
-    for flag, out, message in (("--html", tmp_path, "--html"), ("--json", tmp_path / "no" / "r.json", "does not exist")):
+    cases = (("--html", tmp_path, "--html"), ("--json", tmp_path / "no" / "r.json", "does not exist"))
+    for flag, out, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             run_search("query", "--index", tmp_path / "none", "--text", "a river", flag, out)
         assert exit_info.value.code == 2 and message in _one_line(capsys)

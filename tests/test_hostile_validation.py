@@ -61,13 +61,15 @@ def test_resolve_device_refuses_devices_the_project_cannot_use():
 
 def test_hand_edited_config_json_is_named(demo_features, tmp_path, capsys):
     out = tmp_path / "runs"
-    run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out), "--epochs", "1",
+    run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out),
+             "--epochs", "1",
              "--batch-size", "32")
     path = out / RUN / "config.json"
     config = json.loads(path.read_text())
     capsys.readouterr()
-    for key, value, message in (("batch_size", "64", "--batch-size must be an integer"), ("alpha", "0.1", "--alpha must be a number"),
-                                ("contrastive_weights", 1, "contrastive_weights must be a list"), ("seed", -5, "--seed")):
+    cases = (("batch_size", "64", "--batch-size must be an integer"), ("alpha", "0.1", "--alpha must be a number"),
+             ("contrastive_weights", 1, "contrastive_weights must be a list"), ("seed", -5, "--seed"))
+    for key, value, message in cases:
         path.write_text(json.dumps({**config, key: value}))
         with pytest.raises(SystemExit) as exit_info:
             run_main("--dataset", "demo", "--bit", "8", "--out-dir", str(out), "--test")
@@ -87,7 +89,8 @@ def test_non_finite_loss_stops_the_run_naming_epoch_and_term(demo_features, tmp_
     monkeypatch.setattr(DUCHTrainer, "train_epoch", nan_in_epoch_2)
     out = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:
-        run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out), "--epochs", "3",
+        run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out),
+                 "--epochs", "3",
                  "--batch-size", "32")
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "epoch 2: the quantization loss is nan" in err

@@ -145,7 +145,8 @@ def test_checkpoint_of_other_widths_is_refused(demo_features, tmp_path, capsys):
     for name in ("caption_emb_DEMO_aug.h5", "caption_emb_DEMO_aug_rb.h5"):  # re-embedded with another text model
         with h5py.File(data / name, "w") as f:
             f.create_dataset("caption_emb", data=rng.normal(size=(5 * n, 12)).astype(np.float32))
-    expect_error(capsys, *train_args(data, tmp_path / "o", "--test", "--epochs", "1"), match="input files changed since it was made")
+    expect_error(capsys, *train_args(data, tmp_path / "o", "--test", "--epochs", "1"),
+                 match="input files changed since it was made")
     config_path = tmp_path / "o" / RUN / "config.json"  # a run recorded before fingerprints: the widths still tell
     config = json.loads(config_path.read_text())
     del config["inputs"]

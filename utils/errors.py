@@ -55,6 +55,7 @@ def exit_on_user_error(main):
         except RuntimeError as err:
             if type(err).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
                 raise
-            fail(f"error: the device ran out of memory ({str(err).splitlines()[0]}); use a smaller --batch-size or --device cpu")
+            fail(f"error: the device ran out of memory ({str(err).splitlines()[0]}); "
+                 f"use a smaller --batch-size or --device cpu")
 
     return wrapper

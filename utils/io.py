@@ -228,6 +228,10 @@ def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
 MAX_ARRAY_BYTES = 8 << 30  # one array larger than this (8 GiB) is refused before it is read
 
 
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def _npy_header(f, what: str):
     """(shape, fortran_order, dtype) of the .npy stream at ``f``; a damaged or object header is a DUCHError."""
     from numpy.lib import format as npy_format
@@ -239,7 +243,7 @@ def _npy_header(f, what: str):
             raise ValueError(f"unsupported .npy version {version}")
         shape, fortran, dtype = reader(f, max_header_size=10000)
     except (ValueError, OSError, EOFError, SyntaxError) as err:
-        raise DUCHError(f"{what} is not a readable .npy array ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise DUCHError(f"{what} is not a readable .npy array ({first_line(err)})") from None
     if dtype.hasobject:
         raise DUCHError(f"{what} holds Python objects (an object array), not numbers; refused (it would need pickle)")
     return shape, fortran, dtype
@@ -258,7 +262,8 @@ def _check_size(shape, dtype, what: str, max_bytes: int, stored: int | None = No
     return nbytes
 
 
-def read_npy(path: str | Path, what: str = "array file", max_bytes: int = MAX_ARRAY_BYTES, mmap: bool = False) -> np.ndarray:
+def read_npy(path: str | Path, what: str = "array file", max_bytes: int = MAX_ARRAY_BYTES,
+             mmap: bool = False) -> np.ndarray:
     """One .npy array, its header (shape, dtype, no objects, size within ``max_bytes``, not truncated) checked
     before the data is read. Every problem is a DUCHError naming the file."""
     path = Path(path)
@@ -317,5 +322,5 @@ def read_npz(path: str | Path, keys, what: str = "npz file", max_bytes: int = MA
                 array = np.frombuffer(data, dtype=dtype, count=count)
                 out[key] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
-        raise DUCHError(f"{what} {path} is damaged or truncated ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise DUCHError(f"{what} {path} is damaged or truncated ({first_line(err)})") from None
     return out

@@ -24,7 +24,8 @@ def resolve_device(name: str = "auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DUCHError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DUCHError(f"--device {name}: there are {torch.cuda.device_count()} CUDA GPUs (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        n = torch.cuda.device_count()
+        raise DUCHError(f"--device {name}: there are {n} CUDA GPUs (cuda:0..cuda:{n - 1})")
     return device
 
 

@@ -61,8 +61,10 @@ def check_relative_name(name: str, what: str) -> None:
     from pathlib import PurePosixPath, PureWindowsPath
 
     parts = PurePosixPath(name.replace("\\", "/")).parts
-    if "\x00" in name or os.path.isabs(name) or PureWindowsPath(name).drive or name.startswith(("/", "\\")) or ".." in parts:
-        raise DUCHError(f"{what} {name!r}: a path that leads outside the image folder; names must be relative, without '..'")
+    absolute = os.path.isabs(name) or PureWindowsPath(name).drive or name.startswith(("/", "\\"))
+    if "\x00" in name or absolute or ".." in parts:
+        raise DUCHError(f"{what} {name!r}: a path that leads outside the image folder; "
+                        f"names must be relative, without '..'")
 
 
 def class_names_from_filenames(filenames: list[str]) -> list[str]:

@@ -151,7 +151,8 @@ def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAUL
             description = describe_image(image)
             width, height = image.size
         if crop_size is not None and (crop_size[0] > height or crop_size[1] > width):
-            raise DUCHError(f"image {path} is {height}x{width} (HxW), smaller than --crop-size {crop_size[0]} {crop_size[1]}: "
+            raise DUCHError(f"image {path} is {height}x{width} (HxW), smaller than --crop-size "
+                            f"{crop_size[0]} {crop_size[1]}: "
                             f"the crop would be mostly zero padding; choose a --crop-size within every image")
         if bit_depth < 16 and "-bit TIFF" in description:
             raise DUCHError(

@@ -133,7 +133,9 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     from configs.checks import check_seed
 
     check_seed(opts.seed)
-    batch_size = opts.batch_size if opts.batch_size is not None else (ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE)
+    batch_size = opts.batch_size
+    if batch_size is None:  # 0 is an error below, not the default
+        batch_size = ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE
     if batch_size < 1 or opts.num_workers < 0 or opts.max_image_pixels < 0:
         raise DUCHError("--batch-size must be >= 1, --num-workers >= 0 and --max-image-pixels >= 0")
     if not 9 <= opts.bit_depth <= 16:
@@ -160,7 +162,8 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     shard_rows = [[i for batch in shard for i in batch] for shard in shards]
     rows = shard_rows[ctx.rank]
 
-    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels, opts.bit_depth,
+    formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels,
+                                    opts.bit_depth,
                                     crop_size=params.crop_size if uses_crop(img_aug) else None)
     formats = distributed.sum_counters(formats)
     high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))

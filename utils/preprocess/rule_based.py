@@ -176,7 +176,8 @@ class RuleBasedAugmenter:
         tag_at = getattr(self.tagger, "tag_at", None)
         if tag_at is None:  # a tagger that must see the whole sentence: each trial costs its length
             if len(words) > MAX_WORDS_WHOLE_SENTENCE_TAGGER:
-                raise DUCHError(f"caption {index} has {len(words)} tokens; the {getattr(self.tagger, 'name', 'sentence')} "
+                tagger = getattr(self.tagger, "name", "sentence")
+                raise DUCHError(f"caption {index} has {len(words)} tokens; the {tagger} "
                                 f"tagger re-tags the whole caption per candidate, so captions are limited to "
                                 f"{MAX_WORDS_WHOLE_SENTENCE_TAGGER} tokens (the lexicon route has no limit)")
             tag_at = lambda trial, i: self.tagger(trial)[i]  # noqa: E731

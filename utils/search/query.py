@@ -102,7 +102,8 @@ class SearchIndex:
         for meta in self.metadata[modality]:
             path = meta.get("path") if isinstance(meta, dict) else None
             if path is not None and not (isinstance(path, str) and any(is_inside(path, f) for f in folders)):
-                raise DUCHError(f"{self.dir}: metadata_{modality}.jsonl row {meta.get('row')} names the image {path!r}, "
+                row = meta.get("row") if isinstance(meta, dict) else None
+                raise DUCHError(f"{self.dir}: metadata_{modality}.jsonl row {row} names the image {path!r}, "
                                 f"outside the index's image folders; refused (rebuild the index with --overwrite)")
 
     @classmethod
@@ -137,7 +138,8 @@ class SearchIndex:
     def outputs(self, modality: str) -> np.ndarray:
         """Continuous outputs (float16 on disk) of one modality, for re-ranking."""
         if modality not in self._outputs:
-            self._outputs[modality] = read_npy(self._file(index_file_names(modality)["outputs"]), "index outputs", mmap=True)
+            path = self._file(index_file_names(modality)["outputs"])
+            self._outputs[modality] = read_npy(path, "index outputs", mmap=True)
         return self._outputs[modality]
 
     def __len__(self) -> int:
@@ -216,14 +218,16 @@ def check_digests(manifest: dict, index_dir: Path) -> None:
     if digests is None:
         return  # an index built before digests were recorded
     if not isinstance(digests, dict):
-        raise DUCHError(f"{index_dir / MANIFEST_NAME}: 'digests' is not a JSON object; rebuild the index with --overwrite")
+        raise DUCHError(f"{index_dir / MANIFEST_NAME}: 'digests' is not a JSON object; "
+                        f"rebuild the index with --overwrite")
     for name, record in digests.items():
         path = contained(index_dir, name, "index file")
         size = path.stat().st_size if path.is_file() else None
         if not isinstance(record, dict) or size != record.get("size") or sha256_of(path) != record.get("sha256"):
             why = "missing" if size is None else "not the file the manifest was written with"
             raise DUCHError(f"{path} is {why} (an interrupted or concurrent rebuild, or a damaged copy); rebuild the "
-                            f"index with: python search.py index --run {manifest.get('run', {}).get('dir')} --out {index_dir} --overwrite")
+                            f"index with: python search.py index --run {manifest.get('run', {}).get('dir')} "
+                            f"--out {index_dir} --overwrite")
 
 
 def check_checkpoint(manifest: dict, index_dir: Path) -> None:
@@ -262,7 +266,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                     raise ValueError(f"a JSON {type(row).__name__}, not an object")
                 rows.append(row)
     except (ValueError, UnicodeDecodeError) as err:
-        raise DUCHError(f"{path} line {number} is damaged ({str(err).splitlines()[0]}); rebuild the index with --overwrite") from None
+        raise DUCHError(f"{path} line {number} is damaged ({str(err).splitlines()[0]}); "
+                        f"rebuild the index with --overwrite") from None
     return rows
 
 
@@ -462,7 +467,8 @@ def format_table(result: dict, width: int = 60) -> str:
         caption = printable(r.get("caption") or "")  # captions are data: no escape sequence reaches the terminal
         caption = caption if len(caption) <= width else caption[: width - 3] + "..."
         cosine = f"{r['cosine']:7.3f} " if rerank else ""
-        lines.append(f"{r['rank']:>4} {r['distance']:>7} {cosine}{r['row']:>6}  {printable(str(r['filename']))[:18]:<18} "
+        filename = printable(str(r["filename"]))[:18]
+        lines.append(f"{r['rank']:>4} {r['distance']:>7} {cosine}{r['row']:>6}  {filename:<18} "
                      f"{printable(str(r['class']))[:14]:<14} {caption}")
     return "\n".join(lines)
 

@@ -129,7 +129,8 @@ def input_fingerprints(cfg: TrainConfig, paths: FeatureFiles) -> dict:
 def check_inputs_unchanged(saved: dict, flag: str) -> None:
     """The feature files a run was trained on must be the same files, byte for byte, for --test and --resume."""
     check_unchanged(saved.get("inputs") or {}, f"{flag} of the run made at {saved.get('time')}",
-                    "its results would not be the run's; retrain with --overwrite, or restore the files it was trained on")
+                    "its results would not be the run's; retrain with --overwrite, "
+                    "or restore the files it was trained on")
 
 
 def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings: list[str], **extra) -> dict:
@@ -342,7 +343,8 @@ def check_model_fits(cfg: TrainConfig, widths: dict, device) -> None:
 
     from models.duch import HIDDEN_UNITS
 
-    params = sum(w * HIDDEN_UNITS + HIDDEN_UNITS * cfg.bit for w in widths.values()) + 2 * (cfg.bit * 2 * cfg.bit + 2 * cfg.bit)
+    hash_nets = sum(w * HIDDEN_UNITS + HIDDEN_UNITS * cfg.bit for w in widths.values())
+    params = hash_nets + 2 * (cfg.bit * 2 * cfg.bit + 2 * cfg.bit)  # and the two discriminators
     need = params * 4 * 4  # float32 weights, gradients and two Adam moments
     if device.type == "cuda":
         have = torch.cuda.get_device_properties(device).total_memory
@@ -352,8 +354,9 @@ def check_model_fits(cfg: TrainConfig, widths: dict, device) -> None:
         except (ValueError, OSError, AttributeError):
             return
     if need > have:
-        raise DUCHError(f"--bit {cfg.bit}: the networks would need about {need / 2**30:.1f} GiB ({params:,} parameters with "
-                        f"gradients and optimiser state), more than the {have / 2**30:.1f} GiB of {device}; use fewer bits")
+        raise DUCHError(f"--bit {cfg.bit}: the networks would need about {need / 2**30:.1f} GiB ({params:,} "
+                        f"parameters with gradients and optimiser state), more than the {have / 2**30:.1f} GiB "
+                        f"of {device}; use fewer bits")
 
 
 def _epoch_line(cfg: TrainConfig, record: dict) -> str:
@@ -429,7 +432,8 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         save_checkpoint(last_path, trainer.state_payload())
         if publish_to is not None:  # the new run can be resumed now: it takes the old one's place, user files kept
             publish_folder(run_dir, publish_to, keep=not_run_output)
-            logger.info(f"--overwrite: the new run replaced the old one in {publish_to} (files main.py did not write were kept)")
+            logger.info(f"--overwrite: the new run replaced the old one in {publish_to} "
+                        f"(files main.py did not write were kept)")
             run_dir, last_path, publish_to = publish_to, publish_to / LAST_NAME, None
 
     try:
