@@ -14,7 +14,12 @@ from utils.errors import exit_on_user_error
 from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
 from utils.preprocess.caption_augment import CaptionAugmentOptions, augment_captions
 from utils.preprocess.rule_based import (
-    BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, ROUTES,
+    BERTSCORE_MODEL,
+    DEFAULT_LEXICON,
+    GLOVE_MIN_SIM,
+    GLOVE_TOPN,
+    PAPER_BERTSCORE_THRESHOLD,
+    ROUTES,
 )
 
 PURPOSE = "Augment dataset captions (rule-based or back-translation) into augmented_<DS>.json."

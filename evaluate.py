@@ -12,27 +12,32 @@ import time
 from pathlib import Path
 
 from utils.errors import DUCHError, exit_on_user_error
+from utils.io import write_json
+from utils.logs import setup_logger
+from utils.retrieval.evaluation import evaluate_file, format_map_table
 from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codes", required=True, metavar="FILE.npz", help="codes file to score")
-    parser.add_argument("--out", default=None, metavar="metrics.json", help="write the metrics here (default: print the table only)")
+    parser.add_argument("--out", default=None, metavar="metrics.json",
+                        help="write the metrics here (default: print the table only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--map-k", type=int, nargs="+", default=list(MAP_KS), metavar="K", help="K of mAP@K (default: %(default)s)")
-    parser.add_argument("--no-curves", action="store_true", help="mAP only: skip P@K and the precision/recall per radius")
-    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, help="working memory of the scoring (default: %(default)s)")
-    parser.add_argument("--bits", type=int, default=None, help="code length of packed uint8 codes (default: codes are unpacked, one value per bit)")
+    parser.add_argument("--map-k", type=int, nargs="+", default=list(MAP_KS), metavar="K",
+                        help="K of mAP@K (default: %(default)s)")
+    parser.add_argument("--no-curves", action="store_true",
+                        help="mAP only: skip P@K and the precision/recall per radius")
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
+                        help="working memory of the scoring (default: %(default)s)")
+    parser.add_argument("--bits", type=int, default=None,
+                        help="code length of packed uint8 codes (default: codes are unpacked, one value per bit)")
     return parser
 
 
 @exit_on_user_error
 def main(args: argparse.Namespace) -> dict:
-    from utils.io import write_json
-    from utils.logs import setup_logger
-    from utils.retrieval.evaluation import evaluate_file, format_map_table
-
     if args.bits is not None and args.bits < 1:
         raise DUCHError(f"--bits must be at least 1, got {args.bits}")
     from utils.io import check_output_file
@@ -44,7 +49,8 @@ def main(args: argparse.Namespace) -> dict:
         check_output_file(out, overwrite=True, flag="--out")
     logger = setup_logger()
     start = time.perf_counter()
-    metrics = evaluate_file(args.codes, map_ks=args.map_k, with_curves=not args.no_curves, memory_gb=args.memory_gb, bits=args.bits)
+    metrics = evaluate_file(args.codes, map_ks=args.map_k, with_curves=not args.no_curves, memory_gb=args.memory_gb,
+                            bits=args.bits)
     elapsed = time.perf_counter() - start
     metrics["codes"] = str(args.codes)
     metrics["eval_time_s"] = round(elapsed, 4)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from configs.datasets import DATASETS
+from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from utils.data.transforms import IMAGE_AUG_SETS
 from utils.errors import exit_on_user_error
 from utils.preprocess.image_features import DEFAULT_BATCH_SIZE, ImageFeatureOptions, encode_images
 
@@ -23,9 +25,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from utils.data.transforms import IMAGE_AUG_SETS
-    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
-
     parser = argparse.ArgumentParser(
         description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
         formatter_class=_HelpFormatter, add_help=add_help,
@@ -40,14 +39,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "aug_center/aug_random always use -10 -5")
     parser.add_argument("--blur-val", nargs=4, type=float, default=[3, 3, 1.1, 1.3],
                         metavar=("KERNEL_W", "KERNEL_H", "SIGMA_MIN", "SIGMA_MAX"),
-                        help="gaussian blur, for blur_cc (and each_img_random); aug_center/aug_random always use 3 3 1.1 1.3")
+                        help="gaussian blur, for blur_cc (and each_img_random); aug_center/aug_random always use 3 3 "
+                             "1.1 1.3")
     parser.add_argument("--jit-str", type=float, default=0.5, metavar="JITTER_STRENGTH",
                         help="colour jitter strength s, ColorJitter(0.8s, 0.8s, 0.8s, 0.2s), for jitter_cc "
                              "(and each_img_random)")
     parser.add_argument("--data-dir", default=None,
                         help="folder of the dataset JSON and the output (default: the dataset's: data, or data/demo)")
     parser.add_argument("--image-dir", default=None,
-                        help="image folder, flat or with class subfolders (default: <data-dir>/<the dataset's image folder>)")
+                        help="image folder, flat or with class subfolders (default: <data-dir>/<the dataset's image "
+                             "folder>)")
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1), a ResNet18 state-dict "
                              ".pth file, or 'none' (random weights: tests and offline demos only)")

@@ -32,7 +32,8 @@ MODES = {  # name: (pad_to_max_length, sort_by_length)
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True,
-                        help="dataset JSON with real captions, e.g. the UCM.json of the release (see docs/benchmarks.md)")
+                        help="dataset JSON with real captions, e.g. the UCM.json of the release (see "
+                             "docs/benchmarks.md)")
     parser.add_argument("--num-captions", type=int, default=2000, help="first N captions for MiniLM")
     parser.add_argument("--bert-captions", type=int, default=512,
                         help="first N captions for the bert-base-sized model (0: skip it)")

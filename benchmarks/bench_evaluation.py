@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.retrieval.evaluation import DIRECTIONS, Codes, evaluate_codes  # noqa: E402
-from utils.retrieval.metrics import P_AT_K_CUTOFFS, resolve_kernel  # noqa: E402
 from utils.retrieval.hamming import as_code_words  # noqa: E402
+from utils.retrieval.metrics import P_AT_K_CUTOFFS, resolve_kernel  # noqa: E402
 
 DENSE_BYTES_PER_PAIR = 45
 
@@ -95,7 +95,8 @@ def dense_retrieval_metrics(query_codes, db_codes, query_labels, db_labels, map_
     out = {f"map@{k}": v for k, v in dense_map_at_k(ranked, map_ks).items()}
     out["chance"] = float(relevant.float().mean())
     out["p@k"] = {str(k): v for k, v in dense_precision_at_k(ranked).items()}
-    out["precision_radius"], out["recall_radius"] = dense_radius_precision_recall(distance, relevant, query_codes.shape[1])
+    out["precision_radius"], out["recall_radius"] = dense_radius_precision_recall(distance, relevant,
+                                                                                  query_codes.shape[1])
     return out
 
 
@@ -168,21 +169,25 @@ def main():
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--memory-gb", type=float, default=4.0, help="engine's working memory (default: %(default)s)")
-    parser.add_argument("--dense-max-gb", type=float, default=2.0, help="run the dense implementation only under this estimate (default: %(default)s)")
+    parser.add_argument("--dense-max-gb", type=float, default=2.0,
+                        help="run the dense implementation only under this estimate (default: %(default)s)")
     args = parser.parse_args()
     probe = as_code_words(np.ones((1, args.bits), np.int8))
     kernel = resolve_kernel("auto", probe, np.zeros(1, np.int64))
-    print(f"{os.cpu_count()} CPUs, numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), kernel {kernel}")
+    print(f"{os.cpu_count()} CPUs, numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads), kernel {kernel}")
 
     # RSICD scale: per direction, engine vs dense
     codes, ql, dl = class_structured(1092, 4369, args.bits, 31, seed=1)
     run_engine(codes, ql, dl, args.memory_gb)  # warm-up (compiled kernels load from cache)
     engine, t_engine, c_engine, _ = run_engine(codes, ql, dl, args.memory_gb)
     dense, t_dense, c_dense = run_dense(codes, ql, dl)
-    print(f"RSICD scale, 1092 x 4369, {args.bits} bits, 31 classes, mAP@20 + mAP@10 + P@K + PR (wall time; CPU time of all threads):")
+    print(f"RSICD scale, 1092 x 4369, {args.bits} bits, 31 classes, mAP@20 + mAP@10 + P@K + PR (wall time; CPU time of "
+          "all threads):")
     print(f"  engine: {t_engine / 4 * 1000:8.1f} ms per direction ({t_engine:.3f} s for 4; CPU {c_engine:.3f} s)")
     print(f"  dense:  {t_dense / 4 * 1000:8.1f} ms per direction ({t_dense:.3f} s for 4; CPU {c_dense:.3f} s)")
-    print(f"  speed-up {t_dense / t_engine:.1f}x; largest difference of any value {largest_difference(engine, dense):.2e}")
+    print(f"  speed-up {t_dense / t_engine:.1f}x; largest difference of any value "
+          f"{largest_difference(engine, dense):.2e}")
     del codes, engine, dense
 
     # archive scale
@@ -194,15 +199,18 @@ def main():
         f"archive scale, {args.queries} x {args.db}, {args.bits} bits, {args.classes} classes, four directions, "
         f"mAP@20 + mAP@10 + P@K + PR (--memory-gb {args.memory_gb}):"
     )
-    print(f"  engine: {t_engine:8.2f} s ({pairs / t_engine / 1e9:.2f} G pairs/s; CPU {c_engine:.1f} s); mAP@20 avg {engine['map@20']['avg']:.4f}")
+    print(f"  engine: {t_engine:8.2f} s ({pairs / t_engine / 1e9:.2f} G pairs/s; CPU {c_engine:.1f} s); mAP@20 avg "
+          f"{engine['map@20']['avg']:.4f}")
     print(
         f"  peak memory of the evaluation (tracemalloc): {gb(peak):.3f} GB; process peak RSS: "
-        f"{gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024):.3f} GB (the int8 input codes alone: {gb(input_bytes):.3f} GB)"
+        f"{gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024):.3f} GB (the int8 input codes alone: "
+        f"{gb(input_bytes):.3f} GB)"
     )
     need = DENSE_BYTES_PER_PAIR * args.queries * args.db
     if gb(need) <= args.dense_max_gb:
         dense, t_dense, c_dense = run_dense(codes, ql, dl)
-        print(f"  dense:  {t_dense:8.2f} s (CPU {c_dense:.1f} s); speed-up {t_dense / t_engine:.1f}x; largest difference {largest_difference(engine, dense):.2e}")
+        print(f"  dense:  {t_dense:8.2f} s (CPU {c_dense:.1f} s); speed-up {t_dense / t_engine:.1f}x; largest "
+              f"difference {largest_difference(engine, dense):.2e}")
     else:
         print(f"  dense:  not run, it would need about {gb(need):.0f} GB (over --dense-max-gb {args.dense_max_gb})")
 

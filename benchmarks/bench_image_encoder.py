@@ -2,7 +2,8 @@
 
 Compares eval mode under ``torch.inference_mode`` in the contiguous memory format, the
 ``--original-quirks`` path (training-mode batch norm under ``torch.no_grad``) and eval mode in the
-channels_last memory format that images_augment.py uses, on random 224x224 batches (no image decoding: this measures the encoder). Prints measured
+channels_last memory format that images_augment.py uses, on random 224x224 batches (no image decoding: this measures
+the encoder). Prints measured
 numbers and their ratios. Run it alone: other load on the machine skews it.
 
     python benchmarks/bench_image_encoder.py --batch-size 64 --batches 3

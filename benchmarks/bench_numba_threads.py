@@ -53,18 +53,23 @@ def codes(n_q, n_db, bits, multi):
     return q, d, ql, dl
 
 out = {}
-for name, bits, multi in (("64 bits, classes", 64, False), ("128 bits, classes", 128, False), ("64 bits, 64 labels", 64, True)):
+for name, bits, multi in (("64 bits, classes", 64, False), ("128 bits, classes", 128, False),
+                          ("64 bits, 64 labels", 64, True)):
     small, data = codes(20, 100, bits, multi), codes(N_Q, N_DB, bits, multi)
     row = {}
     for variant in VARIANTS:
         use(variant)
-        t = time.perf_counter(); retrieval_metrics(*small, kernel="numba"); row[variant + " compile"] = time.perf_counter() - t
+        t = time.perf_counter()
+        retrieval_metrics(*small, kernel="numba")
+        row[variant + " compile"] = time.perf_counter() - t
     for variant in VARIANTS:
         row[variant] = []
     for _ in range(REPEATS):  # alternating, so that a change in the machine's speed hits both alike
         for variant in VARIANTS:
             use(variant)
-            t = time.perf_counter(); result = retrieval_metrics(*data, kernel="numba"); row[variant].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            result = retrieval_metrics(*data, kernel="numba")
+            row[variant].append(time.perf_counter() - t)
             row.setdefault(variant + " map@20", result["map@20"])
     out[name] = row
 print(json.dumps(out))
@@ -101,14 +106,16 @@ def main() -> None:
         source = Path(tmp) / "hamming_numba_parallel.py"
         source.write_text(parallel_source((ROOT / "utils/retrieval/hamming_numba.py").read_text()))
         rows = run_child(args, source)
-    print(f"{os.cpu_count()} CPUs; one direction, {args.queries} x {args.db} codes; runs alternate, best and median of {args.repeats}")
-    print(f"{'':20s} {'compile threads':>16s} {'compile prange':>15s} {'run threads':>16s} {'run prange':>16s} {'prange/threads':>15s}")
+    print(f"{os.cpu_count()} CPUs; one direction, {args.queries} x {args.db} codes; runs alternate, best and median of "
+          f"{args.repeats}")
+    print(f"{'':20s} {'compile threads':>16s} {'compile prange':>15s} {'run threads':>16s} {'run prange':>16s} "
+          f"{'prange/threads':>15s}")
     for name, row in rows.items():
         assert row["threads map@20"] == row["prange map@20"], name
         t, p = sorted(row["threads"]), sorted(row["prange"])
         mt, mp = t[len(t) // 2], p[len(p) // 2]
-        print(f"{name:20s} {row['threads compile']:15.2f}s {row['prange compile']:14.2f}s {t[0]:7.3f}/{mt:.3f}s {p[0]:7.3f}/{mp:.3f}s "
-              f"{mp / mt:15.2f}")
+        print(f"{name:20s} {row['threads compile']:15.2f}s {row['prange compile']:14.2f}s {t[0]:7.3f}/{mt:.3f}s "
+              f"{p[0]:7.3f}/{mp:.3f}s {mp / mt:15.2f}")
     total_t = sum(row["threads compile"] for row in rows.values())
     total_p = sum(row["prange compile"] for row in rows.values())
     print(f"compile, three variants: threads {total_t:.1f} s, prange {total_p:.1f} s (ratio {total_p / total_t:.2f})")

@@ -23,7 +23,8 @@ from utils.search.index import make_binary_index  # noqa: E402
 from utils.search.query import faiss_threads, order_by_distance_then_row  # noqa: E402
 
 
-def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Generator, chunk: int = 1 << 20) -> np.ndarray:
+def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Generator,
+                    chunk: int = 1 << 20) -> np.ndarray:
     """n packed codes: a random centre each, with every bit flipped with probability 1/8."""
     out = np.empty((n, n_bytes), np.uint8)
     for start in range(0, n, chunk):
@@ -148,14 +149,15 @@ def bench_float(n: int, args, rng) -> dict:
     np_single = single_query_ms(numpy_topk, q, max(5, args.single // 5))
     row = {"n": n, "flatip_batch_ms": 1000 * t_batch / len(q), "flatip_single_ms": single,
            "numpy_batch_ms": 1000 * t_np_batch / len(q), "numpy_single_ms": np_single, "bytes_per_item": dim * 4}
-    print(f"faiss IndexFlatIP: {row['flatip_batch_ms']:.3f} ms/query batched, {single:.2f} ms alone; "
-          f"numpy brute force: {row['numpy_batch_ms']:.3f} ms/query batched, {np_single:.2f} ms alone; {dim * 4} bytes per item")
+    print(f"faiss IndexFlatIP: {row['flatip_batch_ms']:.3f} ms/query batched, {single:.2f} ms alone; numpy brute "
+          f"force: {row['numpy_batch_ms']:.3f} ms/query batched, {np_single:.2f} ms alone; {dim * 4} bytes per item")
     return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000], help="archive sizes of the code benchmark")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000],
+                        help="archive sizes of the code benchmark")
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=1000, help="queries of a batch")
@@ -163,11 +165,14 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="batched timings: best of")
     parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     parser.add_argument("--centres", type=int, default=4096, help="clusters of the synthetic codes")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(n), at most train-size / 39)")
+    parser.add_argument("--nlist", type=int, default=None,
+                        help="IVF lists (default 4 sqrt(n), at most train-size / 39)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--train-size", type=int, default=50_000, help="codes the IVF quantizer is trained on")
-    parser.add_argument("--numpy-max", type=int, default=2_000_000, help="largest size for the numpy Hamming brute force")
-    parser.add_argument("--float-size", type=int, default=1_000_000, help="items of the float cosine benchmark (0: skip)")
+    parser.add_argument("--numpy-max", type=int, default=2_000_000,
+                        help="largest size for the numpy Hamming brute force")
+    parser.add_argument("--float-size", type=int, default=1_000_000,
+                        help="items of the float cosine benchmark (0: skip)")
     parser.add_argument("--dim", type=int, default=512)
     args = parser.parse_args()
     if args.bits % 8:
@@ -183,17 +188,19 @@ def main():
 
     print("\n== summary")
     for r in rows:
-        line = f"{r['n']:>12,} codes: exact {r['flat_batch_ms']:.3f} ms/query batched, {r['flat_single_ms']:.2f} ms alone"
+        line = (f"{r['n']:>12,} codes: exact {r['flat_batch_ms']:.3f} ms/query batched, "
+                f"{r['flat_single_ms']:.2f} ms alone")
         if floats:
             scale = r["n"] / floats["n"]
             line += (f"; float IndexFlatIP at this size (scaled from {floats['n']:,}): "
-                     f"{floats['flatip_batch_ms'] * scale:.2f} ms/query batched, {floats['flatip_single_ms'] * scale:.1f} ms alone "
+                     f"{floats['flatip_batch_ms'] * scale:.2f} ms/query batched, "
+                     f"{floats['flatip_single_ms'] * scale:.1f} ms alone "
                      f"-> codes {floats['flatip_batch_ms'] * scale / r['flat_batch_ms']:.0f}x / "
                      f"{floats['flatip_single_ms'] * scale / r['flat_single_ms']:.0f}x faster")
         print(line)
     if floats:
-        print(f"memory: {rows[0]['bytes_per_item']} bytes per code vs {floats['bytes_per_item']} per {args.dim}-d float "
-              f"feature: {floats['bytes_per_item'] / rows[0]['bytes_per_item']:.0f}x less")
+        print(f"memory: {rows[0]['bytes_per_item']} bytes per code vs {floats['bytes_per_item']} per {args.dim}-d "
+              f"float feature: {floats['bytes_per_item'] / rows[0]['bytes_per_item']:.0f}x less")
 
 
 if __name__ == "__main__":

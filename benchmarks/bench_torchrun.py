@@ -42,7 +42,8 @@ def encoding_rate(command: list[str], env: dict) -> tuple[float, float]:
         raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
     found = re.search(r"encoded (\d+) images in ([\d.]+) s", proc.stdout)
     if found is None:
-        raise SystemExit(f"no 'encoded N images in T s' line in the output of {' '.join(command)}:\n{proc.stdout[-2000:]}")
+        raise SystemExit("no 'encoded N images in T s' line in the output of "
+                         f"{' '.join(command)}:\n{proc.stdout[-2000:]}")
     return int(found[1]) / float(found[2]), wall
 
 
@@ -59,7 +60,8 @@ def main(args: argparse.Namespace) -> None:
             "1 process, 1 thread": ([sys.executable, *script], {"OMP_NUM_THREADS": "1"}),
             f"1 process, {cores} threads": ([sys.executable, *script], {}),
             f"torchrun, {args.nproc} ranks x 1 thread": (
-                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", *script],
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+                 *script],
                 {"OMP_NUM_THREADS": "1"}),
         }
         rates = {}

@@ -60,7 +60,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "data"
             make_synthetic_features(get_dataset(key), data, n_images=n_images)
-            argv = ["--dataset", key, "--data-dir", str(data), "--out-dir", str(Path(tmp) / "runs"), "--bit", str(args.bit),
+            argv = ["--dataset", key, "--data-dir", str(data), "--out-dir", str(Path(tmp) / "runs"), "--bit",
+                    str(args.bit),
                     "--epochs", str(args.epochs), "--valid-freq", str(args.epochs + 1), "--device", "cpu"]
             duch_main.main(duch_main.get_args_parser().parse_args(argv))
             run_dir = Path(tmp) / "runs" / f"{key}_{args.bit}_test_default"
@@ -69,16 +70,18 @@ def main():
             start = time.perf_counter()
             metrics = duch_main.main(duch_main.get_args_parser().parse_args([*argv, "--test"]))
             test_s = time.perf_counter() - start
-            from utils.train.runner import RunData
             from configs.train import TrainConfig
+            from utils.train.runner import RunData
 
             views = RunData(TrainConfig(dataset=key, data_dir=str(data)), torch.device("cpu")).train_views
             t_index, t_loader = batch_assembly(views, 256)
         print(f"\n== {key.upper()}-shaped: {n_images} images, {args.bit} bits ==")
         print(f"one training epoch (median of {args.epochs}): {epoch_s:.2f} s")
-        print(f"full --test (load features, encode, all metrics, files, plots): {test_s:.2f} s; metrics alone {metrics['eval_time_s']:.2f} s "
+        print(f"full --test (load features, encode, all metrics, files, plots): {test_s:.2f} s; metrics alone "
+              f"{metrics['eval_time_s']:.2f} s "
               f"({metrics['n_query']} queries x {metrics['n_db']} database items)")
-        print(f"batch assembly for one epoch: tensor indexing {t_index * 1e3:.1f} ms, per-sample DataLoader {t_loader * 1e3:.1f} ms, "
+        print(f"batch assembly for one epoch: tensor indexing {t_index * 1e3:.1f} ms, per-sample DataLoader "
+              f"{t_loader * 1e3:.1f} ms, "
               f"ratio {t_loader / t_index:.0f}x")
 
 

@@ -153,7 +153,8 @@ def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", data_dir: str | 
     if img_aug == "rotation_cc" and rot_deg is not None:
         command += " --rot-deg " + " ".join(_int_name(r) for r in rot_deg)
     if img_aug == "blur_cc" and blur_val is not None:
-        command += " --blur-val " + " ".join([_int_name(k) for k in blur_val[:2]] + [_float_name(s) for s in blur_val[2:]])
+        values = [_int_name(k) for k in blur_val[:2]] + [_float_name(s) for s in blur_val[2:]]
+        command += " --blur-val " + " ".join(values)
     if img_aug == "jitter_cc" and jit_str is not None:
         command += f" --jit-str {_float_name(jit_str)}"
     return command + _data_dir_flag(ds, data_dir)
@@ -163,12 +164,13 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str 
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
     if settings is None:
-        return (f"python images_augment.py --dataset {ds.key} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which writes "
-                f"image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
+        return (f"python images_augment.py --dataset {ds.key} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which "
+                f"writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
     return image_emb_command(ds, data_dir=data_dir, **settings)
 
 
-def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY, data_dir: str | Path | None = None) -> str:
+def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY,
+                        data_dir: str | Path | None = None) -> str:
     """The command(s) that write a caption feature file (for error messages)."""
     where = _data_dir_flag(ds, data_dir)
     embed = f"python captions_embed.py --dataset {ds.key}{where}"

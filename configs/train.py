@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from configs.datasets import get_dataset
+from configs.errors import DUCHError, did_you_mean
+from configs.presets import get_preset
+
 MODELS = ("duch",)  # --model names, lower case (any case is accepted)
 
 
@@ -51,15 +55,13 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """Catch bad settings at the door, before any file is read (and before torch is imported)."""
-    from configs.datasets import get_dataset
-    from configs.errors import DUCHError, did_you_mean
-    from configs.presets import get_preset
-
     get_dataset(cfg.dataset)
     get_preset(cfg.preset)
     if cfg.model not in MODELS:
-        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: {', '.join(MODELS)}")
-    for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2), ("valid-freq", cfg.valid_freq, 1)):
+        raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: "
+                        f"{', '.join(MODELS)}")
+    for name, value, low in (("bit", cfg.bit, 1), ("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 2),
+                             ("valid-freq", cfg.valid_freq, 1)):
         if value < low:
             raise DUCHError(f"--{name} must be at least {low}, got {value}")
     if len(cfg.contrastive_weights) != 3:
@@ -76,7 +78,6 @@ def check_values(cfg: TrainConfig) -> None:
     """Types and ranges of every number (also what a hand-edited config.json holds): nan, inf, a string where
     a number belongs, a seed numpy cannot take, a temperature that overflows the loss."""
     from configs.checks import check_finite, check_int, check_seed
-    from configs.errors import DUCHError
 
     for name in ("bit", "epochs", "batch_size", "valid_freq", "lr_decay_freq", "map_k"):
         check_int(f"--{name.replace('_', '-')}", getattr(cfg, name), 1)

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from utils.errors import did_you_mean
+
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -46,7 +48,6 @@ def suggest_model(name: str) -> str:
     """' (did you mean X?)' for the closest known encoder name (bert_score's list and the local cache), or ''."""
     from bert_score.utils import model2layers
 
-    from utils.errors import did_you_mean
 
     known = [*model2layers, *cached_model_names()]
     return "" if name in known else did_you_mean(name, known)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDataset, collate_or_error, consecutive_batches
 from utils.errors import DUCHError
 from utils.io import sha256_of
 
@@ -17,13 +18,13 @@ FEATURE_DIM = 512
 
 def imagenet_cache_path() -> Path:
     """Where torchvision keeps the ImageNet checkpoint: ``$TORCH_HOME/hub/checkpoints/``."""
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
     return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_CHECKPOINT
 
 
 def _imagenet_state_dict() -> dict:
-    from torchvision.models import ResNet18_Weights
+    from torchvision.models import ResNet18_Weights  # lazy: a heavy import, paid only where it is used (start-up time)
 
     weights = ResNet18_Weights[IMAGENET_WEIGHTS]
     try:
@@ -38,7 +39,7 @@ def _imagenet_state_dict() -> dict:
 
 
 def _local_state_dict(path: Path) -> dict:
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
     if not path.is_file():
         raise DUCHError(
@@ -63,8 +64,8 @@ def build_image_encoder(weights: str = "imagenet"):
     ``none`` (random initialisation from torch's current seed: for tests and offline demos), or a path
     to a ResNet18 state-dict file (``fc.*`` entries are ignored).
     """
-    import torch
-    from torchvision.models import resnet18
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
+    from torchvision.models import resnet18  # lazy: a heavy import, paid only where it is used (start-up time)
 
     # weights to load: nothing to initialise at random only to overwrite, so the model is built on the meta
     # device and the loaded tensors are assigned
@@ -85,7 +86,8 @@ def build_image_encoder(weights: str = "imagenet"):
         state = _local_state_dict(path)
         description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k,
+             v in state.items() if not k.startswith("fc.")}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
@@ -104,7 +106,7 @@ def encode_images(model, loader, device, num_images: int, train_mode: bool = Fal
     ``features``/``filled`` continue an interrupted run (rows already encoded); ``on_batch(features,
     filled)`` is called after every batch, e.g. to save progress.
     """
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
     from tqdm import tqdm
 
     model = model.to(device)
@@ -149,9 +151,8 @@ def encode_image_files(model, transform, paths, device="cpu", batch_size: int = 
     ``max_pixels``, ``bit_depth``: see ``utils.data.images.load_image``. ``features``/``filled``/``on_batch``: see
     ``encode_images``; batches already filled are skipped.
     """
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
-    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDataset, collate_or_error, consecutive_batches
 
     device = torch.device(device)
     n = len(paths)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.hub import from_pretrained_local_first
+from models.hub import from_pretrained_local_first, suggest_model
 from utils.errors import DUCHError
 
 DEFAULT_TEXT_MODEL = "bert-base-uncased"
@@ -98,8 +98,6 @@ def _one_line(err: Exception) -> str:
 
 
 def _missing_model_error(name: str, reason: str) -> DUCHError:
-    from models.hub import suggest_model
-
     return DUCHError(
         f"cannot load text model {name!r} ({reason}){suggest_model(name)}. Provide it one of two ways: download it "
         f"once with network (python -c \"from transformers import AutoModel, AutoTokenizer; "
@@ -115,7 +113,7 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
     Any failure (no network, not cached, wrong path, not a model folder, no tokenizer) is one DUCHError
     naming the model and how to provide it; a folder is never answered with a download hint.
     """
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
     name = str(name)
     path = Path(name).expanduser()
@@ -133,7 +131,7 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
                         "save_pretrained, or a Hugging Face model name")
     else:
         source = name
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # lazy: start-up time
 
     try:
         tokenizer = from_pretrained_local_first(AutoTokenizer, source)
@@ -149,7 +147,8 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
             raise DUCHError(f"cannot load the weights of text model folder {path}: {_one_line(err)[:300]}") from None
         raise _missing_model_error(name, _one_line(err)[:300]) from None
     if not getattr(model.config, "hidden_size", None) or not getattr(model.config, "num_hidden_layers", None):
-        raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no hidden_size/num_hidden_layers)")
+        raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no "
+                        "hidden_size/num_hidden_layers)")
     device = torch.device(device)
     model.eval().to(device)
     return TextModel(name=name, source=source, tokenizer=tokenizer, model=model, device=device)
@@ -192,7 +191,7 @@ def embed_captions(
     positions, padding included. ``pad_to_max_length`` / ``sort_by_length`` override the padding
     plan (for tests and benchmarks); in quirk mode padding is always to ``max_length``.
     """
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
     from tqdm import tqdm
 
     if operator not in OPERATORS:
@@ -288,8 +287,8 @@ def build_random_bert(
     and their ``##`` continuations, so any lower-case ASCII text tokenises without [UNK]. Used by the
     tests and as the offline demo's last-resort caption encoder; weights depend only on ``seed``.
     """
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
+    from transformers import BertConfig, BertModel, BertTokenizer  # lazy: start-up time
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,8 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def _real_torchrun_launch_in_background(request, tmp_path_factory):
     """tests/test_distributed.py's one real torchrun launch starts with the session and runs alongside it."""
-    if not any(item.nodeid == "tests/test_distributed.py::test_torchrun_images_equal_one_process" for item in request.session.items):
+    launch = "tests/test_distributed.py::test_torchrun_images_equal_one_process"
+    if not any(item.nodeid == launch for item in request.session.items):
         yield
         return
     from tests.test_distributed import launch_torchrun_images, stop_launched

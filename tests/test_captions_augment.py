@@ -8,7 +8,10 @@ import captions_augment
 from utils.preprocess import backtranslation as bt
 from utils.preprocess import caption_augment
 from utils.preprocess.rule_based import (
-    DEFAULT_LEXICON, Lexicon, LexiconTagger, RuleBasedAugmenter,
+    DEFAULT_LEXICON,
+    Lexicon,
+    LexiconTagger,
+    RuleBasedAugmenter,
 )
 
 CAPTIONS = {

@@ -14,8 +14,8 @@ import captions_embed
 from models import text_encoder
 from models.text_encoder import embed_captions, load_text_model, preprocess_caption
 from tests.tiny_bert import save_tiny_bert
-from utils.preprocess import caption_features
 from utils.errors import DUCHError
+from utils.preprocess import caption_features
 
 # 3 images x 5 captions of varied length; "A Farm." (row 0) and "a farm" (row 7) must embed alike
 CAPTIONS = [
@@ -142,7 +142,8 @@ def test_random_weights_are_recorded_and_warned_about(default_run, tiny_bert_dir
     _, attrs, _ = read(out["raw"])
     assert bool(attrs["random_weights"]) is False and random_encoder_warning(out["raw"], "caption_emb") is None
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        run_main(["--data-dir", str(data_dir), "--model", str(tiny_bert_dir), "--device", "cpu", "--no-progress", "--overwrite"])
+        run_main(["--data-dir", str(data_dir), "--model", str(tiny_bert_dir), "--device", "cpu", "--no-progress",
+                  "--overwrite"])
 
 
 def test_rows_in_json_order_and_match_reference(default_run, text_model):
@@ -326,7 +327,8 @@ def test_per_set_resume_after_interrupt(tmp_path, tiny_bert_dir, monkeypatch, ca
     raw_bytes = raw_file.read_bytes()
 
     calls.clear()
-    monkeypatch.setattr(caption_features, "embed_captions", lambda tm, texts, **kw: calls.append(kw["desc"]) or real(tm, texts, **kw))
+    monkeypatch.setattr(caption_features, "embed_captions", lambda tm, texts,
+                        **kw: calls.append(kw["desc"]) or real(tm, texts, **kw))
     run_main(argv)  # resumes: only the missing set
     assert calls == ["embed aug_rb"] and raw_file.read_bytes() == raw_bytes
     assert "kept" in capsys.readouterr().out
@@ -386,7 +388,8 @@ def test_offline_demo_text_model(monkeypatch, tmp_path):
     (package / "model").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     spec = importlib.util.spec_from_file_location(text_encoder.DEMO_TEXT_PACKAGE, package / "__init__.py")
-    monkeypatch.setattr(text_encoder.importlib.util, "find_spec", lambda name: spec if name == text_encoder.DEMO_TEXT_PACKAGE else None)
+    monkeypatch.setattr(text_encoder.importlib.util, "find_spec",
+                        lambda name: spec if name == text_encoder.DEMO_TEXT_PACKAGE else None)
     for name in ("config.json", "vocab.txt"):
         (package / "model" / name).write_text("{}")
     assert text_encoder.offline_demo_text_model() is None  # no weights file yet

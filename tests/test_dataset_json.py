@@ -13,7 +13,8 @@ from utils.errors import DUCHError
 def small_json(n=3, with_codes=True):
     images = []
     for j in range(n):
-        sentences = [{"raw": f"caption {i} of image {j} .", "aug_rb": f"sentence {i} of picture {j} ."} for i in range(5)]
+        sentences = [{"raw": f"caption {i} of image {j} .",
+                      "aug_rb": f"sentence {i} of picture {j} ."} for i in range(5)]
         image = {"filename": f"{j + 1}.tif", "sentences": sentences}
         if with_codes:
             image["classcode"] = j % 2

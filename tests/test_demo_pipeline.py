@@ -57,7 +57,8 @@ def test_default_demo_builds_its_data_under_data_demo(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(utils.demo.pipeline, "ensure_demo_features", lambda data_dir, **kw: calls.append(str(data_dir)) or {})
+    monkeypatch.setattr(utils.demo.pipeline, "ensure_demo_features", lambda data_dir,
+                        **kw: calls.append(str(data_dir)) or {})
     with pytest.raises(SystemExit):  # the stub made no files: the missing JSON is reported
         run_main("--dataset", "demo", "--epochs", "1")
     assert calls == ["data/demo"]

@@ -105,7 +105,8 @@ def ranks(work, argv, world=2, capture_dir=None):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     context = multiprocessing.get_context("fork")
-    procs = [context.Process(target=_rank_main, args=(rank, world, port, work, list(argv), capture_dir)) for rank in range(world)]
+    procs = [context.Process(target=_rank_main,
+                             args=(rank, world, port, work, list(argv), capture_dir)) for rank in range(world)]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -188,7 +189,8 @@ def test_shards_are_contiguous_and_cover_the_rows():
         bounds = [shard_bounds(n, world, r) for r in range(world)]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-        assert shard_sizes(n, world) == [b - a for a, b in bounds] and max(shard_sizes(n, world)) - min(shard_sizes(n, world)) <= 1
+        assert shard_sizes(n, world) == [b - a for a,
+                                         b in bounds] and max(shard_sizes(n, world)) - min(shard_sizes(n, world)) <= 1
 
 
 def test_two_ranks_train_as_one_process(one_process, demo_features, tmp_path):
@@ -234,7 +236,8 @@ def images(tmp_path_factory):
 
 
 def encode_argv(data_dir, *extra) -> list[str]:
-    return ["--dataset", "demo", "--data-dir", str(data_dir), "--weights", "none", "--num-workers", "0", "--no-progress",
+    return ["--dataset", "demo", "--data-dir", str(data_dir), "--weights", "none", "--num-workers", "0",
+            "--no-progress",
             "--batch-size", "5", *extra]
 
 
@@ -260,7 +263,8 @@ def _encode_but_the_merge_dies(argv):
 
 
 def one_process_features(data_dir, *extra):
-    """One process, one thread: CPU convolutions round alike only with the same thread count (torchrun's ranks have 1)."""
+    """One process, one thread: CPU convolutions round alike only with the same thread count (torchrun's ranks
+    have 1)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -333,7 +337,8 @@ def test_caption_embeddings_from_two_ranks_equal_one_process(tmp_path, quirks):
         make_json(dirs[name] / "augmented_UCM.json", with_aug=True)
 
     def argv(data_dir):
-        return ["--data-dir", str(data_dir), "--model", str(model), "--device", "cpu", "--batch-size", "4", "--no-progress",
+        return ["--data-dir", str(data_dir), "--model", str(model), "--device", "cpu", "--batch-size", "4",
+                "--no-progress",
                 *(["--original-quirks"] if quirks else [])]
 
     threads = torch.get_num_threads()
@@ -374,7 +379,8 @@ def test_search_index_image_dir_from_two_ranks_equals_one_process(tiny_run, tmp_
     assert ranks(_search, [*args, "--out", str(tmp_path / "two")]) == [0, 0]
     one, two = tmp_path / "one", tmp_path / "two"
     assert (two / "manifest.json").is_file()
-    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl", "codes_captions.npy",
+    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl",
+                 "codes_captions.npy",
                  *(f"image_dir_features/shard_00000{i}.npy" for i in range(3))):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 

@@ -74,7 +74,8 @@ def test_single_modality_packed_and_options(tmp_path, capsys):
 
 def test_main_py_codes_score_as_main_py_does(demo_features, tmp_path):
     """One engine: evaluate.py on a run's codes.npz gives that run's metrics.json."""
-    metrics = run_main("--dataset", "demo", "--bit", "8", "--epochs", "2", "--batch-size", "32", "--data-dir", str(demo_features), "--out-dir", str(tmp_path))
+    metrics = run_main("--dataset", "demo", "--bit", "8", "--epochs", "2", "--batch-size", "32", "--data-dir",
+                       str(demo_features), "--out-dir", str(tmp_path))
     run_dir = tmp_path / "demo_8_test_default"
     again = evaluate("--codes", run_dir / "codes.npz")
     for key in ("map@20", "map@10", "chance", "p@k", "precision_radius", "recall_radius"):
@@ -135,7 +136,9 @@ def test_missing_file_and_existing_out(tmp_path, capsys):
 
 
 def test_cli_help_and_error_without_traceback(tmp_path):
-    help_text = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    help_text = subprocess.run([sys.executable, "evaluate.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True).stdout
     assert "(default: [20, 10])" in help_text and "(default: 4.0)" in help_text
-    done = subprocess.run([sys.executable, "evaluate.py", "--codes", str(tmp_path / "x.npz")], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "evaluate.py", "--codes", str(tmp_path / "x.npz")], cwd=ROOT,
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "not found" in done.stderr

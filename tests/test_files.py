@@ -29,12 +29,15 @@ def test_parameters_in_names_and_the_older_names_still_read():
     assert files.image_emb_names(ucm, "jitter_cc", jit_str=1) == [
         "image_emb_UCM_aug_jitter_cc_1.0.h5", "image_emb_UCM_aug_jitter_cc_1.h5"]
     assert files.image_emb_names(ucm) == ["image_emb_UCM_aug_no_aug.h5", "image_emb_UCM_aug.h5"]
-    assert files.image_emb_names(ucm, "blur_cc") == ["image_emb_UCM_aug_blur_cc_3_3_1.1_1.3.h5"]  # the original's defaults, docs/method.md
+    # the original's defaults (docs/method.md)
+    assert files.image_emb_names(ucm, "blur_cc") == ["image_emb_UCM_aug_blur_cc_3_3_1.1_1.3.h5"]
     assert files.image_emb_names(ucm, "jitter_cc") == ["image_emb_UCM_aug_jitter_cc_0.5.h5"]
 
 
 def test_labels_from_classcode_or_rsicd_file_names():
     with_codes = {"images": [{"filename": "1.tif", "classcode": 3}, {"filename": "2.tif", "classcode": 0}]}
     assert image_labels(with_codes).tolist() == [3, 0]
-    rsicd = {"images": [{"filename": f} for f in ("viaduct_3.jpg", "airport_12.jpg", "bare_land_1.jpg", "airport_2.jpg")]}
-    assert np.array_equal(image_labels(rsicd, get_dataset("rsicd")), [2, 0, 1, 0])  # sorted class names: airport, bare_land, viaduct
+    rsicd = {"images": [{"filename": f} for f in ("viaduct_3.jpg", "airport_12.jpg", "bare_land_1.jpg",
+                                                  "airport_2.jpg")]}
+    # sorted class names: airport, bare_land, viaduct
+    assert np.array_equal(image_labels(rsicd, get_dataset("rsicd")), [2, 0, 1, 0])

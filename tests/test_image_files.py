@@ -15,12 +15,11 @@ from PIL import Image
 import images_augment
 from configs import files
 from configs.datasets import get_dataset
+from tests.conftest import count_image_reads
+from utils.data.images import ImageDataset, load_image
 from utils.demo.scenes import make_demo_dataset
 from utils.errors import DUCHError
-from utils.data.images import ImageDataset, load_image
 from utils.io import read_h5
-
-from tests.conftest import count_image_reads
 
 UCM, DEMO = get_dataset("ucm"), get_dataset("demo")
 
@@ -209,7 +208,8 @@ def test_multi_band_images(tmp_path):
     np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "rgbn.tif")), rgbn[..., :3])
     wide = rng.integers(0, 65536, (40, 50, 4), dtype=np.uint16)
     write_tiff(tmp_path / "rgbn16.tif", wide)  # 4-band 16-bit TIFF
-    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "rgbn16.tif")), (wide[..., :3] >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "rgbn16.tif")),
+                                  (wide[..., :3] >> 8).astype(np.uint8))
 
 
 def test_unconvertible_images_are_refused_by_name(tmp_path):

@@ -21,12 +21,10 @@ from PIL import Image
 import images_augment
 from configs import datasets
 from configs.files import IMAGE_EMB_KEY
-from utils.demo.scenes import make_demo_dataset
-from utils.data.transforms import (EACH_IMG_RANDOM_CHOICES, AugParams, SeededTransform,
-                                    original_each_img_random_choices)
-from utils.io import read_h5
-
 from tests.conftest import count_image_reads
+from utils.data.transforms import EACH_IMG_RANDOM_CHOICES, AugParams, SeededTransform, original_each_img_random_choices
+from utils.demo.scenes import make_demo_dataset
+from utils.io import read_h5
 
 N_IMAGES = 6
 BATCH = 2  # the demo's batch fact is patched to 2 so that 6 images make 3 batches
@@ -145,7 +143,7 @@ def original_choices_by_emulation(n: int) -> dict[int, str]:
             return img
         return apply
 
-    identity = lambda img: img  # noqa: E731: torch-only draws (blur, jitter, crop) are irrelevant here
+    identity = lambda img: img  # noqa: E731 (torch-only draws: blur, jitter, crop are irrelevant here)
     sets = [set_named("rotation_cc", RandomChoice09([identity]), identity),  # config order of 'each_img_random'
             set_named("blur_cc", identity, identity),
             set_named("jitter_cc", identity, identity)]

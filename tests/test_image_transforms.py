@@ -17,8 +17,8 @@ from PIL import Image
 import images_augment
 from configs.files import IMAGE_EMB_KEY
 from models.image_encoder import build_image_encoder, encode_image_files
-from utils.demo.scenes import make_demo_dataset
 from utils.data.transforms import EACH_IMG_RANDOM_CHOICES, AugParams, SeededTransform, build_transform
+from utils.demo.scenes import make_demo_dataset
 from utils.io import read_h5
 
 DRAWS = 16  # images (indices) per randomness check

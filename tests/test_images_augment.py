@@ -15,9 +15,9 @@ import images_augment
 from configs.datasets import get_dataset
 from configs.files import IMAGE_EMB_KEY, image_emb_name
 from models.image_encoder import RESNET18_CHECKPOINT, build_image_encoder
+from utils.data.transforms import IMAGE_AUG_SETS, AugParams, SeededTransform, build_transform
 from utils.demo.scenes import make_demo_dataset
 from utils.errors import DUCHError
-from utils.data.transforms import IMAGE_AUG_SETS, AugParams, SeededTransform, build_transform
 from utils.io import read_h5
 
 DEMO = get_dataset("demo")

@@ -35,14 +35,16 @@ def test_run_folder_contents(trained):
             "codes.npz", "pr_curves.png", "p_at_k.png", "losses.png", "train.log"} <= names
     config = json.loads((run_dir / "config.json").read_text())
     assert config["bit"] == 8 and config["seed"] == 42 and config["original_quirks"] is False
-    assert config["resolved_device"] == "cpu" and "torch" in config["versions"] and config["files"]["caption_aug"].endswith("caption_emb_DEMO_aug_rb.h5")
+    assert config["resolved_device"] == "cpu" and "torch" in config["versions"]
+    assert config["files"]["caption_aug"].endswith("caption_emb_DEMO_aug_rb.h5")
     split = json.loads((run_dir / "split.json").read_text())
     n = SMALL["n_images"]
     assert len(split["train"]) == n // 2 and len(split["query"]) + len(split["db"]) == n - n // 2
     assert len(split["train_captions"]) == len(split["train"]) and len(split["db_captions"]) == len(split["db"])
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]  # 1-based, as in the log and metrics.json
-    assert set(history[0]["loss"]) == {"total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator"}
+    assert set(history[0]["loss"]) == {"total", "contrastive", "adversarial", "quantization", "bit_balance",
+                                       "discriminator"}
     assert "valid" in history[1] and "valid" in history[2] and "valid" not in history[0]
     for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
         payload = torch.load(run_dir / name, weights_only=True)
@@ -51,7 +53,8 @@ def test_run_folder_contents(trained):
     for k in ("map@20", "map@10"):
         assert set(saved[k]) == {"i2t", "t2i", "i2i", "t2t", "avg"}
         assert saved[k]["avg"] == pytest.approx(np.mean([saved[k][d] for d in ("i2t", "t2i", "i2i", "t2t")]))
-    assert set(saved["p@k"]["i2t"]) and len(saved["precision_radius"]["t2i"]) == 9 and len(saved["recall_radius"]["i2i"]) == 9
+    assert set(saved["p@k"]["i2t"])
+    assert len(saved["precision_radius"]["t2i"]) == 9 and len(saved["recall_radius"]["i2i"]) == 9
     codes = np.load(run_dir / "codes.npz")
     assert codes["q_img"].dtype == np.int8 and codes["q_img"].shape == (len(split["query"]), 8)
     assert codes["db_txt"].shape == (len(split["db"]), 8) and set(np.unique(codes["db_txt"])) <= {-1, 1}
@@ -100,7 +103,8 @@ def test_resume_gives_the_same_codes(demo_features, tmp_path, monkeypatch):
     assert [record["epoch"] for record in history] == [1, 2, 3, 4]
     # docs/method.md: validation every valid_freq epochs and at the last; the best epoch survives the resume
     assert [record["epoch"] for record in history if "valid" in record] == [3, 4]
-    best = [re.findall(r"best epoch (\d+)", (d / "train.log").read_text())[-1] for d in (full / "demo_8_test_default", run_dir)]
+    best = [re.findall(r"best epoch (\d+)",
+                       (d / "train.log").read_text())[-1] for d in (full / "demo_8_test_default", run_dir)]
     assert best[0] == best[1]
 
 
@@ -126,7 +130,8 @@ def test_missing_feature_file_names_file_and_command(demo_features, tmp_path, ca
     err = expect_error(capsys, *train_args(data, tmp_path / "out"), match="caption_emb_DEMO_aug_rb.h5")
     assert "captions_augment.py --dataset demo --txt-aug rule-based" in err and "captions_embed.py" in err
     (data / "image_emb_DEMO_aug_center_crop_only.h5").unlink()
-    expect_error(capsys, *train_args(data, tmp_path / "out"), match="images_augment.py --dataset demo --img-aug center_crop_only")
+    expect_error(capsys, *train_args(data, tmp_path / "out"),
+                 match="images_augment.py --dataset demo --img-aug center_crop_only")
 
 
 def test_missing_json(tmp_path, capsys):
@@ -143,7 +148,8 @@ def test_row_mismatch_width_and_nan(demo_features, tmp_path, capsys):
     n = SMALL["n_images"]
     _write(data / "caption_emb_DEMO_aug.h5", "caption_emb", np.ones((n, SMALL["caption_dim"]), np.float32))
     expect_error(capsys, *train_args(data, tmp_path / "o"), match=f"{n} rows")
-    _write(data / "caption_emb_DEMO_aug.h5", "caption_emb", np.random.rand(5 * n, SMALL["caption_dim"] + 1).astype(np.float32))
+    _write(data / "caption_emb_DEMO_aug.h5", "caption_emb",
+           np.random.rand(5 * n, SMALL["caption_dim"] + 1).astype(np.float32))
     expect_error(capsys, *train_args(data, tmp_path / "o"), match="width")
     bad = np.random.rand(5 * n, SMALL["caption_dim"]).astype(np.float32)
     bad[3, 1] = np.nan
@@ -153,7 +159,8 @@ def test_row_mismatch_width_and_nan(demo_features, tmp_path, capsys):
 
 def test_ucm_trains_on_other_encoder_widths_and_records_them(tmp_path, capsys):
     make_synthetic_features(get_dataset("ucm"), tmp_path, n_images=42, image_dim=100, caption_dim=384)
-    run_main("--dataset", "ucm", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--epochs", "1", "--batch-size", "8", "--bit", "8")
+    run_main("--dataset", "ucm", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--epochs", "1",
+             "--batch-size", "8", "--bit", "8")
     config = json.loads((tmp_path / "o" / "ucm_8_test_default" / "config.json").read_text())
     assert config["feature_widths"] == {"image": 100, "caption": 384}
     assert "not the 768 of the paper's BERT-base" in capsys.readouterr().out
@@ -161,8 +168,10 @@ def test_ucm_trains_on_other_encoder_widths_and_records_them(tmp_path, capsys):
 
 def test_unknown_dataset_preset_model(tmp_path, capsys):
     expect_error(capsys, "--dataset", "mnist", "--out-dir", str(tmp_path), match="unknown dataset 'mnist'")
-    expect_error(capsys, "--dataset", "demo", "--preset", "fancy", "--out-dir", str(tmp_path), match="unknown preset 'fancy'")
-    expect_error(capsys, "--dataset", "demo", "--model", "jdsh", "--out-dir", str(tmp_path), match="unknown model 'jdsh'")
+    expect_error(capsys, "--dataset", "demo", "--preset", "fancy", "--out-dir", str(tmp_path),
+                 match="unknown preset 'fancy'")
+    expect_error(capsys, "--dataset", "demo", "--model", "jdsh", "--out-dir", str(tmp_path),
+                 match="unknown model 'jdsh'")
 
 
 def test_test_without_model_and_with_other_bits(trained, demo_features, tmp_path, capsys):
@@ -211,8 +220,8 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path, capsys):
-    from utils.train.checkpoints import load_checkpoint
     from utils.errors import DUCHError
+    from utils.train.checkpoints import load_checkpoint
 
     path = tmp_path / "evil.pt"
     torch.save({"obj": Path("x")}, path)  # an arbitrary Python object needs full unpickling

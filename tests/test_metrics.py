@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from utils.errors import DUCHError
+from utils.retrieval.codes import pack_codes
 from utils.retrieval.hamming import as_code_words, hamming_distances
 from utils.retrieval.metrics import P_AT_K_CUTOFFS, as_labels, retrieval_metrics
-from utils.retrieval.codes import pack_codes
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed"))]
@@ -138,7 +138,8 @@ def test_ties_broken_by_database_order(kernel):
     q = np.array([[1, 1]])
     db = np.array([[1, 1], [1, 1], [-1, -1]])
     # the first two items tie at distance 0; only the second is relevant -> rank 2 -> AP = 1/2
-    assert retrieval_metrics(q, db, np.array([1]), np.array([0, 1, 1]), map_ks=(1,), kernel=kernel)["map@1"] == pytest.approx(0.5)
+    assert retrieval_metrics(q, db, np.array([1]), np.array([0, 1, 1]), map_ks=(1,),
+                             kernel=kernel)["map@1"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -192,7 +193,8 @@ def test_packed_padding_bits_are_ignored():
     q, d = random_codes(rng, 5, 12), random_codes(rng, 30, 12)
     packed_q, packed_d = pack_codes(q), pack_codes(d)
     packed_d[:, -1] |= 0x0F  # the 4 bits past bit 12
-    assert retrieval_metrics(packed_q, packed_d, np.zeros(5), np.zeros(30), bits=12) == retrieval_metrics(q, d, np.zeros(5), np.zeros(30))
+    assert retrieval_metrics(packed_q, packed_d, np.zeros(5), np.zeros(30),
+                             bits=12) == retrieval_metrics(q, d, np.zeros(5), np.zeros(30))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -248,7 +250,8 @@ def test_hamming_distances_count_differing_bits():
         (np.ones((2, 8)), np.ones((3, 8)), np.zeros(2), np.zeros((3, 4)), {}, "class codes"),
         (np.ones((2, 8)), np.ones((3, 8)), np.zeros((2, 4)), np.full((3, 4), 3), {}, "only 0 and 1"),
         (np.ones((2, 8)), np.ones((3, 8)), np.array([0.0, np.nan]), np.zeros(3), {}, "NaN"),
-        (np.ones((2, 3), np.uint8), np.ones((3, 3), np.uint8), np.zeros(2), np.zeros(3), {"bits": 12}, "3 bytes per row"),
+        (np.ones((2, 3), np.uint8), np.ones((3, 3), np.uint8), np.zeros(2), np.zeros(3), {"bits": 12},
+         "3 bytes per row"),
         (np.ones((2, 8)), np.ones((3, 8)), np.zeros(2), np.zeros(3), {"memory_gb": 0}, "--memory-gb"),
     ],
 )

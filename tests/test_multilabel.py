@@ -17,8 +17,10 @@ DB_CODES = torch.tensor([[1, 1, 1, 1], [-1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -
 Q_CODES = torch.tensor([[1, 1, 1, 1], [-1, -1, -1, -1]], dtype=torch.float32)
 Q_LABELS = torch.tensor([[1, 1, 0], [0, 0, 1]])
 DB_LABELS = torch.tensor([[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1]])
-# query 0 (labels 0, 1): relevant d1 (label 1), d2 (label 0), d3 (label 1) at ranks 2, 3, 4 -> AP = (1/2 + 2/3 + 3/4) / 3
-# query 1 (label 2): ranking d3, d2, d1, d0; relevant d3 (label 2) and d0 (label 2) at ranks 1, 4 -> AP = (1/1 + 2/4) / 2
+# query 0 (labels 0, 1): relevant d1 (label 1), d2 (label 0), d3 (label 1) at ranks 2, 3, 4 -> AP = (1/2 + 2/3 + 3/4) /
+# 3
+# query 1 (label 2): ranking d3, d2, d1, d0; relevant d3 (label 2) and d0 (label 2) at ranks 1, 4 -> AP = (1/1 + 2/4) /
+# 2
 EXPECTED_MAP = ((1 / 2 + 2 / 3 + 3 / 4) / 3 + (1 + 2 / 4) / 2) / 2
 EXPECTED_CHANCE = 5 / 8
 

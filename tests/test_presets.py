@@ -3,8 +3,8 @@ import pytest
 
 from configs.datasets import get_dataset
 from configs.presets import PRESETS, get_preset
-from utils.errors import DUCHError
 from utils.data.features import resolve_files
+from utils.errors import DUCHError
 
 # docs/formats.md: preset -> (augmented image set, augmented caption set)
 PRESET_TABLE = {

@@ -15,8 +15,8 @@ import torch
 
 from tests.test_captions_augment import CAPTIONS, read_out, run, write_dataset
 from tests.tiny_bert import TEST_WORDS, save_tiny_bert
-from utils.preprocess import rule_based_glove as paper
 from utils.errors import DUCHError
+from utils.preprocess import rule_based_glove as paper
 from utils.preprocess.rule_based import build_augmenter
 
 # tag of each word of the tiny tagger's training sentences (its tagdict then holds them all)

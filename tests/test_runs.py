@@ -57,13 +57,15 @@ def test_test_without_data_dir_reads_it_from_config(tmp_path, monkeypatch):
 def test_test_refuses_flags_that_contradict_the_run(seeded_run, capsys):
     data, out, run_dir, _ = seeded_run
     before = {p.name: p.read_bytes() for p in run_dir.glob("*.json")}
-    err = expect_error(capsys, *train_args(data, out, "--test", "--seed", "42"), match="--seed 42 contradicts the run's --seed 7")
+    err = expect_error(capsys, *train_args(data, out, "--test", "--seed", "42"),
+                       match="--seed 42 contradicts the run's --seed 7")
     assert err.count("\n") == 1 and "config.json" in err
     expect_error(capsys, *train_args(data, out, "--test", "--seed", "7", "--original-quirks"),
                  match="--original-quirks contradicts the run's no --original-quirks")
     other = _copy_features(data, data.parent / "other_data")
     expect_error(capsys, *train_args(other, out, "--test", "--seed", "7"), match="--data-dir")
-    expect_error(capsys, *train_args(data, out, "--test", "--seed", "7", "--alpha", "0.5"), match="--alpha 0.5 contradicts")
+    expect_error(capsys, *train_args(data, out, "--test", "--seed", "7", "--alpha", "0.5"),
+                 match="--alpha 0.5 contradicts")
     expect_error(capsys, *train_args(data, out, "--test", "--resume"), match="cannot be combined with --resume")
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.json")} == before  # nothing overwritten
 
@@ -71,7 +73,8 @@ def test_test_refuses_flags_that_contradict_the_run(seeded_run, capsys):
 def test_checkpoint_last_results_go_to_files_that_say_so(seeded_run):
     data, out, run_dir, _ = seeded_run
     best = (run_dir / "metrics.json").read_bytes()
-    metrics = run_main(*train_args(data, out, "--test", "--checkpoint", "last", "--seed", "7", "--epochs", "2", "--valid-freq", "1"))
+    metrics = run_main(*train_args(data, out, "--test", "--checkpoint", "last", "--seed", "7", "--epochs", "2",
+                                   "--valid-freq", "1"))
     assert (run_dir / "metrics.json").read_bytes() == best
     saved = json.loads((run_dir / "metrics_last.json").read_text())
     assert saved["model"] == {"checkpoint": "checkpoint_last.pt", "epoch": 2} == metrics["model"]
@@ -84,13 +87,15 @@ def test_resume_may_only_raise_epochs_and_records_it(demo_features, tmp_path, ca
     run_main(*train_args(demo_features, out, "--epochs", "2"))
     run_dir = out / RUN
     config = (run_dir / "config.json").read_bytes()
-    expect_error(capsys, *train_args(demo_features, out, "--resume", "--epochs", "1"), match="--resume can only raise that")
+    expect_error(capsys, *train_args(demo_features, out, "--resume", "--epochs", "1"),
+                 match="--resume can only raise that")
     expect_error(capsys, *train_args(demo_features, out, "--resume", "--epochs", "3", "--batch-size", "16"),
                  match="--batch-size 16 contradicts the run's --batch-size 32")
     expect_error(capsys, *train_args(demo_features, out, "--resume", "--overwrite"), match="pass one of them")
     assert (run_dir / "config.json").read_bytes() == config  # never rewritten by a refused resume
     # --resume with only the flags that name the run: the rest comes from config.json
-    run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out), "--resume", "--epochs", "3")
+    run_main("--dataset", "demo", "--bit", "8", "--data-dir", str(demo_features), "--out-dir", str(out), "--resume",
+             "--epochs", "3")
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["epochs"] == 3 and saved["batch_size"] == 32
     assert saved["resumed"][0]["epochs"] == [2, 3] and saved["resumed"][0]["after_epoch"] == 2
@@ -151,17 +156,19 @@ def test_checkpoint_of_other_widths_is_refused(demo_features, tmp_path, capsys):
     config = json.loads(config_path.read_text())
     del config["inputs"]
     config_path.write_text(json.dumps(config))
-    expect_error(capsys, *train_args(data, tmp_path / "o", "--test", "--epochs", "1"), match="was trained on features of width 24/40")
+    expect_error(capsys, *train_args(data, tmp_path / "o", "--test", "--epochs", "1"),
+                 match="was trained on features of width 24/40")
     with h5py.File(data / "caption_emb_DEMO_aug_rb.h5", "w") as f:
         f.create_dataset("caption_emb", data=rng.normal(size=(5 * n, 13)).astype(np.float32))
-    expect_error(capsys, *train_args(data, tmp_path / "p", "--epochs", "1"), match="both views of a modality must come from the same encoder")
+    expect_error(capsys, *train_args(data, tmp_path / "p", "--epochs", "1"),
+                 match="both views of a modality must come from the same encoder")
 
 
 # ---- 5. file modes, no stray folders -------------------------------------------------------------
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
-    from utils.train.checkpoints import save_checkpoint
     from utils.io import write_h5, write_json
+    from utils.train.checkpoints import save_checkpoint
 
     old = os.umask(umask)
     try:
@@ -210,11 +217,13 @@ def test_warnings(demo_features, tmp_path, capsys):
     (data / "augmented_DEMO.json").write_text(json.dumps(meta))
     with h5py.File(data / "image_emb_DEMO_aug_center_crop_only.h5", "a") as f:
         f["image_emb"].attrs["weights"] = "none (random initialisation)"  # as images_augment.py --weights none writes
-    run_main("--dataset", "demo", "--data-dir", str(data), "--out-dir", str(tmp_path / "o"), "--bit", "12", "--epochs", "1", "--batch-size", "500")
+    run_main("--dataset", "demo", "--data-dir", str(data), "--out-dir", str(tmp_path / "o"), "--bit", "12", "--epochs",
+             "1", "--batch-size", "500")
     out = capsys.readouterr().out
     warnings = json.loads((tmp_path / "o" / "demo_12_test_default" / "config.json").read_text())["warnings"]
     expected = ("--bit 12 is not a multiple of 8", "--batch-size 500 is larger than the 60 training images",
-                "no query has a relevant database item", "image_emb_DEMO_aug_center_crop_only.h5 was made by an encoder with RANDOM weights")
+                "no query has a relevant database item",
+                "image_emb_DEMO_aug_center_crop_only.h5 was made by an encoder with RANDOM weights")
     for text in expected:
         assert any(text in w for w in warnings), text
         assert text in out, text
@@ -228,7 +237,8 @@ def test_demo_random_text_encoder_is_read_from_its_record(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("caption_emb", data=np.ones((2, 2), np.float32)).attrs["model"] = "/d/models/random-bert"
     assert random_encoder_warning(path, "caption_emb") is None
-    (tmp_path / "demo_encoders.json").write_text(json.dumps({"text_model": "/d/models/random-bert", "text_source": "random tiny BERT"}))
+    (tmp_path / "demo_encoders.json").write_text(json.dumps({"text_model": "/d/models/random-bert",
+                                                             "text_source": "random tiny BERT"}))
     assert "RANDOM weights" in random_encoder_warning(path, "caption_emb")
 
 
@@ -258,7 +268,8 @@ def test_provenance_and_one_based_epochs(seeded_run):
     assert "x adversarial" in lines[0] and "lr 0.0001" in lines[0] and lines[0].endswith(" s")
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     best = torch.load(run_dir / "checkpoint_best.pt", weights_only=True)
-    assert [h["epoch"] for h in history] == [1, 2] and torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 2
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    assert [h["epoch"] for h in history] == [1, 2] and last["epoch"] == 2
     assert metrics["model"]["epoch"] == best["epoch"] in (1, 2)
 
 
@@ -296,7 +307,8 @@ def test_plots_show_chance_and_weighted_losses(seeded_run, tmp_path):
         labels = plot(metrics, tmp_path / "x.png")
         assert {"I->T", "T->I", "I->I", "T->T"} <= set(labels) and any(label.startswith("chance") for label in labels)
         assert_drawn_png(tmp_path / "x.png")
-    labels = plot_losses(history, tmp_path / "l.png", weights={"adversarial": 0.01, "quantization": 0.001, "bit_balance": 0.01})
+    labels = plot_losses(history, tmp_path / "l.png",
+                         weights={"adversarial": 0.01, "quantization": 0.001, "bit_balance": 0.01})
     assert_drawn_png(tmp_path / "l.png")
     assert labels[0].startswith("total = L_c + alpha L_adv") and "alpha L_adv (x 0.01)" in labels
     assert "discriminator loss (own optimiser, not in total)" in labels
@@ -304,15 +316,19 @@ def test_plots_show_chance_and_weighted_losses(seeded_run, tmp_path):
 
 # ---- 9. names in any case, closest-name suggestions, tau ----------------------------------------------
 def test_names_in_any_case(demo_features, tmp_path):
-    run_main("--dataset", "DEMO", "--preset", "Default", "--model", "DUCH", "--bit", "8", "--epochs", "1", "--batch-size", "32",
+    run_main("--dataset", "DEMO", "--preset", "Default", "--model", "DUCH", "--bit", "8", "--epochs", "1",
+             "--batch-size", "32",
              "--data-dir", str(demo_features), "--out-dir", str(tmp_path))
     assert json.loads((tmp_path / RUN / "config.json").read_text())["model"] == "duch"
 
 
 def test_unknown_names_suggest_the_closest(tmp_path, capsys):
-    expect_error(capsys, "--dataset", "ucn", "--out-dir", str(tmp_path), match="unknown dataset 'ucn' (did you mean 'ucm'?)")
-    expect_error(capsys, "--dataset", "demo", "--preset", "defualt", "--out-dir", str(tmp_path), match="(did you mean 'default'?)")
-    expect_error(capsys, "--dataset", "demo", "--model", "duhc", "--out-dir", str(tmp_path), match="(did you mean 'duch'?)")
+    expect_error(capsys, "--dataset", "ucn", "--out-dir", str(tmp_path),
+                 match="unknown dataset 'ucn' (did you mean 'ucm'?)")
+    expect_error(capsys, "--dataset", "demo", "--preset", "defualt", "--out-dir", str(tmp_path),
+                 match="(did you mean 'default'?)")
+    expect_error(capsys, "--dataset", "demo", "--model", "duhc", "--out-dir", str(tmp_path),
+                 match="(did you mean 'duch'?)")
 
 
 def test_tau_reaches_the_contrastive_loss(demo_features, monkeypatch):
@@ -342,10 +358,13 @@ def test_fix_it_commands_keep_data_dir_and_out_dir(demo_features, tmp_path, caps
 
     ucm = get_dataset("ucm")
     assert files.image_emb_command(ucm, "aug_center") == "python images_augment.py --dataset ucm --img-aug aug_center"
-    assert files.image_emb_command(ucm, "aug_center", "data") == "python images_augment.py --dataset ucm --img-aug aug_center"
+    assert files.image_emb_command(ucm, "aug_center",
+                                   "data") == "python images_augment.py --dataset ucm --img-aug aug_center"
     assert files.caption_emb_command(ucm, "aug_rb", "/my data").count("--data-dir '/my data'") == 2
-    assert files.image_emb_command(ucm, "rotation_cc", "/d", rot_deg=(-10, -5)).endswith("--rot-deg -10 -5 --data-dir /d")
-    assert files.image_emb_command_for_file(ucm, "/d/image_emb_UCM_aug_jitter_cc_1.0.h5", data_dir="/d").endswith("--jit-str 1.0 --data-dir /d")
+    assert files.image_emb_command(ucm, "rotation_cc", "/d",
+                                   rot_deg=(-10, -5)).endswith("--rot-deg -10 -5 --data-dir /d")
+    assert files.image_emb_command_for_file(ucm, "/d/image_emb_UCM_aug_jitter_cc_1.0.h5",
+                                            data_dir="/d").endswith("--jit-str 1.0 --data-dir /d")
     data = _copy_features(demo_features, tmp_path / "mine")
     (data / "caption_emb_DEMO_aug_rb.h5").unlink()
     err = expect_error(capsys, *train_args(data, tmp_path / "o"), match="caption_emb_DEMO_aug_rb.h5")

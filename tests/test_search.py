@@ -47,13 +47,16 @@ def test_index_files_and_manifest(tiny_run):
     index_dir, run_dir = tiny_run["index"], tiny_run["run"]
     manifest = json.loads((index_dir / "manifest.json").read_text())
     n = 12
-    assert manifest["bit"] == BIT and manifest["counts"] == {"images": n, "dataset_images": n, "new_images": 0, "captions": 5 * n}
+    assert manifest["bit"] == BIT and manifest["counts"] == {"images": n, "dataset_images": n, "new_images": 0,
+                                                             "captions": 5 * n}
     assert manifest["checkpoint"]["path"].endswith("checkpoint_best.pt") and len(manifest["checkpoint"]["sha256"]) == 64
     # the same 1-based epoch the run's own test reports for that checkpoint
     assert manifest["checkpoint"]["epoch"] == json.loads((run_dir / "metrics.json").read_text())["model"]["epoch"]
-    assert manifest["encoders"]["text"]["model"] == str(tiny_run["bert"]) and manifest["encoders"]["image"]["weights"] == "none"
+    assert manifest["encoders"]["text"]["model"] == str(tiny_run["bert"])
+    assert manifest["encoders"]["image"]["weights"] == "none"
     assert manifest["features"]["caption"]["provenance"]["hidden_states"] == 4 and "faiss" in manifest["versions"]
-    assert manifest["run"]["config"]["preset"] == "no_aug" and manifest["index"]["images"]["faiss_class"] == "IndexBinaryFlat"
+    assert manifest["run"]["config"]["preset"] == "no_aug"
+    assert manifest["index"]["images"]["faiss_class"] == "IndexBinaryFlat"
     codes = np.load(index_dir / "codes_images.npy")
     assert codes.dtype == np.uint8 and codes.shape == (n, 1)
     assert np.load(index_dir / "codes_captions.npy").shape == (5 * n, 1)
@@ -107,12 +110,14 @@ def test_caption_embedded_by_search_equals_captions_embed(tiny_run):
 def test_text_query_equals_brute_force(tiny_run, tmp_path, capsys):
     index = load_index(tiny_run)
     out = tmp_path / "r.json"
-    results = run_search("query", "--index", tiny_run["index"], "--text", "There are green fields .", "-k", 7, "--json", out)
+    results = run_search("query", "--index", tiny_run["index"], "--text", "There are green fields .", "-k", 7, "--json",
+                         out)
     assert_equals_brute_force(results[0], index.codes["images"], 7)
     assert json.loads(out.read_text()) == json.loads(json.dumps(results[0]))
     table = capsys.readouterr().out
     assert "rank hamming" in table and results[0]["results"][0]["filename"] in table
-    captions = run_search("query", "--index", tiny_run["index"], "--text", "a river", "--target", "captions", "-k", 60, "--quiet")
+    captions = run_search("query", "--index", tiny_run["index"], "--text", "a river", "--target", "captions", "-k", 60,
+                          "--quiet")
     assert_equals_brute_force(captions[0], index.codes["captions"], 60)  # every row: all ties ordered by row
 
 
@@ -131,10 +136,12 @@ def test_image_query_equals_brute_force_and_reproduces_the_features(tiny_run):
     assert results[0]["results"][0]["distance"] == 0
 
 
-@pytest.mark.parametrize("modality,target", [("image", "images"), ("caption", "images"), ("image", "captions"), ("caption", "captions")])
+@pytest.mark.parametrize("modality,target",
+                         [("image", "images"), ("caption", "images"), ("image", "captions"), ("caption", "captions")])
 def test_row_query_equals_brute_force(tiny_run, modality, target):
     index = load_index(tiny_run)
-    results = run_search("query", "--index", tiny_run["index"], "--row", 3, "--modality", modality, "--target", target, "-k", 9, "--quiet")
+    results = run_search("query", "--index", tiny_run["index"], "--row", 3, "--modality", modality, "--target", target,
+                         "-k", 9, "--quiet")
     stored = index.codes["images" if modality == "image" else "captions"][3]
     assert results[0]["query"]["code"] == stored.tobytes().hex()
     assert_equals_brute_force(results[0], index.codes[target], 9)
@@ -188,7 +195,8 @@ def test_html_page_shows_k_thumbnails_that_decode(tiny_run, tmp_path):
     from PIL import Image
 
     page = tmp_path / "page.html"
-    results = run_search("query", "--index", tiny_run["index"], "--text", "a beach & <sea>", "-k", 5, "--html", page, "--quiet")
+    results = run_search("query", "--index", tiny_run["index"], "--text", "a beach & <sea>", "-k", 5, "--html", page,
+                         "--quiet")
     text = page.read_text()
     parser = _Page()
     parser.feed(text)
@@ -201,7 +209,8 @@ def test_html_page_shows_k_thumbnails_that_decode(tiny_run, tmp_path):
     for r in results[0]["results"]:
         assert r["filename"] in text
     image_page = tmp_path / "image.html"
-    run_search("query", "--index", tiny_run["index"], "--image", tiny_run["data"] / "images" / "1.png", "-k", 3, "--html", image_page, "--quiet")
+    run_search("query", "--index", tiny_run["index"], "--image", tiny_run["data"] / "images" / "1.png", "-k", 3,
+               "--html", image_page, "--quiet")
     parser = _Page()
     parser.feed(image_page.read_text())
     assert len(parser.images) == 4  # the query thumbnail and 3 results
@@ -223,7 +232,8 @@ def test_ivf_index_returns_true_distances(tiny_run, tmp_path):
     out = tmp_path / "ivf"
     run_search("index", "--run", tiny_run["run"], "--out", out, "--index-type", "ivf", "--nlist", 2, "--no-progress")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["index"]["captions"]["faiss_class"] == "IndexBinaryIVF" and manifest["index"]["captions"]["nlist"] == 2
+    assert manifest["index"]["captions"]["faiss_class"] == "IndexBinaryIVF"
+    assert manifest["index"]["captions"]["nlist"] == 2
     codes = np.load(out / "codes_captions.npy")
     res = run_search("query", "--index", out, "--row", 0, "--modality", "image", "--target", "captions", "-k", 60,
                      "--nprobe", 2, "--quiet")[0]
@@ -257,7 +267,8 @@ def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_pa
     assert [m["filename"] for m in meta[12:]] == ["a.png", "d.jpg", "sub/b.tif", "sub/c16.png", "sub/c8.png"]
     assert all(m["split"] == "new" for m in meta[12:])
     codes = np.load(full / "codes_images.npy")
-    assert codes[12].tobytes() == codes[0].tobytes() and codes[14].tobytes() == codes[2].tobytes()  # same image, same code
+    # same image, same code
+    assert codes[12].tobytes() == codes[0].tobytes() and codes[14].tobytes() == codes[2].tobytes()
     outputs = np.load(full / "outputs_images.npy")
     assert np.array_equal(outputs[15], outputs[16])  # 16-bit and 8-bit versions of one picture: one output
 
@@ -304,7 +315,8 @@ def test_bad_queries(tiny_run, tmp_path, capsys):
     expect_error(capsys, "query", "--index", tmp_path, "--text", "x", match="manifest.json missing")
     expect_error(capsys, "query", "--index", index, "--text", "x", "-k", 0, match="-k must be at least 1")
     expect_error(capsys, "query", "--index", index, "--text", "   ", match="empty text query")
-    expect_error(capsys, "query", "--index", index, "--row", 12, "--modality", "image", match="--row 12 is out of range")
+    expect_error(capsys, "query", "--index", index, "--row", 12, "--modality", "image",
+                 match="--row 12 is out of range")
     expect_error(capsys, "query", "--index", index, "--row", -1, "--modality", "caption", match="out of range")
     expect_error(capsys, "query", "--index", index, "--row", 1, match="--row needs --modality")
     bad = tmp_path / "bad.png"
@@ -327,7 +339,8 @@ def test_index_of_another_checkpoint_is_refused(tiny_run, tmp_path, capsys):
     payload = torch.load(run / "checkpoint_best.pt", weights_only=True)
     payload["epoch"] = 99  # retrained or resumed: another file
     torch.save(payload, run / "checkpoint_best.pt")
-    expect_error(capsys, "query", "--index", run / "index", "--row", 0, "--modality", "image", match="has changed since this index was built")
+    expect_error(capsys, "query", "--index", run / "index", "--row", 0, "--modality", "image",
+                 match="has changed since this index was built")
 
 
 def test_text_query_without_a_text_model_record(tiny_run, tmp_path, capsys):

@@ -49,7 +49,8 @@ def test_gradient_penalty_of_a_linear_discriminator_is_exact():
         return sum(wi * xi for wi, xi in zip(w, row.tolist())) + b
 
     sigmoid = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    expected = (-sum(math.log(sigmoid(logit(r))) for r in real) / 16 - sum(math.log(1 - sigmoid(logit(f))) for f in fake) / 16
+    expected = (-sum(math.log(sigmoid(logit(r))) for r in real) / 16
+                - sum(math.log(1 - sigmoid(logit(f))) for f in fake) / 16
                 + 10 * penalty)
     assert losses.discriminator_loss(disc, real, fake).item() == pytest.approx(expected, rel=1e-5)
 

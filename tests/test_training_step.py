@@ -117,7 +117,8 @@ def reference_step(model, views, idx, codes_b, interpolation, original_quirks):
     d0 = [p[n] for n in DISC_PARAMS]
 
     def disc_loss(real, fake, a):
-        bce = -torch.log(torch.sigmoid(ref_disc(d0, real))).mean() - torch.log(1 - torch.sigmoid(ref_disc(d0, fake))).mean()
+        bce = -torch.log(torch.sigmoid(ref_disc(d0,
+                                                real))).mean() - torch.log(1 - torch.sigmoid(ref_disc(d0, fake))).mean()
         x_hat = a * real + (1 - a) * fake
         gp = ((ref_disc_input_grad(d0, x_hat).norm(dim=1) - 1) ** 2).mean()
         return bce + GP_WEIGHT * gp
@@ -221,7 +222,8 @@ def test_optimisers_follow_the_spec():
 
 def test_spec_defaults():
     cfg = TrainConfig()
-    assert (cfg.alpha, cfg.beta, cfg.gamma, tuple(cfg.contrastive_weights), cfg.tau) == (0.01, 0.001, 0.01, (1, 1, 1), 1)
+    assert (cfg.alpha, cfg.beta, cfg.gamma, tuple(cfg.contrastive_weights),
+            cfg.tau) == (0.01, 0.001, 0.01, (1, 1, 1), 1)
     assert (cfg.batch_size, cfg.epochs, cfg.seed, cfg.valid_freq, cfg.map_k) == (256, 100, 42, 100, 20)
     assert (cfg.lr_decay_freq, cfg.lr_decay, cfg.lr_min) == (50, 0.8, 1e-6)
     assert cfg.original_quirks is False

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from utils.errors import DUCHError
+from utils.runtime import resolve_device
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -83,8 +84,6 @@ def init_from_env(device_name: str = "auto") -> Context:
     ``device_name`` as --device: ``auto``/``cuda``/``cuda:N`` give each rank ``cuda:LOCAL_RANK`` (one GPU per
     process: the index of a typed ``cuda:N`` cannot hold for every rank), ``cpu`` gives the CPU.
     """
-    from utils.runtime import resolve_device
-
     global _CONTEXT
     world_size = torchrun_world_size()
     device = resolve_device(device_name)
@@ -93,12 +92,13 @@ def init_from_env(device_name: str = "auto") -> Context:
         return _CONTEXT
     missing = [v for v in TORCHRUN_VARS if v not in os.environ]
     if missing:
-        raise DUCHError(f"WORLD_SIZE={world_size} but {', '.join(missing)} unset: launch several processes with torchrun")
+        raise DUCHError(f"WORLD_SIZE={world_size} but {', '.join(missing)} unset: launch several processes with "
+                        "torchrun")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise DUCHError(f"rank {rank} has LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} GPUs: "
-                            f"pass --nproc_per_node at most the number of GPUs")
+            raise DUCHError(f"rank {rank} has LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
+                            "GPUs: pass --nproc_per_node at most the number of GPUs")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

@@ -33,7 +33,8 @@ def load_dataset_json(path: str | Path, hint: str = "") -> dict:
         raise DUCHError(f"{path}: expected a JSON object with a non-empty 'images' list")
     for j, image in enumerate(images):
         if not isinstance(image, dict):
-            raise DUCHError(f"{path}: image {j} is a JSON {type(image).__name__}, not an object with 'filename' and 'sentences'")
+            raise DUCHError(f"{path}: image {j} is a JSON {type(image).__name__}, not an object with 'filename' and "
+                            "'sentences'")
         filename = image.get("filename")
         if not isinstance(filename, str) or not filename.strip():
             found = "no 'filename'" if filename is None else f"'filename' {filename!r}, not a file name"
@@ -49,7 +50,8 @@ def load_dataset_json(path: str | Path, hint: str = "") -> dict:
             )
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, dict):
-                raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not an object")
+                raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not "
+                                "an object")
     captions(data, RAW_KEY, source=path)
     return data
 
@@ -74,7 +76,8 @@ def class_names_from_filenames(filenames: list[str]) -> list[str]:
 
 def _classcode(j: int, image: dict, source) -> int:
     code = image["classcode"]
-    if isinstance(code, bool) or not isinstance(code, (int, float)) or (isinstance(code, float) and not code.is_integer()):
+    if isinstance(code, bool) or not isinstance(code,
+                                                (int, float)) or (isinstance(code, float) and not code.is_integer()):
         raise DUCHError(f"{source}: {_where(j, image)} has classcode {code!r}; a class code is a non-negative integer")
     if code < 0:
         raise DUCHError(f"{source}: {_where(j, image)} has classcode {code!r}; a class code is a non-negative integer")
@@ -97,7 +100,8 @@ def image_labels(data: dict, ds: DatasetInfo | None = None, source: str | Path =
         if isinstance(n_classes, int) and not isinstance(n_classes, bool) and labels.max() >= n_classes:
             j = int(np.argmax(labels >= n_classes))
             raise DUCHError(
-                f"{source}: {_where(j, images[j])} has classcode {labels[j]}, but the JSON's num_classes is {n_classes} (codes 0..{n_classes - 1})"
+                f"{source}: {_where(j, images[j])} has classcode {labels[j]}, but the JSON's num_classes is "
+                f"{n_classes} (codes 0..{n_classes - 1})"
             )
         return labels
     if ds is not None and ds.labels_from_filenames and len(missing) == len(images):
@@ -125,7 +129,8 @@ def captions(data: dict, key: str = RAW_KEY, source: str | Path = "dataset JSON"
             text = sentence[key]
             if not isinstance(text, str) or not text.strip():
                 raise DUCHError(
-                    f"{source}: sentence {i} of {_where(j, image)} has {key!r} = {text!r}; every caption must be a non-empty string"
+                    f"{source}: sentence {i} of {_where(j, image)} has {key!r} = {text!r}; every caption must be a "
+                    "non-empty string"
                 )
             out.append(text)
     return out

@@ -44,7 +44,8 @@ class Features:
         return {"image": int(self.image.shape[1]), "caption": int(self.caption.shape[1])}
 
 
-def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str, img_aug_emb: str | None = None) -> FeatureFiles:
+def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str,
+                  img_aug_emb: str | None = None) -> FeatureFiles:
     """The files of a preset (docs/formats.md); ``--img-aug-emb`` overrides the augmented image file."""
     data_dir = Path(data_dir)
     preset = get_preset(preset_name)
@@ -162,12 +163,14 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
                                   "image feature", width=image.shape[1])
     cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY, data_dir)
     caption = load_feature_file(paths.caption, files.CAPTION_EMB_KEY, n, cap_hint, "caption feature")
-    read = [(paths.image, files.IMAGE_EMB_KEY), (paths.image_aug, files.IMAGE_EMB_KEY), (paths.caption, files.CAPTION_EMB_KEY)]
+    read = [(paths.image, files.IMAGE_EMB_KEY), (paths.image_aug, files.IMAGE_EMB_KEY),
+            (paths.caption, files.CAPTION_EMB_KEY)]
     if original_quirks:
         caption_aug = caption  # the original fed t1 where t2 belongs: the augmented file is never read
     else:
         caption_aug = load_feature_file(
-            paths.caption_aug, files.CAPTION_EMB_KEY, n, files.caption_emb_command(ds, preset.aug_caption_key, data_dir),
+            paths.caption_aug, files.CAPTION_EMB_KEY, n,
+            files.caption_emb_command(ds, preset.aug_caption_key, data_dir),
             "caption feature", width=caption.shape[1],
         )
         read.append((paths.caption_aug, files.CAPTION_EMB_KEY))

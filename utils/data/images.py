@@ -110,7 +110,8 @@ def to_rgb8(image, path: str | Path = "image", bit_depth: int = 16):
     if image.mode == "F":
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             raise DUCHError(
-                f"image {path} is a floating-point image with values in [{np.nanmin(values):g}, {np.nanmax(values):g}]; "
+                f"image {path} is a floating-point image with values in [{np.nanmin(values):g}, "
+                f"{np.nanmax(values):g}]; "
                 f"only values in [0, 1] are converted (scaled by 255): rescale it, or save it as 8- or 16-bit"
             )
         scaled = values.astype(np.float64) * 255.0

@@ -44,4 +44,5 @@ def choose_captions(images: list[int], seed: int = 42) -> list[int]:
 
 def make_split(n_images: int, seed: int = 42) -> Split:
     train, query, db = split_indices(n_images, seed)
-    return Split(train, query, db, choose_captions(train, seed), choose_captions(query, seed), choose_captions(db, seed))
+    return Split(train, query, db, choose_captions(train, seed), choose_captions(query, seed),
+                 choose_captions(db, seed))

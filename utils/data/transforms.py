@@ -55,7 +55,8 @@ class AugParams:
         if not 0 < smin <= smax:
             raise DUCHError(f"--blur-val sigmas need 0 < SMIN <= SMAX, got {smin} {smax}")
         if not 0 <= jit_str <= MAX_JITTER_STRENGTH:
-            raise DUCHError(f"--jit-str must lie in [0, {MAX_JITTER_STRENGTH}] (hue jitter 0.2 s <= 0.5), got {jit_str}")
+            raise DUCHError(f"--jit-str must lie in [0, {MAX_JITTER_STRENGTH}] (hue jitter 0.2 s <= 0.5), got "
+                            f"{jit_str}")
         return cls(
             (int(crop_size[0]), int(crop_size[1])),
             (float(rot_deg[0]), float(rot_deg[1])),

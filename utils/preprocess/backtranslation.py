@@ -95,7 +95,8 @@ class TranslationCache:
                 self.entries = dict(raw.get("translations", {}))
 
     def flush(self) -> None:
-        write_json(self.path, {"model": self.model, "settings": self.settings, "translations": self.entries}, indent=None)
+        write_json(self.path, {"model": self.model, "settings": self.settings, "translations": self.entries},
+                   indent=None)
 
 
 def translate_cached(

@@ -17,15 +17,27 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configs.datasets import DatasetInfo, get_dataset
-from configs.files import CAPTION_AUG_KEYS, RAW_CAPTION_KEY, augmented_json_name, current_dataset_json, dataset_json_name
+from configs.files import (
+    CAPTION_AUG_KEYS,
+    RAW_CAPTION_KEY,
+    augmented_json_name,
+    current_dataset_json,
+    dataset_json_name,
+)
 from models.text_encoder import preprocess_caption
 from utils.data.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError, did_you_mean
 from utils.io import check_writable_dir, write_json
 from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
 from utils.preprocess.rule_based import (
-    BERTSCORE_MODEL, DEFAULT_LEXICON, GLOVE_MIN_SIM, GLOVE_TOPN, ROUTES,
+    BERTSCORE_MODEL,
+    DEFAULT_LEXICON,
+    GLOVE_MIN_SIM,
+    GLOVE_TOPN,
+    ROUTES,
+    build_augmenter,
 )
+from utils.runtime import resolve_device, seed_everything
 
 PROVENANCE_KEY = "augmentation_provenance"
 
@@ -166,8 +178,6 @@ def augment_dataset(opts: CaptionAugmentOptions, ds: DatasetInfo) -> dict:
 
 
 def _rule_based(raws: list[str], opts: CaptionAugmentOptions) -> tuple[list[str], dict]:
-    from utils.preprocess.rule_based import build_augmenter
-
     aug, provenance = build_augmenter(
         route=opts.route, lexicon_path=opts.lexicon, glove_path=opts.glove, glove_min_sim=opts.glove_min_sim,
         glove_topk=opts.glove_topk, bertscore_model=opts.bertscore_model, bertscore_layer=opts.bertscore_layer,
@@ -186,9 +196,9 @@ def load_translator(src, tgt, **kwargs):
     return MarianTranslator(src, tgt, **kwargs)
 
 
-def _backtranslation(raws: list[str], opts: CaptionAugmentOptions, ds: DatasetInfo, out_dir: Path) -> tuple[list[str], dict]:
+def _backtranslation(raws: list[str], opts: CaptionAugmentOptions, ds: DatasetInfo,
+                     out_dir: Path) -> tuple[list[str], dict]:
     from utils.preprocess import backtranslation as bt
-    from utils.runtime import resolve_device, seed_everything
 
     seed_everything(opts.seed)
     device = resolve_device(opts.device)

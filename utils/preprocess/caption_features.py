@@ -14,16 +14,27 @@ from pathlib import Path
 
 from configs.datasets import get_dataset
 from configs.files import (
-    CAPTION_AUG_KEYS, CAPTION_EMB_KEY, RAW_CAPTION_KEY, augmented_json_name, caption_emb_name,
-    current_dataset_json, data_path, dataset_json_name,
+    CAPTION_AUG_KEYS,
+    CAPTION_EMB_KEY,
+    RAW_CAPTION_KEY,
+    augmented_json_name,
+    caption_emb_name,
+    current_dataset_json,
+    data_path,
+    dataset_json_name,
 )
 from models.text_encoder import (
-    DEFAULT_HIDDEN_STATES, DEFAULT_MAX_LENGTH, DEFAULT_TEXT_MODEL, PUNCTUATION_REMOVED, embed_captions,
+    DEFAULT_HIDDEN_STATES,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_TEXT_MODEL,
+    PUNCTUATION_REMOVED,
+    embed_captions,
     load_text_model,
 )
 from utils.data.dataset_json import captions, load_dataset_json, sentence_keys_present
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_h5
+from utils.preprocess import resume
 from utils.runtime import resolve_device
 
 DEFAULT_BATCH_SIZE = 64
@@ -129,7 +140,8 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
                 continue
             why = check_existing(path, key, settings, len(texts[key]))
             if why is not None:
-                raise DUCHError(f"output already exists: {path}, and cannot be kept: {why}; pass --overwrite to replace")
+                raise DUCHError(f"output already exists: {path}, and cannot be kept: {why}; pass --overwrite to "
+                                "replace")
         kept = [str(outputs[k]) for k in outputs if k not in todo]
         if kept:
             print(f"kept (already made with these settings): {', '.join(kept)}")
@@ -150,7 +162,8 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
         distributed.shutdown()
 
 
-def _embed_all(opts: CaptionFeatureOptions, ds, json_path: Path, data: dict, texts: dict, outputs: dict, todo: dict, settings: dict,
+def _embed_all(opts: CaptionFeatureOptions, ds, json_path: Path, data: dict, texts: dict, outputs: dict, todo: dict,
+               settings: dict,
                progress: dict, ctx) -> dict[str, Path]:
     """Under torchrun each rank embeds its run of the one-process batches into a part file; rank 0 merges them."""
     device = ctx.device if ctx.distributed else resolve_device(opts.device)
@@ -166,7 +179,8 @@ def _embed_all(opts: CaptionFeatureOptions, ds, json_path: Path, data: dict, tex
 
     if text_model.random_weights and ctx.is_main:
         warnings.warn(f"--model {opts.model}: the text encoder has RANDOM weights (its config.json says so); its "
-                      f"features are not those of a pretrained model (fine for tests and the offline demo, not for results)",
+                      "features are not those of a pretrained model (fine for tests and the offline demo, not for "
+                      "results)",
                       UserWarning, stacklevel=2)
     attrs = {
         **settings,
@@ -197,7 +211,6 @@ def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict,
     import json
 
     from utils import distributed
-    from utils.preprocess import resume
 
     kept = {k: v for k, v in embed_kwargs.items() if k not in ("progress", "desc")}
     digest = _texts_digest(texts)

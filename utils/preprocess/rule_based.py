@@ -30,9 +30,16 @@ import numpy as np
 from utils.errors import DUCHError, did_you_mean
 from utils.io import read_json
 from utils.preprocess.rule_based_glove import (
-    BERTSCORE_MODEL, GLOVE_MIN_SIM, GLOVE_TOPN, PAPER_BERTSCORE_THRESHOLD, REPLACEABLE_TAGS,
-    build_paper_augmenter, describe_paper_resources, make_bertscore,
+    BERTSCORE_MODEL,
+    GLOVE_MIN_SIM,
+    GLOVE_TOPN,
+    PAPER_BERTSCORE_THRESHOLD,
+    REPLACEABLE_TAGS,
+    build_paper_augmenter,
+    describe_paper_resources,
+    make_bertscore,
 )
+from utils.runtime import resolve_device
 
 UNKNOWN_TAG = "X"
 ROUTES = ("auto", "glove", "lexicon")
@@ -225,8 +232,6 @@ def build_augmenter(
     warn: Callable[[str], None] | None = None,
 ) -> tuple[Callable[[str, int], str], dict]:
     """Pick the route (``auto``: the paper's when its resources are present or downloadable), build it, describe it."""
-    from utils.runtime import resolve_device
-
     warn = warn or (lambda m: print(m, file=sys.stderr))
     if route not in ROUTES:
         raise DUCHError(f"unknown --route {route!r}{did_you_mean(route, ROUTES)}; choose one of: {', '.join(ROUTES)}")

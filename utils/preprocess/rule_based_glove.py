@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.hub import suggest_model
+from models.hub import hub_offline, suggest_model
 from utils.errors import DUCHError
 
 GLOVE_NAME = "glove-wiki-gigaword-200"
@@ -129,7 +129,8 @@ def load_glove(resource: Resource):
         return KeyedVectors.load_word2vec_format(str(path), binary=False, no_header=not has_header)
     except (ValueError, UnicodeDecodeError, EOFError, OSError) as err:
         raise DUCHError(f"cannot read GloVe vectors file {path} ({type(err).__name__}: "
-                        f"{' '.join(str(err).split())[:200]}); expected GloVe or word2vec text, or word2vec binary (.bin)") from None
+                        f"{' '.join(str(err).split())[:200]}); expected GloVe or word2vec text, or word2vec binary "
+                        "(.bin)") from None
 
 
 def _first_line(path: Path) -> str:
@@ -169,8 +170,6 @@ def ensure_nltk(resource: Resource, package: str) -> None:
 
 
 def find_bertscore_model(ref: str) -> Resource:
-    from models.hub import hub_offline
-
     what = f"BERTScore model {ref}"
     how = f"with network run `huggingface-cli download {ref} --local-dir DIR` and pass --bertscore-model DIR"
     path = Path(ref).expanduser()

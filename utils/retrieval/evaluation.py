@@ -95,10 +95,12 @@ def evaluate_directions(
     return out
 
 
-def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, progress: bool | None = None, **kwargs) -> dict:
+def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, progress: bool | None = None,
+                   **kwargs) -> dict:
     """Metrics of the four directions, plus the mean of each mAP over them under ``"avg"``.
     A progress bar by default only with curves (not during validation)."""
-    pairs = {name: (getattr(codes, f"q_{q_mod}"), getattr(codes, f"db_{db_mod}")) for name, (q_mod, db_mod) in DIRECTIONS.items()}
+    pairs = {name: (getattr(codes, f"q_{q_mod}"), getattr(codes, f"db_{db_mod}")) for name,
+             (q_mod, db_mod) in DIRECTIONS.items()}
     progress = with_curves if progress is None else progress
     return evaluate_directions(pairs, q_labels, db_labels, with_curves=with_curves, progress=progress, **kwargs)
 
@@ -129,7 +131,8 @@ def load_codes_file(path: str | Path) -> tuple[dict, np.ndarray, np.ndarray]:
 
 
 def evaluate_file(
-    path: str | Path, map_ks=MAP_KS, with_curves: bool = True, memory_gb: float = DEFAULT_MEMORY_GB, bits: int | None = None,
+    path: str | Path, map_ks=MAP_KS, with_curves: bool = True, memory_gb: float = DEFAULT_MEMORY_GB,
+    bits: int | None = None,
 ) -> dict:
     """Metrics of a codes file (``load_codes_file``), every array checked under its own name first."""
     pairs, q_labels, db_labels = load_codes_file(path)
@@ -142,15 +145,19 @@ def evaluate_file(
             if key not in checked:
                 checked[key] = as_code_words(array, bits, f"{Path(path).name}: {key}")
         if checked[q_key].bits != checked[db_key].bits:
-            raise DUCHError(f"{Path(path).name}: {q_key} codes have {checked[q_key].bits} bits but {db_key} codes have {checked[db_key].bits}")
-    q_lab, db_lab = as_labels(q_labels, f"{Path(path).name}: q_labels"), as_labels(db_labels, f"{Path(path).name}: db_labels")
+            raise DUCHError(f"{Path(path).name}: {q_key} codes have {checked[q_key].bits} bits but {db_key} codes have "
+                            f"{checked[db_key].bits}")
+    q_lab, db_lab = as_labels(q_labels,
+                              f"{Path(path).name}: q_labels"), as_labels(db_labels, f"{Path(path).name}: db_labels")
     for key, labels in (("q_labels", q_lab), ("db_labels", db_lab)):
         side = key.split("_")[0]
         rows = {k: len(v) for k, v in checked.items() if k.split("_")[0] == side}
         if any(n != labels.n for n in rows.values()):
-            raise DUCHError(f"{Path(path).name}: {key} has {labels.n} rows but " + ", ".join(f"{k} has {n}" for k, n in rows.items()))
+            raise DUCHError(f"{Path(path).name}: {key} has {labels.n} rows but "
+                            + ", ".join(f"{k} has {n}" for k, n in rows.items()))
     words = {name: (checked[a], checked[b]) for name, (a, b) in names.items()}
-    metrics = evaluate_directions(words, q_lab, db_lab, map_ks=ks, with_curves=with_curves, memory_gb=memory_gb, progress=True)
+    metrics = evaluate_directions(words, q_lab, db_lab, map_ks=ks, with_curves=with_curves, memory_gb=memory_gb,
+                                  progress=True)
     metrics["n_query"], metrics["n_db"] = q_lab.n, db_lab.n
     return metrics
 

@@ -139,10 +139,14 @@ def rank_pass(q0, q1, w0, w1, q_labels, db_labels, dmax, before_all, before_rel,
             if (d0 <= top0) | (d1 <= top1) | (d2 <= top2) | (d3 <= top3):  # rare: one branch for the four
                 lx = db_labels[j]
                 if d0 <= top0:
-                    _visit(i0, 0, d0, lx, l0, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                    _visit(i0, 0, d0, lx, l0, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
+                           hits_bin)
                 if d1 <= top1:
-                    _visit(i1, 1, d1, lx, l1, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                    _visit(i1, 1, d1, lx, l1, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
+                           hits_bin)
                 if d2 <= top2:
-                    _visit(i2, 2, d2, lx, l2, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                    _visit(i2, 2, d2, lx, l2, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
+                           hits_bin)
                 if d3 <= top3:
-                    _visit(i3, 3, d3, lx, l3, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin)
+                    _visit(i3, 3, d3, lx, l3, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
+                           hits_bin)

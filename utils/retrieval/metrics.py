@@ -261,7 +261,8 @@ def resolve_kernel(kernel: str, q: CodeWords, ql: np.ndarray) -> str:
         raise DUCHError(f"unknown kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
     fits = _fits_numba(q, ql)
     if kernel == "numba" and (_numba_module() is None or not fits):
-        raise DUCHError("the numba kernel needs numba installed, codes of up to 128 bits and class labels or up to 64 label bits")
+        raise DUCHError("the numba kernel needs numba installed, codes of up to 128 bits and class labels or up to 64 "
+                        "label bits")
     if kernel == "auto":
         return "numba" if fits and _numba_module() is not None else "numpy"
     return kernel

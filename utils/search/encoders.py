@@ -16,8 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
+from models.image_encoder import build_image_encoder, encode_image_files
+from models.text_encoder import embed_captions, load_text_model
+from utils.data.images import check_images_readable
+from utils.data.transforms import AugParams, SeededTransform, check_image_aug_set
 from utils.errors import DUCHError
 from utils.io import sha256_of
+from utils.retrieval.codes import pack_codes
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _FILE_WEIGHTS = re.compile(r"^file (?P<path>.+) \(sha256 (?P<sha>[0-9a-f]{64})\)$")
@@ -94,6 +99,7 @@ class ImageEncoderSpec:
         else:
             return None
         defaults = cls(weights)
+        conversion = str(attrs.get("high_bit_depth_conversion", ""))
         return cls(
             weights=weights,
             img_aug=str(attrs.get("img_aug", defaults.img_aug)),
@@ -105,14 +111,12 @@ class ImageEncoderSpec:
             seed=int(attrs.get("seed", defaults.seed)),
             weights_sha256=sha,
             features_train_mode=bool(attrs.get("original_quirks", False)),
-            bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(str(attrs.get("high_bit_depth_conversion", "")))) else 16,
+            bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(conversion)) else 16,
         )
 
     @classmethod
     def from_flags(cls, weights: str, img_aug: str, crop_size: Sequence[int], seed: int, normalize: bool,
                    bit_depth: int = 16) -> "ImageEncoderSpec":
-        from utils.data.transforms import AugParams, check_image_aug_set
-
         params = AugParams.checked(crop_size=crop_size)
         sha = sha256_of(weights) if weights not in ("imagenet", "none") and Path(weights).is_file() else None
         return cls(weights=weights, img_aug=check_image_aug_set(img_aug), crop_size=params.crop_size, seed=seed,
@@ -120,9 +124,6 @@ class ImageEncoderSpec:
 
     def build(self, device):
         """(ResNet18 in eval mode on ``device``, transform (PIL image, index) -> tensor)."""
-        from models.image_encoder import build_image_encoder
-        from utils.data.transforms import AugParams, SeededTransform
-
         if self.weights_sha256 and self.weights not in ("imagenet", "none"):
             path = Path(self.weights)
             if path.is_file() and sha256_of(path) != self.weights_sha256:
@@ -130,8 +131,9 @@ class ImageEncoderSpec:
         if self.features_train_mode:
             warnings.warn(
                 "the image features were made with --original-quirks (batch-norm batch statistics); a new image "
-                "is encoded in eval mode, so its features follow a slightly different recipe", UserWarning, stacklevel=2)
-        import torch
+                "is encoded in eval mode, so its features follow a slightly different recipe", UserWarning,
+                stacklevel=2)
+        import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # images_augment.py seeds before building: same random weights
@@ -143,15 +145,13 @@ class ImageEncoderSpec:
         return model.to(device).eval(), transform
 
     def encode(self, encoder, paths: Sequence[Path], device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-        """Raw 512-d features of image files, rows in order, as images_augment.py computes them; ``encoder`` from ``build``."""
-        from models.image_encoder import encode_image_files
-
+        """Raw 512-d features of image files, rows in order, as images_augment.py computes them; ``encoder`` from
+        ``build``."""
         model, transform = encoder
-        return encode_image_files(model, transform, list(paths), device, batch_size, num_workers, bit_depth=self.bit_depth)
+        return encode_image_files(model, transform, list(paths), device, batch_size, num_workers,
+                                  bit_depth=self.bit_depth)
 
     def check_readable(self, paths: Sequence[Path]) -> None:
-        from utils.data.images import check_images_readable
-
         check_images_readable(list(paths), bit_depth=self.bit_depth)
 
 
@@ -200,15 +200,11 @@ class TextEncoderSpec:
         )
 
     def load(self, device):
-        from models.text_encoder import load_text_model
-
         # the resolved folder when it still exists (a hub name resolves through the cache again)
         name = self.model_source if self.model_source and Path(self.model_source).is_dir() else self.model
         return load_text_model(name, device)
 
     def embed(self, text_model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        from models.text_encoder import embed_captions
-
         return embed_captions(text_model, list(texts), max_length=self.max_length, hidden_states=self.hidden_states,
                               operator=self.operator, original_quirks=self.original_quirks, batch_size=batch_size,
                               progress=False)
@@ -220,7 +216,7 @@ class TextEncoderSpec:
 
 def hash_outputs(net, features: np.ndarray, device, batch_size: int = 8192) -> np.ndarray:
     """Continuous (pre-sign, tanh) outputs of one DUCH hashing net in eval mode, float32 (n, bits)."""
-    import torch
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
     net.eval()
     out = []
@@ -233,10 +229,10 @@ def hash_outputs(net, features: np.ndarray, device, batch_size: int = 8192) -> n
 
 
 def pack_outputs(outputs: np.ndarray) -> np.ndarray:
-    """Packed codes of continuous outputs: sign as ``models.duch.to_binary`` (0 -> +1), packed by ``codes.pack_codes``."""
-    import torch
+    """Packed codes of continuous outputs: sign as ``models.duch.to_binary`` (0 -> +1), packed by
+    ``codes.pack_codes``."""
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
     from models.duch import to_binary
-    from utils.retrieval.codes import pack_codes
 
     return pack_codes(to_binary(torch.from_numpy(np.ascontiguousarray(outputs, dtype=np.float32))))

@@ -25,11 +25,21 @@ from configs import files
 from configs.datasets import CAPTIONS_PER_IMAGE, get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
+from utils.data.dataset_json import class_names_from_filenames, image_labels, load_dataset_json
+from utils.data.features import FeatureFiles, load_feature_file, resolve_files
+from utils.data.images import find_image
+from utils.data.splits import make_split
 from utils.errors import DUCHError
 from utils.io import atomic_path, check_writable_dir, read_h5_attrs, read_json, write_json, write_text
 from utils.preprocess import resume
+from utils.runtime import resolve_device, versions
 from utils.search.encoders import (
-    FeatureStats, ImageEncoderSpec, TextEncoderSpec, find_image_files, hash_outputs, pack_outputs,
+    FeatureStats,
+    ImageEncoderSpec,
+    TextEncoderSpec,
+    find_image_files,
+    hash_outputs,
+    pack_outputs,
     sha256_of,
 )
 
@@ -74,12 +84,14 @@ class TrainedRun:
         if not run_dir.is_dir():
             raise DUCHError(f"run folder not found: {run_dir}; train one with python main.py (runs are "
                             f"<out-dir>/<dataset>_<bit>_<tag>_<preset>, e.g. checkpoints/demo_32_test_default)")
-        config = read_json(run_dir / files.CONFIG_NAME, "run configuration", f"{run_dir} is not a run folder of main.py")
+        config = read_json(run_dir / files.CONFIG_NAME, "run configuration",
+                           f"{run_dir} is not a run folder of main.py")
         path = run_dir / (BEST_NAME if which == "best" else LAST_NAME)
         if not path.is_file() and which == "best" and (run_dir / LAST_NAME).is_file():
             path = run_dir / LAST_NAME  # as main.py --test: a run without validation keeps only the last model
         if not path.is_file():
-            raise DUCHError(f"no trained model in {run_dir} (looked for {path.name}); finish the training with main.py first")
+            raise DUCHError(f"no trained model in {run_dir} (looked for {path.name}); finish the training with main.py "
+                            "first")
         return cls(run_dir, config, path, which)
 
     def load_model(self, device, payload: dict | None = None):
@@ -92,7 +104,8 @@ class TrainedRun:
             model = DUCH(int(payload["image_dim"]), int(payload["caption_dim"]), int(payload["bit"]))
             model.load_state_dict(payload["model"])
         except (KeyError, RuntimeError) as err:
-            raise DUCHError(f"{self.checkpoint} is not a DUCH checkpoint of main.py: {str(err).splitlines()[0]}") from None
+            raise DUCHError(f"{self.checkpoint} is not a DUCH checkpoint of main.py: "
+                            f"{str(err).splitlines()[0]}") from None
         return model.to(device).eval()
 
 
@@ -151,8 +164,6 @@ class IndexOptions:
 
 
 def _feature_paths(cfg: dict, ds, data_dir: Path | None):
-    from utils.data.features import FeatureFiles, resolve_files
-
     if data_dir is not None:
         if not data_dir.is_dir():
             raise DUCHError(f"--data-dir {data_dir}: no such folder")
@@ -165,8 +176,6 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
 
 def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: str) -> np.ndarray:
     """One feature file as stored (not yet standardised), checked against the dataset and the checkpoint."""
-    from utils.data.features import load_feature_file
-
     if not path.is_file():
         raise DUCHError(f"{what} file not found: {path} (recorded in the run's config.json); pass --data-dir to "
                         f"the folder that holds it, or make it with: {hint}")
@@ -175,8 +184,6 @@ def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: 
 
 
 def _class_names(data: dict, labels: np.ndarray) -> list[str]:
-    from utils.data.dataset_json import class_names_from_filenames
-
     images = data["images"]
     if all("classname" in im for im in images):
         return [str(im["classname"]) for im in images]
@@ -194,8 +201,6 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
     if path.is_file():
         split = read_json(path, "split")
     else:
-        from utils.data.splits import make_split
-
         split = make_split(n_images, seed).to_json()
     names = [""] * n_images
     for name in ("train", "query", "db"):
@@ -207,7 +212,6 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
 
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
-    from utils.data.images import find_image
     from utils.paths import contained
 
     out = []
@@ -230,7 +234,8 @@ def _metadata(data: dict, labels: np.ndarray, classes: list[str], splits: list[s
         images.append({"row": j, **base, "captions": texts})
         for i, text in enumerate(texts):
             r = CAPTIONS_PER_IMAGE * j + i
-            captions.append({"row": r, "image_row": j, "sentence": i, **base, "caption": text, "split_caption": r in used})
+            captions.append({"row": r, "image_row": j, "sentence": i, **base, "caption": text,
+                             "split_caption": r in used})
     return images, captions
 
 
@@ -241,7 +246,8 @@ def _metadata(data: dict, labels: np.ndarray, classes: list[str], splits: list[s
 def image_encoder_spec(attrs: dict, opts: IndexOptions) -> ImageEncoderSpec | None:
     """The recorded recipe of the image features; flags only when there is no record (or --weights is given)."""
     if opts.weights:
-        spec = ImageEncoderSpec.from_flags(opts.weights, opts.img_aug, opts.crop_size, opts.image_seed, not opts.no_normalize)
+        spec = ImageEncoderSpec.from_flags(opts.weights, opts.img_aug, opts.crop_size, opts.image_seed,
+                                           not opts.no_normalize)
     else:
         spec = ImageEncoderSpec.from_attrs(attrs)
     if spec is not None and opts.bit_depth is not None:
@@ -274,7 +280,8 @@ def text_encoder_spec(attrs: dict, opts: IndexOptions) -> TextEncoderSpec | None
     if not opts.text_model:
         return None
     check_text_model_exists(opts.text_model)
-    return TextEncoderSpec(model=opts.text_model, max_length=opts.text_max_length, hidden_states=opts.text_hidden_states,
+    return TextEncoderSpec(model=opts.text_model, max_length=opts.text_max_length,
+                           hidden_states=opts.text_hidden_states,
                            operator=opts.text_operator, original_quirks=opts.text_original_quirks,
                            source="flags (--text-model ...)")
 
@@ -284,7 +291,8 @@ def encode_shard(spec: ImageEncoderSpec, encoder, paths: list[Path], device, opt
     return spec.encode(encoder, paths, device, opts.batch_size, opts.num_workers)
 
 
-def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device, opts: IndexOptions) -> tuple[list[Path], np.ndarray | None]:
+def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device,
+                     opts: IndexOptions) -> tuple[list[Path], np.ndarray | None]:
     """Raw features of every image below ``image_dir``, shard by shard; finished shards are kept and reused.
 
     Under torchrun the shards still to encode are dealt to the ranks in contiguous runs; rank 0 returns the
@@ -337,8 +345,8 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
                     bar.update(len(chunk))
             except KeyboardInterrupt:
                 finished = len(shards.starts) - len(shards.todo())
-                print(f"\ninterrupted: {finished} of {len(shards.starts)} shards of {image_dir} are saved in {shard_dir}; "
-                      f"run the same command again to resume", file=sys.stderr)
+                print(f"\ninterrupted: {finished} of {len(shards.starts)} shards of {image_dir} are saved in "
+                      f"{shard_dir}; run the same command again to resume", file=sys.stderr)
                 raise SystemExit(130) from None
     distributed.barrier()
     if not ctx.is_main:
@@ -358,9 +366,10 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | None = None, nprobe: int = DEFAULT_NPROBE):
+def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | None = None,
+                      nprobe: int = DEFAULT_NPROBE):
     """A faiss binary index over packed codes (d = 8 x bytes); returns (index, its parameters)."""
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     d = codes.shape[1] * 8
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -373,7 +382,8 @@ def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | 
         index = faiss.IndexBinaryIVF(quantizer, d, nlist)
         index.train(codes)
         index.nprobe = min(nprobe, nlist)
-        params = {"type": "ivf", "faiss_class": "IndexBinaryIVF", "exact": False, "nlist": nlist, "nprobe": int(index.nprobe)}
+        params = {"type": "ivf", "faiss_class": "IndexBinaryIVF", "exact": False, "nlist": nlist,
+                  "nprobe": int(index.nprobe)}
     else:
         raise DUCHError(f"unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
     if len(codes):
@@ -388,7 +398,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _save_faiss(path: Path, index) -> None:
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     with atomic_path(path) as tmp:
         faiss.write_index_binary(index, str(tmp))
@@ -400,6 +410,38 @@ def _jsonl(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # the whole build
+
+
+def _usable_image_spec(spec: ImageEncoderSpec | None, path: Path, width: int,
+                       opts: IndexOptions) -> ImageEncoderSpec | None:
+    """The recipe new images are encoded with, or None when the features' width rules it out (refused when
+    --image-dir or --weights needs it)."""
+    if opts.image_dir is not None and spec is None:
+        raise DUCHError(f"the image features {path} carry no record of their encoder, so --image-dir cannot "
+                        "encode new images the same way; name it with --weights (imagenet, none or a .pth file) and "
+                        "--img-aug (the transform set the features were made with, e.g. center_crop_only)")
+    if spec is not None and width != FEATURE_DIM:
+        if opts.image_dir is not None or opts.weights:
+            raise DUCHError(f"the image features {path} are {width} wide, not ResNet18's "
+                            f"{FEATURE_DIM}: new images cannot be encoded like them")
+        return None
+    return spec
+
+
+def _write_modalities(out: Path, outputs: dict, metadata: dict, opts: IndexOptions) -> tuple[dict, dict]:
+    """Codes, outputs, faiss index and metadata of each modality; returns (file names, index parameters)."""
+    index_params: dict = {"type": opts.index_type}
+    written = {}
+    for modality in MODALITIES:
+        names = index_file_names(modality)
+        codes = pack_outputs(outputs[modality])
+        index, index_params[modality] = make_binary_index(codes, opts.index_type, opts.nlist, opts.nprobe)
+        _save_npy(out / names["codes"], codes)
+        _save_npy(out / names["outputs"], outputs[modality].astype(np.float16))
+        _save_faiss(out / names["faiss"], index)
+        write_text(out / names["metadata"], _jsonl(metadata[modality]))
+        written[modality] = names
+    return written, index_params
 
 
 def build_index(opts: IndexOptions) -> dict:
@@ -430,11 +472,9 @@ def file_digests(folder: Path, names) -> dict:
 
 
 def _build_index(opts: IndexOptions) -> dict:
-    import faiss
-    import torch
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
-    from utils.data.dataset_json import image_labels, load_dataset_json
-    from utils.runtime import resolve_device, versions
     from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
 
     opts.check()
@@ -446,26 +486,20 @@ def _build_index(opts: IndexOptions) -> dict:
     check_writable_dir(out, "index folder")
     ds = get_dataset(cfg["dataset"])
     paths = _feature_paths(cfg, ds, Path(opts.data_dir) if opts.data_dir else None)
-    data = load_dataset_json(paths.dataset_json, hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
+    data = load_dataset_json(paths.dataset_json,
+                             hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
     n = len(data["images"])
     payload = load_checkpoint(run.checkpoint)
-    bit = int(payload.get("bit", cfg.get("bit", 0)))
+    bits = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
                           files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
     caption_raw = _load_raw(paths.caption, files.CAPTION_EMB_KEY, n, int(payload["caption_dim"]),
                             files.caption_emb_command(ds), "caption feature")
-    image_attrs, caption_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY), read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
+    image_attrs = read_h5_attrs(paths.image, files.IMAGE_EMB_KEY)
+    caption_attrs = read_h5_attrs(paths.caption, files.CAPTION_EMB_KEY)
     image_stats, caption_stats = FeatureStats.of(image_raw), FeatureStats.of(caption_raw)
-    image_spec, text_spec = image_encoder_spec(image_attrs, opts), text_encoder_spec(caption_attrs, opts)
-    if opts.image_dir is not None and image_spec is None:
-        raise DUCHError(f"the image features {paths.image} carry no record of their encoder, so --image-dir cannot encode new "
-                        f"images the same way; name it with --weights (imagenet, none or a .pth file) and --img-aug "
-                        f"(the transform set the features were made with, e.g. center_crop_only)")
-    if image_spec is not None and image_raw.shape[1] != FEATURE_DIM:
-        if opts.image_dir is not None or opts.weights:
-            raise DUCHError(f"the image features {paths.image} are {image_raw.shape[1]} wide, not ResNet18's {FEATURE_DIM}: "
-                            f"new images cannot be encoded like them")
-        image_spec = None
+    image_spec = _usable_image_spec(image_encoder_spec(image_attrs, opts), paths.image, image_raw.shape[1], opts)
+    text_spec = text_encoder_spec(caption_attrs, opts)
 
     from utils import distributed
 
@@ -475,7 +509,8 @@ def _build_index(opts: IndexOptions) -> dict:
     labels = image_labels(data)
     classes = _class_names(data, labels)
     splits, used = _split_of(run.run_dir, n, int(cfg.get("seed", 42)))
-    image_dir = Path(opts.dataset_image_dir) if opts.dataset_image_dir else Path(paths.dataset_json).parent / ds.image_dir
+    image_dir = (Path(opts.dataset_image_dir) if opts.dataset_image_dir
+                 else Path(paths.dataset_json).parent / ds.image_dir)
     image_paths = _dataset_image_paths(data, image_dir)
     meta_images, meta_captions = _metadata(data, labels, classes, splits, used, image_paths)
     missing = sum(p is None for p in image_paths)
@@ -493,31 +528,22 @@ def _build_index(opts: IndexOptions) -> dict:
         image_features = np.concatenate([image_features, image_stats.apply(new_raw)])
         root = Path(opts.image_dir)
         meta_images += [{"row": n + m, "filename": p.relative_to(root).as_posix(), "class": None, "class_code": None,
-                         "split": NEW_IMAGE_SPLIT, "path": str(p.resolve()), "captions": []} for m, p in enumerate(new_paths)]
+                         "split": NEW_IMAGE_SPLIT, "path": str(p.resolve()), "captions": []}
+                        for m, p in enumerate(new_paths)]
     outputs = {
         "images": hash_outputs(model.image_net, image_features, device),
         "captions": hash_outputs(model.text_net, caption_stats.apply(caption_raw), device),
     }
-    metadata = {"images": meta_images, "captions": meta_captions}
-    index_params: dict = {"type": opts.index_type}
-    written = {}
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here the folder is unfinished until the new manifest
-    for modality in MODALITIES:
-        names = index_file_names(modality)
-        codes = pack_outputs(outputs[modality])
-        index, index_params[modality] = make_binary_index(codes, opts.index_type, opts.nlist, opts.nprobe)
-        _save_npy(out / names["codes"], codes)
-        _save_npy(out / names["outputs"], outputs[modality].astype(np.float16))
-        _save_faiss(out / names["faiss"], index)
-        write_text(out / names["metadata"], _jsonl(metadata[modality]))
-        written[modality] = names
+    written, index_params = _write_modalities(out, outputs, {"images": meta_images, "captions": meta_captions}, opts)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "bit": bit,
-        "bytes_per_code": int((bit + 7) // 8),
+        "bit": bits,
+        "bytes_per_code": int((bits + 7) // 8),
         "run": {"dir": str(run.run_dir), "config": cfg},
-        "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()), "sha256": sha256_of(run.checkpoint),
+        "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()),
+                       "sha256": sha256_of(run.checkpoint),
                        "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
                        "epoch": checkpoint_epoch(payload)},
         "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": CAPTIONS_PER_IMAGE * n,
@@ -525,10 +551,12 @@ def _build_index(opts: IndexOptions) -> dict:
         "features": {
             "image": {"path": str(paths.image), "rows": int(image_raw.shape[0]), "width": int(image_raw.shape[1]),
                       "standardisation": image_stats.to_json(), "provenance": image_attrs},
-            "caption": {"path": str(paths.caption), "rows": int(caption_raw.shape[0]), "width": int(caption_raw.shape[1]),
+            "caption": {"path": str(paths.caption), "rows": int(caption_raw.shape[0]),
+                        "width": int(caption_raw.shape[1]),
                         "standardisation": caption_stats.to_json(), "provenance": caption_attrs},
         },
-        "encoders": {"image": image_spec.to_json() if image_spec else None, "text": text_spec.to_json() if text_spec else None},
+        "encoders": {"image": image_spec.to_json() if image_spec else None,
+                     "text": text_spec.to_json() if text_spec else None},
         "image_dir": None if opts.image_dir is None else {
             "path": str(Path(opts.image_dir).resolve()), "images": len(new_paths), "first_row": n,
             "shards": SHARDS_DIR, "shard_size": opts.shard_size},

@@ -6,17 +6,23 @@ import html
 import io
 from pathlib import Path
 
+from utils.data.images import load_image
+from utils.errors import DUCHError
+from utils.io import write_text
+
 THUMBNAIL_SIZE = 192
 
 _STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #222; background: #fafafa; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #222;
+       background: #fafafa; }
 h1 { font-size: 20px; margin: 0 0 4px 0; }
 .meta { color: #666; font-size: 13px; margin-bottom: 16px; }
 .query { display: flex; gap: 16px; align-items: center; background: #fff; border: 1px solid #ddd; border-radius: 8px;
          padding: 12px 16px; margin-bottom: 20px; }
 .query .text { font-size: 18px; font-style: italic; }
 .query .qimg { width: 160px; flex-shrink: 0; }
-.query .qimg img, .query .qimg .thumb-missing { width: 160px; height: 160px; object-fit: cover; border-radius: 4px; display: block; }
+.query .qimg img, .query .qimg .thumb-missing { width: 160px; height: 160px; object-fit: cover; border-radius: 4px;
+                                               display: block; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 14px; }
 .card { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 8px; font-size: 13px; }
 .card img, .thumb-missing { width: 100%; aspect-ratio: 1 / 1; object-fit: cover; border-radius: 4px; display: block; }
@@ -31,9 +37,6 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 
 def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE) -> str | None:
     """A JPEG thumbnail of the image as a data: URI, or None when the file is absent or unreadable."""
-    from utils.errors import DUCHError
-    from utils.data.images import load_image
-
     if not path or not Path(path).is_file():
         return None
     try:
@@ -60,7 +63,8 @@ def render_page(result: dict, title: str = "DUCH search", about: str = "") -> st
     if q["kind"] == "text":
         query_html = f'<div class="text">&ldquo;{esc(q["text"])}&rdquo;</div>'
     elif q["kind"] == "image":
-        query_html = f'<div class="qimg">{_image_tag(q["path"], "query image")}</div><div class="file">{esc(q["path"])}</div>'
+        query_html = (f'<div class="qimg">{_image_tag(q["path"], "query image")}</div>'
+                      f'<div class="file">{esc(q["path"])}</div>')
     else:
         query_html = f'<div class="file">{esc(q["modality"])} row {q["row"]}</div>'
         if q.get("query_path"):
@@ -75,7 +79,8 @@ def render_page(result: dict, title: str = "DUCH search", about: str = "") -> st
             f'<div class="card">{_image_tag(r.get("path"), str(r.get("filename")))}'
             f'<div><span class="rank">#{r["rank"]}</span><span class="dist">{dist}</span></div>'
             f'<div class="file">{esc(str(r.get("filename")))} (row {r["row"]})</div>'
-            f'<div class="cls">{esc(str(r.get("class")))}{" &middot; " + esc(r["split"]) if r.get("split") else ""}</div>{caption}</div>'
+            f'<div class="cls">{esc(str(r.get("class")))}{" &middot; " + esc(r["split"]) if r.get("split") else ""}'
+            f'</div>{caption}</div>'
         )
     meta = (f"{len(result['results'])} nearest {esc(q['target'])} by Hamming distance"
             + (", re-ranked by cosine of the continuous outputs" if q.get("rerank") else "") + " &middot; ties by row"
@@ -90,6 +95,4 @@ def render_page(result: dict, title: str = "DUCH search", about: str = "") -> st
 
 
 def write_page(path: str | Path, result: dict, title: str = "DUCH search", about: str = "") -> None:
-    from utils.io import write_text
-
     write_text(path, render_page(result, title, about))

@@ -17,6 +17,7 @@ import numpy as np
 
 from utils.errors import DUCHError
 from utils.io import read_json, read_npy
+from utils.runtime import resolve_device
 from utils.search.encoders import (
     FeatureStats,
     ImageEncoderSpec,
@@ -25,13 +26,7 @@ from utils.search.encoders import (
     pack_outputs,
     sha256_of,
 )
-from utils.search.index import (
-    FORMAT,
-    MANIFEST_NAME,
-    MODALITIES,
-    TrainedRun,
-    index_file_names,
-)
+from utils.search.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
 
 TARGETS = MODALITIES  # what a query searches: images or captions
 ROW_MODALITIES = {"image": "images", "caption": "captions"}
@@ -66,7 +61,7 @@ class SearchIndex:
     def __init__(self, index_dir: Path, manifest: dict):
         self.dir = index_dir
         self.manifest = manifest
-        self.bit = int(manifest["bit"])
+        self.bits = int(manifest["bit"])
         self.codes, self.faiss, self.metadata = {}, {}, {}
         self._outputs: dict = {}
         for modality in MODALITIES:
@@ -177,7 +172,7 @@ def faiss_threads(n: int | None):
 
     Measured on 2 cores (benchmarks/bench_search.py): one query over 1M codes takes the same time on one
     thread as on two, while two threads on a machine busy with other work spin-wait for each other (100x slower)."""
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     if n is None:
         yield
@@ -191,7 +186,8 @@ def faiss_threads(n: int | None):
 
 
 def order_by_distance_then_row(distances: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each result list sorted by (distance, row); rows faiss could not fill (-1, approximate indexes) dropped to the end."""
+    """Each result list sorted by (distance, row); rows faiss could not fill (-1, approximate indexes) dropped to
+    the end."""
     distances, rows = np.asarray(distances), np.asarray(rows)
     key_rows = np.where(rows < 0, np.iinfo(np.int64).max, rows)
     order = np.lexsort((key_rows, distances), axis=-1) if distances.size else np.zeros_like(rows)
@@ -245,7 +241,7 @@ def check_checkpoint(manifest: dict, index_dir: Path) -> None:
 
 
 def _read_faiss(path: Path):
-    import faiss
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
     try:
         return faiss.read_index_binary(str(path))
@@ -275,8 +271,6 @@ class QueryEncoder:
     """The run's networks and the feature encoders, loaded once per process and on first use."""
 
     def __init__(self, index: SearchIndex, device="auto", batch_size: int = 64):
-        from utils.runtime import resolve_device
-
         self.index = index
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -299,9 +293,10 @@ class QueryEncoder:
         record = self.index.manifest["encoders"].get("text")
         if record is None:
             path = self.index.manifest["features"]["caption"]["path"]
-            raise DUCHError(f"the caption features {path} carry no text-model record, so a sentence cannot be embedded as "
-                            f"they were; rebuild the index naming the model that made them with --text-model: python "
-                            f"search.py index --run {self.index.manifest['run']['dir']} --text-model NAME_OR_FOLDER --overwrite")
+            raise DUCHError(f"the caption features {path} carry no text-model record, so a sentence cannot be embedded "
+                            "as they were; rebuild the index naming the model that made them with --text-model: "
+                            f"python search.py index --run {self.index.manifest['run']['dir']} --text-model "
+                            "NAME_OR_FOLDER --overwrite")
         return TextEncoderSpec.from_json(record)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -314,7 +309,7 @@ class QueryEncoder:
         return spec.embed(self._text_model, texts, batch_size=self.batch_size)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Continuous text-net outputs (n, bit)."""
+        """Continuous text-net outputs (n, bits)."""
         features = self.caption_stats.apply(self.embed_texts(texts))
         return hash_outputs(self.model.text_net, features, self.device)
 
@@ -323,9 +318,10 @@ class QueryEncoder:
         record = self.index.manifest["encoders"].get("image")
         if record is None:
             path = self.index.manifest["features"]["image"]["path"]
-            raise DUCHError(f"the image features {path} carry no record of their encoder, so an image cannot be encoded as "
-                            f"they were; rebuild the index naming it with --weights (imagenet, none or a .pth file) and "
-                            f"--img-aug: python search.py index --run {self.index.manifest['run']['dir']} --weights imagenet --overwrite")
+            raise DUCHError(f"the image features {path} carry no record of their encoder, so an image cannot be "
+                            "encoded as they were; rebuild the index naming it with --weights (imagenet, none or a "
+                            ".pth file) and --img-aug: python search.py index --run "
+                            f"{self.index.manifest['run']['dir']} --weights imagenet --overwrite")
         return ImageEncoderSpec.from_json(record)
 
     def embed_images(self, paths: Sequence[str | Path]) -> np.ndarray:
@@ -346,8 +342,8 @@ class QueryEncoder:
 
     # any query ---------------------------------------------------------------------------------
     def encode(self, queries: Sequence[Query]) -> np.ndarray:
-        """Continuous outputs of every query (n, bit), texts and images each in one batch."""
-        out = np.zeros((len(queries), self.index.bit), np.float32)
+        """Continuous outputs of every query (n, bits), texts and images each in one batch."""
+        out = np.zeros((len(queries), self.index.bits), np.float32)
         groups: dict[str, list[int]] = {"text": [], "image": [], "row": []}
         for i, q in enumerate(queries):
             groups[q.kind].append(i)
@@ -382,10 +378,12 @@ def check_query(index: SearchIndex, query: Query) -> None:
             raise DUCHError(f"--row needs --modality image or caption, got {query.modality!r}")
         n = index.size(ROW_MODALITIES[query.modality])
         if not 0 <= query.row < n:
-            raise DUCHError(f"--row {query.row} is out of range: the index holds {n} {ROW_MODALITIES[query.modality]} (rows 0..{n - 1})")
+            raise DUCHError(f"--row {query.row} is out of range: the index holds {n} {ROW_MODALITIES[query.modality]} "
+                            f"(rows 0..{n - 1})")
 
 
-def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Query], target: str = "images", k: int = 10,
+def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Query], target: str = "images",
+           k: int = 10,
            rerank: bool = False, shortlist: int = DEFAULT_SHORTLIST) -> list[dict]:
     """Results of every query: ``{"query", "results": [{"rank", "row", "distance", ...}]}``.
 
@@ -461,7 +459,8 @@ def format_table(result: dict, width: int = 60) -> str:
             "row": lambda: f"{q['modality']} row {q['row']}"}[q["kind"]]()
     rerank = q.get("rerank")
     lines = [f"query: {what} -> {q['target']} (top {q['k']}{', re-ranked by cosine' if rerank else ''})"]
-    header = f"{'rank':>4} {'hamming':>7} " + (f"{'cosine':>7} " if rerank else "") + f"{'row':>6}  {'filename':<18} {'class':<14} caption"
+    header = (f"{'rank':>4} {'hamming':>7} " + (f"{'cosine':>7} " if rerank else "")
+              + f"{'row':>6}  {'filename':<18} {'class':<14} caption")
     lines.append(header)
     for r in result["results"]:
         caption = printable(r.get("caption") or "")  # captions are data: no escape sequence reaches the terminal

@@ -20,8 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from utils.distributed import (SyncBatchNorm1d, all_reduce_gradients, broadcast_state, context, gather_rows,
-                               shard_bounds, shard_sizes, sync_device_rng)
+from utils.distributed import (
+    SyncBatchNorm1d,
+    all_reduce_gradients,
+    broadcast_state,
+    context,
+    gather_rows,
+    shard_bounds,
+    shard_sizes,
+    sync_device_rng,
+)
 from utils.train.trainer import DUCHTrainer
 
 

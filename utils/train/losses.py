@@ -30,7 +30,8 @@ def contrastive_loss(h_i1, h_i2, h_t1, h_t2, weights=(1.0, 1.0, 1.0), tau: float
     ``tau`` is the NT-Xent temperature; 1, the original's, gives its formula unchanged.
     """
     return (
-        weights[0] * ntxent(h_i1, h_t1, tau) + weights[1] * ntxent(h_i1, h_i2, tau) + weights[2] * ntxent(h_t1, h_t2, tau)
+        weights[0] * ntxent(h_i1, h_t1, tau) + weights[1] * ntxent(h_i1, h_i2, tau)
+        + weights[2] * ntxent(h_t1, h_t2, tau)
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.retrieval.evaluation import DIRECTION_TITLES
 from utils.io import atomic_path
+from utils.retrieval.evaluation import DIRECTION_TITLES
 
 CHANCE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.2)
 
@@ -46,7 +46,8 @@ def _chance_line(ax, metrics: dict) -> None:
 
 
 # curves of different directions often coincide: distinct markers and line styles keep each visible
-_STYLES = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--"), dict(marker="^", linestyle="-."), dict(marker="x", linestyle=":")]
+_STYLES = [dict(marker="o", linestyle="-"), dict(marker="s", linestyle="--"), dict(marker="^", linestyle="-."),
+           dict(marker="x", linestyle=":")]
 
 
 def plot_pr_curves(metrics: dict, path: str | Path, title: str = "") -> list[str]:
@@ -73,7 +74,8 @@ def plot_p_at_k(metrics: dict, path: str | Path, title: str = "") -> list[str]:
     return _save(plt, fig, ax, path)
 
 
-def plot_losses(history: list[dict], path: str | Path, title: str = "", weights: dict[str, float] | None = None) -> list[str]:
+def plot_losses(history: list[dict], path: str | Path, title: str = "",
+                weights: dict[str, float] | None = None) -> list[str]:
     """Top: the weighted total the hashing networks minimise. Bottom: each weighted term of it (log scale).
 
     ``history`` holds each term unweighted and summed over the epoch; ``weights`` are alpha, beta and
@@ -90,11 +92,13 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "", weights:
     weights = {"contrastive": 1.0, **(weights or {})}
     epochs = [h["epoch"] for h in history]
     total = np.array([h["loss"]["total"] for h in history])
-    top.plot(epochs, total, color="black", linewidth=2, marker="o", markersize=3, label="total = L_c + alpha L_adv + beta L_q + gamma L_bb")
+    top.plot(epochs, total, color="black", linewidth=2, marker="o", markersize=3,
+             label="total = L_c + alpha L_adv + beta L_q + gamma L_bb")
     top.set(ylabel="weighted total", title=f"training losses {title}".strip())
     top.grid(alpha=0.3)
     top.legend(loc="best", frameon=True, fontsize="small")  # "best" places it where it covers no point
-    symbols = {"contrastive": "L_c", "adversarial": "alpha L_adv", "quantization": "beta L_q", "bit_balance": "gamma L_bb"}
+    symbols = {"contrastive": "L_c", "adversarial": "alpha L_adv", "quantization": "beta L_q",
+               "bit_balance": "gamma L_bb"}
     for style, (term, symbol) in zip(_STYLES, symbols.items()):
         if term not in weights or term not in history[0]["loss"]:
             continue
@@ -104,7 +108,8 @@ def plot_losses(history: list[dict], path: str | Path, title: str = "", weights:
     if "discriminator" in history[0]["loss"]:
         values = np.array([h["loss"]["discriminator"] for h in history])
         if (values > 0).any():
-            ax.plot(epochs, values, color="0.5", linewidth=1, linestyle=(0, (1, 1)), marker=".", label="discriminator loss (own optimiser, not in total)")
+            ax.plot(epochs, values, color="0.5", linewidth=1, linestyle=(0, (1, 1)), marker=".",
+                    label="discriminator loss (own optimiser, not in total)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(set(epochs)) == 1:
         ax.set_xlim(epochs[0] - 1, epochs[0] + 1)

@@ -21,17 +21,17 @@ from configs.datasets import get_dataset
 from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
-from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
-from utils.errors import DUCHError
-from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
 from utils.data.features import FeatureFiles, Features, load_features, resolve_files, width_notes
+from utils.data.splits import Split, make_split
+from utils.errors import DUCHError
 from utils.fingerprints import check_unchanged, fingerprints
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
 from utils.locks import OutputLock
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
 from utils.publish import publish_folder, recover_folder, staging_path_of
+from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, format_map_table
 from utils.runtime import git_commit, resolve_device, seed_everything, versions
-from utils.data.splits import Split, make_split
+from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.train.trainer import DUCHTrainer, run_epochs
 
 HISTORY_NAME = "history.jsonl"
@@ -51,28 +51,33 @@ def refuse(message: str):
 def check_data_dir(cfg: TrainConfig, source: str = "--data-dir") -> None:
     """A mistyped --data-dir is reported, never created."""
     if not Path(cfg.data_dir).is_dir():
-        raise DUCHError(f"data folder {cfg.data_dir} does not exist ({source}); it holds the dataset JSON and the feature files")
+        raise DUCHError(f"data folder {cfg.data_dir} does not exist ({source}); it holds the dataset JSON and the "
+                        "feature files")
 
 
 def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
     """Settings and data that run but probably not as the user meant: said on the console and kept in config.json."""
     out = []
     if cfg.bit < 8:
-        out.append(f"--bit {cfg.bit} is below 8: at most {2 ** cfg.bit} distinct codes to rank a database with; the paper uses 16 to 128 bits")
+        out.append(f"--bit {cfg.bit} is below 8: at most {2 ** cfg.bit} distinct codes to rank a database with; the "
+                   "paper uses 16 to 128 bits")
     elif cfg.bit % 8:
-        out.append(f"--bit {cfg.bit} is not a multiple of 8: packed codes fill whole bytes and the paper uses 16, 32, 64 or 128 bits")
+        out.append(f"--bit {cfg.bit} is not a multiple of 8: packed codes fill whole bytes and the paper uses 16, 32, "
+                   "64 or 128 bits")
     n_train = len(data.split.train)
     if cfg.batch_size > n_train:
-        out.append(f"--batch-size {cfg.batch_size} is larger than the {n_train} training images: every epoch is one batch of {n_train}")
+        out.append(f"--batch-size {cfg.batch_size} is larger than the {n_train} training images: every epoch is one "
+                   f"batch of {n_train}")
     labels = data.features.labels
     q_labels, db_labels = labels[data.split.query], labels[data.split.db]
     lonely = int((~np.isin(q_labels, db_labels)).sum())
     if lonely == len(q_labels):
-        out.append("no query has a relevant database item (no query's class occurs in the database): every retrieval metric is 0")
+        out.append("no query has a relevant database item (no query's class occurs in the database): every retrieval "
+                   "metric is 0")
     elif lonely:
         out.append(
-            f"{lonely} of {len(q_labels)} queries have no relevant database item (their class is absent from the database); "
-            f"they count 0 in mAP, precision and recall"
+            f"{lonely} of {len(q_labels)} queries have no relevant database item (their class is absent from the "
+            "database); they count 0 in mAP, precision and recall"
         )
     return out + data.features.warnings
 
@@ -96,7 +101,8 @@ class RunData:
             "i2": tensor(f.image_aug[s.train]),
             "t1": tensor(f.caption[s.train_captions]),
         }
-        self.train_views["t2"] = self.train_views["t1"] if f.caption_aug is None else tensor(f.caption_aug[s.train_captions])
+        self.train_views["t2"] = (self.train_views["t1"] if f.caption_aug is None
+                                  else tensor(f.caption_aug[s.train_captions]))
         self.query = EvalSet(tensor(f.image[s.query]), tensor(f.caption[s.query_captions]), tensor(f.labels[s.query]))
         self.db = EvalSet(tensor(f.image[s.db]), tensor(f.caption[s.db_captions]), tensor(f.labels[s.db]))
 
@@ -145,7 +151,8 @@ def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings:
 def read_run_config(run_dir: Path, flag: str) -> dict:
     path = run_dir / CONFIG_NAME
     if not path.is_file():
-        raise DUCHError(f"{flag}: {run_dir} has no {CONFIG_NAME}, the record of how the run was trained, so it cannot be bound to its data")
+        raise DUCHError(f"{flag}: {run_dir} has no {CONFIG_NAME}, the record of how the run was trained, so it cannot "
+                        "be bound to its data")
     saved = read_json(path, "run configuration")
     if not isinstance(saved, dict):
         raise DUCHError(f"{path} is not a run configuration (a JSON object)")
@@ -214,7 +221,8 @@ def bind_to_run(cfg: TrainConfig, typed: set[str], saved: dict, run_dir: Path, m
     if conflicts:
         action = "evaluates" if mode == "test" else "continues"
         raise DUCHError(
-            f"{flag_name} {action} the run in {run_dir} with the settings of its {CONFIG_NAME}: {'; '.join(conflicts)}. "
+            f"{flag_name} {action} the run in {run_dir} with the settings of its {CONFIG_NAME}: "
+            f"{'; '.join(conflicts)}. "
             f"Drop the flag to use the run's setting, or train a new run with another --tag"
         )
     run.device, run.out_dir = cfg.device, cfg.out_dir
@@ -229,10 +237,12 @@ FEATURE_FILE_KEYS = ("image", "image_aug", "caption", "caption_aug")
 def _check_same_files(saved: dict, now: dict, flag: str) -> None:
     """The feature files a bound run resolves to must be the ones it was trained on (the JSON may have
     gained augmented captions since: its labels and raw captions are the same)."""
-    changed = [k for k in FEATURE_FILE_KEYS if k in saved and k in now and Path(saved[k]).resolve() != Path(now[k]).resolve()]
+    changed = [k for k in FEATURE_FILE_KEYS
+               if k in saved and k in now and Path(saved[k]).resolve() != Path(now[k]).resolve()]
     if changed:
         detail = "; ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
-        raise DUCHError(f"{flag}: the run's feature files now resolve to other files ({detail}); run it from the folder it was trained in")
+        raise DUCHError(f"{flag}: the run's feature files now resolve to other files ({detail}); run it from the "
+                        "folder it was trained in")
 
 
 def _check_widths(payload: dict, data: RunData, ckpt_path: Path) -> None:
@@ -250,7 +260,8 @@ def _log_warnings(logger, warnings: list[str]) -> None:
         logger.warning(f"warning: {warning}")
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, typed: set[str] | frozenset = frozenset()) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
+          typed: set[str] | frozenset = frozenset()) -> dict:
     """Train, keep best and last checkpoints, then evaluate the best model. Returns the metrics.
 
     ``typed``: the settings the user typed flags for; with ``resume`` the run's config.json supplies the
@@ -363,7 +374,8 @@ def _epoch_line(cfg: TrainConfig, record: dict) -> str:
     loss = record["loss"]
     return (
         f"epoch {record['epoch']}/{cfg.epochs}: loss total {loss['total']:.6g} = contrastive {loss['contrastive']:.6g}"
-        f" + {cfg.alpha:g} x adversarial {loss['adversarial']:.6g} + {cfg.beta:g} x quantization {loss['quantization']:.6g}"
+        f" + {cfg.alpha:g} x adversarial {loss['adversarial']:.6g} + {cfg.beta:g} x quantization "
+        f"{loss['quantization']:.6g}"
         f" + {cfg.gamma:g} x bit_balance {loss['bit_balance']:.6g}; discriminator {loss['discriminator']:.6g}"
         f"; lr {record['lr']:.3g}; {record['time_s']:.3f} s"
     )
@@ -381,7 +393,8 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
     data = RunData(cfg, device)  # before --overwrite deletes anything: bad data leaves the old run intact
     if saved is not None:
         _check_same_files(saved_files, cfg.files, "--resume")
-    logger = setup_logger(run_dir / "train.log" if ctx.is_main else None, level=logging.INFO if ctx.is_main else logging.ERROR)
+    logger = setup_logger(run_dir / "train.log" if ctx.is_main else None,
+                          level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
     check_model_fits(cfg, data.features.widths, device)
     if ctx.distributed:
@@ -396,13 +409,16 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         _check_widths(state, data, last_path)
         trainer.load_state(state)
         history = [r for r in read_history(run_dir) if r["epoch"] <= trainer.epoch + 1]
-        resumed = {"time": record["time"], "after_epoch": trainer.epoch + 1, "argv": record["argv"], "git_commit": record["git_commit"],
+        resumed = {"time": record["time"], "after_epoch": trainer.epoch + 1, "argv": record["argv"],
+                   "git_commit": record["git_commit"],
                    **ctx.record()}
         if cfg.epochs != saved["epochs"]:
             resumed["epochs"] = [saved["epochs"], cfg.epochs]
-            logger.info(f"--epochs raised from {saved['epochs']} to {cfg.epochs} (recorded in {CONFIG_NAME} under 'resumed')")
+            logger.info(f"--epochs raised from {saved['epochs']} to {cfg.epochs} (recorded in {CONFIG_NAME} under "
+                        "'resumed')")
         record.update(time=saved.get("time"), argv=saved.get("argv"), git_commit=saved.get("git_commit"),
-                      world_size=saved.get("world_size", 1), backend=saved.get("backend"), resumed=[*saved.get("resumed", []), resumed])
+                      world_size=saved.get("world_size", 1), backend=saved.get("backend"),
+                      resumed=[*saved.get("resumed", []), resumed])
         logger.info(f"resuming {run_dir} after epoch {trainer.epoch + 1} of {cfg.epochs}")
     _log_warnings(logger, warnings)
     for note in width_notes(get_dataset(cfg.dataset), data.features.widths):
@@ -412,8 +428,10 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         write_json(run_dir / SPLIT_NAME, data.split.to_json(), indent=None)
     s = data.split
     logger.info(
-        f"DUCH {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, {'original-release quirks' if cfg.original_quirks else 'paper method'}, "
-        f"device {device}{f' x {ctx.world_size} ranks ({ctx.backend})' if ctx.distributed else ''}; train {len(s.train)} / query {len(s.query)} / database {len(s.db)} images"
+        f"DUCH {cfg.dataset} {cfg.bit} bits, preset {cfg.preset}, "
+        f"{'original-release quirks' if cfg.original_quirks else 'paper method'}, "
+        f"device {device}{f' x {ctx.world_size} ranks ({ctx.backend})' if ctx.distributed else ''}; train "
+        f"{len(s.train)} / query {len(s.query)} / database {len(s.db)} images"
     )
 
     def on_epoch_end(epoch: int, record: dict) -> None:
@@ -424,7 +442,8 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         logger.info(_epoch_line(cfg, record), extra=FILE_ONLY)
         if "valid" in record:
             score = record["valid"][f"map@{cfg.map_k}"]["avg"]
-            logger.info(f"epoch {epoch + 1}: validation mAP@{cfg.map_k} avg {score:.4f}\n{format_map_table(record['valid'])}")
+            logger.info(f"epoch {epoch + 1}: validation mAP@{cfg.map_k} avg "
+                        f"{score:.4f}\n{format_map_table(record['valid'])}")
             if score > trainer.best_score:
                 trainer.best_score, trainer.best_epoch = score, epoch
                 save_checkpoint(run_dir / BEST_NAME, trainer.model_payload())
@@ -440,20 +459,23 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         run_epochs(trainer, on_epoch_end)
     except KeyboardInterrupt:
         if trainer.epoch >= 0:
-            logger.info(f"interrupted; {trainer.epoch + 1} epochs are saved in {last_path}; continue with the same command and --resume")
+            logger.info(f"interrupted; {trainer.epoch + 1} epochs are saved in {last_path}; continue with the same "
+                        "command and --resume")
         else:
             logger.info("interrupted before the first epoch ended; nothing was saved")
         raise SystemExit(130) from None
     if not ctx.is_main:
         return {}
     times = [r["time_s"] for r in history]
-    logger.info(f"training done: {len(history)} epochs, median {np.median(times):.3f} s per epoch; best epoch {trainer.best_epoch + 1}")
+    logger.info(f"training done: {len(history)} epochs, median {np.median(times):.3f} s per epoch; best epoch "
+                f"{trainer.best_epoch + 1}")
     return test(cfg, run_dir=run_dir, data=data, device=device, warnings=warnings)
 
 
 def main_command(cfg: TrainConfig, *extra: str) -> str:
     """The main.py command line of a run (for error messages), keeping a non-default --data-dir and --out-dir."""
-    parts = ["python main.py", f"--dataset {cfg.dataset}", f"--preset {cfg.preset}", f"--bit {cfg.bit}", f"--tag {cfg.tag}"]
+    parts = ["python main.py", f"--dataset {cfg.dataset}", f"--preset {cfg.preset}", f"--bit {cfg.bit}",
+             f"--tag {cfg.tag}"]
     if Path(cfg.data_dir) != Path(get_dataset(cfg.dataset).default_data_dir):
         parts.append(f"--data-dir {cfg.data_dir}")
     if Path(cfg.out_dir) != Path(TrainConfig.out_dir):
@@ -511,7 +533,8 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
         _check_same_files(saved_files, cfg.files, "--test")
         warnings = run_warnings(cfg, data)
         _log_warnings(logger, warnings)
-        write_json(run_dir / f"test_config{suffix}.json", _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
+        write_json(run_dir / f"test_config{suffix}.json",
+                   _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
     _check_widths(payload, data, ckpt_path)
     from models.duch import DUCH
 
@@ -523,10 +546,12 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     metrics = evaluate_codes(codes, data.query.labels, data.db.labels)
     elapsed = time.perf_counter() - start
     metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": checkpoint_epoch(payload)}
-    metrics["n_query"], metrics["n_db"], metrics["eval_time_s"] = len(data.split.query), len(data.split.db), round(elapsed, 4)
+    metrics["n_query"], metrics["n_db"] = len(data.split.query), len(data.split.db)
+    metrics["eval_time_s"] = round(elapsed, 4)
     metrics["warnings"] = list(warnings or [])
     write_json(run_dir / f"metrics{suffix}.json", metrics)
-    rows = {"q_rows": np.asarray(data.split.query, dtype=np.int64), "db_rows": np.asarray(data.split.db, dtype=np.int64)}
+    rows = {"q_rows": np.asarray(data.split.query, dtype=np.int64),
+            "db_rows": np.asarray(data.split.db, dtype=np.int64)}
     with atomic_path(run_dir / f"codes{suffix}.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **codes.to_npz(data.query.labels, data.db.labels), **rows)
@@ -537,9 +562,11 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     plot_p_at_k(metrics, run_dir / f"p_at_k{suffix}.png", title)
     history = read_history(run_dir)
     if history:
-        plot_losses(history, run_dir / "losses.png", cfg.run_name(), weights={"adversarial": cfg.alpha, "quantization": cfg.beta, "bit_balance": cfg.gamma})
+        plot_losses(history, run_dir / "losses.png", cfg.run_name(),
+                    weights={"adversarial": cfg.alpha, "quantization": cfg.beta, "bit_balance": cfg.gamma})
     logger.info(
-        f"test of {ckpt_path} (epoch {metrics['model']['epoch']}; {metrics['n_query']} queries, {metrics['n_db']} database items, {elapsed:.2f} s)\n"
+        f"test of {ckpt_path} (epoch {metrics['model']['epoch']}; {metrics['n_query']} queries, {metrics['n_db']} "
+        f"database items, {elapsed:.2f} s)\n"
         f"{format_map_table(metrics)}\nresults in {run_dir}" + (f" (files ending in {suffix})" if suffix else "")
     )
     return metrics

@@ -9,9 +9,9 @@ from tqdm import tqdm
 from configs.train import TrainConfig
 from models.duch import DUCH
 from utils.errors import DUCHError
+from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 from utils.train import losses
 from utils.train.checkpoints import checkpoint_epoch, rng_state, set_rng_state
-from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 
 VIEWS = ("i1", "i2", "t1", "t2")  # image, augmented image, caption, augmented caption
 LOSS_TERMS = ("total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator")
