@@ -82,7 +82,8 @@ def check_values(cfg: TrainConfig) -> None:
     for name in ("bit", "epochs", "batch_size", "valid_freq", "lr_decay_freq", "map_k"):
         check_int(f"--{name.replace('_', '-')}", getattr(cfg, name), 1)
     check_seed(cfg.seed)
-    weights = ("alpha", "beta", "gamma", "lr", "weight_decay", "lr_discriminator", "discriminator_weight_decay", "lr_min")
+    weights = ("alpha", "beta", "gamma", "lr", "weight_decay", "lr_discriminator", "discriminator_weight_decay",
+               "lr_min")
     for name in weights:
         check_finite(f"--{name.replace('_', '-')}", getattr(cfg, name), 0.0)
     check_finite("lr_decay", cfg.lr_decay, 0.0, low_inclusive=False)

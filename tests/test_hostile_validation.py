@@ -98,6 +98,17 @@ def test_non_finite_loss_stops_the_run_naming_epoch_and_term(demo_features, tmp_
     assert [r["epoch"] for r in history] == [1]  # the saved state is the last finite epoch
 
 
+def test_bit_length_that_cannot_fit_says_what_it_needs():
+    import torch
+
+    from configs.train import TrainConfig
+    from utils.train.runner import check_model_fits
+
+    with pytest.raises(DUCHError, match=r"--bit 10000000: the networks would need about [0-9.]+ GiB"):
+        check_model_fits(TrainConfig(bit=10_000_000), {"image": 512, "caption": 768}, torch.device("cpu"))
+    check_model_fits(TrainConfig(bit=64), {"image": 512, "caption": 768}, torch.device("cpu"))
+
+
 def test_standardisation_overflow_is_refused():
     from utils.data.features import standardise
     from utils.search.encoders import FeatureStats
