@@ -61,12 +61,15 @@ def test_full_disk_is_one_line_and_leaves_no_tmp(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_start_up(tmp_path, capsys, monkeypatch):
+    import evaluate as script
     import utils.logs
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(utils.logs, "setup_logger", interrupted)
+    if hasattr(script, "setup_logger"):  # imported at the script's top
+        monkeypatch.setattr(script, "setup_logger", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         evaluate("--codes", _codes(tmp_path))
     assert exit_info.value.code == 130 and _one_line(capsys) == "interrupted"

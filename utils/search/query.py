@@ -70,9 +70,9 @@ class SearchIndex:
             self.faiss[modality] = _read_faiss(self._file(names["faiss"]))
             self.metadata[modality] = _read_jsonl(self._file(names["metadata"]))
             codes = self.codes[modality]
-            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != (self.bit + 7) // 8:
+            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != (self.bits + 7) // 8:
                 raise DUCHError(f"{index_dir}: {names['codes']} holds {codes.dtype} of shape {codes.shape}, not packed "
-                                f"{self.bit}-bit codes; rebuild the index with --overwrite")
+                                f"{self.bits}-bit codes; rebuild the index with --overwrite")
             n = len(codes)
             if self.faiss[modality].ntotal != n or len(self.metadata[modality]) != n:
                 raise DUCHError(f"{index_dir}: the {modality} codes, faiss index and metadata disagree in length; "
