@@ -32,10 +32,14 @@ def evaluate(*argv):
 
 
 def test_evaluate_out_checked_before_scoring(tmp_path, capsys, monkeypatch):
+    import evaluate as script
     import utils.retrieval.evaluation as evaluation
 
     codes = _codes(tmp_path)
-    monkeypatch.setattr(evaluation, "evaluate_file", lambda *a, **k: pytest.fail("scored before --out was checked"))
+    never = lambda *a, **k: pytest.fail("scored before --out was checked")  # noqa: E731
+    monkeypatch.setattr(evaluation, "evaluate_file", never)
+    if hasattr(script, "evaluate_file"):  # imported at the script's top
+        monkeypatch.setattr(script, "evaluate_file", never)
     for out, message in ((tmp_path, "is a folder"), (tmp_path / "missing" / "m.json", "does not exist")):
         with pytest.raises(SystemExit) as exit_info:
             evaluate("--codes", codes, "--out", out)
