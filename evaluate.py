@@ -56,9 +56,13 @@ def main(args: argparse.Namespace) -> dict:
         return compare(args)
     if args.bits is not None and args.bits < 1:
         raise DUCHError(f"--bits must be at least 1, got {args.bits}")
+    from utils.io import check_output_file
+
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise DUCHError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    if out is not None:  # a folder, a missing folder or an existing file is named before any scoring
+        if out.is_file() and not args.overwrite:
+            raise DUCHError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+        check_output_file(out, overwrite=True, flag="--out")
     logger = setup_logger()
     start = time.perf_counter()
     metrics = evaluate_file(args.codes, map_ks=args.map_k, with_curves=not args.no_curves, memory_gb=args.memory_gb,

@@ -13,6 +13,7 @@ from configs.presets import PRESETS
 from configs.train import METHODS, MODELS, TrainConfig, check_config
 from utils.errors import DUCHError, exit_on_user_error
 from utils.logs import setup_logger
+from utils.paths import safe_name
 
 
 class RunArgumentParser(argparse.ArgumentParser):
@@ -256,6 +257,7 @@ def main(args: argparse.Namespace) -> dict:
     if typed_split:
         args.explicit = [*args.explicit, "split_file"]
     check_config(cfg)  # bad flags are caught before any data is built or read, and before torch loads
+    safe_name(cfg.tag, "--tag")  # the tag names the run folder: no separators, no '..', nothing a plot title parses
     typed = typed_settings(args)
     if args.test and (args.resume or args.overwrite):
         raise DUCHError("--test evaluates a trained run; it cannot be combined with "

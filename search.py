@@ -12,7 +12,7 @@ import sys
 import time
 
 from utils.errors import DUCHError, exit_on_user_error
-from utils.io import refuse_overwrite, write_text
+from utils.io import check_output_file, write_text
 from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES, IndexOptions, build_index
 from utils.search.page import write_page
 from utils.search.query import DEFAULT_SHORTLIST, Query, QueryEncoder, SearchIndex, format_table, search
@@ -150,9 +150,9 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         raise DUCHError("--row needs --modality image or --modality caption")
     if args.queries and args.html:
         raise DUCHError("--html shows one query; use --json with --queries")
-    for out in (args.json, args.html):
+    for flag, out in (("--json", args.json), ("--html", args.html)):
         if out:
-            refuse_overwrite(out, args.overwrite)
+            check_output_file(out, args.overwrite, flag)
     if args.text is not None:
         queries = [Query("text", text=args.text)]
     elif args.image is not None:
@@ -163,7 +163,7 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         path = Path(args.queries)
         if not path.is_file():
             raise DUCHError(f"--queries file not found: {path}")
-        queries = [Query.parse_line(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        queries = [Query.parse_line(line) for line in read_query_lines(path) if line.strip()]
         if not queries:
             raise DUCHError(f"--queries file {path} holds no query")
 
@@ -199,6 +199,17 @@ def run_query(args: argparse.Namespace) -> list[dict]:
                    f"checkpoint, epoch {m['checkpoint']['epoch']}), {index.size(args.target)} {args.target}")
         print(f"wrote {args.html}")
     return results
+
+
+def read_query_lines(path) -> list[str]:
+    """The lines of a --queries file, which must be UTF-8 text: a bad byte is named by line, not a traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        bad = f"byte 0x{data[err.start]:02x} on line {line}"
+        raise DUCHError(f"--queries file {path} is not UTF-8 text: {bad}") from None
 
 
 @exit_on_user_error

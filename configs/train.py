@@ -91,5 +91,40 @@ def check_config(cfg: TrainConfig) -> None:
             raise DUCHError(f"--{name} must be at least {low}, got {value}")
     if len(cfg.contrastive_weights) != 3:
         raise DUCHError("--contrastive-weights takes three numbers: INTER INTRA_IMG INTRA_TXT")
-    if not cfg.tau > 0:
-        raise DUCHError(f"--tau must be positive, got {cfg.tau}")
+    check_values(cfg)
+
+
+# the loss sums exp(cos / tau) over a batch in float32 (cos up to 1): exp(1 / 0.0121) x 512 rows reaches float32's
+# 3.4e38, so a smaller --tau overflows the loss to inf; 0.02 (exp(50)) leaves a wide margin
+MIN_TAU = 0.02
+
+
+def check_values(cfg: TrainConfig) -> None:
+    """Types and ranges of every number (also what a hand-edited config.json holds): nan, inf, a string where
+    a number belongs, a seed numpy cannot take, a temperature that overflows the loss."""
+    from configs.checks import check_finite, check_int, check_seed
+
+    for name in ("bit", "epochs", "batch_size", "valid_freq", "lr_decay_freq", "map_k"):
+        check_int(f"--{name.replace('_', '-')}", getattr(cfg, name), 1)
+    check_seed(cfg.seed)
+    weights = ("alpha", "beta", "gamma", "lr", "weight_decay", "lr_discriminator", "discriminator_weight_decay",
+               "lr_min")
+    for name in weights:
+        check_finite(f"--{name.replace('_', '-')}", getattr(cfg, name), 0.0)
+    check_finite("lr_decay", cfg.lr_decay, 0.0, low_inclusive=False)
+    for i, w in enumerate(cfg.contrastive_weights):
+        check_finite(f"--contrastive-weights (number {i + 1})", w, 0.0)
+    for i, b in enumerate(cfg.discriminator_betas):
+        check_finite(f"discriminator_betas (number {i + 1})", b, 0.0)
+    check_finite("--tau", cfg.tau, MIN_TAU)
+    for name in ("dataset", "preset", "model", "tag", "data_dir", "out_dir", "device"):
+        if not isinstance(getattr(cfg, name), str):
+            raise DUCHError(f"{name} must be a string, got {getattr(cfg, name)!r}")
+    import re
+
+    # mps, xpu, meta: torch knows them, the project does not run there
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise DUCHError(f"--device {cfg.device!r}: use auto, cpu, cuda or cuda:N")
+    for name in ("original_quirks",):
+        if not isinstance(getattr(cfg, name), bool):
+            raise DUCHError(f"{name} must be true or false, got {getattr(cfg, name)!r}")

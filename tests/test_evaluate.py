@@ -101,7 +101,7 @@ def good(n_q=4, n_db=9, bits=8):
         (lambda a: a.update(db=np.ones((9, 16))), (), "8 bits but db codes have 16"),
         (lambda a: a.update(db_labels=np.zeros(5, int)), (), "db_labels has 5 rows but db has 9"),
         (lambda a: a.update(q=np.array([{"bits": 1}] * 4, dtype=object)), (),
-         "not a readable .npz file of arrays"),  # no pickles
+         "holds Python objects (an object array)"),  # no pickles
         (lambda a: a.update(q_img=a.pop("q")), (), "lacks q_txt, db_img, db_txt; a codes file holds either"),
         (lambda a: a.update(db_txt=a.pop("db")), (), "lacks q_img, q_txt, db_img; a codes file holds either"),
         (lambda a: a.update(q=np.full((4, 8), 3)), (), "the value 3"),

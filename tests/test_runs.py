@@ -103,11 +103,13 @@ def test_resume_may_only_raise_epochs_and_records_it(demo_features, tmp_path, ca
     assert "--epochs raised from 2 to 3" in capsys.readouterr().out
 
 
-def test_overwrite_leaves_no_file_of_the_previous_run(demo_features, tmp_path, monkeypatch):
+def test_interrupted_overwrite_keeps_the_previous_run_whole(demo_features, tmp_path, monkeypatch):
     from utils.train.trainer import DUCHTrainer
 
     out = tmp_path / "runs"
     run_main(*train_args(demo_features, out, "--epochs", "1"))
+    (out / RUN / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in (out / RUN).iterdir()}
     original = DUCHTrainer.train_epoch
 
     def interrupted(self, epoch):
@@ -117,7 +119,8 @@ def test_overwrite_leaves_no_file_of_the_previous_run(demo_features, tmp_path, m
     with pytest.raises(SystemExit):
         run_main(*train_args(demo_features, out, "--epochs", "1", "--overwrite"))
     monkeypatch.setattr(DUCHTrainer, "train_epoch", original)
-    assert not (out / RUN).exists()  # the old run's files are gone, and the new one saved nothing
+    assert {p.name: p.read_bytes() for p in (out / RUN).iterdir()} == before  # the new run never took its place
+    assert sorted(p.name for p in out.iterdir()) == [RUN]  # no staging folder, no lock left
 
 
 # ---- 3. the last batch of one sample is folded into the one before -----------------------------------
@@ -147,6 +150,12 @@ def test_checkpoint_of_other_widths_is_refused(demo_features, tmp_path, capsys):
     for name in ("caption_emb_DEMO_aug.h5", "caption_emb_DEMO_aug_rb.h5"):  # re-embedded with another text model
         with h5py.File(data / name, "w") as f:
             f.create_dataset("caption_emb", data=rng.normal(size=(5 * n, 12)).astype(np.float32))
+    expect_error(capsys, *train_args(data, tmp_path / "o", "--test", "--epochs", "1"),
+                 match="input files changed since it was made")
+    config_path = tmp_path / "o" / RUN / "config.json"  # a run recorded before fingerprints: the widths still tell
+    config = json.loads(config_path.read_text())
+    del config["inputs"]
+    config_path.write_text(json.dumps(config))
     expect_error(capsys, *train_args(data, tmp_path / "o", "--test", "--epochs", "1"),
                  match="was trained on features of width 24/40")
     with h5py.File(data / "caption_emb_DEMO_aug_rb.h5", "w") as f:

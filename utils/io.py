@@ -29,7 +29,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +40,42 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_tmp(path: str | Path) -> list[Path]:
+    """Remove the hidden ``.<name>.<pid>.*.tmp`` files of ``path`` whose writer (that pid) no longer runs: an
+    interrupted or killed write leaves nothing behind for long. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
 
 
 def sha256_of(path: str | Path) -> str:
@@ -164,7 +201,126 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def check_output_file(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+    """An output file that can be written, checked before the work that fills it: not a folder, its folder
+    exists and is writable, and it is not replaced unasked."""
+    path = Path(path)
+    if path.is_dir():
+        raise DUCHError(f"{flag} {path} is a folder; give a file name, e.g. {path / 'metrics.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise DUCHError(f"{flag} {path}: the folder {parent} does not exist; create it first or choose another place")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DUCHError(f"{flag} {path}: the folder {parent} is not writable")
+    refuse_overwrite(path, overwrite)
+    return path
+
+
 def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
     """Nothing the user made is overwritten unasked."""
     if Path(path).exists() and not overwrite:
         raise DUCHError(f"{path} already exists; pass --overwrite to replace it")
+
+
+# ----------------------------------------------------------------------------------------------
+# .npy / .npz: headers checked before any data is read
+
+MAX_ARRAY_BYTES = 8 << 30  # one array larger than this (8 GiB) is refused before it is read
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _npy_header(f, what: str):
+    """(shape, fortran_order, dtype) of the .npy stream at ``f``; a damaged or object header is a DUCHError."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(f)
+        reader = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = reader(f, max_header_size=10000)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise DUCHError(f"{what} is not a readable .npy array ({first_line(err)})") from None
+    if dtype.hasobject:
+        raise DUCHError(f"{what} holds Python objects (an object array), not numbers; refused (it would need pickle)")
+    return shape, fortran, dtype
+
+
+def _check_size(shape, dtype, what: str, max_bytes: int, stored: int | None = None) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    nbytes = n * dtype.itemsize
+    if nbytes > max_bytes:
+        raise DUCHError(f"{what} would take {nbytes / 2**30:.2f} GiB in memory (shape {tuple(shape)}, {dtype}); "
+                        f"the limit is {max_bytes / 2**30:.2f} GiB: refused before reading")
+    if stored is not None and stored < nbytes:
+        raise DUCHError(f"{what} is truncated: its header says {nbytes} bytes of data, the file holds {stored}")
+    return nbytes
+
+
+def read_npy(path: str | Path, what: str = "array file", max_bytes: int = MAX_ARRAY_BYTES,
+             mmap: bool = False) -> np.ndarray:
+    """One .npy array, its header (shape, dtype, no objects, size within ``max_bytes``, not truncated) checked
+    before the data is read. Every problem is a DUCHError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"{what} not found: {path}")
+    label = f"{what} {path}"
+    with open(path, "rb") as f:
+        shape, _, dtype = _npy_header(f, label)
+        _check_size(shape, dtype, label, max_bytes, stored=path.stat().st_size - f.tell())
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as err:
+        raise DUCHError(f"{label} is not a readable .npy array ({str(err).splitlines()[0]})") from None
+
+
+def npz_keys(path: str | Path, what: str = "npz file") -> list[str]:
+    """The array names of an .npz file, without reading any array."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise DUCHError(f"{what} not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        kind = "a single .npy array" if path.read_bytes()[:6] == b"\x93NUMPY" else "not an .npz file"
+        raise DUCHError(f"{what} {path} is {kind} ({err}); an .npz archive of named arrays is expected") from None
+
+
+def read_npz(path: str | Path, keys, what: str = "npz file", max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, np.ndarray]:
+    """Only ``keys`` of an .npz file, each header checked before its data is read: a small archive holding
+    gigabytes of compressed zeros under a key nobody asked for costs nothing, and one under a needed key is
+    refused by its declared size. Damaged, truncated or object arrays are a DUCHError naming the key."""
+    import zipfile
+
+    path = Path(path)
+    present = set(npz_keys(path, what))
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for key in keys:
+                if key not in present:
+                    continue
+                label = f"{what} {path}: array {key!r}"
+                info = z.getinfo(key + ".npy")
+                with z.open(info) as f:
+                    shape, fortran, dtype = _npy_header(f, label)
+                    _check_size(shape, dtype, label, max_bytes, stored=info.file_size - f.tell())
+                    count = 1
+                    for d in shape:
+                        count *= int(d)
+                    data = f.read(count * dtype.itemsize)
+                if len(data) != count * dtype.itemsize:
+                    raise DUCHError(f"{label} is truncated")
+                array = np.frombuffer(data, dtype=dtype, count=count)
+                out[key] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
+        raise DUCHError(f"{what} {path} is damaged or truncated ({first_line(err)})") from None
+    return out

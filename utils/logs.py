@@ -13,6 +13,16 @@ def _not_file_only(record: logging.LogRecord) -> bool:
     return not getattr(record, "file_only", False)
 
 
+class PrintableFormatter(logging.Formatter):
+    """Console lines as printable text only (``utils.terminal``): data in a message cannot send escape
+    sequences to the terminal; the line breaks of the program's own tables stay."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from utils.terminal import printable
+
+        return printable(super().format(record), keep="\n")
+
+
 def setup_logger(log_file: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
@@ -21,7 +31,7 @@ def setup_logger(log_file: str | Path | None = None, level: int = logging.INFO) 
         logger.removeHandler(handler)
         handler.close()
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setFormatter(PrintableFormatter("%(message)s"))
     console.addFilter(_not_file_only)  # per-epoch lines would break the console's progress bar
     logger.addHandler(console)
     if log_file is not None:

@@ -17,10 +17,15 @@ def resolve_device(name: str = "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise DUCHError(f"invalid --device {name!r}: {err}") from None
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise DUCHError(f"invalid --device {name!r}: {str(err).splitlines()[0]}") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, ...: torch knows them, this project does not run on them
+        raise DUCHError(f"--device {name}: this project runs on auto, cpu, cuda or cuda:N, not on {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DUCHError(f"--device {name} asked for CUDA but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise DUCHError(f"--device {name}: there are {n} CUDA GPUs (cuda:0..cuda:{n - 1})")
     return device
 
 
@@ -28,6 +33,9 @@ def seed_everything(seed: int) -> None:
     """One seed drives Python, NumPy and torch."""
     import torch
 
+    from configs.checks import check_seed
+
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

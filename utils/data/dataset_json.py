@@ -89,6 +89,9 @@ def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None =
             raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[filename]} and {j}); "
                             f"every image needs its own file")
         seen[filename] = j
+        check_relative_name(filename, f"{path}: image {j} has 'filename'")
+        if "classname" in image:
+            check_relative_name(str(image["classname"]), f"{path}: {_where(j, image)} has 'classname'")
         sentences = image.get("sentences")
         if sentences is None and layout == KARPATHY and "raw" in image:
             raise DUCHError(f"{path}: mixed layouts: {_where(j, image)} has NWPU-style 'raw' fields in a "
@@ -133,6 +136,17 @@ def uniform_captions(data: dict) -> int | None:
     """The shared caption count when every image has the same number, else None (ragged)."""
     counts = caption_counts(data)
     return int(counts[0]) if np.all(counts == counts[0]) else None
+def check_relative_name(name: str, what: str) -> None:
+    """A file or folder name from the JSON is relative and never climbs: no absolute path, no ``..``, no NUL.
+    (Symlinks are caught where the file is opened: ``utils.paths.contained``.)"""
+    import os
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    absolute = os.path.isabs(name) or PureWindowsPath(name).drive or name.startswith(("/", "\\"))
+    if "\x00" in name or absolute or ".." in parts:
+        raise DUCHError(f"{what} {name!r}: a path that leads outside the image folder; "
+                        f"names must be relative, without '..'")
 
 
 def class_names_from_filenames(filenames: list[str]) -> list[str]:

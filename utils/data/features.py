@@ -77,11 +77,20 @@ def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str,
     )
 
 
-def standardise(x: np.ndarray) -> np.ndarray:
-    """One scalar mean and one scalar population std over the whole array, as the original."""
-    std = float(x.std())
+def check_standardisable(mean: float, std: float) -> None:
+    """The scalar mean and std of a feature file are finite and the std is not 0: values near 1e19 overflow the
+    float32 sum of squares to inf, which would silently turn every feature into 0."""
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        raise DUCHError(f"a feature file's values are too large to standardise (mean {mean:.3g}, standard deviation "
+                        f"{std:.3g} in float32); these are not an encoder's features: remake the file")
     if std == 0.0:
         raise DUCHError("a feature file is constant (standard deviation 0); it cannot be standardised")
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """One scalar mean and one scalar population std over the whole array, as the original."""
+    mean, std = float(x.mean()), float(x.std())
+    check_standardisable(mean, std)
     return ((x - x.mean()) / std).astype(np.float32)
 
 

@@ -36,10 +36,15 @@ _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an
 
 
 def find_image(image_dir: Path, filename: str, classname: str | None = None) -> Path:
-    """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``."""
-    candidates = [image_dir / filename]
+    """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``.
+
+    Both names come from the dataset JSON: a name that leads outside ``image_dir`` (``..``, an absolute
+    path, a symlink pointing out) is refused by name (``utils.paths.contained``), never read."""
+    from utils.paths import contained
+
+    candidates = [contained(image_dir, filename, "dataset JSON filename")]
     if classname:
-        candidates.append(image_dir / classname / filename)
+        candidates.append(contained(image_dir, f"{classname}/{filename}", "dataset JSON classname/filename"))
     for path in candidates:
         if path.is_file():
             return path
@@ -158,15 +163,21 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
 
 
 def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                          bit_depth: int = 16) -> Counter:
+                          bit_depth: int = 16, crop_size: tuple[int, int] | None = None) -> Counter:
     """Cheap header check of every image before the long work; returns how many images of each format.
 
-    Decoding errors are still caught later, while encoding.
+    ``crop_size`` (height, width): an image smaller than the crop is refused by name (the crop would pad it
+    with zeros, mostly encoding padding). Decoding errors are still caught later, while encoding.
     """
     formats: Counter = Counter()
     for path in paths:
         with _opened(path, max_pixels) as image:
             description = describe_image(image)
+            width, height = image.size
+        if crop_size is not None and (crop_size[0] > height or crop_size[1] > width):
+            raise DUCHError(f"image {path} is {height}x{width} (HxW), smaller than --crop-size "
+                            f"{crop_size[0]} {crop_size[1]}: "
+                            f"the crop would be mostly zero padding; choose a --crop-size within every image")
         if bit_depth < 16 and "-bit TIFF" in description:
             raise DUCHError(
                 f"image {path} is a multi-band 16-bit TIFF, which Pillow reads only to 8 bits (the high byte), so "

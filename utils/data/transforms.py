@@ -93,6 +93,11 @@ def _augmentations(name: str, p: AugParams) -> list:
     }[name]
 
 
+def uses_crop(name: str) -> bool:
+    """Whether transform set ``name`` crops to ``--crop-size`` (each_img_random picks among sets that do)."""
+    return name != "no_aug"
+
+
 def build_transform(name: str, params: AugParams = AugParams(), normalize: bool = True) -> Callable:
     """PIL image -> float tensor (3, 224, 224) for transform set ``name`` (not ``each_img_random``)."""
     import torch

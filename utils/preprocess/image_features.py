@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.checks import check_seed
 from configs.datasets import DatasetInfo, get_dataset
 from configs.files import IMAGE_EMB_KEY, image_emb_name, source_dataset_json
 from models.image_encoder import build_image_encoder, encode_image_files
@@ -37,8 +38,10 @@ from utils.data.transforms import (
     SeededTransform,
     check_image_aug_set,
     original_each_img_random_choices,
+    uses_crop,
 )
 from utils.errors import DUCHError
+from utils.fingerprints import file_stats
 from utils.io import check_writable_dir, refuse_overwrite, write_h5
 from utils.preprocess import resume
 from utils.runtime import resolve_device, seed_everything, versions
@@ -148,7 +151,10 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     img_aug = check_image_aug_set(opts.img_aug)
     params = AugParams.checked(opts.crop_size, opts.rot_deg, opts.blur_val, opts.jit_str)
     quirks = bool(opts.original_quirks)
-    batch_size = opts.batch_size or (ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE)
+    check_seed(opts.seed)
+    batch_size = opts.batch_size
+    if batch_size is None:  # 0 is an error below, not the default
+        batch_size = ds.original_image_batch_size if quirks else DEFAULT_BATCH_SIZE
     if batch_size < 1 or opts.num_workers < 0 or opts.max_image_pixels < 0:
         raise DUCHError("--batch-size must be >= 1, --num-workers >= 0 and --max-image-pixels >= 0")
     if not 9 <= opts.bit_depth <= 16:
@@ -220,7 +226,7 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     rows = shard_rows[ctx.rank]
 
     formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels,
-                                    opts.bit_depth)
+                                    opts.bit_depth, crop_size=job.params.crop_size if uses_crop(job.img_aug) else None)
     formats = distributed.sum_counters(formats)
     high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
     if high_bit_depth and ctx.is_main:
@@ -234,8 +240,9 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     attrs = _provenance(opts, job, weights_description, choices, formats, high_bit_depth, ctx.world_size)
 
     # an interrupted run resumes from its saved rows when every setting that shapes them is the same
-    fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {
-        "paths": [str(p) for p in paths], "device_type": device.type}, sort_keys=True, default=str)
+    fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {  # images' size and mtime included:
+        "paths": [str(p) for p in paths], "device_type": device.type,       # an edited image is encoded again
+        "inputs": file_stats(paths)}, sort_keys=True, default=str)
     work_paths, work_batches = paths, batches
     partial_path = resume.partial_path(out_path)
     if ctx.distributed:  # this rank's images, with the seeds of their JSON rows; its partial file is its part

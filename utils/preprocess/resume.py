@@ -60,13 +60,36 @@ def load_piece(path: str | Path, fingerprint: str, rows: tuple[str, int] | None 
         with np.load(path, allow_pickle=False) as saved:
             if str(saved["fingerprint"]) != fingerprint or (rows is not None and saved[rows[0]].shape[0] != rows[1]):
                 if notes:
-                    print(f"note: {path} was made with other settings; starting afresh", file=sys.stderr)
+                    why = _what_changed(str(saved["fingerprint"]), fingerprint) or "other settings"
+                    print(f"note: {path} was made with {why}; starting afresh", file=sys.stderr)
                 return None
             return {k: saved[k].copy() for k in saved.files if k != "fingerprint"}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         if notes:
             print(f"note: {path} is unreadable; starting afresh", file=sys.stderr)
         return None
+
+
+def _what_changed(before: str, now: str) -> str:
+    """Which settings or input files differ between two JSON fingerprints ('' when they cannot be compared)."""
+    import json
+
+    from utils.fingerprints import changed_files
+
+    try:
+        a, b = json.loads(before), json.loads(now)
+        a, b = (json.loads(a["settings"]), json.loads(b["settings"])) if "settings" in a and "settings" in b else (a, b)
+    except (ValueError, TypeError, KeyError):
+        return ""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return ""
+    parts = []
+    if isinstance(a.get("inputs"), dict) and isinstance(b.get("inputs"), dict) and a["inputs"] != b["inputs"]:
+        parts.append(f"images that changed since ({changed_files(a['inputs'], b['inputs'])})")
+    keys = sorted(k for k in set(a) | set(b) if k != "inputs" and a.get(k) != b.get(k))
+    if keys:
+        parts.append(f"other settings ({', '.join(keys)})")
+    return " and ".join(parts)
 
 
 def merge_parts(out_path: Path, key: str, shape: tuple[int, int], world_size: int, attrs: dict,

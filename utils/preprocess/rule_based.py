@@ -47,6 +47,7 @@ DEFAULT_LEXICON = Path(__file__).resolve().parents[2] / "data" / "lexicon" / "rs
 __all__ = ["BERTSCORE_MODEL", "GLOVE_MIN_SIM", "GLOVE_TOPN", "PAPER_BERTSCORE_THRESHOLD", "ROUTES", "DEFAULT_LEXICON",
            "Lexicon", "LexiconTagger", "RuleBasedAugmenter", "build_augmenter"]
 
+MAX_WORDS_WHOLE_SENTENCE_TAGGER = 400  # the perceptron route re-tags the caption per candidate: quadratic in length
 _TOKEN_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|\d+|[^\w\s]")
 
 
@@ -93,6 +94,14 @@ class LexiconTagger:
         self.tags = tags
         self.phrases = [tuple(p.lower().split()) for p in fixed_phrases]
         self.clause_openers = set(clause_openers)
+        self.reach = max([len(p) for p in self.phrases] + [1])  # how far a neighbour can change a word's tag
+
+    def tag_at(self, words: Sequence[str], i: int) -> str:
+        """The tag ``__call__(words)[i]`` would give, from the words around ``i`` only: a word's tag depends on the
+        word before it (the EX rule) and on fixed phrases covering it, all within ``reach`` words. Constant time
+        per word, so trying every replacement of a sentence is linear in its length, not quadratic."""
+        start = max(0, i - self.reach)
+        return self(words[start:i + self.reach + 1])[i - start]
 
     def __call__(self, words: Sequence[str]) -> list[str]:
         lower = [w.lower() for w in words]
@@ -171,15 +180,23 @@ class RuleBasedAugmenter:
             if tags[i] == "EX" and tags[i + 1] == "VBZ":
                 words[i] = match_case(words[i], "it")
                 self.stats["there_is"] += 1
+        tag_at = getattr(self.tagger, "tag_at", None)
+        if tag_at is None:  # a tagger that must see the whole sentence: each trial costs its length
+            if len(words) > MAX_WORDS_WHOLE_SENTENCE_TAGGER:
+                tagger = getattr(self.tagger, "name", "sentence")
+                raise DUCHError(f"caption {index} has {len(words)} tokens; the {tagger} "
+                                f"tagger re-tags the whole caption per candidate, so captions are limited to "
+                                f"{MAX_WORDS_WHOLE_SENTENCE_TAGGER} tokens (the lexicon route has no limit)")
+            tag_at = lambda trial, i: self.tagger(trial)[i]  # noqa: E731
         for i, tag in enumerate(tags):
             if tag not in REPLACEABLE_TAGS:
                 continue
-            kept = []
-            for cand in self.candidates(words[i], tag):
-                trial = list(words)
-                trial[i] = match_case(words[i], cand)
-                if self.tagger(trial)[i] == tag:  # the replacement keeps its tag in the new sentence
-                    kept.append(trial[i])
+            kept, original = [], words[i]
+            for cand in self.candidates(original, tag):
+                words[i] = match_case(original, cand)
+                if tag_at(words, i) == tag:  # the replacement keeps its tag in the new sentence
+                    kept.append(words[i])
+            words[i] = original
             choice = self._choose(text, spans, words, i, kept, index)
             if choice is not None:
                 words[i] = choice

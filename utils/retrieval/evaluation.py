@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from utils.errors import DUCHError
+from utils.io import npz_keys, read_npz
 from utils.retrieval.hamming import as_code_words
 from utils.retrieval.metrics import (
     DEFAULT_MEMORY_GB,
@@ -146,15 +147,14 @@ def evaluate_codes(codes: Codes, q_labels, db_labels, with_curves: bool = True, 
 
 
 def read_codes_npz(path: str | Path) -> dict:
-    """Every array of a codes file (never pickles)."""
+    """The arrays of a codes file that one of its layouts uses (never pickles): other keys are never read, and
+    each read key's declared size is checked before its data is read."""
     path = Path(path)
     if not path.is_file():
         raise DUCHError(f"codes file {path} not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:  # not an npz, or object arrays (which would need pickle)
-        raise DUCHError(f"{path} is not a readable .npz file of arrays ({err})") from None
+    present = set(npz_keys(path, "codes file"))
+    wanted = [k for k in dict.fromkeys((*CROSS_MODAL_KEYS, *SINGLE_KEYS, *INSTANCE_KEYS)) if k in present]
+    return read_npz(path, wanted, "codes file")
 
 
 def load_codes_file(path: str | Path, arrays: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -165,7 +165,8 @@ def load_codes_file(path: str | Path, arrays: dict | None = None) -> tuple[dict,
         a = arrays
         pairs = {name: (a[f"q_{qm}"], a[f"db_{dm}"]) for name, (qm, dm) in DIRECTIONS.items()}
     elif all(k in arrays for k in SINGLE_KEYS):
-        pairs = {"q2db": (arrays["q"], arrays["db"])}
+        a = arrays
+        pairs = {"q2db": (a["q"], a["db"])}
     else:
         near = CROSS_MODAL_KEYS if any(k in arrays for k in ("q_img", "q_txt", "db_img", "db_txt")) else SINGLE_KEYS
         missing = [k for k in near if k not in arrays]
@@ -174,7 +175,7 @@ def load_codes_file(path: str | Path, arrays: dict | None = None) -> tuple[dict,
             f"(main.py's codes.npz) or {', '.join(SINGLE_KEYS)}, and/or {', '.join(INSTANCE_KEYS)} for instance-level "
             f"recall (found: {', '.join(sorted(arrays)) or 'nothing'})"
         )
-    return pairs, arrays["q_labels"], arrays["db_labels"]
+    return pairs, a["q_labels"], a["db_labels"]
 
 
 def has_class_codes(arrays: dict) -> bool:

@@ -247,7 +247,13 @@ def check_map_ks(map_ks) -> tuple[int, ...]:
         raise DUCHError("give at least one K for mAP@K")
     if min(ks) < 1:
         raise DUCHError(f"K of mAP@K must be at least 1, got {min(ks)}")
+    if max(ks) > MAX_MAP_K:
+        raise DUCHError(f"K of mAP@K must be at most {MAX_MAP_K:,} (a K above the database size ranks the whole "
+                        f"database), got {max(ks)}")
     return ks
+
+
+MAX_MAP_K = 10 ** 8
 
 
 def resolve_kernel(kernel: str, q: CodeWords, ql: np.ndarray) -> str:

@@ -42,9 +42,10 @@ class FeatureStats:
 
     @classmethod
     def of(cls, raw: np.ndarray) -> "FeatureStats":
+        from utils.data.features import check_standardisable
+
         std = float(raw.std())
-        if std == 0.0:
-            raise DUCHError("a feature file is constant (standard deviation 0); it cannot be standardised")
+        check_standardisable(float(raw.mean()), std)
         return cls(float(raw.mean()), std)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:

@@ -219,8 +219,11 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
 
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
+    from utils.paths import contained
+
     out = []
     for im in data["images"]:
+        contained(image_dir, im["filename"], "dataset JSON filename")  # a name leading outside is refused, not skipped
         try:
             out.append(str(find_image(image_dir, im["filename"], im.get("classname")).resolve()))
         except DUCHError:
@@ -263,12 +266,31 @@ def image_encoder_spec(attrs: dict, opts: IndexOptions) -> ImageEncoderSpec | No
     return spec
 
 
+def check_text_model_exists(name: str) -> None:
+    """--text-model is a folder that exists, or a hub name already in the local cache (nothing is downloaded
+    at index time): a mistyped name is refused now, not at the first text query."""
+    if Path(name).is_dir():
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub names: NAME or ORG/NAME
+    if not looks_like_path:
+        try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(name, local_files_only=True)
+            return
+        except (OSError, ValueError):
+            pass
+    raise DUCHError(f"--text-model {name}: no such folder, nor a model in the local Hugging Face cache; name the "
+                    f"folder or model the caption features were made with")
+
+
 def text_encoder_spec(attrs: dict, opts: IndexOptions) -> TextEncoderSpec | None:
     recorded = TextEncoderSpec.from_attrs(attrs)
     if recorded is not None and not opts.text_model:
         return recorded
     if not opts.text_model:
         return None
+    check_text_model_exists(opts.text_model)
     return TextEncoderSpec(model=opts.text_model, max_length=opts.text_max_length,
                            hidden_states=opts.text_hidden_states,
                            operator=opts.text_operator, original_quirks=opts.text_original_quirks,
@@ -298,11 +320,21 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
         raise DUCHError(f"no images (tif, tiff, png, jpg) found under {image_dir}")
     spec.check_readable(paths)  # a bad file stops before the long work, named
     shard_dir = out_dir / SHARDS_DIR
+    from utils.fingerprints import changed_files, file_stats
+
     plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
-            "encoder": spec.to_json(), "shard_size": opts.shard_size}
+            "encoder": spec.to_json(), "shard_size": opts.shard_size,
+            "inputs": {p.relative_to(image_dir).as_posix(): v for p, v in zip(paths, file_stats(paths).values())}}
     shards = resume.ShardFolder(shard_dir, len(paths), opts.shard_size, FEATURE_DIM)
     other_plan = shards.plan_differs(plan)
     if other_plan and not opts.overwrite:
+        old = read_json(shard_dir / resume.PLAN_NAME, "shard plan")
+        same_rest = isinstance(old, dict) and {k: v for k, v in old.items() if k != "inputs"} == \
+            {k: v for k, v in plan.items() if k != "inputs"}
+        if same_rest and isinstance(old.get("inputs"), dict):
+            changed = changed_files(old["inputs"], plan["inputs"])
+            raise DUCHError(f"{shard_dir} caches features of images that changed since ({changed}); "
+                            f"pass --overwrite to encode them again")
         raise DUCHError(f"{shard_dir} holds features of another image set, encoder or shard size; pass --overwrite "
                         f"to discard them, or choose another --out")
     distributed.barrier()  # every rank has read the old plan before rank 0 replaces it
@@ -424,7 +456,33 @@ def _write_modalities(out: Path, outputs: dict, metadata: dict, opts: IndexOptio
 
 
 def build_index(opts: IndexOptions) -> dict:
-    """Build the index folder of a run; returns the manifest."""
+    """Build the index folder of a run; returns the manifest.
+
+    One writer at a time (a lock beside the folder); an --overwrite first removes the old manifest, so an
+    interrupted rebuild leaves an unfinished index, never the old manifest beside new files; the new
+    manifest, written last, records the size and sha256 of every file, checked when the index is opened."""
+    from utils import distributed
+    from utils.locks import OutputLock
+
+    opts.check()
+    TrainedRun.open(opts.run_dir, opts.checkpoint)  # a mistyped --run is named before any folder is made
+    out = Path(opts.out) if opts.out else Path(opts.run_dir) / "index"
+    lock = OutputLock(out, "index folder") if distributed.context().is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _build_index(opts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def file_digests(folder: Path, names) -> dict:
+    """{name: {"size", "sha256"}} of files in ``folder``: what a manifest written last vouches for."""
+    return {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
+
+
+def _build_index(opts: IndexOptions) -> dict:
     import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
     import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
@@ -489,6 +547,7 @@ def build_index(opts: IndexOptions) -> dict:
         "images": hash_outputs(model.image_net, image_features, device),
         "captions": hash_outputs(model.text_net, caption_stats.apply(caption_raw), device),
     }
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here the folder is unfinished until the new manifest
     written, index_params = _write_modalities(out, outputs, {"images": meta_images, "captions": meta_captions}, opts)
     manifest = {
         "format": FORMAT,
@@ -518,6 +577,7 @@ def build_index(opts: IndexOptions) -> dict:
         "counts": {"images": int(len(meta_images)), "dataset_images": n, "new_images": len(new_paths),
                    "captions": int(len(meta_captions))},
         "files": written,
+        "digests": file_digests(out, [name for names in written.values() for name in names.values()]),
         "device": str(device),
         "versions": {**versions(), "faiss": faiss.__version__, "torch_threads": torch.get_num_threads()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

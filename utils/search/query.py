@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.io import read_json
+from utils.io import read_json, read_npy
 from utils.runtime import resolve_device
 from utils.search.encoders import (
     FeatureStats,
@@ -66,16 +66,40 @@ class SearchIndex:
         self._outputs: dict = {}
         for modality in MODALITIES:
             names = index_file_names(modality)
-            self.codes[modality] = np.load(self._file(names["codes"]))
+            self.codes[modality] = read_npy(self._file(names["codes"]), "index codes")
             self.faiss[modality] = _read_faiss(self._file(names["faiss"]))
             self.metadata[modality] = _read_jsonl(self._file(names["metadata"]))
-            n = len(self.codes[modality])
+            codes = self.codes[modality]
+            if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != (self.bits + 7) // 8:
+                raise DUCHError(f"{index_dir}: {names['codes']} holds {codes.dtype} of shape {codes.shape}, not packed "
+                                f"{self.bits}-bit codes; rebuild the index with --overwrite")
+            n = len(codes)
             if self.faiss[modality].ntotal != n or len(self.metadata[modality]) != n:
                 raise DUCHError(f"{index_dir}: the {modality} codes, faiss index and metadata disagree in length; "
                                 f"rebuild the index with --overwrite")
+            self._check_paths(modality)
             nprobe = (manifest.get("index", {}).get(modality) or {}).get("nprobe")
             if nprobe and hasattr(self.faiss[modality], "nprobe"):
                 self.faiss[modality].nprobe = int(nprobe)
+
+    def image_folders(self) -> list[str]:
+        """The folders whose images the index may show: the dataset's image folder and --image-dir."""
+        folders = [(self.manifest.get("dataset") or {}).get("image_dir")]
+        folders.append((self.manifest.get("image_dir") or {}).get("path"))
+        return [str(f) for f in folders if isinstance(f, str) and f]
+
+    def _check_paths(self, modality: str) -> None:
+        """Every image path in the metadata lies inside the index's image folders: a hand-edited or damaged
+        metadata line cannot make a results page embed another file."""
+        from utils.paths import is_inside
+
+        folders = self.image_folders()
+        for meta in self.metadata[modality]:
+            path = meta.get("path") if isinstance(meta, dict) else None
+            if path is not None and not (isinstance(path, str) and any(is_inside(path, f) for f in folders)):
+                row = meta.get("row") if isinstance(meta, dict) else None
+                raise DUCHError(f"{self.dir}: metadata_{modality}.jsonl row {row} names the image {path!r}, "
+                                f"outside the index's image folders; refused (rebuild the index with --overwrite)")
 
     @classmethod
     def open(cls, index_dir: str | Path, verify_checkpoint: bool = True) -> "SearchIndex":
@@ -90,9 +114,14 @@ class SearchIndex:
         manifest = read_json(manifest_path, "index manifest")
         if manifest.get("format") != FORMAT:
             raise DUCHError(f"{manifest_path} is not a manifest of search.py index")
-        if verify_checkpoint:
-            check_checkpoint(manifest, index_dir)
-        return cls(index_dir, manifest)
+        try:
+            check_digests(manifest, index_dir)
+            if verify_checkpoint:
+                check_checkpoint(manifest, index_dir)
+            return cls(index_dir, manifest)
+        except (KeyError, TypeError, AttributeError, IndexError) as err:  # a hand-edited or damaged manifest
+            raise DUCHError(f"{manifest_path} is damaged ({type(err).__name__}: {err}); rebuild the index with "
+                            f"--overwrite") from None
 
     def _file(self, name: str) -> Path:
         path = self.dir / name
@@ -104,7 +133,8 @@ class SearchIndex:
     def outputs(self, modality: str) -> np.ndarray:
         """Continuous outputs (float16 on disk) of one modality, for re-ranking."""
         if modality not in self._outputs:
-            self._outputs[modality] = np.load(self._file(index_file_names(modality)["outputs"]), mmap_mode="r")
+            path = self._file(index_file_names(modality)["outputs"])
+            self._outputs[modality] = read_npy(path, "index outputs", mmap=True)
         return self._outputs[modality]
 
     def __len__(self) -> int:
@@ -116,6 +146,8 @@ class SearchIndex:
     def set_nprobe(self, nprobe: int | None) -> None:
         if nprobe is None:
             return
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
+            raise DUCHError(f"--nprobe must be at least 1 (inverted lists visited per query), got {nprobe}")
         for index in self.faiss.values():
             if hasattr(index, "nprobe"):
                 index.nprobe = int(nprobe)
@@ -174,6 +206,26 @@ def checkpoint_file(manifest: dict, index_dir: Path) -> Path:
     return path
 
 
+def check_digests(manifest: dict, index_dir: Path) -> None:
+    """Every file of the index is the one its manifest (written last) vouches for: no file of another build."""
+    from utils.paths import contained
+
+    digests = manifest.get("digests")
+    if digests is None:
+        return  # an index built before digests were recorded
+    if not isinstance(digests, dict):
+        raise DUCHError(f"{index_dir / MANIFEST_NAME}: 'digests' is not a JSON object; "
+                        f"rebuild the index with --overwrite")
+    for name, record in digests.items():
+        path = contained(index_dir, name, "index file")
+        size = path.stat().st_size if path.is_file() else None
+        if not isinstance(record, dict) or size != record.get("size") or sha256_of(path) != record.get("sha256"):
+            why = "missing" if size is None else "not the file the manifest was written with"
+            raise DUCHError(f"{path} is {why} (an interrupted or concurrent rebuild, or a damaged copy); rebuild the "
+                            f"index with: python search.py index --run {manifest.get('run', {}).get('dir')} "
+                            f"--out {index_dir} --overwrite")
+
+
 def check_checkpoint(manifest: dict, index_dir: Path) -> None:
     """The index must come from the checkpoint the run holds now: its sha256 is compared."""
     record = manifest["checkpoint"]
@@ -198,8 +250,21 @@ def _read_faiss(path: Path):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Metadata lines, each a JSON object; a broken line is a DUCHError naming its number."""
+    rows, number = [], 1
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                rows.append(row)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DUCHError(f"{path} line {number} is damaged ({str(err).splitlines()[0]}); "
+                        f"rebuild the index with --overwrite") from None
+    return rows
 
 
 class QueryEncoder:
@@ -292,8 +357,17 @@ class QueryEncoder:
 
 
 def require_text(text: str | None) -> None:
-    if not str(text or "").strip():
-        raise DUCHError("empty text query; give a sentence, e.g. --text \"a river next to green fields\"")
+    """A sentence that still has words after the caption cleaning (lower case, ``. , ! ?`` removed)."""
+    from models.text_encoder import preprocess_caption
+
+    try:
+        str(text or "").encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 on the command line arrive as lone surrogates
+        raise DUCHError(f"text query {str(text).encode('utf-8', 'backslashreplace').decode()!r} is not valid UTF-8 "
+                        f"text") from None
+    if not preprocess_caption(str(text or "")).strip():
+        raise DUCHError(f"empty text query {str(text or '')!r} (nothing left after removing punctuation); give a "
+                        f"sentence, e.g. --text \"a river next to green fields\"")
 
 
 def check_query(index: SearchIndex, query: Query) -> None:
@@ -378,8 +452,10 @@ def describe(meta: dict, target: str) -> dict:
 
 def format_table(result: dict, width: int = 60) -> str:
     """The ranked results of one query as a console table."""
+    from utils.terminal import printable
+
     q = result["query"]
-    what = {"text": lambda: f'text "{q["text"]}"', "image": lambda: f"image {q['path']}",
+    what = {"text": lambda: f'text "{printable(q["text"])}"', "image": lambda: f"image {printable(q['path'])}",
             "row": lambda: f"{q['modality']} row {q['row']}"}[q["kind"]]()
     rerank = q.get("rerank")
     lines = [f"query: {what} -> {q['target']} (top {q['k']}{', re-ranked by cosine' if rerank else ''})"]
@@ -387,10 +463,11 @@ def format_table(result: dict, width: int = 60) -> str:
               + f"{'row':>6}  {'filename':<18} {'class':<14} caption")
     lines.append(header)
     for r in result["results"]:
-        caption = (r.get("caption") or "")
+        caption = printable(r.get("caption") or "")  # captions are data: no escape sequence reaches the terminal
         caption = caption if len(caption) <= width else caption[: width - 3] + "..."
         cosine = f"{r['cosine']:7.3f} " if rerank else ""
-        lines.append(f"{r['rank']:>4} {r['distance']:>7} {cosine}{r['row']:>6}  {str(r['filename'])[:18]:<18} "
-                     f"{str(r['class'])[:14]:<14} {caption}")
+        filename = printable(str(r["filename"]))[:18]
+        lines.append(f"{r['rank']:>4} {r['distance']:>7} {cosine}{r['row']:>6}  {filename:<18} "
+                     f"{printable(str(r['class']))[:14]:<14} {caption}")
     return "\n".join(lines)
 

@@ -21,11 +21,14 @@ from configs.datasets import get_dataset
 from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
-from utils.data.features import Features, load_features, resolve_files, width_notes
+from utils.data.features import FeatureFiles, Features, load_features, resolve_files, width_notes
 from utils.data.splits import Split, resolve_split
 from utils.errors import DUCHError
+from utils.fingerprints import check_unchanged, fingerprints
 from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
+from utils.locks import OutputLock
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
+from utils.publish import publish_folder, recover_folder, staging_path_of
 from utils.retrieval.evaluation import (
     EvalSet,
     InstanceSet,
@@ -176,7 +179,11 @@ def protocol_record(data: RunData) -> dict:
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.out_dir) / cfg.run_name()
+    """``out_dir/<run name>``; the name (dataset, bit, tag, preset) stays one folder inside ``out_dir``."""
+    from utils.paths import contained, safe_name
+
+    safe_name(cfg.tag, "--tag")
+    return contained(cfg.out_dir, safe_name(cfg.run_name(), "run name"), "run folder")
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -190,9 +197,23 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text(run_dir / HISTORY_NAME, "".join(json.dumps(r) + "\n" for r in history))
 
 
+def input_fingerprints(cfg: TrainConfig, paths: FeatureFiles) -> dict:
+    """Fingerprints (size, mtime, sha256) of the feature files a run reads (utils/fingerprints.py)."""
+    keys = [k for k in FEATURE_FILE_KEYS if not (cfg.original_quirks and k == "caption_aug")]
+    return fingerprints({k: getattr(paths, k) for k in keys})
+
+
+def check_inputs_unchanged(saved: dict, flag: str) -> None:
+    """The feature files a run was trained on must be the same files, byte for byte, for --test and --resume."""
+    check_unchanged(saved.get("inputs") or {}, f"{flag} of the run made at {saved.get('time')}",
+                    "its results would not be the run's; retrain with --overwrite, "
+                    "or restore the files it was trained on")
+
+
 def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings: list[str], **extra) -> dict:
     return {
-        **cfg.to_json(), "feature_widths": data.features.widths, "resolved_device": str(device), "mode": mode,
+        **cfg.to_json(), "inputs": input_fingerprints(cfg, data.paths),
+        "feature_widths": data.features.widths, "resolved_device": str(device), "mode": mode,
         "argv": list(sys.argv), "git_commit": git_commit(), "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warnings": warnings, **extra,
     }
@@ -211,11 +232,20 @@ def read_run_config(run_dir: Path, flag: str) -> dict:
 
 def _settings_of(saved: dict) -> TrainConfig:
     """The TrainConfig saved in a config.json record."""
+    from configs.train import check_values
+
     values = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
     for key in ("contrastive_weights", "discriminator_betas"):
         if key in values:
+            if not isinstance(values[key], list):
+                raise DUCHError(f"{CONFIG_NAME}: {key} must be a list of numbers, got {values[key]!r}")
             values[key] = tuple(values[key])
-    return TrainConfig(**values)
+    run = TrainConfig(**values)
+    try:
+        check_values(run)  # a hand-edited config.json: a string where a number belongs is named, not a traceback
+    except DUCHError as err:
+        raise DUCHError(f"the run's {CONFIG_NAME} holds a value that cannot be right: {err}") from None
+    return run
 
 
 def _norm(value):
@@ -272,15 +302,6 @@ def bind_to_run(cfg: TrainConfig, typed: set[str], saved: dict, run_dir: Path, m
     return run
 
 
-def _clear_run_outputs(run_dir: Path) -> None:
-    """--overwrite: no file of the previous training may survive into the new one (a stale best checkpoint)."""
-    close_log_files()
-    for pattern in RUN_OUTPUTS:
-        for path in run_dir.glob(pattern):
-            if path.is_file():
-                path.unlink()
-
-
 FEATURE_FILE_KEYS = ("image", "image_aug", "caption", "caption_aug")
 
 
@@ -322,6 +343,49 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if resume and overwrite:
         refuse("--resume continues a run and --overwrite starts it over: pass one of them")
     run_dir = run_dir_of(cfg)
+    ctx = distributed.context()
+    out_created = not Path(cfg.out_dir).exists()
+    lock = OutputLock(run_dir, "run folder") if ctx.is_main else None
+    if lock is not None:
+        lock.acquire()  # a second training (or test) of the same run is refused, naming this process
+    try:
+        if ctx.is_main:
+            recover_folder(run_dir, keep=not_run_output)  # a publish killed half-way is finished or undone first
+        return _train_locked(cfg, run_dir, resume, overwrite, typed)
+    finally:
+        if lock is not None:
+            lock.release()
+            if out_created and not run_dir.exists():  # a failed first training leaves no empty --out-dir either
+                try:
+                    Path(cfg.out_dir).rmdir()
+                except OSError:
+                    pass
+
+
+def is_run_output(name: str) -> bool:
+    """Whether a file of a run folder is one main.py writes (RUN_OUTPUTS); anything else is the user's."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, pattern) for pattern in RUN_OUTPUTS)
+
+
+def not_run_output(name: str) -> bool:
+    return not is_run_output(name)
+
+
+def _remove_run_outputs(run_dir: Path) -> None:
+    """Delete only the files main.py writes, then the folder if nothing else is in it: a user's file survives."""
+    close_log_files()
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if path.is_file() and is_run_output(path.name):
+            path.unlink()
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool, typed) -> dict:
     last_path = run_dir / LAST_NAME
     if last_path.exists() and not (resume or overwrite):
         refuse(f"{run_dir} already holds a trained run; pass --resume to continue it, --overwrite to start over, "
@@ -332,22 +396,49 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             refuse(f"--resume: no {LAST_NAME} in {run_dir} to continue from")
         saved = read_run_config(run_dir, "--resume")
         cfg = bind_to_run(cfg, set(typed), saved, run_dir, "resume")
+        check_inputs_unchanged(saved, "--resume")
     check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}" if resume else "--data-dir")
-    out_created, run_created = not Path(cfg.out_dir).exists(), not run_dir.exists()
-    check_writable_dir(run_dir, "run folder")
+    run_created = not run_dir.exists()
+    # --overwrite of an existing run trains in a hidden folder beside it; the old run stays whole until the
+    # new one has saved its first epoch and takes its place in one rename (utils/publish.py)
+    staging = staging_path_of(run_dir, "overwrite") if overwrite and run_dir.exists() else None
+    work_dir = staging or run_dir
+    if staging is not None and distributed.context().is_main and staging.exists():
+        shutil.rmtree(staging)  # a hidden folder of ours, left by an overwrite killed before its first epoch
+    distributed.barrier()
+    check_writable_dir(work_dir, "run folder")
     try:
-        return _train(cfg, run_dir, saved, overwrite)
+        return _train(cfg, work_dir, saved, publish_to=run_dir if staging else None)
     except BaseException:
-        # nothing to resume: leave no empty run folder
-        if (run_created or overwrite) and not last_path.exists() and distributed.context().is_main:
-            close_log_files()
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if out_created:
-                try:
-                    Path(cfg.out_dir).rmdir()
-                except OSError:
-                    pass
+        if distributed.context().is_main:
+            if staging is not None and staging.exists():  # the new run never took the old one's place
+                close_log_files()
+                shutil.rmtree(staging, ignore_errors=True)
+            elif run_created and not last_path.exists():  # nothing to resume: leave no empty run folder
+                _remove_run_outputs(run_dir)
         raise
+
+
+def check_model_fits(cfg: TrainConfig, widths: dict, device) -> None:
+    """A --bit whose networks cannot fit in memory is refused, saying what they would need."""
+    import os
+
+    from models.duch import HIDDEN_UNITS
+
+    hash_nets = sum(w * HIDDEN_UNITS + HIDDEN_UNITS * cfg.bit for w in widths.values())
+    params = hash_nets + 2 * (cfg.bit * 2 * cfg.bit + 2 * cfg.bit)  # and the two discriminators
+    need = params * 4 * 4  # float32 weights, gradients and two Adam moments
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        raise DUCHError(f"--bit {cfg.bit}: the networks would need about {need / 2**30:.1f} GiB ({params:,} "
+                        f"parameters with gradients and optimiser state), more than the {have / 2**30:.1f} GiB "
+                        f"of {device}; use fewer bits")
 
 
 def _epoch_line(cfg: TrainConfig, record: dict) -> str:
@@ -379,8 +470,10 @@ def _loss_weights(cfg: TrainConfig) -> dict[str, float]:
     return LOSSES[cfg.method].term_weights(cfg.method_params)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool) -> dict:
-    """Under torchrun every rank trains (utils/train/distributed_trainer.py); rank 0 alone writes, logs and tests."""
+def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path | None = None) -> dict:
+    """Under torchrun every rank trains (utils/train/distributed_trainer.py); rank 0 alone writes, logs and tests.
+
+    ``publish_to``: ``run_dir`` is a staging folder that replaces this run folder once the first epoch is saved."""
     last_path = run_dir / LAST_NAME
     ctx = distributed.context()
     device = ctx.device if ctx.distributed else resolve_device(cfg.device)
@@ -389,11 +482,10 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
     data = RunData(cfg, device)  # before --overwrite deletes anything: bad data leaves the old run intact
     if saved is not None:
         _check_same_files(saved_files, cfg.files, "--resume")
-    if overwrite and ctx.is_main:
-        _clear_run_outputs(run_dir)
     logger = setup_logger(run_dir / "train.log" if ctx.is_main else None,
                           level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
+    check_model_fits(cfg, data.features.widths, device)
     if cfg.method != "duch":
         if ctx.distributed:
             refuse(f"--method {cfg.method} trains in one process: run it with python main.py, not torchrun")
@@ -437,6 +529,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
     )
 
     def on_epoch_end(epoch: int, record: dict) -> None:
+        nonlocal run_dir, last_path, publish_to
         if not ctx.is_main:
             return
         history.append(record)
@@ -456,6 +549,11 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, overwrite: bool)
                 save_checkpoint(run_dir / BEST_NAME, trainer.model_payload())
         write_history(run_dir, history)
         save_checkpoint(last_path, trainer.state_payload())
+        if publish_to is not None:  # the new run can be resumed now: it takes the old one's place, user files kept
+            publish_folder(run_dir, publish_to, keep=not_run_output)
+            logger.info(f"--overwrite: the new run replaced the old one in {publish_to} "
+                        f"(files main.py did not write were kept)")
+            run_dir, last_path, publish_to = publish_to, publish_to / LAST_NAME, None
 
     try:
         run_epochs(trainer, on_epoch_end)
@@ -505,10 +603,14 @@ def test_run(cfg: TrainConfig, typed: set[str] | frozenset = frozenset(), which:
     """``main.py --test``: evaluate the run in its folder with the settings of its config.json."""
     check_config(cfg)
     run_dir = run_dir_of(cfg)
-    _checkpoint_path(cfg, run_dir, which)
-    cfg = bind_to_run(cfg, set(typed), read_run_config(run_dir, "--test"), run_dir, "test")
-    check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}")
-    return test(cfg, run_dir=run_dir, which=which)
+    with OutputLock(run_dir, "run folder"):  # not while a training or another test writes this run
+        recover_folder(run_dir, keep=not_run_output)
+        _checkpoint_path(cfg, run_dir, which)
+        saved = read_run_config(run_dir, "--test")
+        cfg = bind_to_run(cfg, set(typed), saved, run_dir, "test")
+        check_data_dir(cfg, f"the data_dir of {run_dir / CONFIG_NAME}")
+        check_inputs_unchanged(saved, "--test")
+        return test(cfg, run_dir=run_dir, which=which)
 
 
 def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = None, device=None, which: str = "best",

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from configs.train import TrainConfig
 from models.duch import DUCH
+from utils.errors import DUCHError
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 from utils.train import losses
 from utils.train.checkpoints import checkpoint_epoch, rng_state, set_rng_state
@@ -185,6 +186,18 @@ class DUCHTrainer:
         set_rng_state(payload["rng"])
 
 
+def check_finite_loss(epoch: int, sums: dict) -> None:
+    """A loss term that turned nan or inf stops the run, naming the epoch and the term."""
+    import math
+
+    for term, value in (sums or {}).items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise DUCHError(
+                f"epoch {epoch + 1}: the {term} loss is {value}; training stopped (the saved checkpoints are of the "
+                f"epochs before). Lower the learning rate or loss weights, or raise --tau"
+            )
+
+
 def run_epochs(trainer: DUCHTrainer, on_epoch_end) -> None:
     """Train from the epoch after the last finished one; ``on_epoch_end(epoch, record)`` saves state.
 
@@ -197,6 +210,7 @@ def run_epochs(trainer: DUCHTrainer, on_epoch_end) -> None:
     for epoch in bar:
         start, lr = time.perf_counter(), trainer.lr
         sums = trainer.train_epoch(epoch)
+        check_finite_loss(epoch, sums)  # before validation and before anything is saved: checkpoints stay finite
         record = {"epoch": epoch + 1, "lr": lr, "loss": sums, "time_s": round(time.perf_counter() - start, 4)}
         if trainer.is_validation_epoch(epoch):
             record["valid"] = trainer.validate()

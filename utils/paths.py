@@ -1,0 +1,61 @@
+"""Path containment: a path taken from a data file or a name must stay inside its folder.
+
+A dataset JSON ``filename``, a run ``--tag`` or a path recorded in an index's metadata is data, not a
+command: ``../../etc/x.png``, an absolute path or a symlink pointing out of the folder is refused by
+name instead of being read, written or embedded in a page. Everything is checked on the resolved path
+(``..`` collapsed, symlinks followed), so a link inside the folder that points outside is caught too.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from utils.errors import DUCHError
+
+# characters a name that becomes one folder or file name may hold: letters, digits and ``._+-=,@``
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+=,@-]+$")
+MAX_NAME_LENGTH = 128
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path``, resolved (symlinks followed), is ``folder`` itself or lies below it."""
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def contained(folder: str | Path, relative: str, what: str = "path") -> Path:
+    """``folder / relative`` when it stays inside ``folder`` once resolved; otherwise a DUCHError naming it.
+
+    ``relative`` is a name read from data: an absolute path, a ``..`` that climbs out, a NUL byte or a
+    symlink leading out of ``folder`` is refused.
+    """
+    text = str(relative)
+    if not text or "\x00" in text:
+        raise DUCHError(f"{what} {text!r} is not a file name")
+    if os.path.isabs(text) or (os.name == "nt" and re.match(r"^[A-Za-z]:", text)):
+        raise DUCHError(f"{what} {text!r} is an absolute path; it must be a name inside {folder}")
+    path = Path(folder) / text
+    if not is_inside(path, folder):
+        raise DUCHError(f"{what} {text!r} leads outside {folder} (resolved: {os.path.realpath(path)}); refused")
+    return path
+
+
+def check_inside(path: str | Path, folders, what: str = "path") -> Path:
+    """``path`` itself when it resolves inside one of ``folders``; otherwise a DUCHError naming it."""
+    folders = [f for f in folders if f]
+    if any(is_inside(path, f) for f in folders):
+        return Path(path)
+    raise DUCHError(f"{what} {path} lies outside {' and '.join(map(str, folders)) or 'its folder'}; refused")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A name that becomes one folder or file name (a run --tag): letters, digits and ``._+-=,@``, not
+    starting with a dot, no path separator, at most 128 characters. Refused by name otherwise."""
+    text = str(name)
+    if not text or len(text) > MAX_NAME_LENGTH or text.startswith(".") or not _SAFE_NAME.match(text):
+        raise DUCHError(
+            f"{what} {text!r} cannot name a folder: use 1 to {MAX_NAME_LENGTH} letters, digits and . _ + - = , @ "
+            f"(no path separators, no leading dot, no spaces)"
+        )
+    return text
