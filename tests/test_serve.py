@@ -445,6 +445,8 @@ def shown_rows(page) -> list[int]:
 SHOWS_ROWS = "rows => [...document.querySelectorAll('#results .card')].map(c => +c.dataset.row).join() === rows"
 
 
+# (page functions are given as functions, never as expressions: Playwright evaluates an expression with eval,
+# which the page's Content-Security-Policy forbids)
 def wait_for_thumbnails(page, n: int) -> None:
     """n result cards whose thumbnails have loaded (decoded, non-empty)."""
     page.wait_for_function(
@@ -455,7 +457,7 @@ def wait_for_thumbnails(page, n: int) -> None:
 
 def test_page_search_click_filter_and_reload(served, page, tiny_run):
     page.goto(served.url + "/")
-    page.wait_for_function("document.querySelectorAll('#classes input').length > 0")
+    page.wait_for_function("() => document.querySelectorAll('#classes input').length > 0")
     page.fill("#k", "5")
     page.fill("#text", "There are green fields .")
     page.press("#text", "Enter")
@@ -492,7 +494,7 @@ def test_page_search_click_filter_and_reload(served, page, tiny_run):
 
 def test_page_upload_and_escaping(served, page, tiny_run):
     page.goto(served.url + "/?k=4")
-    page.wait_for_function("document.querySelectorAll('#classes input').length > 0")
+    page.wait_for_function("() => document.querySelectorAll('#classes input').length > 0")
     page.set_input_files("#file", str(tiny_run["data"] / "images" / "5.png"))
     wait_for_thumbnails(page, 4)
     expected = cli(tiny_run, "--image", tiny_run["data"] / "images" / "5.png", "-k", 4)
@@ -502,8 +504,8 @@ def test_page_upload_and_escaping(served, page, tiny_run):
     page.press("#text", "Enter")
     wait_for_thumbnails(page, 4)
     assert page.inner_text("#query .said") == f"“{hostile}”"
-    assert page.evaluate("window.pwned === undefined && document.querySelectorAll('#query img').length === 0")
+    assert page.evaluate("() => window.pwned === undefined && document.querySelectorAll('#query img').length === 0")
     page.fill("#k", "0")
     page.dispatch_event("#k", "change")  # a refused request is shown as one line, in the page
-    page.wait_for_function("document.querySelector('#status').classList.contains('error')")
+    page.wait_for_function("() => document.querySelector('#status').classList.contains('error')")
     assert "k must be 1..1000" in page.inner_text("#status")
