@@ -61,9 +61,10 @@ class SearchIndex:
         self.bit = int(manifest["bit"])
         self.codes, self.faiss, self.metadata = {}, {}, {}
         self._outputs: dict = {}
-        self._labels: dict = {}  # per modality: (class names, split names) of every row, as numpy arrays
+        self._labels: dict = {}  # per modality and field (class, split): the names and every row's name as a number
         self._filters: OrderedDict = OrderedDict()  # (modality, classes, splits) -> (rows matching, their flat index)
         self._lock = threading.Lock()
+        self._filter_lock = threading.Lock()
         for modality in MODALITIES:
             names = index_file_names(modality)
             self.codes[modality] = np.load(self._file(names["codes"]))
@@ -146,46 +147,52 @@ class SearchIndex:
             rows = np.where(rows >= 0, matching[np.maximum(rows, 0)], -1)
         return order_by_distance_then_row(distances, rows)
 
-    def labels(self, target: str) -> tuple[np.ndarray, np.ndarray]:
-        """(class, split) of every row of a modality as string arrays ('' where a row has none)."""
+    def labels(self, target: str) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per field ("class", "split"): (the names, sorted; the index of every row's name in them, or -1 where a
+        row has none), computed once per modality."""
         with self._lock:
             if target not in self._labels:
                 meta = self.metadata[target]
-                self._labels[target] = (np.array([str(m.get("class") or "") for m in meta], dtype=str),
-                                        np.array([str(m.get("split") or "") for m in meta], dtype=str))
+                self._labels[target] = {}
+                for field in ("class", "split"):
+                    names = sorted({str(m[field]) for m in meta if m.get(field)})
+                    position = {name: i for i, name in enumerate(names)}
+                    codes = np.fromiter((position.get(str(m.get(field) or ""), -1) for m in meta), np.int32, len(meta))
+                    self._labels[target][field] = (names, codes)
             return self._labels[target]
 
     def row_filter(self, target: str, classes: Sequence[str] | None, splits: Sequence[str] | None):
         """(rows of ``target`` whose class is one of ``classes`` and split one of ``splits``, ascending; an exact
         IndexBinaryFlat of their codes). None: no condition on that field. An unknown class or split name is an
-        error naming the known ones. The last few filters are kept (a copy of the matching codes each)."""
+        error naming the known ones. The last few filters are kept (a copy of the matching codes each); a filter
+        is built once, however many requests ask for it at the same time."""
         from utils.search.index import make_binary_index
 
-        class_of, split_of = self.labels(target)
+        labels = self.labels(target)
         key = (target, None if classes is None else tuple(sorted(set(classes))),
                None if splits is None else tuple(sorted(set(splits))))
-        with self._lock:
-            if key in self._filters:
-                self._filters.move_to_end(key)
-                return self._filters[key]
-        mask = np.ones(len(class_of), bool)
-        for field, wanted, values in (("class", key[1], class_of), ("split", key[2], split_of)):
-            if wanted is None:
-                continue
-            known = sorted(set(values.tolist()) - {""})
-            for name in wanted:
+        for field, wanted in (("class", key[1]), ("split", key[2])):
+            known = labels[field][0]
+            for name in wanted or ():
                 if name not in known:
                     plural = {"class": "classes", "split": "splits"}[field]
                     raise DUCHError(f"unknown {field} {name!r}{did_you_mean(name, known)}; the index's {target} have "
                                     f"{plural}: {', '.join(known) if known else 'none'}")
-            mask &= np.isin(values, list(wanted))
-        matching = np.flatnonzero(mask)
-        entry = (matching, make_binary_index(self.codes[target][matching], "flat")[0])
-        with self._lock:
+        with self._filter_lock:
+            if key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+            mask = np.ones(self.size(target), bool)
+            for field, wanted in (("class", key[1]), ("split", key[2])):
+                if wanted is not None:
+                    names, codes = labels[field]
+                    mask &= np.isin(codes, [names.index(name) for name in wanted])
+            matching = np.flatnonzero(mask)
+            entry = (matching, make_binary_index(self.codes[target][matching], "flat")[0])
             self._filters[key] = entry
             while len(self._filters) > FILTER_CACHE:
                 self._filters.popitem(last=False)
-        return entry
+            return entry
 
 
 FEW_QUERIES = 8  # below this, one thread: as fast alone, and no OpenMP spin-waits on a busy machine

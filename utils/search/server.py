@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from utils.errors import DUCHError
 from utils.search.query import DEFAULT_SHORTLIST, ROW_MODALITIES, TARGETS, Query, QueryEncoder, SearchIndex, search
 
@@ -217,19 +219,17 @@ class SearchService:
                 "uptime_s": round(time.time() - self.started, 1)}
 
     def describe(self) -> dict:
-        from collections import Counter
-
         m = self.index.manifest
-        class_of, split_of = self.index.labels("images")
-        classes = Counter(class_of.tolist())
-        splits = Counter(split_of.tolist())
+        labels = self.index.labels("images")
+        counts = {field: np.bincount(codes[codes >= 0], minlength=len(names)).tolist()
+                  for field, (names, codes) in labels.items()}
         encoders = m.get("encoders") or {}
         text, image = encoders.get("text") or {}, encoders.get("image") or {}
         return {
             "bit": self.index.bit,
             "counts": {"images": self.index.size("images"), "captions": self.index.size("captions")},
-            "classes": [{"name": c, "images": classes[c]} for c in sorted(classes) if c],
-            "splits": [{"name": s, "images": splits[s]} for s in sorted(splits) if s],
+            "classes": [{"name": c, "images": n} for c, n in zip(labels["class"][0], counts["class"])],
+            "splits": [{"name": s, "images": n} for s, n in zip(labels["split"][0], counts["split"])],
             "targets": list(TARGETS),
             "index": m.get("index"),
             "encoders": {"text": {"available": self.available["text"], "model": text.get("model")},
