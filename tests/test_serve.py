@@ -152,6 +152,26 @@ def test_filters_apply_before_the_top_k_is_cut(served, tiny_run):
     assert status == 200 and len(answer["results"]) == 4 and all(r["split"] == "train" for r in answer["results"])
 
 
+def test_filters_and_nprobe_on_an_ivf_index(tiny_run, tmp_path):
+    """A filter beside an IVF index is an exact search over the matching rows; nprobe applies to one search only."""
+    from utils.search.query import Query, SearchIndex, search
+
+    run_search("index", "--run", tiny_run["run"], "--out", tmp_path / "ivf", "--index-type", "ivf", "--nlist", 2,
+               "--nprobe", 1, "--no-progress")
+    index = SearchIndex.open(tmp_path / "ivf")
+    meta = metadata(tiny_run, "captions")
+    wanted = [m["row"] for m in meta if m["split"] in ("db", "query")]
+    query = [Query("row", row=7, modality="image")]
+    result = search(index, None, query, target="captions", k=len(wanted) + 5, splits=["query", "db"])[0]
+    rows, distances = brute_force(index.codes["captions"][wanted], index.codes["images"][7], len(wanted))
+    assert [r["row"] for r in result["results"]] == [wanted[i] for i in rows]
+    assert [r["distance"] for r in result["results"]] == distances
+    every = search(index, None, query, target="captions", k=60, nprobe=2)[0]  # both lists: the exact ranking
+    rows, _ = brute_force(index.codes["captions"], index.codes["images"][7], 60)
+    assert [r["row"] for r in every["results"]] == rows
+    assert index.faiss["captions"].nprobe == 1  # the index keeps its own
+
+
 def test_index_description_and_health(served, tiny_run):
     status, d = served.get("/api/index")
     assert status == 200
