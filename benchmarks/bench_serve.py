@@ -67,12 +67,13 @@ def inflate(source: Path, out: Path, size: int, seed: int = 0) -> dict:
     with open(out / names["metadata"], "w", encoding="utf-8") as f:
         for row, parent in enumerate(parents.tolist()):
             m = meta[parent]
-            record = {"row": row, "filename": m["filename"] if row < n else f"synthetic/{row:07d}.png", "class": m["class"],
+            record = {"row": row, "filename": m["filename"] if row < n else f"synthetic/{row:07d}.png",
+                      "class": m["class"],
                       "split": m["split"] if row < n else "db", "path": m["path"], "captions": m["captions"][:1]}
             f.write(json.dumps(record) + "\n")
     manifest["counts"] = {**manifest["counts"], "images": size}
-    manifest["index"] = {**manifest["index"], "type": "flat", "images": {"type": "flat", "faiss_class": "IndexBinaryFlat",
-                                                                          "exact": True}}
+    flat = {"type": "flat", "faiss_class": "IndexBinaryFlat", "exact": True}
+    manifest["index"] = {**manifest["index"], "type": "flat", "images": flat}
     manifest["synthetic"] = f"images inflated from {n} to {size} rows by benchmarks/bench_serve.py"
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
     return manifest
@@ -85,8 +86,9 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen([sys.executable, "search.py", "serve", "--index", str(index), "--port", str(self.port),
-                                      "--device", device], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        command = [sys.executable, "search.py", "serve", "--index", str(index), "--port", str(self.port),
+                   "--device", device]
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         self.loaded = self.proc.stdout.readline().strip()
         if not self.loaded.startswith("loaded"):
             self.stop()
@@ -163,10 +165,12 @@ def main():
     parser.add_argument("--size", type=int, default=1_000_000, help="image codes of the served index (default: 1M)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=400, help="requests per kind, at most (default: %(default)s)")
-    parser.add_argument("--max-seconds", type=float, default=60, help="per kind: no new request after this (default: 60)")
+    parser.add_argument("--max-seconds", type=float, default=60,
+                        help="per kind: no new request after this (default: %(default)s)")
     parser.add_argument("--k", type=int, default=20, help="results per query (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="the server's device (default: %(default)s)")
-    parser.add_argument("--work-dir", default=None, help="where the inflated index is written (default: a temporary folder)")
+    parser.add_argument("--work-dir", default=None,
+                        help="where the inflated index is written (default: a temporary folder)")
     args = parser.parse_args()
     source = Path(args.index)
     if not (source / MANIFEST_NAME).is_file():
@@ -182,7 +186,8 @@ def main():
         server = Server(work / "index", args.device)
         print(f"server: {server.loaded} (process start to ready: {time.perf_counter() - start:.1f} s)")
         try:
-            meta = [json.loads(line) for line in (source / index_file_names("images")["metadata"]).read_text().splitlines()]
+            meta_file = source / index_file_names("images")["metadata"]
+            meta = [json.loads(line) for line in meta_file.read_text().splitlines()]
             images = [Path(m["path"]).read_bytes() for m in meta[:16] if m.get("path") and Path(m["path"]).is_file()]
             a_class = meta[0]["class"]
             rng = np.random.default_rng(1)
@@ -207,7 +212,8 @@ def main():
                 if name == "image upload" and not images:
                     continue
                 r = drive(server.port, make, args.requests, args.clients, args.max_seconds)
-                print(f"{name:<20} {r['requests']:>8} {r['errors']:>6} {r['per_s']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f}")
+                print(f"{name:<20} {r['requests']:>8} {r['errors']:>6} {r['per_s']:>8.1f} {r['p50']:>8.1f} "
+                      f"{r['p99']:>8.1f}")
                 if r["first_error"]:
                     print(f"  first error: {r['first_error']!r}")
         finally:
