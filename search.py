@@ -3,6 +3,7 @@
     python search.py index --run checkpoints/demo_32_test_default
     python search.py query --index checkpoints/demo_32_test_default/index --text "a river next to green fields" --html
     results.html
+    python search.py serve --index checkpoints/demo_32_test_default/index     # then open http://127.0.0.1:8000/
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from utils.search.query import DEFAULT_SHORTLIST, Query, QueryEncoder, SearchInd
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
 
     ix = commands.add_parser("index",
                              help="encode a run's dataset (and new images) into packed codes and faiss indexes",
@@ -98,11 +99,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST,
                    help="--rerank: Hamming candidates re-ordered (default: %(default)s)")
     q.add_argument("--nprobe", type=int, default=None, help="ivf index: lists visited per query (default: the index's)")
+    q.add_argument("--class", action="append", default=None, dest="classes", metavar="NAME",
+                   help="only results of this class (repeat for several); applied before the top k is cut")
+    q.add_argument("--split", action="append", default=None, dest="splits", metavar="NAME",
+                   help="only results of this split: train, query, db or new (--image-dir images); repeatable")
     q.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON (JSON lines with --queries)")
     q.add_argument("--html", default=None, metavar="OUT", help="write a self-contained results page with thumbnails")
     q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     q.add_argument("--overwrite", action="store_true", help="replace existing --json / --html files")
     q.add_argument("--quiet", action="store_true", help="no table on the console")
+
+    from utils.search.server import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+
+    sv = commands.add_parser("serve", help="answer searches over HTTP and serve a search page in the browser",
+                             description="Load an index and its models once, then answer searches over HTTP (the "
+                                         "JSON of query --json) and serve a search page at /, until Ctrl-C.")
+    sv.add_argument("--index", required=True, metavar="INDEX_DIR", help="index folder written by search.py index")
+    sv.add_argument("--host", default=DEFAULT_HOST,
+                    help="address to listen on (default: %(default)s, this machine only; 0.0.0.0: every network)")
+    sv.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    sv.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                    help="largest image upload, in MiB (default: %(default)s)")
+    sv.add_argument("--access-log", action="store_true", help="print a line per request")
     return parser
 
 
@@ -177,7 +196,7 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         encoder.encode(list({q.kind: q for q in reversed(queries)}.values()))  # load the models before the clock starts
     start = time.perf_counter()
     results = search(index, encoder, queries, target=args.target, k=args.k, rerank=args.rerank,
-                     shortlist=args.shortlist)
+                     shortlist=args.shortlist, classes=args.classes, splits=args.splits)
     elapsed = time.perf_counter() - start
     if not args.quiet and not args.queries:  # --queries: the JSON lines are the output
         for result in results:
@@ -216,6 +235,10 @@ def read_query_lines(path) -> list[str]:
 def main(args: argparse.Namespace):
     if args.command == "index":
         return run_index(args)
+    if args.command == "serve":
+        from utils.search.server import serve
+
+        return serve(args.index, args.host, args.port, args.device, args.max_upload_mb, args.access_log)
     return run_query(args)
 
 

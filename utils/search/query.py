@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from utils.errors import DUCHError
+from utils.errors import DUCHError, did_you_mean
 from utils.io import read_json, read_npy
 from utils.runtime import resolve_device
 from utils.search.encoders import (
@@ -31,6 +33,7 @@ from utils.search.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, in
 TARGETS = MODALITIES  # what a query searches: images or captions
 ROW_MODALITIES = {"image": "images", "caption": "captions"}
 DEFAULT_SHORTLIST = 1000
+FILTER_CACHE = 8  # flat indexes of the rows of recent class/split filters, kept per index
 
 
 @dataclass
@@ -64,6 +67,10 @@ class SearchIndex:
         self.bits = int(manifest["bit"])
         self.codes, self.faiss, self.metadata = {}, {}, {}
         self._outputs: dict = {}
+        self._labels: dict = {}  # per modality and field (class, split): the names and every row's name as a number
+        self._filters: OrderedDict = OrderedDict()  # (modality, classes, splits) -> (rows matching, their flat index)
+        self._lock = threading.Lock()
+        self._filter_lock = threading.Lock()
         for modality in MODALITIES:
             names = index_file_names(modality)
             self.codes[modality] = read_npy(self._file(names["codes"]), "index codes")
@@ -152,15 +159,78 @@ class SearchIndex:
             if hasattr(index, "nprobe"):
                 index.nprobe = int(nprobe)
 
-    def hamming_topk(self, target: str, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, rows), each (n_queries, min(k, size)), ordered by (distance, row)."""
-        k = min(int(k), self.size(target))
+    def hamming_topk(self, target: str, query_codes: np.ndarray, k: int, nprobe: int | None = None,
+                     classes: Sequence[str] | None = None,
+                     splits: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rows), each (n_queries, min(k, rows searched)), ordered by (distance, row).
+
+        ``nprobe``: lists an IVF index visits for these queries only (the index keeps its own). ``classes`` /
+        ``splits``: only rows of one of these classes and one of these splits are ranked, before the top k is cut,
+        by an exact search over the matching rows (also beside an IVF index), so k results come back when k rows
+        match."""
         query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
+        index, params, matching = self.faiss[target], None, None
+        if classes is not None or splits is not None:
+            matching, index = self.row_filter(target, classes, splits)
+        elif nprobe is not None and hasattr(index, "nprobe"):
+            import faiss
+
+            params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        k = min(int(k), index.ntotal)
         if not len(query_codes) or k == 0:
             return np.zeros((len(query_codes), 0), np.int32), np.zeros((len(query_codes), 0), np.int64)
         with faiss_threads(1 if len(query_codes) < FEW_QUERIES else None):
-            distances, rows = self.faiss[target].search(query_codes, k)
+            distances, rows = index.search(query_codes, k, params=params)
+        if matching is not None:  # rows of the filtered index -> rows of the index (in the same order)
+            rows = np.where(rows >= 0, matching[np.maximum(rows, 0)], -1)
         return order_by_distance_then_row(distances, rows)
+
+    def labels(self, target: str) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per field ("class", "split"): (the names, sorted; the index of every row's name in them, or -1 where a
+        row has none), computed once per modality."""
+        with self._lock:
+            if target not in self._labels:
+                meta = self.metadata[target]
+                self._labels[target] = {}
+                for field in ("class", "split"):
+                    names = sorted({str(m[field]) for m in meta if m.get(field)})
+                    position = {name: i for i, name in enumerate(names)}
+                    codes = np.fromiter((position.get(str(m.get(field) or ""), -1) for m in meta), np.int32, len(meta))
+                    self._labels[target][field] = (names, codes)
+            return self._labels[target]
+
+    def row_filter(self, target: str, classes: Sequence[str] | None, splits: Sequence[str] | None):
+        """(rows of ``target`` whose class is one of ``classes`` and split one of ``splits``, ascending; an exact
+        IndexBinaryFlat of their codes). None: no condition on that field. An unknown class or split name is an
+        error naming the known ones. The last few filters are kept (a copy of the matching codes each); a filter
+        is built once, however many requests ask for it at the same time."""
+        from utils.search.index import make_binary_index
+
+        labels = self.labels(target)
+        key = (target, None if classes is None else tuple(sorted(set(classes))),
+               None if splits is None else tuple(sorted(set(splits))))
+        for field, wanted in (("class", key[1]), ("split", key[2])):
+            known = labels[field][0]
+            for name in wanted or ():
+                if name not in known:
+                    plural = {"class": "classes", "split": "splits"}[field]
+                    raise DUCHError(f"unknown {field} {name!r}{did_you_mean(name, known)}; the index's {target} have "
+                                    f"{plural}: {', '.join(known) if known else 'none'}")
+        with self._filter_lock:
+            if key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+            mask = np.ones(self.size(target), bool)
+            for field, wanted in (("class", key[1]), ("split", key[2])):
+                if wanted is not None:
+                    names, codes = labels[field]
+                    mask &= np.isin(codes, [names.index(name) for name in wanted])
+            matching = np.flatnonzero(mask)
+            entry = (matching, make_binary_index(self.codes[target][matching], "flat")[0])
+            self._filters[key] = entry
+            while len(self._filters) > FILTER_CACHE:
+                self._filters.popitem(last=False)
+            return entry
 
 
 FEW_QUERIES = 8  # below this, one thread: as fast alone, and no OpenMP spin-waits on a busy machine
@@ -288,6 +358,17 @@ class QueryEncoder:
             self._model = run.load_model(self.device)
         return self._model
 
+    def preload(self) -> dict:
+        """Load now the run's networks and every encoder the index records (a server loads them once, before it
+        answers); returns which query kinds can be encoded: ``{"text": bool, "image": bool}``."""
+        self.model
+        encoders = self.index.manifest["encoders"]
+        if encoders.get("text") and self._text_model is None:
+            self._text_model = self.text_spec().load(self.device)
+        if encoders.get("image") and self._image_model is None:
+            self._image_model = self.image_spec().build(self.device)
+        return {"text": self._text_model is not None, "image": self._image_model is not None}
+
     # text --------------------------------------------------------------------------------------
     def text_spec(self) -> TextEncoderSpec:
         record = self.index.manifest["encoders"].get("text")
@@ -383,19 +464,27 @@ def check_query(index: SearchIndex, query: Query) -> None:
 
 
 def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Query], target: str = "images",
-           k: int = 10,
-           rerank: bool = False, shortlist: int = DEFAULT_SHORTLIST) -> list[dict]:
+           k: int = 10, rerank: bool = False, shortlist: int = DEFAULT_SHORTLIST, nprobe: int | None = None,
+           classes: Sequence[str] | None = None, splits: Sequence[str] | None = None) -> list[dict]:
     """Results of every query: ``{"query", "results": [{"rank", "row", "distance", ...}]}``.
 
-    ``encoder`` holds the models across calls (one is made when None)."""
+    ``encoder`` holds the models across calls (one is made when None). ``nprobe``: IVF lists visited by these
+    queries (default: the index's). ``classes`` / ``splits``: only rows of these classes and splits are ranked,
+    before the top k is cut (``SearchIndex.hamming_topk``); the query record then names them under ``filters``."""
     if target not in TARGETS:
         raise DUCHError(f"unknown --target {target!r}; choose images or captions")
     if k < 1:
         raise DUCHError(f"-k must be at least 1, got {k}")
     if rerank and shortlist < 1:
         raise DUCHError(f"--shortlist must be at least 1, got {shortlist}")
+    if nprobe is not None and nprobe < 1:
+        raise DUCHError(f"--nprobe must be at least 1, got {nprobe}")
     for q in queries:
         check_query(index, q)
+    filters = {name: sorted(set(values)) for name, values in (("class", classes), ("split", splits))
+               if values is not None}
+    if filters:
+        index.row_filter(target, classes, splits)  # unknown names are refused before a model runs
     if not queries:
         return []
     outputs = (encoder or QueryEncoder(index)).encode(queries)  # stored rows need no model
@@ -404,7 +493,7 @@ def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Q
         if q.kind == "row":  # the stored code, not the sign of its float16 output
             codes[i] = index.codes[ROW_MODALITIES[q.modality]][q.row]
     depth = max(k, shortlist) if rerank else k
-    distances, rows = index.hamming_topk(target, codes, depth)
+    distances, rows = index.hamming_topk(target, codes, depth, nprobe=nprobe, classes=classes, splits=splits)
     cosines = None
     if rerank:
         distances, rows, cosines = rerank_by_cosine(index.outputs(target), outputs, distances, rows)
@@ -421,8 +510,11 @@ def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Q
         record = q.to_json()
         if q.kind == "row":  # what the stored row is, for the table and the page
             seen = describe(index.metadata[ROW_MODALITIES[q.modality]][q.row], ROW_MODALITIES[q.modality])
-            record.update(query_filename=seen["filename"], query_path=seen["path"], query_caption=seen["caption"])
+            record.update(query_filename=seen["filename"], query_path=seen["path"], query_caption=seen["caption"],
+                          query_image_row=seen.get("image_row", q.row))
         record.update(target=target, k=k, rerank=rerank, code=codes[i].tobytes().hex())
+        if filters:
+            record["filters"] = filters
         out.append({"query": record, "results": results})
     return out
 
@@ -458,7 +550,8 @@ def format_table(result: dict, width: int = 60) -> str:
     what = {"text": lambda: f'text "{printable(q["text"])}"', "image": lambda: f"image {printable(q['path'])}",
             "row": lambda: f"{q['modality']} row {q['row']}"}[q["kind"]]()
     rerank = q.get("rerank")
-    lines = [f"query: {what} -> {q['target']} (top {q['k']}{', re-ranked by cosine' if rerank else ''})"]
+    only = "".join(f", {name} {' or '.join(values)}" for name, values in (q.get("filters") or {}).items())
+    lines = [f"query: {what} -> {q['target']}{only} (top {q['k']}{', re-ranked by cosine' if rerank else ''})"]
     header = (f"{'rank':>4} {'hamming':>7} " + (f"{'cosine':>7} " if rerank else "")
               + f"{'row':>6}  {'filename':<18} {'class':<14} caption")
     lines.append(header)

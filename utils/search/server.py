@@ -1,0 +1,505 @@
+"""``search.py serve``: an index kept in memory with its models, answering searches over HTTP, and a page at ``/``.
+
+``SearchService`` holds the index, the run's networks and the query encoders, loaded once; it parses and
+checks the parameters of a request and answers with the same JSON as ``search.py query --json``. ``create_app``
+puts it behind a FastAPI app (served by uvicorn, ``serve``):
+
+    GET  /                       the search page (utils/search/static/: plain HTML, CSS and JavaScript)
+    GET  /api/health             {"status": "ok", ...}
+    GET  /api/index              bits, counts, classes, splits, encoders, checkpoint, limits
+    GET  /api/search?text=...    a sentence (or ?row=N&modality=image|caption: "more like this")
+    POST /api/search?k=...       an image: the request body is the image file itself
+    GET  /api/thumbnail/{row}    a JPEG thumbnail of an image row of the index (by row number only)
+
+Common search parameters: target (images|captions), k, rerank, shortlist, nprobe, class and split (repeatable:
+only results of those classes / splits, applied before the top k is cut). A bad request gets a 4xx JSON
+``{"error": "one line"}``; an unexpected failure a 500 of the same form, and the server goes on answering.
+
+Models: row queries use no model; a text query runs the text encoder and the text net, under a lock of its
+own (tokenizers are not thread-safe); an image query the image encoder and the image net under another, so
+a slow image never holds up a sentence or a row.
+"""
+
+import io
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from utils.errors import DUCHError
+from utils.search.query import DEFAULT_SHORTLIST, ROW_MODALITIES, TARGETS, Query, QueryEncoder, SearchIndex, search
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_UPLOAD_MB = 16.0
+MAX_K = 1000
+MAX_SHORTLIST = 100_000
+THUMBNAIL_SIZE = 256  # longest side, pixels
+THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (about 10 KB each)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# image formats an upload may be: PIL's raster decoders only (PIL's EPS plugin would run Ghostscript)
+UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp", "GIF": ".gif"}
+SEARCH_PARAMETERS = ("text", "row", "modality", "target", "k", "rerank", "shortlist", "nprobe", "class", "split")
+REPEATABLE = ("class", "split")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+class RequestError(DUCHError):
+    """A request the server refuses: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# ----------------------------------------------------------------------------------------------
+# parameters
+
+
+@dataclass
+class SearchParams:
+    """The checked parameters of one search request."""
+
+    text: str | None = None
+    row: int | None = None
+    modality: str | None = None
+    target: str = "images"
+    k: int = 10
+    rerank: bool = False
+    shortlist: int = DEFAULT_SHORTLIST
+    nprobe: int | None = None
+    classes: list[str] | None = None
+    splits: list[str] | None = None
+    given: list[str] = field(default_factory=list)
+
+
+def _int(name: str, value: str, low: int, high: int | None = None) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise RequestError(f"{name} must be an integer, got {value!r}") from None
+    if number < low or (high is not None and number > high):
+        bounds = f"{low}..{high}" if high is not None else f"at least {low}"
+        raise RequestError(f"{name} must be {bounds}, got {number}")
+    return number
+
+
+def check_parameters(items: Iterable[tuple[str, str]], allowed: Iterable[str], what: str) -> dict[str, list[str]]:
+    """The request's parameters by name; an unknown or repeated (where not repeatable) one is refused."""
+    allowed = tuple(allowed)
+    values: dict[str, list[str]] = {}
+    for name, value in items:
+        if name not in allowed:
+            raise RequestError(f"unknown parameter {name!r}; {what} takes: {', '.join(allowed) if allowed else 'none'}")
+        values.setdefault(name, []).append(value)
+    for name, given in values.items():
+        if len(given) > 1 and name not in REPEATABLE:
+            raise RequestError(f"parameter {name!r} is given {len(given)} times; give it once")
+    return values
+
+
+def parse_search_params(items: Iterable[tuple[str, str]], image: bool = False) -> SearchParams:
+    """Checked search parameters: exactly one of text and row (none with an uploaded ``image``)."""
+    values = check_parameters(items, SEARCH_PARAMETERS, "a search")
+    one = {name: v[0] for name, v in values.items() if name not in REPEATABLE}
+    p = SearchParams(given=sorted(values))
+    if image:
+        if "text" in one or "row" in one:
+            raise RequestError("a POST to /api/search carries an image as its body; search by text or row with GET")
+    elif ("text" in one) == ("row" in one):
+        raise RequestError("give text=SENTENCE or row=N (with modality=image or caption), not "
+                           + ("both" if "text" in one else "neither"))
+    if "text" in one:
+        p.text = one["text"]
+        if not p.text.strip():
+            raise RequestError("empty text query; give a sentence, e.g. text=a river next to green fields")
+    if "row" in one:
+        p.row = _int("row", one["row"], 0)
+        p.modality = one.get("modality", "image")
+        if p.modality not in ROW_MODALITIES:
+            raise RequestError(f"modality must be image or caption, got {p.modality!r}")
+    elif "modality" in one:
+        raise RequestError("modality goes with row=N (which stored rows)")
+    p.target = one.get("target", "images")
+    if p.target not in TARGETS:
+        raise RequestError(f"target must be images or captions, got {p.target!r}")
+    if "k" in one:
+        p.k = _int("k", one["k"], 1, MAX_K)
+    rerank = one.get("rerank", "0").strip().lower()
+    if rerank not in TRUE + FALSE:
+        raise RequestError(f"rerank must be 1 or 0 (true or false), got {one['rerank']!r}")
+    p.rerank = rerank in TRUE
+    if "shortlist" in one:
+        p.shortlist = _int("shortlist", one["shortlist"], 1, MAX_SHORTLIST)
+    if "nprobe" in one:
+        p.nprobe = _int("nprobe", one["nprobe"], 1)
+    for name, attr in (("class", "classes"), ("split", "splits")):
+        if name in values:
+            names = [v.strip() for v in values[name]]
+            if not all(names):
+                raise RequestError(f"empty {name} name; give {name}=NAME (repeat it for several)")
+            setattr(p, attr, names)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# the service
+
+
+def decode_upload(data: bytes) -> tuple[str, tuple[int, int]]:
+    """(format, size) of an uploaded image, fully decoded; anything else is a RequestError."""
+    from PIL import Image
+
+    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
+
+    if not data:
+        raise RequestError("empty upload: send the image file as the request body (curl --data-binary @FILE)")
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as image:
+                image.load()
+                return image.format, image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(f"the uploaded image has too many pixels (over {DEFAULT_MAX_IMAGE_PIXELS:,})", 413) from None
+    except Exception as err:  # noqa: BLE001 (any decoder failure: the upload is not an image)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RequestError(f"the upload is not a readable image ({', '.join(UPLOAD_FORMATS)}): {reason}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+class SearchService:
+    """An index, its models and the query encoders, loaded once; answers the requests of ``create_app``."""
+
+    def __init__(self, index_dir: str | Path, device: str = "auto", max_upload_bytes: int | None = None,
+                 preload: bool = True):
+        start = time.perf_counter()
+        self.index = SearchIndex.open(index_dir)
+        self.encoder = QueryEncoder(self.index, device)
+        self.max_upload_bytes = int(max_upload_bytes or DEFAULT_MAX_UPLOAD_MB * 2**20)
+        self.available = {"text": False, "image": False}
+        if preload:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self.available = self.encoder.preload()
+            if self.available["text"]:
+                self.encoder.encode_texts(["warm up"])  # the tokenizer's and the network's first-call costs
+        self.locks = {"text": threading.Lock(), "image": threading.Lock()}
+        self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        self._upload_dir = Path(tempfile.mkdtemp(prefix="duch-serve-"))
+        for modality in TARGETS:
+            self.index.labels(modality)  # the filters' columns, before the first request
+        self.started = time.time()
+        self.load_seconds = time.perf_counter() - start
+
+    def close(self) -> None:
+        shutil.rmtree(self._upload_dir, ignore_errors=True)
+
+    # description -------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return {"status": "ok", "images": self.index.size("images"), "captions": self.index.size("captions"),
+                "uptime_s": round(time.time() - self.started, 1)}
+
+    def describe(self) -> dict:
+        m = self.index.manifest
+        labels = self.index.labels("images")
+        counts = {field: np.bincount(codes[codes >= 0], minlength=len(names)).tolist()
+                  for field, (names, codes) in labels.items()}
+        encoders = m.get("encoders") or {}
+        text, image = encoders.get("text") or {}, encoders.get("image") or {}
+        return {
+            "bit": self.index.bit,
+            "counts": {"images": self.index.size("images"), "captions": self.index.size("captions")},
+            "classes": [{"name": c, "images": n} for c, n in zip(labels["class"][0], counts["class"])],
+            "splits": [{"name": s, "images": n} for s, n in zip(labels["split"][0], counts["split"])],
+            "targets": list(TARGETS),
+            "index": m.get("index"),
+            "encoders": {"text": {"available": self.available["text"], "model": text.get("model")},
+                         "image": {"available": self.available["image"], "weights": image.get("weights"),
+                                   "img_aug": image.get("img_aug")}},
+            "checkpoint": {"which": m["checkpoint"]["which"], "epoch": m["checkpoint"]["epoch"],
+                           "sha256": m["checkpoint"]["sha256"], "file": Path(m["checkpoint"]["path"]).name},
+            "run": Path(m["run"]["dir"]).name,
+            "dataset": (m.get("dataset") or {}).get("key"),
+            "limits": {"max_k": MAX_K, "max_shortlist": MAX_SHORTLIST, "max_upload_bytes": self.max_upload_bytes,
+                       "thumbnail_size": THUMBNAIL_SIZE},
+        }
+
+    # searches ----------------------------------------------------------------------------------
+    def search(self, p: SearchParams, query: Query | None = None) -> dict:
+        """One search; ``query`` is given for an uploaded image, else built from ``p``."""
+        if query is None:
+            query = Query("text", text=p.text) if p.text is not None else Query("row", row=p.row, modality=p.modality)
+        if query.kind == "text" and not self.available["text"]:
+            self.encoder.text_spec()  # the clear error of an index without a text-model record
+        if query.kind == "image" and not self.available["image"]:
+            self.encoder.image_spec()
+        def run() -> dict:
+            return search(self.index, self.encoder, [query], target=p.target, k=p.k, rerank=p.rerank,
+                          shortlist=p.shortlist, nprobe=p.nprobe, classes=p.classes, splits=p.splits)[0]
+
+        lock = self.locks.get(query.kind)
+        if lock is None:  # rows: no model, no lock
+            return run()
+        with lock:
+            return run()
+
+    def search_image(self, p: SearchParams, data: bytes) -> dict:
+        """An uploaded image (the request body): checked to decode, encoded from a private temporary file."""
+        if not self.available["image"]:
+            self.encoder.image_spec()
+        fmt, size = decode_upload(data)
+        fd, name = tempfile.mkstemp(suffix=UPLOAD_FORMATS[fmt], dir=self._upload_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                result = self.search(p, Query("image", path=name))
+            except DUCHError as err:
+                raise RequestError(str(err).replace(name, "the uploaded image")) from None
+        finally:
+            Path(name).unlink(missing_ok=True)
+        result["query"].pop("path", None)  # a private temporary file: the upload is described instead
+        result["query"]["upload"] = {"format": fmt, "width": size[0], "height": size[1], "bytes": len(data)}
+        return result
+
+    # thumbnails --------------------------------------------------------------------------------
+    def thumbnail(self, row: int) -> bytes:
+        """JPEG thumbnail of image row ``row`` (the file the index's metadata names for it)."""
+        n = self.index.size("images")
+        if not 0 <= row < n:
+            raise RequestError(f"no image row {row}: the index holds image rows 0..{n - 1}", 404)
+        with self._thumb_lock:
+            if row in self._thumbnails:
+                self._thumbnails.move_to_end(row)
+                return self._thumbnails[row]
+        path = self.index.metadata["images"][row].get("path")
+        if not path or not Path(path).is_file():
+            raise RequestError(f"image row {row} has no image file on this machine (rebuild the index with "
+                               f"--dataset-image-dir to show it)", 404)
+        from utils.data.images import load_image
+
+        try:
+            image = load_image(path)
+        except DUCHError:
+            raise RequestError(f"the image file of row {row} cannot be read", 404) from None
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        data = buffer.getvalue()
+        with self._thumb_lock:
+            self._thumbnails[row] = data
+            while len(self._thumbnails) > THUMBNAIL_CACHE:
+                self._thumbnails.popitem(last=False)
+        return data
+
+
+# ----------------------------------------------------------------------------------------------
+# the app
+
+
+def _host_of(header: str) -> str:
+    """The host name of a Host header (``name``, ``name:port``, ``[::1]:port``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class GuardMiddleware:
+    """Refuses requests whose Host header is not a name this server was started on (a page elsewhere that
+    rebinds its DNS name to 127.0.0.1 cannot read the archive), and adds security headers to every answer."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"x-frame-options", b"DENY"),
+               (b"content-security-policy", b"default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+                                            b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'")]
+
+    def __init__(self, app, allowed_hosts: set[str] | None):
+        self.app, self.allowed = app, allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.allowed is not None:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if _host_of(host) not in self.allowed:
+                from starlette.responses import JSONResponse
+
+                answer = JSONResponse({"error": f"host {host!r} is not served here (this server answers to "
+                                                f"{', '.join(sorted(self.allowed))})"}, status_code=421)
+                return await answer(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + self.HEADERS
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+def allowed_hosts(host: str) -> set[str] | None:
+    """Host names requests may carry: the loopback names, and ``host`` itself; None (any) for 0.0.0.0 / ::."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return {*LOCAL_HOSTS, host.lower().strip("[]")}
+
+
+def create_app(service: SearchService, host: str = DEFAULT_HOST):
+    """The FastAPI app of a loaded ``SearchService``: the page, the API and the JSON errors."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, Response
+
+    app = FastAPI(title="DUCH search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    static = {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in sorted(STATIC_DIR.iterdir())
+              if p.is_file() and p.suffix in STATIC_TYPES}
+
+    def error(message: str, status: int) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(DUCHError)
+    async def user_error(request: Request, err: DUCHError):
+        return error(str(err), getattr(err, "status", 400))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return error(f"{where}: {first.get('msg', 'invalid value')}", 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        message = f"not found: {request.url.path}" if err.status_code == 404 else str(err.detail)
+        return error(message, err.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        print(f"error answering {request.method} {request.url.path}: {type(err).__name__}: {err}", file=sys.stderr)
+        return error(f"internal error ({type(err).__name__}); the request failed, the server goes on", 500)
+
+    def no_parameters(request: Request) -> None:
+        check_parameters(request.query_params.multi_items(), (), request.url.path)
+
+    @app.get("/", include_in_schema=False)
+    def page(request: Request):
+        body, kind = static["index.html"]
+        return Response(body, media_type=kind, headers={"cache-control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str):
+        if name not in static:
+            raise RequestError(f"not found: /static/{name}", 404)
+        body, kind = static[name]
+        return Response(body, media_type=kind, headers={"cache-control": "no-cache"})
+
+    @app.get("/api/health")
+    def health(request: Request):
+        no_parameters(request)
+        return JSONResponse(service.health())
+
+    @app.get("/api/index")
+    def describe(request: Request):
+        no_parameters(request)
+        return JSONResponse(service.describe())
+
+    @app.get("/api/search")
+    def search_get(request: Request):
+        """Search by text=SENTENCE or row=N&modality=image|caption (and target, k, rerank, shortlist, nprobe,
+        class, split)."""
+        params = parse_search_params(request.query_params.multi_items())
+        return JSONResponse(service.search(params))
+
+    @app.post("/api/search")
+    async def search_post(request: Request):
+        """Search by an image: the request body is the image file; the parameters are in the URL, as for GET."""
+        params = parse_search_params(request.query_params.multi_items(), image=True)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind.startswith("multipart/") or kind == "application/x-www-form-urlencoded":
+            raise RequestError("send the image file itself as the request body (curl --data-binary @FILE "
+                               "-H 'Content-Type: application/octet-stream'), not a form", 415)
+        limit = service.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"the upload is {int(declared):,} bytes; the limit is {limit:,}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"the upload is over the limit of {limit:,} bytes", 413)
+            chunks.append(chunk)
+        return JSONResponse(await run_in_threadpool(service.search_image, params, b"".join(chunks)))
+
+    @app.get("/api/thumbnail/{row}")
+    def thumbnail(row: str, request: Request):
+        """JPEG thumbnail of an image row of the index."""
+        no_parameters(request)
+        data = service.thumbnail(_int("thumbnail row", row, 0))
+        return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
+    app.state.service = service
+    return GuardMiddleware(app, allowed_hosts(host))
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise DUCHError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port, "
+                            f"or stop the program that uses it") from None
+
+
+def serve(index_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str = "auto",
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, access_log: bool = False) -> None:
+    """Load the index and its models, then answer until Ctrl-C."""
+    import uvicorn
+
+    if not 0 < port < 65536:
+        raise DUCHError(f"--port must be 1..65535, got {port}")
+    if max_upload_mb <= 0:
+        raise DUCHError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    check_port_free(host, port)
+    service = SearchService(index_dir, device, max_upload_bytes=int(max_upload_mb * 2**20))
+    try:
+        counts = service.describe()["counts"]
+        kinds = ", ".join(k for k, ok in (("text", service.available["text"]), ("image", service.available["image"]))
+                          if ok) or "none"
+        print(f"loaded {counts['images']} images and {counts['captions']} captions ({service.index.bit}-bit codes, "
+              f"{service.encoder.device}; query encoders: {kinds}) in {service.load_seconds:.1f} s")
+        if allowed_hosts(host) is None or host not in LOCAL_HOSTS:
+            print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can search this "
+                  f"archive and see its images (there is no login)", file=sys.stderr)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+        config = uvicorn.Config(create_app(service, host), host=host, port=port, log_level="warning",
+                                access_log=access_log, timeout_graceful_shutdown=5)
+        try:
+            uvicorn.Server(config).run()
+        except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes Ctrl-C on
+            pass
+    finally:
+        service.close()
+    print("stopped")
