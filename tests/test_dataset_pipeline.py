@@ -79,7 +79,8 @@ def preprocess(json_path, bert):
     common = ["--dataset", str(json_path), "--device", "cpu", "--no-progress"]
     with pytest.warns(UserWarning, match="RANDOM"):
         images_augment.main(images_augment.get_args_parser().parse_args(
-            [*common, "--img-aug", "center_crop_only", "--weights", "none", "--num-workers", "0"]))
+            [*common, "--img-aug", "center_crop_only", "--crop-size", "32", "32", "--weights", "none",
+             "--num-workers", "0"]))
     captions_embed.main(captions_embed.get_args_parser().parse_args([*common, "--model", str(bert)]))
 
 

@@ -369,7 +369,7 @@ def test_client(served, tiny_run):
     assert len(result["results"]) == 4 and all(r["class"] == meta[0]["class"] for r in result["results"])
     path = tiny_run["data"] / "images" / "5.png"
     assert client.search(image=path, k=3)["results"] == cli(tiny_run, "--image", path, "-k", 3)["results"]
-    assert client.describe()["bit"] == served.service.index.bit and client.health()["status"] == "ok"
+    assert client.describe()["bit"] == served.service.index.bits and client.health()["status"] == "ok"
     assert client.thumbnail(0)[:2] == b"\xff\xd8"  # JPEG
     with pytest.raises(SearchError) as err:
         client.search(text="a", k=0)

@@ -226,7 +226,7 @@ class SearchService:
         encoders = m.get("encoders") or {}
         text, image = encoders.get("text") or {}, encoders.get("image") or {}
         return {
-            "bit": self.index.bit,
+            "bit": self.index.bits,
             "counts": {"images": self.index.size("images"), "captions": self.index.size("captions")},
             "classes": [{"name": c, "images": n} for c, n in zip(labels["class"][0], counts["class"])],
             "splits": [{"name": s, "images": n} for s, n in zip(labels["split"][0], counts["split"])],
@@ -487,7 +487,7 @@ def serve(index_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         counts = service.describe()["counts"]
         kinds = ", ".join(k for k, ok in (("text", service.available["text"]), ("image", service.available["image"]))
                           if ok) or "none"
-        print(f"loaded {counts['images']} images and {counts['captions']} captions ({service.index.bit}-bit codes, "
+        print(f"loaded {counts['images']} images and {counts['captions']} captions ({service.index.bits}-bit codes, "
               f"{service.encoder.device}; query encoders: {kinds}) in {service.load_seconds:.1f} s")
         if allowed_hosts(host) is None or host not in LOCAL_HOSTS:
             print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can search this "
