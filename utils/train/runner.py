@@ -470,6 +470,35 @@ def _loss_weights(cfg: TrainConfig) -> dict[str, float]:
     return LOSSES[cfg.method].term_weights(cfg.method_params)
 
 
+def _trainer_class(cfg: TrainConfig, distributed_run: bool):
+    """DUCH's trainer (its distributed form under torchrun), or a baseline's (one process only)."""
+    if cfg.method != "duch":
+        if distributed_run:
+            refuse(f"--method {cfg.method} trains in one process: run it with python main.py, not torchrun")
+        from utils.train.trainer_baselines import BaselineTrainer
+
+        return BaselineTrainer
+    if distributed_run:
+        from utils.train.distributed_trainer import DistributedDUCHTrainer
+
+        return DistributedDUCHTrainer
+    return DUCHTrainer
+
+
+def _validation_score(cfg: TrainConfig, data: RunData, trainer, valid: dict, epoch: int, logger) -> float:
+    """The score that selects the best model: mAP@K averaged over the directions, or the tie-aware mR when
+    the run has no labels; logged with the validation table."""
+    if f"map@{cfg.map_k}" in valid:
+        score, what = valid[f"map@{cfg.map_k}"]["avg"], f"mAP@{cfg.map_k} avg"
+    else:
+        score, what = valid["recall"]["tie_aware"]["mr"], "mR (tie-aware)"
+    logger.info(f"epoch {epoch + 1}: validation {what} {score:.4f}\n{format_results(valid)}")
+    if not data.selects_model:  # no validation images, and test never selects: the latest model is kept
+        logger.info("no validation images in the split: the best checkpoint is the latest validated model")
+        score = max(score, trainer.best_score + 1.0)
+    return score
+
+
 def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path | None = None) -> dict:
     """Under torchrun every rank trains (utils/train/distributed_trainer.py); rank 0 alone writes, logs and tests.
 
@@ -486,15 +515,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
                           level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
     check_model_fits(cfg, data.features.widths, device)
-    if cfg.method != "duch":
-        if ctx.distributed:
-            refuse(f"--method {cfg.method} trains in one process: run it with python main.py, not torchrun")
-        from utils.train.trainer_baselines import BaselineTrainer as Trainer
-    elif ctx.distributed:
-        from utils.train.distributed_trainer import DistributedDUCHTrainer as Trainer
-    else:
-        Trainer = DUCHTrainer
-    trainer = Trainer(cfg, data.train_views, data.valid_query, data.valid_db, device)
+    trainer = _trainer_class(cfg, ctx.distributed)(cfg, data.train_views, data.valid_query, data.valid_db, device)
     trainer.instance = data.valid_instance
     history: list[dict] = []
     record = _config_record(cfg, device, "train", data, warnings, **ctx.record())
@@ -515,7 +536,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
                       resumed=[*saved.get("resumed", []), resumed])
         logger.info(f"resuming {run_dir} after epoch {trainer.epoch + 1} of {cfg.epochs}")
     _log_warnings(logger, warnings)
-    for note in width_notes(get_dataset(cfg.dataset), data.features.widths):
+    for note in width_notes(get_dataset(cfg.dataset, cfg.name), data.features.widths):
         logger.info(note)
     if ctx.is_main:
         write_json(run_dir / CONFIG_NAME, record)
@@ -535,15 +556,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
         history.append(record)
         logger.info(_epoch_line(cfg, record), extra=FILE_ONLY)
         if "valid" in record:
-            valid = record["valid"]
-            if f"map@{cfg.map_k}" in valid:
-                score, what = valid[f"map@{cfg.map_k}"]["avg"], f"mAP@{cfg.map_k} avg"
-            else:
-                score, what = valid["recall"]["tie_aware"]["mr"], "mR (tie-aware)"
-            logger.info(f"epoch {epoch + 1}: validation {what} {score:.4f}\n{format_results(valid)}")
-            if not data.selects_model:  # no validation images, and test never selects: the latest model is kept
-                logger.info("no validation images in the split: the best checkpoint is the latest validated model")
-                score = max(score, trainer.best_score + 1.0)
+            score = _validation_score(cfg, data, trainer, record["valid"], epoch, logger)
             if score > trainer.best_score:
                 trainer.best_score, trainer.best_epoch = score, epoch
                 save_checkpoint(run_dir / BEST_NAME, trainer.model_payload())
