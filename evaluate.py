@@ -15,13 +15,9 @@ beside; mean ± std and n over seeds) as Markdown and CSV, and PR / P@K figures 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from utils.errors import DUCHError, exit_on_user_error
-from utils.io import write_json
-from utils.logs import setup_logger
-from utils.retrieval.evaluation import evaluate_file, format_results
+from utils.retrieval.evaluation import score_codes_file
 from utils.retrieval.metrics import DEFAULT_MEMORY_GB, MAP_KS
 
 
@@ -53,41 +49,11 @@ def main(args: argparse.Namespace) -> dict:
     if (args.codes is None) == (args.compare is None):
         raise DUCHError("pass --codes FILE.npz to score a codes file, or --compare RUN_DIR... to compare runs (one)")
     if args.compare is not None:
-        return compare(args)
-    if args.bits is not None and args.bits < 1:
-        raise DUCHError(f"--bits must be at least 1, got {args.bits}")
-    from utils.io import check_output_file
+        from utils.train.compare import compare_runs
 
-    out = Path(args.out) if args.out else None
-    if out is not None:  # a folder, a missing folder or an existing file is named before any scoring
-        if out.is_file() and not args.overwrite:
-            raise DUCHError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-        check_output_file(out, overwrite=True, flag="--out")
-    logger = setup_logger()
-    start = time.perf_counter()
-    metrics = evaluate_file(args.codes, map_ks=args.map_k, with_curves=not args.no_curves, memory_gb=args.memory_gb,
-                            bits=args.bits)
-    elapsed = time.perf_counter() - start
-    metrics["codes"] = str(args.codes)
-    metrics["eval_time_s"] = round(elapsed, 4)
-    if out is not None:
-        write_json(out, metrics)
-    logger.info(f"{args.codes} ({elapsed:.2f} s)\n{format_results(metrics)}" + (f"\nmetrics in {out}" if out else ""))
-    return metrics
-
-
-def compare(args: argparse.Namespace) -> dict:
-    from utils.logs import setup_logger
-    from utils.train.compare import load_result, write_comparison
-
-    logger = setup_logger()
-    results = [load_result(run_dir) for run_dir in args.compare]
-    written = write_comparison(results, Path(args.compare_dir))
-    for table in written["tables"]:
-        if table.endswith(".md"):
-            logger.info(Path(table).read_text(encoding="utf-8"))
-    logger.info("comparison: " + ", ".join(written["tables"] + written["figures"]))
-    return written
+        return compare_runs(args.compare, args.compare_dir)
+    return score_codes_file(args.codes, out=args.out, overwrite=args.overwrite, map_ks=args.map_k,
+                            with_curves=not args.no_curves, memory_gb=args.memory_gb, bits=args.bits)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 
-from utils.errors import DUCHError, exit_on_user_error
-from utils.io import check_output_file, write_text
-from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES, IndexOptions, build_index
-from utils.search.page import write_page
-from utils.search.query import DEFAULT_SHORTLIST, Query, QueryEncoder, SearchIndex, format_table, search
+from utils.errors import exit_on_user_error
+from utils.search.command import run
+from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES
+from utils.search.query import DEFAULT_SHORTLIST
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -125,121 +121,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def run_index(args: argparse.Namespace) -> dict:
-    from pathlib import Path
-
-
-    opts = IndexOptions(
-        run_dir=Path(args.run), data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint,
-        index_type=args.index_type,
-        nlist=args.nlist, nprobe=args.nprobe, image_dir=args.image_dir, dataset_image_dir=args.dataset_image_dir,
-        weights=args.weights, img_aug=args.img_aug, crop_size=tuple(args.crop_size), image_seed=args.image_seed,
-        no_normalize=args.no_normalize, bit_depth=args.bit_depth, text_model=args.text_model,
-        text_max_length=args.text_max_length,
-        text_hidden_states=args.text_hidden_states, text_operator=args.text_operator,
-        text_original_quirks=args.text_original_quirks, device=args.device, batch_size=args.batch_size,
-        num_workers=args.num_workers, shard_size=args.shard_size, overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    from utils import distributed
-
-    ctx = distributed.init_from_env(args.device) if distributed.torchrun_world_size() > 1 else distributed.context()
-    start = time.perf_counter()
-    try:
-        manifest = build_index(opts)
-        distributed.finish()
-    finally:
-        distributed.shutdown()
-    if not ctx.is_main:
-        return {}
-    counts = manifest["counts"]
-    out = Path(args.out) if args.out else Path(args.run) / "index"
-    print(f"indexed {counts['images']} images ({counts['new_images']} from --image-dir) and {counts['captions']} "
-          f"captions, {manifest['bit']} bits, {manifest['index']['type']} index, checkpoint "
-          f"{manifest['checkpoint']['path']} (epoch {manifest['checkpoint']['epoch']}), in "
-          f"{time.perf_counter() - start:.1f} s -> {out}")
-    return manifest
-
-
-def run_query(args: argparse.Namespace) -> list[dict]:
-    from pathlib import Path
-
-
-    if args.row is not None and args.modality is None:
-        raise DUCHError("--row needs --modality image or --modality caption")
-    if args.queries and args.html:
-        raise DUCHError("--html shows one query; use --json with --queries")
-    for flag, out in (("--json", args.json), ("--html", args.html)):
-        if out:
-            check_output_file(out, args.overwrite, flag)
-    if args.text is not None:
-        queries = [Query("text", text=args.text)]
-    elif args.image is not None:
-        queries = [Query("image", path=args.image)]
-    elif args.row is not None:
-        queries = [Query("row", row=args.row, modality=args.modality)]
-    else:
-        path = Path(args.queries)
-        if not path.is_file():
-            raise DUCHError(f"--queries file not found: {path}")
-        queries = [Query.parse_line(line) for line in read_query_lines(path) if line.strip()]
-        if not queries:
-            raise DUCHError(f"--queries file {path} holds no query")
-
-    index = SearchIndex.open(args.index)  # before transformers loads: a mistyped --index answers at once
-    from transformers.utils import logging as hf_logging  # lazy: start-up time
-
-    hf_logging.disable_progress_bar()  # "Loading weights" bars say nothing to a searcher
-    index.set_nprobe(args.nprobe)
-    encoder = QueryEncoder(index, args.device)
-    if args.queries:
-        encoder.encode(list({q.kind: q for q in reversed(queries)}.values()))  # load the models before the clock starts
-    start = time.perf_counter()
-    results = search(index, encoder, queries, target=args.target, k=args.k, rerank=args.rerank,
-                     shortlist=args.shortlist, classes=args.classes, splits=args.splits)
-    elapsed = time.perf_counter() - start
-    if not args.quiet and not args.queries:  # --queries: the JSON lines are the output
-        for result in results:
-            print(format_table(result) + "\n")
-    if args.queries:
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
-        if args.json:
-            write_text(args.json, lines)
-        else:
-            sys.stdout.write(lines)
-        print(f"{len(results)} queries in {elapsed:.3f} s: {len(results) / max(elapsed, 1e-9):.1f} queries/s "
-              f"(models loaded once, before timing)", file=sys.stderr)
-    elif args.json:
-        write_text(args.json, json.dumps(results[0], indent=2, ensure_ascii=False) + "\n")
-    if args.html:
-        m = index.manifest
-        write_page(args.html, results[0],
-                   about=f"{m['bit']}-bit codes of {m['run']['dir']} ({m['checkpoint']['which']} "
-                   f"checkpoint, epoch {m['checkpoint']['epoch']}), {index.size(args.target)} {args.target}")
-        print(f"wrote {args.html}")
-    return results
-
-
-def read_query_lines(path) -> list[str]:
-    """The lines of a --queries file, which must be UTF-8 text: a bad byte is named by line, not a traceback."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        bad = f"byte 0x{data[err.start]:02x} on line {line}"
-        raise DUCHError(f"--queries file {path} is not UTF-8 text: {bad}") from None
-
-
 @exit_on_user_error
 def main(args: argparse.Namespace):
-    if args.command == "index":
-        return run_index(args)
-    if args.command == "serve":
-        from utils.search.server import serve
-
-        return serve(args.index, args.host, args.port, args.device, args.max_upload_mb, args.access_log)
-    return run_query(args)
+    return run(args)
 
 
 if __name__ == "__main__":

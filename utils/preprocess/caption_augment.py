@@ -29,6 +29,7 @@ from utils.data.dataset_json import captions, load_dataset_json
 from utils.errors import DUCHError, did_you_mean
 from utils.io import check_writable_dir, write_json
 from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
+from utils.preprocess.options import ScriptOptions
 from utils.preprocess.rule_based import (
     BERTSCORE_MODEL,
     DEFAULT_LEXICON,
@@ -43,7 +44,7 @@ PROVENANCE_KEY = "augmentation_provenance"
 
 
 @dataclass
-class CaptionAugmentOptions:
+class CaptionAugmentOptions(ScriptOptions):
     """Every setting of one caption augmentation run (the flags of ``captions_augment.py``, same names and defaults)."""
 
     dataset: str = "ucm"  # a dataset name or the path of a captions JSON
@@ -73,12 +74,6 @@ class CaptionAugmentOptions:
     flush_every: int = 10
     max_new_tokens: int = 128
     num_beams: int | None = None
-
-    @classmethod
-    def from_args(cls, args) -> "CaptionAugmentOptions":
-        """The options of a parsed ``captions_augment.py`` command line."""
-        given = vars(args)
-        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
 
 
 def augment_captions(opts: CaptionAugmentOptions) -> dict:

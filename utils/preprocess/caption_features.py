@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from configs.datasets import get_dataset
@@ -35,13 +35,14 @@ from utils.data.dataset_json import captions, load_dataset_json, sentence_keys_p
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_h5
 from utils.preprocess import resume
+from utils.preprocess.options import ScriptOptions
 from utils.runtime import resolve_device
 
 DEFAULT_BATCH_SIZE = 64
 
 
 @dataclass
-class CaptionFeatureOptions:
+class CaptionFeatureOptions(ScriptOptions):
     """Every setting of one caption embedding run (the flags of ``captions_embed.py``, same names and defaults)."""
 
     dataset: str = "ucm"  # a dataset name or the path of a captions JSON
@@ -56,13 +57,6 @@ class CaptionFeatureOptions:
     overwrite: bool = False
     original_quirks: bool = False
     progress: bool = True
-
-    @classmethod
-    def from_args(cls, args) -> "CaptionFeatureOptions":
-        """The options of a parsed ``captions_embed.py`` command line."""
-        given = vars(args)
-        names = {f.name for f in fields(cls)} - {"progress"}
-        return cls(**{k: given[k] for k in names if k in given}, progress=not getattr(args, "no_progress", False))
 
 
 def find_dataset_json(ds, data_dir: Path) -> Path:

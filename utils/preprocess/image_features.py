@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from utils.errors import DUCHError
 from utils.fingerprints import file_stats
 from utils.io import check_writable_dir, refuse_overwrite, write_h5
 from utils.preprocess import resume
+from utils.preprocess.options import ScriptOptions
 from utils.runtime import resolve_device, seed_everything, versions
 
 DEFAULT_BATCH_SIZE = 64
@@ -51,7 +52,7 @@ PARTIAL_SAVE_EVERY_S = 60.0  # progress of a long run is saved this often (and w
 
 
 @dataclass
-class ImageFeatureOptions:
+class ImageFeatureOptions(ScriptOptions):
     """Every setting of one image encoding run (the flags of ``images_augment.py``, same names and defaults)."""
 
     dataset: str = "ucm"  # a dataset name or the path of a captions JSON
@@ -73,13 +74,6 @@ class ImageFeatureOptions:
     overwrite: bool = False
     original_quirks: bool = False
     progress: bool = True
-
-    @classmethod
-    def from_args(cls, args) -> "ImageFeatureOptions":
-        """The options of a parsed ``images_augment.py`` command line."""
-        given = vars(args)
-        names = {f.name for f in fields(cls)} - {"progress"}
-        return cls(**{k: given[k] for k in names if k in given}, progress=not getattr(args, "no_progress", False))
 
 
 def encode_images(opts: ImageFeatureOptions) -> Path:

@@ -206,6 +206,36 @@ def evaluate_file(
     return metrics
 
 
+def score_codes_file(
+    path: str | Path, out: str | Path | None = None, overwrite: bool = False, map_ks=MAP_KS, with_curves: bool = True,
+    memory_gb: float = DEFAULT_MEMORY_GB, bits: int | None = None,
+) -> dict:
+    """evaluate.py --codes: the metrics of a codes file (``evaluate_file``) with its path and scoring time,
+    logged as the console table and, with ``out``, written as metrics.json. ``out`` is checked before any scoring."""
+    import time
+
+    from utils.io import check_output_file, write_json
+    from utils.logs import setup_logger
+
+    if bits is not None and bits < 1:
+        raise DUCHError(f"--bits must be at least 1, got {bits}")
+    out = Path(out) if out else None
+    if out is not None:  # a folder, a missing folder or an existing file is named before any scoring
+        if out.is_file() and not overwrite:
+            raise DUCHError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+        check_output_file(out, overwrite=True, flag="--out")
+    logger = setup_logger()
+    start = time.perf_counter()
+    metrics = evaluate_file(path, map_ks=map_ks, with_curves=with_curves, memory_gb=memory_gb, bits=bits)
+    elapsed = time.perf_counter() - start
+    metrics["codes"] = str(path)
+    metrics["eval_time_s"] = round(elapsed, 4)
+    if out is not None:
+        write_json(out, metrics)
+    logger.info(f"{path} ({elapsed:.2f} s)\n{format_results(metrics)}" + (f"\nmetrics in {out}" if out else ""))
+    return metrics
+
+
 def _evaluate_class_codes(path, arrays: dict, map_ks, with_curves: bool, memory_gb: float, bits) -> dict:
     pairs, q_labels, db_labels = load_codes_file(path, arrays)
     ks = check_map_ks(map_ks)

@@ -238,3 +238,18 @@ def write_comparison(results: list[RunResult], out_dir: str | Path, stem: str = 
             plot_bit([r for r in results if r.dataset == dataset and r.bit == bit], path, f"{dataset}, {bit} bits")
             written["figures"].append(str(path))
     return written
+
+
+def compare_runs(run_dirs, out_dir: str | Path) -> dict[str, list[str]]:
+    """evaluate.py --compare: the comparison of finished run folders written to ``out_dir``; the Markdown
+    tables and the list of written files are logged."""
+    from utils.logs import setup_logger
+
+    logger = setup_logger()
+    results = [load_result(run_dir) for run_dir in run_dirs]
+    written = write_comparison(results, Path(out_dir))
+    for table in written["tables"]:
+        if table.endswith(".md"):
+            logger.info(Path(table).read_text(encoding="utf-8"))
+    logger.info("comparison: " + ", ".join(written["tables"] + written["figures"]))
+    return written

@@ -11,7 +11,7 @@ from models.duch import DUCH
 from utils.errors import DUCHError
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 from utils.train import losses
-from utils.train.checkpoints import checkpoint_epoch, rng_state, set_rng_state
+from utils.train.trainer_base import EpochTrainer
 
 VIEWS = ("i1", "i2", "t1", "t2")  # image, augmented image, caption, augmented caption
 LOSS_TERMS = ("total", "contrastive", "adversarial", "quantization", "bit_balance", "discriminator")
@@ -29,7 +29,7 @@ def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return batches
 
 
-class DUCHTrainer:
+class DUCHTrainer(EpochTrainer):
     """Holds everything a run needs to continue: model, optimisers, B, output buffers, epoch."""
 
     def __init__(
@@ -37,10 +37,7 @@ class DUCHTrainer:
         model: DUCH | None = None,
     ):
         """``model`` replaces the DUCH networks (tests pass tiny nets with known gradients)."""
-        self.cfg = cfg
-        self.device = device
-        self.views = train_views
-        self.query, self.db = query, db
+        super().__init__(cfg, train_views, query, db, device)
         n_train = train_views["i1"].shape[0]
         if model is None:
             model = DUCH(train_views["i1"].shape[1], train_views["t1"].shape[1], cfg.bit)
@@ -52,10 +49,6 @@ class DUCHTrainer:
         )
         self.B = torch.sign(torch.randn(n_train, cfg.bit)).to(device)
         self.buffers = {v: torch.zeros(n_train, cfg.bit, device=device) for v in VIEWS}
-        self.epoch = -1  # last finished epoch
-        self.best_score = -1.0
-        self.best_epoch = -1
-        self.show_progress = True  # the epoch bar (one rank's under torchrun)
 
     # ---- one epoch ---------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -142,15 +135,11 @@ class DUCHTrainer:
             out["recall"] = instance_metrics(self.model, self.instance)
         return out
 
-    def is_validation_epoch(self, epoch: int) -> bool:
-        """Every valid_freq epochs, and at the last epoch so that a best model always exists."""
-        return (epoch + 1) % self.cfg.valid_freq == 0 or epoch + 1 == self.cfg.epochs
-
-    @property
-    def lr(self) -> float:
-        return self.opt_hash.param_groups[0]["lr"]
-
     # ---- state -------------------------------------------------------------------------------------
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_hash": self.opt_hash, "opt_disc": self.opt_disc}  # opt_hash's learning rate is logged
+
     def model_payload(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -161,29 +150,12 @@ class DUCHTrainer:
             "epoch_numbering": 1,
         }
 
-    def state_payload(self) -> dict:
-        return {
-            **self.model_payload(),
-            "opt_hash": self.opt_hash.state_dict(),
-            "opt_disc": self.opt_disc.state_dict(),
-            "B": self.B,
-            "buffers": dict(self.buffers),
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch + 1,
-            "rng": rng_state(),
-            "config": self.cfg.to_json(),
-        }
+    def extra_state(self) -> dict:
+        return {"B": self.B, "buffers": dict(self.buffers)}
 
-    def load_state(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.opt_hash.load_state_dict(payload["opt_hash"])
-        self.opt_disc.load_state_dict(payload["opt_disc"])
+    def load_extra_state(self, payload: dict) -> None:
         self.B = payload["B"].to(self.device)
         self.buffers = {v: payload["buffers"][v].to(self.device) for v in VIEWS}
-        self.epoch = checkpoint_epoch(payload) - 1  # counted from 0 inside the trainer
-        self.best_score = float(payload["best_score"])
-        self.best_epoch = checkpoint_epoch(payload, "best_epoch") - 1
-        set_rng_state(payload["rng"])
 
 
 def check_finite_loss(epoch: int, sums: dict) -> None:

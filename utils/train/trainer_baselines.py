@@ -15,7 +15,7 @@ from configs.train import TrainConfig
 from models.methods import build_model
 from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
 from utils.train import losses_djsrh, losses_jdsh
-from utils.train.checkpoints import checkpoint_epoch, rng_state, set_rng_state
+from utils.train.trainer_base import EpochTrainer
 
 LOSSES = {"djsrh": losses_djsrh, "jdsh": losses_jdsh}
 
@@ -28,20 +28,17 @@ def full_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(torch.split(order[: n - n % batch_size], batch_size))
 
 
-class BaselineTrainer:
+class BaselineTrainer(EpochTrainer):
     """Networks, the two SGD optimisers and the epoch counter of a DJSRH or JDSH run."""
 
     def __init__(
         self, cfg: TrainConfig, train_views: dict[str, torch.Tensor], query: EvalSet, db: EvalSet, device, model=None
     ):
         """``model`` replaces the networks (tests pass tiny ones); it needs image_net, text_net, set_alpha, encode."""
-        self.cfg = cfg
+        super().__init__(cfg, train_views, query, db, device)
         self.method = cfg.method
         self.params = dict(cfg.method_params)
         self.losses = LOSSES[cfg.method]
-        self.device = device
-        self.views = train_views
-        self.query, self.db = query, db
         if model is None:
             model = build_model(
                 cfg.method, train_views["i1"].shape[1], train_views["t1"].shape[1], cfg.bit, self.params["hidden"]
@@ -55,10 +52,6 @@ class BaselineTrainer:
             self.model.text_net.parameters(), lr=p["lr_txt"], momentum=p["momentum"], weight_decay=p["weight_decay"]
         )
         self.n_train = train_views["i1"].shape[0]
-        self.epoch = -1
-        self.best_score = -1.0
-        self.best_epoch = -1
-        self.show_progress = True
 
     @property
     def loss_terms(self) -> tuple[str, ...]:
@@ -93,12 +86,9 @@ class BaselineTrainer:
         codes = encode_sets(self.model, self.query, self.db)
         return evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
 
-    def is_validation_epoch(self, epoch: int) -> bool:
-        return (epoch + 1) % self.cfg.valid_freq == 0 or epoch + 1 == self.cfg.epochs
-
     @property
-    def lr(self) -> float:
-        return self.opt_img.param_groups[0]["lr"]
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_img": self.opt_img, "opt_txt": self.opt_txt}  # opt_img's learning rate is logged
 
     def model_payload(self) -> dict:
         return {
@@ -111,23 +101,3 @@ class BaselineTrainer:
             "epoch": self.epoch + 1,
             "epoch_numbering": 1,
         }
-
-    def state_payload(self) -> dict:
-        return {
-            **self.model_payload(),
-            "opt_img": self.opt_img.state_dict(),
-            "opt_txt": self.opt_txt.state_dict(),
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch + 1,
-            "rng": rng_state(),
-            "config": self.cfg.to_json(),
-        }
-
-    def load_state(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.opt_img.load_state_dict(payload["opt_img"])
-        self.opt_txt.load_state_dict(payload["opt_txt"])
-        self.epoch = checkpoint_epoch(payload) - 1
-        self.best_score = float(payload["best_score"])
-        self.best_epoch = checkpoint_epoch(payload, "best_epoch") - 1
-        set_rng_state(payload["rng"])
