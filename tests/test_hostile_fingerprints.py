@@ -77,20 +77,12 @@ def test_cached_image_dir_shards_of_a_changed_image_are_refused(tiny_run, tmp_pa
     from PIL import Image
 
     import utils.search.index as index_module
-    from tests.test_search import _image_dir, run_search
+    from tests.test_search import _image_dir, interrupt_second_shard, run_search
 
     folder = _image_dir(tmp_path, tiny_run["data"])
     args = ["index", "--run", tiny_run["run"], "--image-dir", folder, "--shard-size", 2, "--no-progress",
             "--out", tmp_path / "ix"]
-    original, calls = index_module.encode_shard, []
-
-    def interrupted(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(index_module, "encode_shard", interrupted)
+    original = interrupt_second_shard(monkeypatch, index_module)
     with pytest.raises(SystemExit):
         run_search(*args)
     monkeypatch.setattr(index_module, "encode_shard", original)

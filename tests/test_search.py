@@ -272,23 +272,13 @@ def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_pa
     outputs = np.load(full / "outputs_images.npy")
     assert np.array_equal(outputs[15], outputs[16])  # 16-bit and 8-bit versions of one picture: one output
 
-    original = index_module.encode_shard
-    calls = []
-
-    def interrupted(*a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*a, **kw)
-
-    monkeypatch.setattr(index_module, "encode_shard", interrupted)
+    original = interrupt_second_shard(monkeypatch, index_module)
     with pytest.raises(SystemExit) as exc:
         run_search(*args, "--out", tmp_path / "part")
     assert exc.value.code == 130
     part = tmp_path / "part"
     assert not (part / "manifest.json").exists() and len(list((part / "image_dir_features").glob("shard_*.npy"))) == 1
     monkeypatch.setattr(index_module, "encode_shard", original)
-    calls.clear()
     run_search(*args, "--out", part)
     for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl",
                  "codes_captions.npy", "image_dir_features/shard_000000.npy", "image_dir_features/shard_000001.npy"):
@@ -379,3 +369,17 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: index folder not found")
+
+
+def interrupt_second_shard(monkeypatch, index_module):
+    """Ctrl-C while the second shard of --image-dir is encoded; returns the real encode_shard to restore."""
+    original, calls = index_module.encode_shard, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(index_module, "encode_shard", interrupted)
+    return original
