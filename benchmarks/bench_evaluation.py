@@ -34,7 +34,7 @@ from utils.retrieval.metrics import P_AT_K_CUTOFFS, resolve_kernel  # noqa: E402
 DENSE_BYTES_PER_PAIR = 45
 
 
-# ---- the dense implementation this engine replaced (utils/metrics.py before issue 7), unchanged ----------
+# ---- the dense implementation this engine replaced (the former utils/metrics.py), unchanged ----------------
 def dense_hamming_distance(query_codes, db_codes):
     n_bits = query_codes.shape[1]
     return 0.5 * (n_bits - query_codes.float() @ db_codes.float().T)
