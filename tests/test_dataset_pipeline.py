@@ -132,3 +132,16 @@ def test_layout_end_to_end(kind, tmp_path, bert, capsys):
     found = run_search("query", "--index", run_dir / "index", "--text", "a blue sea", "--target", "captions", "-k", 5,
                        "--quiet")
     assert len(found[0]["results"]) == 5 and all(r["caption"] for r in found[0]["results"])
+
+
+def test_baseline_without_labels_selects_on_recall(tmp_path, bert):
+    """A baseline validates as DUCH does: without labels, on the val images' instance-level recall."""
+    json_path, extra = make_dataset(tmp_path / "data", "none")
+    preprocess(json_path, bert)
+    flags = ["--dataset", str(json_path), "--preset", "no_aug", "--out-dir", str(tmp_path / "runs"), "--bit", "16",
+             "--method", "djsrh", "--epochs", "2", "--batch-size", "8", "--valid-freq", "1", *extra]
+    metrics = run_main(*flags)
+    assert "map@20" not in metrics and 0 <= metrics["recall"]["tie_aware"]["mr"] <= 100
+    history = [json.loads(line) for line in
+               (tmp_path / "runs" / "djsrh_none_16_test_no_aug" / "history.jsonl").read_text().splitlines()]
+    assert [set(r["valid"]) for r in history] == [{"recall"}, {"recall"}]

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from configs.train import TrainConfig
 from models.duch import DUCH
 from utils.errors import DUCHError
-from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
+from utils.retrieval.evaluation import EvalSet
 from utils.train import losses
 from utils.train.trainer_base import EpochTrainer
 
@@ -121,20 +121,6 @@ class DUCHTrainer(EpochTrainer):
         self.B = torch.sign(((b["i1"] + b["i2"]) / 2 + (b["t1"] + b["t2"]) / 2) / 2)
 
     # ---- validation --------------------------------------------------------------------------------
-    instance = None  # the validation images with all their captions (InstanceSet), for recall
-
-    def validate(self) -> dict:
-        """Class-level mAP (when the dataset has labels) and instance-level recall (when an instance set is given)."""
-        out = {}
-        if self.query.labels is not None:
-            codes = encode_sets(self.model, self.query, self.db)
-            out = evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
-        if self.instance is not None:
-            from utils.retrieval.evaluation import instance_metrics
-
-            out["recall"] = instance_metrics(self.model, self.instance)
-        return out
-
     # ---- state -------------------------------------------------------------------------------------
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

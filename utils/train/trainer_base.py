@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from configs.train import TrainConfig
-from utils.retrieval.evaluation import EvalSet
+from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes, instance_metrics
 from utils.train.checkpoints import checkpoint_epoch, rng_state, set_rng_state
 
 
@@ -23,6 +23,19 @@ class EpochTrainer:
         self.best_score = -1.0
         self.best_epoch = -1
         self.show_progress = True  # the epoch bar (one rank's under torchrun)
+
+    instance = None  # the validation images with all their captions (InstanceSet), for recall
+
+    def validate(self) -> dict:
+        """Class-level mAP (when the dataset has labels) and instance-level recall (when an instance set is given),
+        of ``self.model`` (any network with ``encode(images, captions)``)."""
+        out = {}
+        if self.query.labels is not None:
+            codes = encode_sets(self.model, self.query, self.db)
+            out = evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
+        if self.instance is not None:
+            out["recall"] = instance_metrics(self.model, self.instance)
+        return out
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -13,7 +13,7 @@ import torch
 
 from configs.train import TrainConfig
 from models.methods import build_model
-from utils.retrieval.evaluation import EvalSet, encode_sets, evaluate_codes
+from utils.retrieval.evaluation import EvalSet
 from utils.train import losses_djsrh, losses_jdsh
 from utils.train.trainer_base import EpochTrainer
 
@@ -81,10 +81,6 @@ class BaselineTrainer(EpochTrainer):
         self.opt_img.step()
         self.opt_txt.step()
         return {k: float(v.item()) for k, v in terms.items()}
-
-    def validate(self) -> dict:
-        codes = encode_sets(self.model, self.query, self.db)
-        return evaluate_codes(codes, self.query.labels, self.db.labels, with_curves=False)
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
