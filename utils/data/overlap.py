@@ -5,7 +5,6 @@ OTHER (a dataset name or captions JSON) and reports how many test images occur t
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from configs import files
@@ -14,16 +13,9 @@ from utils.data.dataset_json import caption_offsets, load_dataset_json
 from utils.data.images import find_images
 from utils.data.splits import resolve_split
 from utils.errors import DUCHError
+from utils.io import sha256_of
 
 EXAMPLES = 5
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _images_of(ds: DatasetInfo, data_dir: Path, image_dir: str | Path | None) -> tuple[list[dict], Path]:
@@ -49,8 +41,8 @@ def check_overlap(ds: DatasetInfo, data_dir: str | Path, protocol: str, other: s
     other_paths = find_images(other_folder, other_images)
     by_digest: dict[str, Path] = {}
     for path in other_paths:
-        by_digest.setdefault(file_digest(path), path)
-    shared = [(p, by_digest[d]) for p in test_paths if (d := file_digest(p)) in by_digest]
+        by_digest.setdefault(sha256_of(path), path)
+    shared = [(p, by_digest[d]) for p in test_paths if (d := sha256_of(p)) in by_digest]
     return {
         "dataset": ds.name, "other": other_ds.name, "protocol": split.protocol, "test_images": len(test_paths),
         "other_images": len(other_paths), "shared": len(shared),
