@@ -12,14 +12,13 @@ import os
 from pathlib import Path
 
 from utils.errors import DUCHError
+from utils.io import sha256_of
 
 DIGEST_LIMIT = 1 << 30  # files up to 1 GiB get a content digest (about a second each)
 
 
 def fingerprint(path: str | Path, digest: bool | None = None) -> dict:
     """{"path", "size", "mtime_ns"[, "sha256"]} of one file; ``digest`` None: only when at most DIGEST_LIMIT."""
-    from utils.io import sha256_of
-
     path = Path(path)
     stat = path.stat()
     out = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -45,8 +44,6 @@ def difference(record: dict, path: str | Path | None = None) -> str | None:
     if stat.st_mtime_ns == record.get("mtime_ns"):
         return None
     if "sha256" in record:
-        from utils.io import sha256_of
-
         return None if sha256_of(path) == record["sha256"] else "content (sha256) changed"
     return "modified since (size equal, mtime changed, no digest recorded)"
 
