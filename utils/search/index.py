@@ -30,6 +30,7 @@ from utils.data.features import FeatureFiles, load_feature_file, resolve_files
 from utils.data.images import find_image
 from utils.data.splits import make_split
 from utils.errors import DUCHError
+from utils.fingerprints import fingerprint
 from utils.io import atomic_path, check_writable_dir, read_h5_attrs, read_json, write_json, write_text
 from utils.preprocess import resume
 from utils.runtime import resolve_device, versions
@@ -478,8 +479,9 @@ def build_index(opts: IndexOptions) -> dict:
 
 
 def file_digests(folder: Path, names) -> dict:
-    """{name: {"size", "sha256"}} of files in ``folder``: what a manifest written last vouches for."""
-    return {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
+    """{name: {"size", "mtime_ns", "sha256"}} of files in ``folder``: what a manifest written last vouches for
+    (opening the index re-reads a file's content only when its size or mtime moved)."""
+    return {name: {k: v for k, v in fingerprint(folder / name, digest=True).items() if k != "path"} for name in names}
 
 
 def _build_index(opts: IndexOptions) -> dict:

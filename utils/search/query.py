@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from utils.errors import DUCHError, did_you_mean
+from utils.fingerprints import difference
 from utils.io import read_json, read_npy
 from utils.runtime import resolve_device
 from utils.search.encoders import (
@@ -288,9 +289,8 @@ def check_digests(manifest: dict, index_dir: Path) -> None:
                         f"rebuild the index with --overwrite")
     for name, record in digests.items():
         path = contained(index_dir, name, "index file")
-        size = path.stat().st_size if path.is_file() else None
-        if not isinstance(record, dict) or size != record.get("size") or sha256_of(path) != record.get("sha256"):
-            why = "missing" if size is None else "not the file the manifest was written with"
+        if not isinstance(record, dict) or difference(record, path) is not None:
+            why = "missing" if not path.is_file() else "not the file the manifest was written with"
             raise DUCHError(f"{path} is {why} (an interrupted or concurrent rebuild, or a damaged copy); rebuild the "
                             f"index with: python search.py index --run {manifest.get('run', {}).get('dir')} "
                             f"--out {index_dir} --overwrite")
