@@ -25,7 +25,7 @@ CHILD = r"""
 import importlib.util, json, sys, time
 sys.path.insert(0, ROOT)
 import numpy as np
-from utils.retrieval import metrics
+from utils.retrieval import counting as metrics
 from utils.retrieval.metrics import retrieval_metrics
 
 spec = importlib.util.spec_from_file_location("hamming_numba_parallel", SOURCE)

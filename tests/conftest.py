@@ -203,10 +203,10 @@ def _compile_numba_kernels_in_background():
 
     if importlib.util.find_spec("numba") is None:
         return
-    from utils.retrieval import metrics
+    from utils.retrieval import counting as metrics
 
     _COMPILING["proc"] = subprocess.Popen(
-        [sys.executable, "-c", "from utils.retrieval.metrics import compile_numba_kernels; compile_numba_kernels()"],
+        [sys.executable, "-c", "from utils.retrieval.counting import compile_numba_kernels; compile_numba_kernels()"],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     _COMPILING["pid"] = os.getpid()

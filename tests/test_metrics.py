@@ -19,6 +19,8 @@ def reference_metrics(q, d, ql, dl, map_ks=(20, 10)):
     """q, d: ±1 codes; ql, dl: class codes (1-D) or multi-hot rows (2-D)."""
     bits, n_q, n_db = q.shape[1], len(q), len(d)
     ap = {k: [] for k in map_ks}
+    cut = {k: [] for k in map_ks}
+    tie = []
     pk = {k: [] for k in sorted({min(k, n_db) for k in P_AT_K_CUTOFFS})}
     prec, rec, chance = [], [], []
     for i in range(n_q):
@@ -34,6 +36,9 @@ def reference_metrics(q, d, ql, dl, map_ks=(20, 10)):
         for k in map_ks:
             m = min(k, r)
             ap[k].append(np.mean(np.arange(1, m + 1) / positions[:m]) if m > 0 else 0.0)
+            in_cut = positions[positions <= k]
+            cut[k].append(np.mean(np.arange(1, len(in_cut) + 1) / in_cut) if len(in_cut) else 0.0)
+        tie.append(tie_aware_reference(dist, rel))
         for k in pk:
             pk[k].append(ranked[:k].sum() / k)
         p_row, r_row = [], []
@@ -44,6 +49,8 @@ def reference_metrics(q, d, ql, dl, map_ks=(20, 10)):
         prec.append(p_row)
         rec.append(r_row)
     out = {f"map@{k}": np.mean(v) for k, v in ap.items()}
+    out.update({f"map_cut@{k}": np.mean(v) for k, v in cut.items()})
+    out["map_tie_aware"] = np.mean(tie)
     out["chance"] = np.mean(chance)
     out["p@k"] = {str(k): np.mean(v) for k, v in pk.items()}
     out["precision_radius"] = np.mean(prec, axis=0)
@@ -51,7 +58,21 @@ def reference_metrics(q, d, ql, dl, map_ks=(20, 10)):
     return out
 
 
-def assert_same(got, want, tol=1e-6):
+def tie_aware_reference(dist, rel):
+    """Expected AP over random orders within each distance, summed position by position: in a group of n
+    items (r relevant; n0 items and r0 relevant before it) a relevant item at position j has on average
+    (j - 1)(r - 1)/(n - 1) relevant items of its group before it."""
+    total, n0, r0 = 0.0, 0, 0
+    for d in sorted(set(dist.tolist())):
+        n, r = int((dist == d).sum()), int(rel[dist == d].sum())
+        if r:
+            c = (r - 1) / (n - 1) if n > 1 else 0.0
+            total += r * np.mean([(r0 + 1 + (j - 1) * c) / (n0 + j) for j in range(1, n + 1)])
+        n0, r0 = n0 + n, r0 + r
+    return total / r0 if r0 else 0.0
+
+
+def assert_same(got, want, tol=1e-9):
     assert set(got) == set(want)
     for key, value in want.items():
         if key == "p@k":
@@ -165,7 +186,7 @@ def test_everything_at_distance_zero(kernel, with_curves):
     got = retrieval_metrics(q, d, ql, dl, with_curves=with_curves, kernel=kernel)
     want = reference_metrics(q, d, ql, dl)
     if not with_curves:
-        want = {k: v for k, v in want.items() if k.startswith("map@") or k == "chance"}
+        want = {k: v for k, v in want.items() if k.startswith("map") or k == "chance"}
     assert_same(got, want)
     assert got["map@20"] < 1  # ties in database order: not every relevant item comes first
 
@@ -214,7 +235,7 @@ def test_threads_share_the_queries_without_changing_the_result(monkeypatch, thre
     of 8, and the same values as one thread and as the reference loops (59 queries: 8 tiles, the last one short)."""
     import numba
 
-    from utils.retrieval.metrics import _query_ranges
+    from utils.retrieval.counting import _query_ranges
 
     for n_q in (1, 8, 9, 59, 1000):
         ranges = _query_ranges(n_q, threads)
@@ -285,7 +306,7 @@ def test_working_memory_stays_under_the_budget(kernel):
 
 
 def test_without_numba_the_numpy_kernel_is_used(monkeypatch):
-    from utils.retrieval import metrics
+    from utils.retrieval import counting as metrics
 
     rng = np.random.default_rng(6)
     q, d = random_codes(rng, 8, 16), random_codes(rng, 40, 16)

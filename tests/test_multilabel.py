@@ -33,7 +33,7 @@ def codes(q, db):
 def kernel_choice(request, monkeypatch):
     """The kernel a run picks here, and the numpy one a machine without numba falls back to."""
     if request.param == "without_numba":
-        import utils.retrieval.metrics as metrics
+        import utils.retrieval.counting as metrics
 
         monkeypatch.setattr(metrics, "_numba_module", lambda: None)
     return request.param

@@ -20,7 +20,6 @@ from utils.retrieval.metrics import (
     MAP_KS,
     as_labels,
     check_map_ks,
-    map_definitions,
     retrieval_metrics,
 )
 
@@ -113,26 +112,14 @@ def evaluate_directions(
         table["avg"] = float(np.mean(list(table.values())))
         out[f"map@{k}"] = table
     out["chance"] = {name: per_direction[name]["chance"] for name in pairs}
-    if with_curves:
+    if with_curves:  # the full report: the other mAP definitions (same counting pass) and the curves
+        for key in [f"map_cut@{k}" for k in ks] + ["map_tie_aware"]:
+            table = {name: per_direction[name][key] for name in pairs}
+            table["avg"] = float(np.mean(list(table.values())))
+            out[key] = table
+        out["map_definitions"] = dict(MAP_DEFINITIONS)
         for key in ("p@k", "precision_radius", "recall_radius"):
             out[key] = {name: per_direction[name][key] for name in pairs}
-        out.update(_other_map_definitions(pairs, words, q_lab, db_lab, ks, memory_gb))
-    return out
-
-
-def _other_map_definitions(pairs: dict, words, q_lab, db_lab, ks, memory_gb: float) -> dict:
-    """``map_cut@K`` and ``map_tie_aware`` tables (each direction and "avg"), and ``map_definitions`` naming them."""
-    per = {
-        name: map_definitions(words(q, f"query codes ({name})"), words(db, f"database codes ({name})"), q_lab, db_lab,
-                              map_ks=ks, memory_gb=memory_gb)
-        for name, (q, db) in pairs.items()
-    }
-    out: dict = {}
-    for key in next(iter(per.values())):
-        table = {name: per[name][key] for name in pairs}
-        table["avg"] = float(np.mean(list(table.values())))
-        out[key] = table
-    out["map_definitions"] = dict(MAP_DEFINITIONS)
     return out
 
 

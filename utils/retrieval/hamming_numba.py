@@ -6,7 +6,8 @@ for each query, both O(N) with O(bits) state, distances from XOR + popcount of 6
 - ``count_pairs``: histogram of (distance, relevant) pairs, 8 queries per database sweep so that each
   database word is loaded once for 8 queries and the 8 histograms do not wait on each other;
 - ``rank_pass``: items at distance <= dmax (a few per query) in database order, with their exact rank
-  and relevant rank, for mAP@K and P@K; also 4 queries per sweep.
+  and relevant rank, for mAP@K (untruncated and cut at K) and P@K; also 4 queries per sweep. Only
+  the distances up to the one where rank max(K) falls are resolved; no row is ever sorted.
 
 Codes are word columns ``w0`` (and ``w1`` or None for codes of up to 64 bits). Labels are one
 scalar per item: signed int64 class codes (relevant when equal) or uint64 label bit-sets (relevant
@@ -100,7 +101,8 @@ def count_pairs(q0, q1, w0, w1, q_labels, db_labels, bits, out):
 
 
 @njit(inline="always")
-def _visit(i, t, d, lx, lq, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum, hits_bin):
+def _visit(i, t, d, lx, lq, before_all, before_rel, seen_all, seen_rel, m, map_ks, bin_of_rank, ap_sum, cut_sum,
+           cut_hits, hits_bin):
     """One item at distance d <= dmax of query i (slot t of its tile), met in database order."""
     p = before_all[i, d] + seen_all[t, d] + 1  # rank: items closer, then items of this distance before it
     seen_all[t, d] += 1
@@ -110,15 +112,20 @@ def _visit(i, t, d, lx, lq, before_all, before_rel, seen_all, seen_rel, m, bin_o
         for k in range(m.shape[1]):
             if r <= m[i, k]:
                 ap_sum[i, k] += r / p
+            if p <= map_ks[k]:  # the list cut at K
+                cut_sum[i, k] += r / p
+                cut_hits[i, k] += 1
         if p < bin_of_rank.shape[0]:
             hits_bin[i, bin_of_rank[p]] += 1
 
 
 @njit(nogil=True, cache=True)
-def rank_pass(q0, q1, w0, w1, q_labels, db_labels, dmax, before_all, before_rel, m, bin_of_rank, ap_sum, hits_bin):
+def rank_pass(q0, q1, w0, w1, q_labels, db_labels, dmax, before_all, before_rel, m, map_ks, bin_of_rank, ap_sum,
+              cut_sum, cut_hits, hits_bin):
     """For items at distance <= dmax[i], in database order: rank p = before_all[d] + (place in bucket d);
-    relevant rank r likewise. Adds r / p to ap_sum[i, k] while r <= m[i, k], and counts relevant items
-    with p < len(bin_of_rank) into hits_bin[i, bin_of_rank[p]]. 4 queries per database sweep."""
+    relevant rank r likewise. Adds r / p to ap_sum[i, k] while r <= m[i, k] and, with a count in
+    cut_hits[i, k], to cut_sum[i, k] while p <= map_ks[k]; counts relevant items with p < len(bin_of_rank)
+    into hits_bin[i, bin_of_rank[p]]. 4 queries per database sweep."""
     n_q, n_db = q0.shape[0], w0.shape[0]
     n_tiles = (n_q + 3) // 4
     for t in range(n_tiles):
@@ -139,14 +146,14 @@ def rank_pass(q0, q1, w0, w1, q_labels, db_labels, dmax, before_all, before_rel,
             if (d0 <= top0) | (d1 <= top1) | (d2 <= top2) | (d3 <= top3):  # rare: one branch for the four
                 lx = db_labels[j]
                 if d0 <= top0:
-                    _visit(i0, 0, d0, lx, l0, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
-                           hits_bin)
+                    _visit(i0, 0, d0, lx, l0, before_all, before_rel, seen_all, seen_rel, m, map_ks, bin_of_rank,
+                           ap_sum, cut_sum, cut_hits, hits_bin)
                 if d1 <= top1:
-                    _visit(i1, 1, d1, lx, l1, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
-                           hits_bin)
+                    _visit(i1, 1, d1, lx, l1, before_all, before_rel, seen_all, seen_rel, m, map_ks, bin_of_rank,
+                           ap_sum, cut_sum, cut_hits, hits_bin)
                 if d2 <= top2:
-                    _visit(i2, 2, d2, lx, l2, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
-                           hits_bin)
+                    _visit(i2, 2, d2, lx, l2, before_all, before_rel, seen_all, seen_rel, m, map_ks, bin_of_rank,
+                           ap_sum, cut_sum, cut_hits, hits_bin)
                 if d3 <= top3:
-                    _visit(i3, 3, d3, lx, l3, before_all, before_rel, seen_all, seen_rel, m, bin_of_rank, ap_sum,
-                           hits_bin)
+                    _visit(i3, 3, d3, lx, l3, before_all, before_rel, seen_all, seen_rel, m, map_ks, bin_of_rank,
+                           ap_sum, cut_sum, cut_hits, hits_bin)

@@ -14,17 +14,19 @@ Two exact forms of every figure (docs/datasets.md):
   P(hit at K) = P(P <= K - a) = 1 - C(t - r, k) / C(t, k), k = K - a (0 when k <= 0, 1 when k >= t);
   for r = 1 this is clamp((K - a) / t, 0, 1).
 
-Queries are scored a chunk at a time (chunk x database distances, never database x database).
+Both come from the counting engine (utils.retrieval.counting): counts per distance and the ranks of the
+few items before rank max(K); nothing is sorted and no query x database matrix is built.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.retrieval.hamming import CodeWords, as_code_words, hamming_distances
+from utils.retrieval.counting import Plan, count_chunks
+from utils.retrieval.hamming import as_code_words
+from utils.retrieval.labels import as_labels, paired
 
 RECALL_KS = (1, 5, 10)
-_BYTES_PER_PAIR = 32  # distances 2 + 4, XOR scratch 8, relevance and comparison masks ~1 each
 
 
 def hit_probability(k: np.ndarray, t: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -41,29 +43,13 @@ def hit_probability(k: np.ndarray, t: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.where(k <= 0, 0.0, 1.0 - miss)
 
 
-def first_relevant_counts(dist: np.ndarray, relevant: np.ndarray):
-    """Per query row: (a, t, r, before) = items strictly nearer than the nearest relevant distance d*,
-    items at d*, relevant items at d*, and items at d* with a smaller index than the first relevant one
-    there; rows without a relevant item get t = 0."""
-    big = np.iinfo(np.int32).max
-    d = dist.astype(np.int32, copy=False)
-    dstar = np.where(relevant, d, big).min(axis=1)
-    has = dstar != big
-    nearer = (d < dstar[:, None]).sum(axis=1)
-    at = d == dstar[:, None]
-    t = at.sum(axis=1)
-    at_rel = at & relevant
-    r = at_rel.sum(axis=1)
-    first = np.argmax(at_rel, axis=1)
-    before = (at & (np.arange(d.shape[1])[None, :] < first[:, None])).sum(axis=1)
-    return np.where(has, nearer, 0), np.where(has, t, 0), np.where(has, r, 0), np.where(has, before, 0)
-
-
 def recall_at(q, db, q_ids, db_ids, ks=RECALL_KS, memory_gb: float = 1.0, bits: int | None = None) -> dict:
     """R@K of one direction in both forms: {"index": {K: value}, "tie_aware": {K: value}, "no_relevant": n}.
 
     ``q``/``db`` codes in any form ``as_code_words`` accepts; ``q_ids``/``db_ids`` integer ids (relevant =
-    equal ids). Values are fractions of queries (0..1); a query with no relevant item counts 0."""
+    equal ids). Values are fractions of queries (0..1); a query with no relevant item counts 0.
+    By the counting engine (ids as class codes): the relevant items within the first K in (distance,
+    index) order give the first form; the counts per distance give a, t and r of the second."""
     qw = as_code_words(q, bits, "query codes")
     dw = as_code_words(db, bits, "database codes")
     q_ids, db_ids = np.asarray(q_ids).reshape(-1), np.asarray(db_ids).reshape(-1)
@@ -73,22 +59,20 @@ def recall_at(q, db, q_ids, db_ids, ks=RECALL_KS, memory_gb: float = 1.0, bits: 
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise DUCHError(f"recall cut-offs must be positive integers, got {ks}")
-    n_db = len(dw)
-    step = max(1, min(len(qw), int(memory_gb * 2**30 // (_BYTES_PER_PAIR * max(n_db, 1)))))
+    ql, dl = paired(as_labels(q_ids, "query ids"), as_labels(db_ids, "database ids"))
+    plan = Plan.make(ks, (), len(dw))
     hits_index = np.zeros(len(ks), dtype=np.int64)
     per_query_tie = np.zeros((len(qw), len(ks)), dtype=np.float64)  # summed once at the end: chunking-independent
     none = 0
-    for start in range(0, len(qw), step):
-        stop = min(start + step, len(qw))
-        chunk = CodeWords(qw.words[:, start:stop], qw.bits)
-        dist = hamming_distances(chunk, dw)
-        relevant = q_ids[start:stop, None] == db_ids[None, :]
-        a, t, r, before = first_relevant_counts(dist, relevant)
-        has = t > 0
+    for start, stop, hist, _, sums in count_chunks(qw, dw, ql, dl, plan, memory_gb=memory_gb):
+        n_all, n_rel = hist.sum(axis=2), hist[:, :, 1]
+        has = n_rel.sum(axis=1) > 0
         none += int((~has).sum())
-        rank = a + before + 1
+        rows, nearest = np.arange(stop - start), np.argmax(n_rel > 0, axis=1)  # d*: the nearest relevant distance
+        a = (np.cumsum(n_all, axis=1) - n_all)[rows, nearest]
+        t, r = n_all[rows, nearest], n_rel[rows, nearest]
+        hits_index += ((sums.cut_hits > 0) & has[:, None]).sum(axis=0)
         for i, k in enumerate(ks):
-            hits_index[i] += int((has & (rank <= k)).sum())
             per_query_tie[start:stop, i] = np.where(has, hit_probability(k - a, t, r), 0.0)
     n = max(len(qw), 1)
     return {
