@@ -23,6 +23,16 @@ class HashingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_views(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``tuple(self(x) for x in views)`` with each linear layer one GEMM over the rows of all views (larger
+        GEMMs run nearer the machine's rate); batch norm still normalises each view by its own statistics and
+        updates its running statistics view after view, as separate calls would."""
+        first, norm, relu, second, tanh = self.net
+        rows = [len(x) for x in views]
+        hidden = first(torch.cat(views))
+        hidden = torch.cat([norm(part) for part in hidden.split(rows)])
+        return tanh(second(relu(hidden))).split(rows)
+
 
 class Discriminator(nn.Module):
     """Hash code -> Linear(bits, 2 bits) -> BatchNorm -> ReLU -> Linear(2 bits, 1) logit."""

@@ -32,6 +32,8 @@ def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 class DUCHTrainer(EpochTrainer):
     """Holds everything a run needs to continue: model, optimisers, B, output buffers, epoch."""
 
+    fuse_views = True  # both views of a modality through one GEMM per layer (HashingNet.forward_views)
+
     def __init__(
         self, cfg: TrainConfig, train_views: dict[str, torch.Tensor], query: EvalSet, db: EvalSet, device,
         model: DUCH | None = None,
@@ -42,10 +44,12 @@ class DUCHTrainer(EpochTrainer):
         if model is None:
             model = DUCH(train_views["i1"].shape[1], train_views["t1"].shape[1], cfg.bit)
         self.model = model.to(device)
-        self.opt_hash = torch.optim.Adam(self.model.hashing_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel per step over all parameters (same update; 0.4-0.7 s of a 4.5 s RSICD-shaped CPU epoch)
+        self.opt_hash = torch.optim.Adam(self.model.hashing_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         fused=True)
         self.opt_disc = torch.optim.Adam(
             self.model.discriminator.parameters(), lr=cfg.lr_discriminator,
-            betas=tuple(cfg.discriminator_betas), weight_decay=cfg.discriminator_weight_decay,
+            betas=tuple(cfg.discriminator_betas), weight_decay=cfg.discriminator_weight_decay, fused=True,
         )
         self.B = torch.sign(torch.randn(n_train, cfg.bit)).to(device)
         self.buffers = {v: torch.zeros(n_train, cfg.bit, device=device) for v in VIEWS}
@@ -61,7 +65,8 @@ class DUCHTrainer(EpochTrainer):
             idx = idx.to(self.device)
             batch_losses = self._train_step(idx)
             for term, value in batch_losses.items():
-                sums[term] += value
+                sums[term] += value  # tensors on the device: read once per epoch, not once per batch
+        sums = {term: float(value) for term, value in sums.items()}
         self._update_codes()
         if epoch % cfg.lr_decay_freq == 0:
             for group in self.opt_hash.param_groups:
@@ -73,6 +78,10 @@ class DUCHTrainer(EpochTrainer):
         """The four views' hash outputs for the rows ``idx`` (a distributed trainer computes its shard and gathers)."""
         img_net, txt_net = self.model.image_net, self.model.text_net
         t2_source = "t1" if self.cfg.original_quirks else "t2"  # QUIRK: the original fed txt1 where txt2 belongs
+        if self.fuse_views and hasattr(img_net, "forward_views") and hasattr(txt_net, "forward_views"):
+            h_i1, h_i2 = img_net.forward_views(self.views["i1"][idx], self.views["i2"][idx])
+            h_t1, h_t2 = txt_net.forward_views(self.views["t1"][idx], self.views[t2_source][idx])
+            return {"i1": h_i1, "i2": h_i2, "t1": h_t1, "t2": h_t2}
         return {
             "i1": img_net(self.views["i1"][idx]),
             "i2": img_net(self.views["i2"][idx]),
@@ -83,7 +92,8 @@ class DUCHTrainer(EpochTrainer):
     def _reduce_gradients(self) -> None:
         """Between the hashing loss's backward and its step: a distributed trainer sums gradients over ranks."""
 
-    def _train_step(self, idx: torch.Tensor) -> dict[str, float]:
+    def _train_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch: discriminator step, then hashing step; the loss terms as detached 0-d tensors."""
         cfg, model = self.cfg, self.model
         disc = model.discriminator
         h = self._hash_outputs(idx)
@@ -110,10 +120,8 @@ class DUCHTrainer(EpochTrainer):
         loss.backward()
         self._reduce_gradients()
         self.opt_hash.step()
-        return {
-            "total": loss.item(), "contrastive": loss_c.item(), "adversarial": loss_adv.item(),
-            "quantization": loss_q.item(), "bit_balance": loss_bb.item(), "discriminator": loss_disc.item(),
-        }
+        terms = (loss, loss_c, loss_adv, loss_q, loss_bb, loss_disc)
+        return {name: term.detach() for name, term in zip(LOSS_TERMS, terms)}
 
     def _update_codes(self) -> None:
         """B = sign(((Hi1 + Hi2)/2 + (Ht1 + Ht2)/2)/2) from this epoch's outputs."""
