@@ -143,7 +143,8 @@ def workload(name: str, tree: Tree, inputs: dict, round_no: int, timeout: float)
         wall, rss, _ = run_child([py, "search.py", "index", "--run", str(run_dir), "--no-progress"], tree.root,
                                  timeout)
     elif name == "query_row":
-        wall, rss, _ = run_child([py, "search.py", "query", "--index", str(run_dir / "index"), "--row", "0"],
+        wall, rss, _ = run_child([py, "search.py", "query", "--index", str(run_dir / "index"), "--row", "0",
+                                  "--modality", "image"],
                                  tree.root, timeout)
     else:
         raise ValueError(name)

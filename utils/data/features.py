@@ -88,10 +88,15 @@ def check_standardisable(mean: float, std: float) -> None:
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
-    """One scalar mean and one scalar population std over the whole array, as the original."""
-    mean, std = float(x.mean()), float(x.std())
-    check_standardisable(mean, std)
-    return ((x - x.mean()) / std).astype(np.float32)
+    """One scalar mean and one scalar population std over the whole array, as the original's
+    ``(x - x.mean()) / x.std()``: the same operations in the same dtype (numpy's std is the square root of
+    the mean of (x - mean)^2), with x - mean computed once for both."""
+    mean = x.mean()
+    centred = x - mean
+    std = np.sqrt(np.add.reduce(centred * centred, axis=None) / centred.size)
+    check_standardisable(float(mean), float(std))
+    centred /= float(std)
+    return centred.astype(np.float32, copy=False)
 
 
 def load_feature_file(path: Path, key: str, n_images: int, hint: str, what: str, width: int | None = None,

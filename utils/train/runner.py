@@ -35,8 +35,8 @@ from utils.retrieval.evaluation import (
     encode_sets,
     evaluate_codes,
     format_results,
-    instance_metrics,
 )
+from utils.retrieval.recall import instance_recall
 from utils.runtime import git_commit, resolve_device, seed_everything, versions
 from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
 from utils.train.trainer import DUCHTrainer, run_epochs
@@ -667,7 +667,8 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     else:
         metrics = {"class_level": "skipped"}
         logger.info("class-level metrics skipped: the dataset has no labels (instance-level recall is reported)")
-    metrics["recall"] = instance_metrics(model, data.test_instance)
+    test_img, test_txt = model.encode(data.test_instance.image, data.test_instance.caption)  # once: recall and npz
+    metrics["recall"] = instance_recall(test_img, test_txt, data.test_instance.caption_image)
     metrics["protocol"] = protocol_record(data)
     elapsed = time.perf_counter() - start
     metrics["model"] = {"checkpoint": ckpt_path.name, "epoch": checkpoint_epoch(payload)}
@@ -677,7 +678,6 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
     write_json(run_dir / f"metrics{suffix}.json", metrics)
     rows = {"q_rows": np.asarray(data.split.query, dtype=np.int64),
             "db_rows": np.asarray(data.split.db, dtype=np.int64)}
-    test_img, test_txt = model.encode(data.test_instance.image, data.test_instance.caption)
     instance = {"test_img": test_img.cpu().numpy().astype(np.int8), "test_txt": test_txt.cpu().numpy().astype(np.int8),
                 "test_txt_image": np.asarray(data.test_instance.caption_image, dtype=np.int64),
                 "test_rows": np.asarray(data.split.test, dtype=np.int64), "test_txt_rows": data.test_caption_rows}
