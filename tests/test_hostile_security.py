@@ -53,6 +53,27 @@ def test_contained_follows_symlinks(folder, tmp_path):
     assert not is_inside(str(folder) + "2/x", folder)  # a sibling whose name starts like the folder's
 
 
+def test_contained_agrees_with_a_full_resolve_for_every_spelling(folder, tmp_path):
+    """contained() skips the full resolve when no part is '..' or a symlink: on many spellings (links at
+    each depth, missing parts, '.', '//', links inside and out) it decides as resolving the whole path does."""
+    (folder / "sub" / "deep").mkdir()
+    os.symlink(tmp_path, folder / "sub" / "out")  # a link one level down that points out
+    os.symlink(folder / "sub", folder / "sub" / "deep" / "back")  # a link two levels down that stays inside
+    os.symlink(tmp_path / "secret.png", folder / "sub" / "deep" / "leak.png")
+    names = ["a.png", "sub/a.png", "./sub//a.png", "missing/x/y.png", "sub/missing.png", "sub/out/secret.png",
+             "sub/out/missing/x.png", "sub/deep/back/a.png", "sub/deep/leak.png", "sub/deep/../a.png",
+             "sub/../../x.png", "sub/deep/back/../../x.png", "sub/a.png/x"]
+    for name in names:
+        inside = is_inside(folder / name, folder)
+        if inside:
+            assert contained(folder, name) == folder / name, name
+        else:
+            with pytest.raises(DUCHError, match="leads outside"):
+                contained(folder, name)
+    assert not is_inside(folder / "sub/out/missing/x.png", folder)  # the cases above include both answers
+    assert is_inside(folder / "sub/deep/back/a.png", folder)
+
+
 @pytest.mark.parametrize("tag", ["../escape", "a/b", "/abs", ".hidden", "", "x" * 200, "a b", "$\\alpha$", "t\x1b[2J"])
 def test_safe_name_refuses(tag):
     with pytest.raises(DUCHError, match="cannot name a folder"):

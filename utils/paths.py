@@ -18,17 +18,44 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+=,@-]+$")
 MAX_NAME_LENGTH = 128
 
 
-def is_inside(path: str | Path, folder: str | Path) -> bool:
-    """Whether ``path``, resolved (symlinks followed), is ``folder`` itself or lies below it."""
-    real, base = os.path.realpath(path), os.path.realpath(folder)
+def is_inside(path: str | Path, folder: str | Path, folder_real: str | None = None) -> bool:
+    """Whether ``path``, resolved (symlinks followed), is ``folder`` itself or lies below it
+    (``folder_real``: ``os.path.realpath(folder)`` when the caller has it)."""
+    real, base = os.path.realpath(path), folder_real or os.path.realpath(folder)
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def contained(folder: str | Path, relative: str, what: str = "path") -> Path:
+def _plainly_below(base_real: str, relative: str) -> bool:
+    """True when ``base_real / relative`` is inside ``base_real`` without resolving anything: no ``..`` part
+    and no symlink among the parts that exist (a part that does not exist ends the walk: nothing below it
+    exists either). False means "not shown": the caller resolves the whole path. One lstat per part that
+    exists, where a full resolve lstats every part of the folder too."""
+    import stat
+
+    current = base_real
+    for part in relative.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." or os.sep in part:
+            return False
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+    return True
+
+
+def contained(folder: str | Path, relative: str, what: str = "path", folder_real: str | None = None) -> Path:
     """``folder / relative`` when it stays inside ``folder`` once resolved; otherwise a DUCHError naming it.
 
     ``relative`` is a name read from data: an absolute path, a ``..`` that climbs out, a NUL byte or a
-    symlink leading out of ``folder`` is refused.
+    symlink leading out of ``folder`` is refused. ``folder_real``: ``os.path.realpath(folder)`` when the
+    caller checks many names in one folder.
     """
     text = str(relative)
     if not text or "\x00" in text:
@@ -36,7 +63,8 @@ def contained(folder: str | Path, relative: str, what: str = "path") -> Path:
     if os.path.isabs(text) or (os.name == "nt" and re.match(r"^[A-Za-z]:", text)):
         raise DUCHError(f"{what} {text!r} is an absolute path; it must be a name inside {folder}")
     path = Path(folder) / text
-    if not is_inside(path, folder):
+    base = folder_real or os.path.realpath(folder)
+    if not _plainly_below(base, text) and not is_inside(path, folder, base):
         raise DUCHError(f"{what} {text!r} leads outside {folder} (resolved: {os.path.realpath(path)}); refused")
     return path
 

@@ -35,16 +35,17 @@ def high_bit_depth_rule(bit_depth: int = 16) -> str:
 _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 
-def find_image(image_dir: Path, filename: str, classname: str | None = None) -> Path:
+def find_image(image_dir: Path, filename: str, classname: str | None = None, folder_real: str | None = None) -> Path:
     """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``.
 
     Both names come from the dataset JSON: a name that leads outside ``image_dir`` (``..``, an absolute
     path, a symlink pointing out) is refused by name (``utils.paths.contained``), never read."""
     from utils.paths import contained
 
-    candidates = [contained(image_dir, filename, "dataset JSON filename")]
+    candidates = [contained(image_dir, filename, "dataset JSON filename", folder_real)]
     if classname:
-        candidates.append(contained(image_dir, f"{classname}/{filename}", "dataset JSON classname/filename"))
+        candidates.append(contained(image_dir, f"{classname}/{filename}", "dataset JSON classname/filename",
+                                    folder_real))
     for path in candidates:
         if path.is_file():
             return path

@@ -220,13 +220,18 @@ def _split_of(run_dir: Path, n_images: int, seed: int) -> tuple[list[str], set[i
 
 
 def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
+    import os
+
     from utils.paths import contained
 
     out = []
+    folder_real = os.path.realpath(image_dir)
     for im in data["images"]:
-        contained(image_dir, im["filename"], "dataset JSON filename")  # a name leading outside is refused, not skipped
+        # a name leading outside is refused, not skipped
+        contained(image_dir, im["filename"], "dataset JSON filename", folder_real)
         try:
-            out.append(str(find_image(image_dir, im["filename"], im.get("classname")).resolve()))
+            found = find_image(image_dir, im["filename"], im.get("classname"), folder_real)
+            out.append(str(found.resolve()))
         except DUCHError:
             out.append(None)
     return out
