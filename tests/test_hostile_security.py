@@ -53,6 +53,30 @@ def test_contained_follows_symlinks(folder, tmp_path):
     assert not is_inside(str(folder) + "2/x", folder)  # a sibling whose name starts like the folder's
 
 
+def test_relative_name_check_takes_its_shortcut_only_where_the_full_rule_passes():
+    """check_relative_name skips the path parsing for names without '..', ':', NUL or a leading slash: on
+    every spelling it decides as the full rule does."""
+    import os
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from utils.data.dataset_json import check_relative_name
+
+    def full_rule(name):
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        absolute = os.path.isabs(name) or PureWindowsPath(name).drive or name.startswith(("/", "\\"))
+        return not ("\x00" in name or absolute or ".." in parts)
+
+    names = ["a.png", "sub/a.png", "a..b.png", "sub/..", "../a.png", "sub\\..\\..\\x", "C:x.png", "c:/x", "x:y.png",
+             "/abs.png", "\\\\srv\\share\\x", "//srv/share/x", "a\x00.png", "a/./b", "...", "a/.../b", "\\x"]
+    for name in names:
+        if full_rule(name):
+            check_relative_name(name, "filename")
+        else:
+            with pytest.raises(DUCHError, match="leads outside"):
+                check_relative_name(name, "filename")
+    assert sum(map(full_rule, names)) not in (0, len(names))
+
+
 def test_contained_agrees_with_a_full_resolve_for_every_spelling(folder, tmp_path):
     """contained() skips the full resolve when no part is '..' or a symlink: on many spellings (links at
     each depth, missing parts, '.', '//', links inside and out) it decides as resolving the whole path does."""
