@@ -48,8 +48,7 @@ compile_numba_kernels()
 """
 
 
-def class_structured(rng, labels, bits, flip):
-    centres = np.where(rng.random((labels.max() + 1, bits)) > 0.5, 1, -1).astype(np.int8)
+def class_structured(rng, centres, labels, flip):
     codes = centres[labels]
     return np.where(rng.random(codes.shape) < flip, -codes, codes).astype(np.int8)
 
@@ -57,11 +56,12 @@ def class_structured(rng, labels, bits, flip):
 def write_codes(path: Path, n_q: int, n_db: int, bits: int = 64, classes: int = 31, seed: int = 0) -> Path:
     """A main.py-layout codes file: images flip 15 % of their class centre's bits, captions 20 %."""
     rng = np.random.default_rng(seed)
+    centres = np.where(rng.random((classes, bits)) > 0.5, 1, -1).astype(np.int8)  # one per class, both sides
     ql, dl = rng.integers(0, classes, n_q), rng.integers(0, classes, n_db)
     arrays = {"q_labels": ql, "db_labels": dl}
     for side, labels in (("q", ql), ("db", dl)):
-        arrays[f"{side}_img"] = class_structured(rng, labels, bits, 0.15)
-        arrays[f"{side}_txt"] = class_structured(rng, labels, bits, 0.20)
+        arrays[f"{side}_img"] = class_structured(rng, centres, labels, 0.15)
+        arrays[f"{side}_txt"] = class_structured(rng, centres, labels, 0.20)
     np.savez(path, **arrays)
     return path
 

@@ -14,8 +14,9 @@ HAS_NUMBA = importlib.util.find_spec("numba") is not None
 SORTS = ("sort", "argsort", "lexsort", "partition", "argpartition", "unique")
 
 
-def class_structured(rng, labels, bits, flip=0.15):
-    centres = np.where(rng.random((labels.max() + 1, bits)) > 0.5, 1, -1).astype(np.int8)
+def class_structured(rng, labels, bits, flip=0.15, classes=32):
+    """Codes near their class's centre; the centres are fixed by ``bits``, so queries and database share them."""
+    centres = np.where(np.random.default_rng(bits).random((classes, bits)) > 0.5, 1, -1).astype(np.int8)
     codes = centres[labels]
     return np.where(rng.random(codes.shape) < flip, -codes, codes)
 

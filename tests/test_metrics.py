@@ -240,7 +240,7 @@ def test_threads_share_the_queries_without_changing_the_result(monkeypatch, thre
     for n_q in (1, 8, 9, 59, 1000):
         ranges = _query_ranges(n_q, threads)
         assert [i for a, b in ranges for i in range(a, b)] == list(range(n_q))
-        assert all(a % 8 == 0 for a, _ in ranges) and len(ranges) == min(-(-n_q // 8), 4 * threads)
+        assert all(a % 8 == 0 for a, _ in ranges) and len(ranges) == min(-(-n_q // 8), 16 * threads)
     rng = np.random.default_rng(threads)
     q, d = random_codes(rng, 59, 64), random_codes(rng, 300, 64)
     ql, dl = rng.integers(0, 4, 59), rng.integers(0, 4, 300)

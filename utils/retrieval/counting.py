@@ -91,9 +91,10 @@ def _fits_numba(q: CodeWords, q_labels: np.ndarray) -> bool:
 
 
 def _query_ranges(n_q: int, threads: int, tile: int = 8) -> list[tuple[int, int]]:
-    """Contiguous query ranges, a few per thread (for balance), each a whole number of the kernels' tiles."""
+    """Contiguous query ranges, 16 per thread (the last to finish waits less at the barrier that ends each pass:
+    10,000 x 300,000 codes scored 8 % faster than with 4), each a whole number of the kernels' tiles."""
     tiles = -(-n_q // tile)
-    pieces = min(tiles, 4 * threads)
+    pieces = min(tiles, 16 * threads)
     bounds = [tile * (tiles * i // pieces) for i in range(pieces)] + [n_q]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 

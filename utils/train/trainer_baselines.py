@@ -67,11 +67,12 @@ class BaselineTrainer(EpochTrainer):
         sums = dict.fromkeys(self.loss_terms, 0.0)
         for idx in full_batches(order, self.cfg.batch_size):
             for term, value in self._train_step(idx.to(self.device)).items():
-                sums[term] += value
+                sums[term] += value  # tensors on the device: read once per epoch, not once per batch
         self.epoch = epoch
-        return sums
+        return {term: float(value) for term, value in sums.items()}
 
-    def _train_step(self, idx: torch.Tensor) -> dict[str, float]:
+    def _train_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch of both networks; the loss terms as detached 0-d tensors."""
         img, txt = self.views["i1"][idx], self.views["t1"][idx]
         self.opt_img.zero_grad(set_to_none=True)
         self.opt_txt.zero_grad(set_to_none=True)
@@ -80,7 +81,7 @@ class BaselineTrainer(EpochTrainer):
         terms["total"].backward()
         self.opt_img.step()
         self.opt_txt.step()
-        return {k: float(v.item()) for k, v in terms.items()}
+        return {k: v.detach() for k, v in terms.items()}
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
