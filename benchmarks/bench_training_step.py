@@ -63,7 +63,7 @@ def timed_epoch(trainer: DUCHTrainer, epoch: int) -> tuple[float, dict[str, floa
         return out
 
     trainer._hash_outputs = hash_outputs
-    disc_step, hash_step = trainer.opt_disc.step, trainer.opt_hash.step
+    disc_step = trainer.opt_disc.step
     marks = {}
 
     def disc_step_timed(*a, **k):
@@ -86,7 +86,7 @@ def timed_epoch(trainer: DUCHTrainer, epoch: int) -> tuple[float, dict[str, floa
     trainer._update_codes()
     parts["B update"] += time.perf_counter() - t
     total = time.perf_counter() - start
-    trainer._hash_outputs, trainer.opt_disc.step, trainer.opt_hash.step = original, disc_step, hash_step
+    del trainer._hash_outputs, trainer.opt_disc.step  # the class's methods again
     return total, parts
 
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.retrieval.hamming import CodeWords, hamming_distances
-from utils.retrieval.labels import paired, relevance
+from utils.retrieval.hamming import CodeWords, as_code_words, hamming_distances
+from utils.retrieval.labels import as_labels, paired, relevance
 
 KERNELS = ("auto", "numba", "numpy")
 _NUMPY_BYTES_PER_PAIR = 20  # XOR words 8, distances 2, popcount 1, relevance 1, histogram keys 8
+DEFAULT_MEMORY_GB = 4.0  # working memory of one scoring call (evaluate.py --memory-gb)
 MAX_CHUNK_QUERIES = 4096  # the per-query counts (a few KB each) of a chunk stay bounded however many queries
 
 
@@ -76,6 +77,7 @@ def _second_pass_inputs(hist: np.ndarray, plan: Plan):
     before_all = np.ascontiguousarray(cum_all - n_all)
     before_rel = np.ascontiguousarray(cum_rel - n_rel)
     return m.astype(np.int64), dmax.astype(np.int64), before_all, before_rel
+
 
 # ---- kernels: (query chunk, database) -> per-distance counts, AP sums, hit counts per P@K bin -----------
 def _numba_module():
@@ -176,6 +178,7 @@ def _kernel_numpy(q: CodeWords, db: CodeWords, ql: np.ndarray, dl: np.ndarray, p
         sums.hits_bin[i] += np.bincount(plan.bin_of_rank[p_in], minlength=sums.hits_bin.shape[1])
     return hist, m, sums
 
+
 def resolve_kernel(kernel: str, q: CodeWords, ql: np.ndarray) -> str:
     if kernel not in KERNELS:
         raise DUCHError(f"unknown kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
@@ -204,7 +207,7 @@ def chunk_rows(kernel: str, n_q: int, n_db: int, bits: int, memory_gb: float) ->
 
 
 def count_chunks(q: CodeWords, db: CodeWords, ql: np.ndarray, dl: np.ndarray, plan: Plan, kernel: str = "auto",
-                 memory_gb: float = 4.0):
+                 memory_gb: float = DEFAULT_MEMORY_GB):
     """Yields (start, stop, hist, m, sums) per chunk of queries: per-distance counts (Qc, B+1, 2) of all and
     relevant items, m = min(K, R) (Qc, nK), and the second pass's RankSums. Labels as ``paired`` gives them."""
     name = resolve_kernel(kernel, q, ql)
@@ -223,9 +226,6 @@ def compile_numba_kernels() -> bool:
     which the first evaluation would otherwise spend. False when numba is not installed."""
     if _numba_module() is None:
         return False
-    from utils.retrieval.hamming import as_code_words
-    from utils.retrieval.labels import as_labels
-
     rng = np.random.default_rng(0)
     for bits in (64, 128):
         q, db = (as_code_words(rng.integers(0, 2, (n, bits)) * 2 - 1) for n in (9, 30))

@@ -106,17 +106,14 @@ def evaluate_directions(
             words(q, f"query codes ({name})"), words(db, f"database codes ({name})"), q_lab, db_lab,
             map_ks=ks, with_curves=with_curves, memory_gb=memory_gb,
         )
-    out: dict = {}
-    for k in ks:
-        table = {name: per_direction[name][f"map@{k}"] for name in pairs}
-        table["avg"] = float(np.mean(list(table.values())))
-        out[f"map@{k}"] = table
+    def table(key):  # one figure per direction and their mean
+        values = {name: per_direction[name][key] for name in pairs}
+        return {**values, "avg": float(np.mean(list(values.values())))}
+
+    out: dict = {f"map@{k}": table(f"map@{k}") for k in ks}
     out["chance"] = {name: per_direction[name]["chance"] for name in pairs}
     if with_curves:  # the full report: the other mAP definitions (same counting pass) and the curves
-        for key in [f"map_cut@{k}" for k in ks] + ["map_tie_aware"]:
-            table = {name: per_direction[name][key] for name in pairs}
-            table["avg"] = float(np.mean(list(table.values())))
-            out[key] = table
+        out.update({key: table(key) for key in [f"map_cut@{k}" for k in ks] + ["map_tie_aware"]})
         out["map_definitions"] = dict(MAP_DEFINITIONS)
         for key in ("p@k", "precision_radius", "recall_radius"):
             out[key] = {name: per_direction[name][key] for name in pairs}

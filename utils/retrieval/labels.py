@@ -66,7 +66,7 @@ def paired(q: Labels, db: Labels) -> tuple[np.ndarray, np.ndarray]:
 def relevance(q_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
     """Dense (Q, N) boolean: an item is relevant to a query when they share a label.
 
-    Arrays as ``_paired`` gives them: int64 class codes (Q,), (N,) or uint64 bit-sets (words, Q), (words, N)."""
+    Arrays as ``paired`` gives them: int64 class codes (Q,), (N,) or uint64 bit-sets (words, Q), (words, N)."""
     if q_labels.ndim == 1:
         return q_labels[:, None] == db_labels[None, :]
     out = np.zeros((q_labels.shape[1], db_labels.shape[1]), bool)

@@ -24,13 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.retrieval.counting import KERNELS, Plan, count_chunks, resolve_kernel  # noqa: F401  (public names)
+from utils.retrieval.counting import DEFAULT_MEMORY_GB, Plan, count_chunks, resolve_kernel  # noqa: F401 (re-exported)
 from utils.retrieval.hamming import as_code_words
-from utils.retrieval.labels import Labels, as_labels, paired, relevance  # noqa: F401  (public names)
+from utils.retrieval.labels import as_labels, paired
 
 P_AT_K_CUTOFFS = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 MAP_KS = (20, 10)
-DEFAULT_MEMORY_GB = 4.0
 
 
 def check_map_ks(map_ks) -> tuple[int, ...]:
@@ -79,10 +78,11 @@ def retrieval_metrics(
     for _, _, hist, m, sums in count_chunks(q, db, ql, dl, plan, kernel, memory_gb):
         ap_total += np.where(m > 0, sums.ap / np.maximum(m, 1), 0.0).sum(axis=0)
         cut_total += np.where(sums.cut_hits > 0, sums.cut / np.maximum(sums.cut_hits, 1), 0.0).sum(axis=0)
-        tie_total += tie_aware_ap(hist.sum(axis=2), hist[:, :, 1], harmonic).sum()
+        n_all, n_rel = hist.sum(axis=2), hist[:, :, 1]
+        tie_total += tie_aware_ap(n_all, n_rel, harmonic).sum()
         if len(plan.p_ks):
             hits_total += (np.cumsum(sums.hits_bin, axis=1) / plan.p_ks[None, :]).sum(axis=0)
-        cum_all, cum_rel = hist.sum(axis=2).cumsum(axis=1), hist[:, :, 1].cumsum(axis=1)
+        cum_all, cum_rel = n_all.cumsum(axis=1), n_rel.cumsum(axis=1)
         n_rel = cum_rel[:, -1:]
         precision_total += np.where(cum_all > 0, cum_rel / np.maximum(cum_all, 1), 0.0).sum(axis=0)
         recall_total += np.where(n_rel > 0, cum_rel / np.maximum(n_rel, 1), 0.0).sum(axis=0)
