@@ -37,6 +37,7 @@ CAPTION_AUG_KEYS = {
     "backtranslation-chain": "aug_bt_chain",
 }
 TXT_AUG_BY_KEY = {key: txt_aug for txt_aug, key in CAPTION_AUG_KEYS.items()}
+PROVENANCE_KEY = "augmentation_provenance"  # in augmented_DS.json: how each augmented sentence key was made
 
 
 def _int_name(value) -> str:
@@ -50,6 +51,38 @@ def _float_name(value) -> str:
     return str(float(value))
 
 
+# the parts of a published split, and the file names of the two folder layouts (docs/datasets.md):
+# precomputed caption lists ``<part>_caps.txt`` + ``<part>_filename.txt``, and records files ``*_<part>.json``
+SPLIT_PARTS = ("train", "val", "test")
+CAPTION_LIST = "{part}_caps.txt"
+FILE_LIST = "{part}_filename.txt"
+_PART_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+
+
+def record_file_part(name: str) -> str | None:
+    """The split part a records file's name says (``rsitmd_train.json`` -> train), or None."""
+    import re
+
+    if not name.lower().endswith(".json") or name.startswith("augmented_"):
+        return None
+    words = [_PART_WORDS[w] for w in re.split(r"[^a-z]+", Path(name).stem.lower()) if w in _PART_WORDS]
+    return words[0] if len(set(words)) == 1 else None
+
+
+def folder_layout_files(folder: str | Path) -> dict[str, list[Path]]:
+    """The files of a folder layout found in ``folder``: {"precomp": [caption lists]} or {"records": [files]},
+    or {} when the folder holds neither."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    lists = [folder / CAPTION_LIST.format(part=p) for p in SPLIT_PARTS if (folder / CAPTION_LIST.format(part=p)).is_file()]
+    if lists:
+        return {"precomp": lists}
+    records = sorted(p for p in folder.glob("*.json") if p.is_file() and record_file_part(p.name))
+    return {"records": records} if records else {}
+
+
 def dataset_json_name(ds: DatasetInfo) -> str:
     return f"{ds.name}.json"
 
@@ -59,20 +92,31 @@ def augmented_json_name(ds: DatasetInfo) -> str:
 
 
 def source_dataset_json(ds: DatasetInfo, data_dir: str | Path) -> Path:
-    """The captions JSON as released: the file a dataset was given by, else ``DS.json`` in ``data_dir``,
-    else the first of the release's own names found there (``dataset_RSITMD.json`` ...), else ``DS.json``."""
+    """The captions as released: the file or folder a dataset was given by, else ``DS.json`` in ``data_dir``,
+    else the first of the release's own names found there (``dataset_RSITMD.json`` ...), else ``data_dir``
+    itself when it holds caption lists or records files, else ``DS.json`` (for the error)."""
     if ds.json_path is not None:
         return Path(ds.json_path)
     plain = Path(data_dir) / dataset_json_name(ds)
     if plain.is_file():
         return plain
-    return next((Path(data_dir) / n for n in ds.json_names if (Path(data_dir) / n).is_file()), plain)
+    found = next((Path(data_dir) / n for n in ds.json_names if (Path(data_dir) / n).is_file()), None)
+    if found is None and folder_layout_files(data_dir):
+        found = Path(data_dir)
+    return found or plain
 
 
 def current_dataset_json(ds: DatasetInfo, data_dir: str | Path) -> Path:
     """``augmented_DS.json`` once caption augmentation has run, else the source JSON (which may not exist)."""
     augmented = Path(data_dir) / augmented_json_name(ds)
     return augmented if augmented.is_file() else source_dataset_json(ds, data_dir)
+
+
+def augment_command(ds: DatasetInfo, txt_aug: str = "rule-based", data_dir: str | Path | None = None,
+                    overwrite: bool = False) -> str:
+    """The captions_augment.py command for this dataset (given by name, or by its file or folder)."""
+    return (f"python captions_augment.py --dataset {dataset_flag(ds)} --txt-aug {txt_aug}{_data_dir_flag(ds, data_dir)}"
+            + (" --overwrite" if overwrite else ""))
 
 
 def image_emb_name(
@@ -147,6 +191,11 @@ def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> st
     return f"caption_emb_{ds.name}_aug_{suffix}.h5"
 
 
+def dataset_flag(ds: DatasetInfo) -> str:
+    """What ``--dataset`` takes for this dataset: its name, or the file or folder it was given by."""
+    return shlex.quote(ds.json_path) if ds.json_path is not None else ds.key
+
+
 def _data_dir_flag(ds: DatasetInfo, data_dir: str | Path | None) -> str:
     """`` --data-dir X`` when the user's data folder is not the dataset's default, so a fix-it command acts on it."""
     if data_dir is None or Path(data_dir) == Path(ds.default_data_dir):
@@ -158,7 +207,7 @@ def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", data_dir: str | 
                       rot_deg: Sequence[float] | None = None, blur_val: Sequence[float] | None = None,
                       jit_str: float | None = None) -> str:
     """The command that writes an image feature file (for error messages), keeping a non-default --data-dir."""
-    command = f"python images_augment.py --dataset {ds.key}"
+    command = f"python images_augment.py --dataset {dataset_flag(ds)}"
     if img_aug != "no_aug":
         command += f" --img-aug {img_aug}"
     if img_aug == "rotation_cc" and rot_deg is not None:
@@ -175,7 +224,7 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str 
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
     if settings is None:
-        return (f"python images_augment.py --dataset {ds.key} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which "
+        return (f"python images_augment.py --dataset {dataset_flag(ds)} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which "
                 f"writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
     return image_emb_command(ds, data_dir=data_dir, **settings)
 
@@ -184,15 +233,15 @@ def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY,
                         data_dir: str | Path | None = None) -> str:
     """The command(s) that write a caption feature file (for error messages)."""
     where = _data_dir_flag(ds, data_dir)
-    embed = f"python captions_embed.py --dataset {ds.key}{where}"
+    embed = f"python captions_embed.py --dataset {dataset_flag(ds)}{where}"
     if sentence_key == RAW_CAPTION_KEY:
         return embed
     txt_aug = TXT_AUG_BY_KEY.get(sentence_key, "rule-based")
-    return f"python captions_augment.py --dataset {ds.key} --txt-aug {txt_aug}{where}, then {embed}"
+    return f"{augment_command(ds, txt_aug, data_dir)}, then {embed}"
 
 
 def augmented_json_command(ds: DatasetInfo, data_dir: str | Path | None = None) -> str:
-    return f"python captions_augment.py --dataset {ds.key} --txt-aug rule-based{_data_dir_flag(ds, data_dir)}"
+    return augment_command(ds, "rule-based", data_dir)
 
 
 def data_path(data_dir: str | Path, name: str) -> Path:

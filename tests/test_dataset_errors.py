@@ -61,7 +61,7 @@ def test_split_file_naming_unknown_files(synthetic, tmp_path, capsys):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"files": {"train": ["1.png", "zz.png"], "query": ["2.png"], "db": ["3.png"]}}))
     line = fails(capsys, tmp_path, source, "--split", "file", str(split))
-    assert "files.train names 1 files the dataset JSON does not have (e.g. 'zz.png')" in line
+    assert "files.train names 1 files the dataset does not have (e.g. 'zz.png')" in line
 
 
 @pytest.mark.parametrize("problem,message", [

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs.datasets import get_dataset
-from utils.data.dataset_json import captions, image_labels, load_dataset_json
+from utils.data.dataset_json import captions, load_dataset_json
+from utils.data.labels import image_labels, resolve_labels
 from utils.errors import DUCHError
 
 
@@ -28,14 +29,33 @@ def load(tmp_path, data):
     return load_dataset_json(path)
 
 
-@pytest.mark.parametrize("value", [None, "", "   ", 3, ["a"]])
-def test_raw_caption_must_be_a_non_empty_string(tmp_path, value):
+@pytest.mark.parametrize("value", [None, 3, ["a"]])
+def test_raw_caption_must_be_a_string(tmp_path, value):
     data = small_json()
     data["images"][1]["sentences"][2]["raw"] = value
     with pytest.raises(DUCHError) as err:
         load(tmp_path, data)
     message = str(err.value)
-    assert "sentence 2 of image 1 (2.tif)" in message and "non-empty string" in message and "\n" not in message
+    assert "sentence 2 of image 1 (2.tif)" in message and "must be a string" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t\n"])
+def test_blank_captions_are_left_out_and_counted(tmp_path, value):
+    data = small_json()
+    data["images"][1]["sentences"][2]["raw"] = value
+    for sentence in data["images"][2]["sentences"]:
+        sentence["raw"] = value  # image 2 is left without a caption: it is left out too
+    loaded = load(tmp_path, data)
+    assert [im["filename"] for im in loaded["images"]] == ["1.tif", "2.tif"]
+    assert len(loaded["images"][1]["sentences"]) == 4
+    assert loaded["dropped"] == {"blank_captions": 6, "images_without_captions": 1, "examples": ["2.tif", "3.tif"]}
+    from utils.data.dataset_json import dropped_warning
+
+    assert dropped_warning(loaded).startswith("6 blank captions and 1 image left without a caption were left out")
+    # a dataset whose release fixes 5 captions per image says what the drop left
+    path = tmp_path / "UCM.json"
+    with pytest.raises(DUCHError, match=r"image 1 \(2.tif\) has 4 captions; every UCM image has exactly 5"):
+        load_dataset_json(path, ds=get_dataset("ucm"))
 
 
 def test_augmented_key_is_checked_when_read(tmp_path):
@@ -88,12 +108,12 @@ def test_missing_classcode_names_the_image_and_never_falls_back_to_file_names():
 def test_rsicd_takes_classes_from_file_names_only_when_no_image_has_a_code():
     names = ("viaduct_3.jpg", "airport_12.jpg", "bare_land_1.jpg", "airport_2.jpg")
     rsicd = {"images": [{"filename": f} for f in names]}
-    assert get_dataset("rsicd").labels_from_filenames and not get_dataset("ucm").labels_from_filenames
-    assert np.array_equal(image_labels(rsicd, get_dataset("rsicd")), [2, 0, 1, 0])
+    assert get_dataset("rsicd").label_rule == "filename" and get_dataset("ucm").label_rule == "classcode"
+    assert np.array_equal(resolve_labels(rsicd, get_dataset("rsicd")).values, [2, 0, 1, 0])
     mixed = copy.deepcopy(rsicd)
     mixed["images"][0]["classcode"] = 5
     with pytest.raises(DUCHError, match=r"image 1 \(airport_12.jpg\) has no 'classcode'"):
-        image_labels(mixed, get_dataset("rsicd"))
+        resolve_labels(mixed, get_dataset("rsicd"))
 
 
 @pytest.mark.parametrize("code", ["three", 2.5, True, None, [1], -1])

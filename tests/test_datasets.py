@@ -11,8 +11,8 @@ from utils.data.dataset_json import (
     captions,
     detect_layout,
     load_dataset_json,
-    resolve_labels,
 )
+from utils.data.labels import resolve_labels
 from utils.data.splits import choose_captions, make_split, resolve_split
 from utils.errors import DUCHError
 
@@ -110,9 +110,9 @@ def test_label_rules_in_order(tmp_path):
     assert got.values.tolist() == [[0, 0, 1], [0, 1, 1], [1, 0, 0]]  # multi-label: multi-hot rows
     csv.write_text("1.tif,sea\n2.tif,port\n3.tif,sea\n")
     assert resolve_labels(plain, labels_csv=csv).values.tolist() == [1, 0, 1]
-    # a named dataset that documents class codes keeps requiring them
-    with pytest.raises(DUCHError, match="UCM labels come from each image's 'classcode'"):
-        resolve_labels(plain, get_dataset("ucm"))
+    # a named dataset that documents class codes keeps requiring them (UCM: else its id blocks)
+    with pytest.raises(DUCHError, match="DEMO labels come from each image's 'classcode'"):
+        resolve_labels(plain, get_dataset("demo"))
 
 
 @pytest.mark.parametrize("case,message", [
@@ -133,7 +133,7 @@ def test_labels_csv_errors(tmp_path, case, message):
     ({"images": [{"filename": "a.jpg", "raw": "x"}]}, "mixed layouts: image 0 .a.jpg. has NWPU-style 'raw' fields"),
     ({"c": [{"filename": "a.jpg", "sentences": []}]}, "mixed layouts: class lists"),
     ([1, 2], "expected a Karpathy-layout object"),
-    ({"images": [{"filename": "a.jpg", "sentences": []}]}, r"image 0 \(a.jpg\) has no captions"),
+    ({"images": [{"filename": "a.jpg", "sentences": []}]}, r"no image has a caption that is not blank"),
     (karpathy(["a.jpg", "b.jpg", "a.jpg"]), "duplicate file name 'a.jpg' .images 0 and 2."),
 ])
 def test_bad_layouts_are_one_line(tmp_path, data, message):
@@ -173,7 +173,7 @@ def test_split_file_round_trip_by_file_names(tmp_path):
     portable = json.loads(path.read_text())
     assert portable["files"]["query"] == [names[j] for j in first.query] and portable["format"] == "duch-split/1"
     bad = dict(portable, files=dict(portable["files"], train=["nope.tif"]))
-    message = r"files.train names 1 files the dataset JSON does not have \(e.g. 'nope.tif'\)"
+    message = r"files.train names 1 files the dataset does not have \(e.g. 'nope.tif'\)"
     with pytest.raises(DUCHError, match=message):
         resolve_split("file", images, offsets, split_file=write(tmp_path, bad, "bad.json"))
     with pytest.raises(DUCHError, match="--split file needs the path"):

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from configs.datasets import DATASETS
-from utils.data.dataset_json import image_labels, load_dataset_json
+from utils.data.dataset_json import load_dataset_json
+from utils.data.labels import image_labels
 from utils.demo.scenes import CLASS_NAMES, make_demo_dataset
 from utils.errors import DUCHError
 

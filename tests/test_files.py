@@ -3,7 +3,7 @@ import numpy as np
 
 from configs import files
 from configs.datasets import get_dataset
-from utils.data.dataset_json import image_labels
+from utils.data.labels import image_labels, resolve_labels
 
 
 def test_image_and_caption_file_names():
@@ -40,4 +40,4 @@ def test_labels_from_classcode_or_rsicd_file_names():
     rsicd = {"images": [{"filename": f} for f in ("viaduct_3.jpg", "airport_12.jpg", "bare_land_1.jpg",
                                                   "airport_2.jpg")]}
     # sorted class names: airport, bare_land, viaduct
-    assert np.array_equal(image_labels(rsicd, get_dataset("rsicd")), [2, 0, 1, 0])
+    assert np.array_equal(resolve_labels(rsicd, get_dataset("rsicd")).values, [2, 0, 1, 0])

@@ -51,10 +51,11 @@ def plausible_dataset(rng):
 
 def read_dataset(path):
     from configs.datasets import get_dataset
-    from utils.data.dataset_json import captions, image_labels, load_dataset_json
+    from utils.data.dataset_json import captions, load_dataset_json
+    from utils.data.labels import resolve_labels
 
     data = load_dataset_json(path)
-    image_labels(data, get_dataset("rsicd"), path)
+    resolve_labels(data, get_dataset("rsicd"), path)
     captions(data)
 
 

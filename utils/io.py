@@ -106,7 +106,10 @@ def read_json(path: str | Path, what: str = "JSON file", hint: str = ""):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DUCHError(f"{what} {path} is not valid JSON: {err}") from None
+        raise DUCHError(f"{what} {path} is not valid JSON: {err}" + (f"; {hint}" if hint else "")) from None
+    except RecursionError:
+        raise DUCHError(f"{what} {path} nests deeper than Python's JSON reader goes; not a file of this kind"
+                        ) from None
 
 
 def _set_attrs(dset, attrs: dict | None) -> None:

@@ -6,12 +6,12 @@ can find it in a 10 000-image file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from configs.datasets import DatasetInfo
+from utils.data.layouts import FOLDER_LAYOUTS, read_folder, records_file
 from utils.errors import DUCHError
 from utils.io import read_json
 
@@ -26,8 +26,9 @@ def _where(j: int, image) -> str:
 KARPATHY = "karpathy"
 NWPU = "nwpu"
 LAYOUTS_EXPECTED = (
-    "a Karpathy-layout object {\"images\": [{\"filename\", \"sentences\": [{\"raw\"}, ...], \"split\"}, ...]} "
-    "or an NWPU-Captions-layout object {\"<class>\": [{\"filename\", \"raw\", \"raw_1\", ..., \"split\"}, ...], ...}"
+    "a Karpathy-layout object {\"images\": [{\"filename\", \"sentences\": [{\"raw\"}, ...], \"split\"}, ...]}, "
+    "an NWPU-Captions-layout object {\"<class>\": [{\"filename\", \"raw\", \"raw_1\", ..., \"split\"}, ...], ...}, "
+    "a records list [{\"image\", \"caption\"}, ...], or " + FOLDER_LAYOUTS
 )
 _NWPU_CAPTION = re.compile(r"raw(?:_(\d+))?")
 
@@ -61,21 +62,121 @@ def _nwpu_to_karpathy(data: dict, path) -> dict:
     return {"dataset": "NWPU", "layout": NWPU, "images": images}
 
 
-def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None = None) -> dict:
-    """Load, normalise and validate a captions JSON (docs/datasets.md).
+SOURCE_KEY = "source"  # in a file written by captions_augment.py: the source it was made from, and its digest
+DROPPED_KEY = "dropped"  # blank captions and images without captions left out when the source was read
 
-    Either layout comes back as a Karpathy-layout dict: an ``images`` list of objects, each with a
-    non-empty string ``filename`` (unique) and at least one sentence object whose ``raw`` caption is a
-    non-empty string; the number of captions may differ between images (``caption_offsets``), except for
-    a dataset whose facts fix it (``ds.captions_per_image``: UCM, RSICD and the demo have 5).
-    """
+
+def read_source(path: str | Path, hint: str = "") -> tuple[dict, str]:
+    """Any layout as a Karpathy-layout dict, and the layout's name."""
+    path = Path(path)
+    if path.is_dir():
+        data = read_folder(path)
+        return data, data["layout"]
     data = read_json(path, "dataset JSON", hint)
+    if isinstance(data, list) and data and all(isinstance(r, dict) and "image" in r for r in data[:1]):
+        data = records_file(path, data)
+        return data, data["layout"]
     layout = detect_layout(data, path)
-    if layout == NWPU:
-        data = _nwpu_to_karpathy(data, path)
-    images = data.get("images")
+    return (_nwpu_to_karpathy(data, path) if layout == NWPU else data), layout
+
+
+def name_key(name: str) -> str:
+    """One spelling of a file name: ``./1.png`` is ``1.png``, and NFC and NFD forms of a name are one name."""
+    import posixpath
+    import unicodedata
+
+    return unicodedata.normalize("NFC", posixpath.normpath(name.replace("\\", "/")))
+
+
+def _drop_blank(data: dict, path) -> None:
+    """Leave out blank captions, then images left without any, recording both counts (``DROPPED_KEY``)."""
+    blank, emptied, examples = 0, 0, []
+    kept = []
+    for j, image in enumerate(data["images"]):
+        sentences = image["sentences"]
+        for i, sentence in enumerate(sentences):
+            text = sentence.get(RAW_KEY) if isinstance(sentence, dict) else None
+            if isinstance(sentence, dict) and RAW_KEY in sentence and not isinstance(text, str):
+                raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} has {RAW_KEY!r} = {text!r}; every caption "
+                                "must be a string")
+        left = [s for s in sentences if not (isinstance(s, dict) and isinstance(s.get(RAW_KEY), str)
+                                             and not s[RAW_KEY].strip())]
+        if len(left) != len(sentences) or not left:
+            examples.append(image["filename"])
+        blank += len(sentences) - len(left)
+        image["sentences"] = left
+        if left:
+            kept.append(image)
+        else:
+            emptied += 1
+    before = data.get(DROPPED_KEY) if isinstance(data.get(DROPPED_KEY), dict) else {}
+    counts = {k: int(before.get(k, 0)) if isinstance(before.get(k, 0), int) else 0
+              for k in ("blank_captions", "images_without_captions")}
+    counts["blank_captions"] += blank
+    counts["images_without_captions"] += emptied
+    seen = before.get("examples") if isinstance(before.get("examples"), list) else []
+    data[DROPPED_KEY] = {**counts, "examples": [str(x) for x in seen + examples][:5]}
+    if not kept:
+        raise DUCHError(f"{path}: no image has a caption that is not blank")
+    data["images"] = kept
+
+
+def dropped_warning(data: dict) -> str | None:
+    """One line saying what reading the source left out, or None."""
+    dropped = data.get(DROPPED_KEY) or {}
+    blank, emptied = dropped.get("blank_captions", 0), dropped.get("images_without_captions", 0)
+    if not blank and not emptied:
+        return None
+    return (f"{blank} blank caption{'s' if blank != 1 else ''} and {emptied} image{'s' if emptied != 1 else ''} "
+            f"left without a caption were left out (e.g. {', '.join(dropped.get('examples', [])[:3])})")
+
+
+def warn_dropped(data: dict) -> None:
+    """Print the ``dropped_warning`` on standard error (terminal-safe), if there is one."""
+    warning = dropped_warning(data)
+    if warning:
+        import sys
+
+        from utils.terminal import printable
+
+        print(f"warning: {printable(warning)}", file=sys.stderr)
+
+
+def check_source_unchanged(data: dict, path, ds: DatasetInfo | None) -> None:
+    """A file made from a source (``augmented_DS.json``) whose source has changed since is refused, with the
+    command that rebuilds it: its captions and split would no longer be the source's."""
+    from configs.files import PROVENANCE_KEY, TXT_AUG_BY_KEY, augment_command
+    from utils.data.layouts import source_digest
+
+    record = data.get(SOURCE_KEY)
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return
+    source = Path(record["path"])
+    if not source.exists() or source_digest(source) == record.get("sha256"):
+        return
+    keys = [k for k in (data.get(PROVENANCE_KEY) or {}) if isinstance(k, str)]
+    txt_aug = TXT_AUG_BY_KEY.get(keys[0], "rule-based") if keys else "rule-based"
+    fix = (augment_command(ds, txt_aug, Path(path).parent, overwrite=True) if ds is not None
+           else f"python captions_augment.py --dataset {record.get('dataset', source)} --txt-aug {txt_aug} --overwrite")
+    raise DUCHError(f"{path} was made from {source}, which has changed since (its captions or split would no longer "
+                    f"be the source's); rebuild it with: {fix}")
+
+
+def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None = None) -> dict:
+    """Load, normalise and validate a dataset's captions in any layout (docs/datasets.md).
+
+    Every layout comes back as a Karpathy-layout dict: an ``images`` list of objects, each with a
+    non-empty string ``filename`` (unique under any spelling) and at least one sentence object whose
+    ``raw`` caption is a non-blank string. Blank captions, then images left without one, are left out
+    and counted (``dropped_warning``). The number of captions may differ between images
+    (``caption_offsets``), except for a dataset whose facts fix it (``ds.captions_per_image``: UCM, RSICD
+    and the demo have 5). A file made from a source that has changed since is refused.
+    """
+    data, layout = read_source(path, hint)
+    images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
         raise DUCHError(f"{path}: expected a JSON object with a non-empty 'images' list")
+    check_source_unchanged(data, path, ds)
     seen: dict[str, int] = {}
     for j, image in enumerate(images):
         if not isinstance(image, dict):
@@ -85,29 +186,34 @@ def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None =
         if not isinstance(filename, str) or not filename.strip():
             found = "no 'filename'" if filename is None else f"'filename' {filename!r}, not a file name"
             raise DUCHError(f"{path}: image {j} has {found}; every image needs the name of its image file")
-        if filename in seen:  # split files and labels CSVs name images by file name
-            raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[filename]} and {j}); "
-                            f"every image needs its own file")
-        seen[filename] = j
         check_relative_name(filename, f"{path}: image {j} has 'filename'")
-        if "classname" in image:
-            check_relative_name(str(image["classname"]), f"{path}: {_where(j, image)} has 'classname'")
+        key = name_key(filename)
+        if key in seen:  # split files and labels CSVs name images by file name
+            raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[key]} and {j}, "
+                            f"{images[seen[key]]['filename']!r}); every image needs its own file")
+        seen[key] = j
+        for field in ("classname", "filepath"):
+            if field in image:
+                check_relative_name(str(image[field]), f"{path}: {_where(j, image)} has {field!r}")
         sentences = image.get("sentences")
         if sentences is None and layout == KARPATHY and "raw" in image:
             raise DUCHError(f"{path}: mixed layouts: {_where(j, image)} has NWPU-style 'raw' fields in a "
                             f"Karpathy-layout file; expected {LAYOUTS_EXPECTED}")
-        if not isinstance(sentences, list) or not sentences:
-            raise DUCHError(f"{path}: {_where(j, image)} has no captions; every image needs at least one")
-        if ds is not None and ds.captions_per_image is not None and len(sentences) != ds.captions_per_image:
-            raise DUCHError(f"{path}: {_where(j, image)} has {len(sentences)} captions; every {ds.name} image has "
-                            f"exactly {ds.captions_per_image} (for another count, give the JSON itself: "
-                            f"--dataset PATH)")
+        if not isinstance(sentences, list):
+            raise DUCHError(f"{path}: {_where(j, image)} has no 'sentences' list; every image needs its captions")
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, dict):
                 raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not "
                                 "an object")
+    _drop_blank(data, path)
+    if ds is not None and ds.captions_per_image is not None:
+        for j, image in enumerate(data["images"]):
+            if len(image["sentences"]) != ds.captions_per_image:
+                raise DUCHError(f"{path}: {_where(j, image)} has {len(image['sentences'])} captions; every {ds.name} "
+                                f"image has exactly {ds.captions_per_image} (for another count, give the JSON itself: "
+                                f"--dataset PATH)")
     captions(data, RAW_KEY, source=path)
-    data["layout"] = layout
+    data["layout"] = data.get("layout") if layout == KARPATHY and data.get("layout") else layout
     return data
 
 
@@ -151,56 +257,6 @@ def check_relative_name(name: str, what: str) -> None:
                         f"names must be relative, without '..'")
 
 
-def class_names_from_filenames(filenames: list[str]) -> list[str]:
-    """RSICD JSON files carry no classcode: the class is the file name before its last '_'."""
-    return [Path(name).stem.rsplit("_", 1)[0] for name in filenames]
-
-
-def _classcode(j: int, image: dict, source) -> int:
-    code = image["classcode"]
-    if isinstance(code, bool) or not isinstance(code,
-                                                (int, float)) or (isinstance(code, float) and not code.is_integer()):
-        raise DUCHError(f"{source}: {_where(j, image)} has classcode {code!r}; a class code is a non-negative integer")
-    if code < 0:
-        raise DUCHError(f"{source}: {_where(j, image)} has classcode {code!r}; a class code is a non-negative integer")
-    return int(code)
-
-
-def image_labels(data: dict, ds: DatasetInfo | None = None, source: str | Path = "dataset JSON") -> np.ndarray:
-    """Integer class code of each image, in JSON order.
-
-    Labels are ``classcode``. Only a dataset whose documented rule says so (``ds.labels_from_filenames``:
-    RSICD, whose public JSON carries none) takes them from file names, and only when no image has a
-    ``classcode``; classes are then numbered in sorted class-name order. Anything else missing a
-    label names the image.
-    """
-    images = data["images"]
-    missing = [j for j, image in enumerate(images) if "classcode" not in image]
-    if not missing:
-        labels = np.asarray([_classcode(j, image, source) for j, image in enumerate(images)], dtype=np.int64)
-        n_classes = data.get("num_classes")
-        if isinstance(n_classes, int) and not isinstance(n_classes, bool) and labels.max() >= n_classes:
-            j = int(np.argmax(labels >= n_classes))
-            raise DUCHError(
-                f"{source}: {_where(j, images[j])} has classcode {labels[j]}, but the JSON's num_classes is "
-                f"{n_classes} (codes 0..{n_classes - 1})"
-            )
-        return labels
-    if ds is not None and ds.labels_from_filenames and len(missing) == len(images):
-        names = class_names_from_filenames([image["filename"] for image in images])
-        codes = {name: code for code, name in enumerate(sorted(set(names)))}
-        return np.asarray([codes[name] for name in names], dtype=np.int64)
-    j = missing[0]
-    rule = (
-        f"{ds.name} labels come from 'classcode' on every image, or from the file names when no image has one"
-        if ds is not None and ds.labels_from_filenames
-        else f"{ds.name + ' ' if ds is not None else ''}labels come from each image's 'classcode'"
-    )
-    raise DUCHError(
-        f"{source}: {_where(j, images[j])} has no 'classcode' ({len(missing)} of {len(images)} images lack one); {rule}"
-    )
-
-
 def captions(data: dict, key: str = RAW_KEY, source: str | Path = "dataset JSON") -> list[str]:
     """All captions for a sentence key, row ``offsets[j] + i`` = sentence i of image j (``5 j + i`` with 5
     captions per image); each a non-empty string."""
@@ -223,101 +279,3 @@ def sentence_keys_present(data: dict, keys) -> list[str]:
     """The keys among ``keys`` that every sentence of the dataset has."""
     sentences = [s for image in data["images"] for s in image["sentences"]]
     return [k for k in keys if all(k in s for s in sentences)]
-
-
-@dataclass
-class ImageLabels:
-    """The labels of a dataset's images: ``values`` are class codes (N,) or multi-hot rows (N, L), or None."""
-
-    values: np.ndarray | None
-    n_classes: int
-    rule: str  # where they came from: classcode, classname, file names, labels CSV, none
-    names: list[str]
-
-    @property
-    def present(self) -> bool:
-        return self.values is not None
-
-
-def read_labels_csv(path: str | Path, filenames: list[str]) -> tuple[np.ndarray, list[str]]:
-    """``filename,label[;label...]`` rows (a header ``filename,label`` is skipped) -> class codes, or
-    multi-hot rows when any file has several labels; class names sorted. Every image needs a row and
-    every row a known image."""
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise DUCHError(f"labels file {path} not found (--labels takes a CSV of filename,label[;label...])")
-    index = {name: j for j, name in enumerate(filenames)}
-    by_image: dict[int, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if line_no == 1 and [c.strip().lower() for c in row[:2]] == ["filename", "label"]:
-                continue
-            if len(row) != 2 or not row[1].strip():
-                raise DUCHError(f"{path}: line {line_no} is not 'filename,label[;label...]': {','.join(row)!r}")
-            name = row[0].strip()
-            if name not in index:
-                raise DUCHError(f"{path}: line {line_no} names {name!r}, which is not an image of the dataset JSON")
-            if index[name] in by_image:
-                raise DUCHError(f"{path}: line {line_no}: {name!r} has a second row")
-            by_image[index[name]] = [x.strip() for x in row[1].split(";") if x.strip()]
-    missing = [filenames[j] for j in range(len(filenames)) if j not in by_image]
-    if missing:
-        raise DUCHError(f"{path}: {len(missing)} of {len(filenames)} images have no row (e.g. {missing[0]!r}); "
-                        f"every image needs a label")
-    names = sorted({label for labels in by_image.values() for label in labels})
-    code = {name: c for c, name in enumerate(names)}
-    if all(len(v) == 1 for v in by_image.values()):
-        return np.asarray([code[by_image[j][0]] for j in range(len(filenames))], dtype=np.int64), names
-    hot = np.zeros((len(filenames), len(names)), dtype=np.uint8)
-    for j, labels in by_image.items():
-        hot[j, [code[x] for x in labels]] = 1
-    return hot, names
-
-
-def _names_to_codes(names: list[str]) -> tuple[np.ndarray, list[str]]:
-    classes = sorted(set(names))
-    code = {name: c for c, name in enumerate(classes)}
-    return np.asarray([code[n] for n in names], dtype=np.int64), classes
-
-
-def resolve_labels(data: dict, ds: DatasetInfo | None = None, source: str | Path = "dataset JSON",
-                   labels_csv: str | Path | None = None) -> ImageLabels:
-    """The image labels, in this order (docs/datasets.md): the JSON's ``classcode`` on every image, else its
-    ``classname`` on every image; else the file name before its last ``_`` when every file name has that
-    form; else the ``labels_csv`` file; else none. A dataset whose rule requires class codes (UCM, demo)
-    keeps the strict ``image_labels`` rule; a class field on only some images is an error."""
-    images = data["images"]
-    if ds is not None and ds.label_rule != "auto":
-        values = image_labels(data, ds, source)
-        n = data.get("num_classes")
-        n = n if isinstance(n, int) and not isinstance(n, bool) else int(values.max()) + 1
-        return ImageLabels(values, n, "classcode" if "classcode" in images[0] else "file names", [])
-    for field in ("classcode", "classname"):
-        having = sum(field in image for image in images)
-        if having == len(images):
-            if field == "classcode":
-                values = image_labels(data, None, source)
-                n = data.get("num_classes")
-                n = n if isinstance(n, int) and not isinstance(n, bool) else int(values.max()) + 1
-                return ImageLabels(values, n, field, [])
-            names = [str(image["classname"]) for image in images]
-            values, classes = _names_to_codes(names)
-            return ImageLabels(values, len(classes), field, classes)
-        if having:
-            j = next(j for j, image in enumerate(images) if field not in image)
-            raise DUCHError(f"{source}: {_where(j, images[j])} has no {field!r} "
-                            f"({len(images) - having} of {len(images)} images lack one); give every image one, or none")
-    filenames = [image["filename"] for image in images]
-    stems = [Path(name).stem for name in filenames]
-    if all("_" in stem and stem.rsplit("_", 1)[0] for stem in stems):
-        values, classes = _names_to_codes(class_names_from_filenames(filenames))
-        if len(classes) < len(images):  # a prefix per image is no class
-            return ImageLabels(values, len(classes), "file names", classes)
-    if labels_csv is not None:
-        values, classes = read_labels_csv(labels_csv, filenames)
-        return ImageLabels(values, len(classes), "labels CSV", classes)
-    return ImageLabels(None, 0, "none", [])

@@ -9,7 +9,8 @@ import numpy as np
 from configs import files
 from configs.datasets import DatasetInfo
 from configs.presets import BASE_CAPTION_KEY, BASE_IMAGE_SET, get_preset
-from utils.data.dataset_json import caption_offsets, load_dataset_json, resolve_labels
+from utils.data.dataset_json import DROPPED_KEY, caption_offsets, dropped_warning, load_dataset_json
+from utils.data.labels import resolve_labels
 from utils.errors import DUCHError
 from utils.io import read_h5, read_h5_attrs, read_json
 
@@ -41,6 +42,7 @@ class Features:
     offsets: np.ndarray | None = None  # (N + 1,) caption rows per image; None: 5 per image
     images: list[dict] = field(default_factory=list)  # the JSON's image entries (file names, split fields)
     label_rule: str = "classcode"
+    dropped: dict = field(default_factory=dict)  # blank captions and images without captions left out of the source
 
     @property
     def n_images(self) -> int:
@@ -61,7 +63,7 @@ def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str,
     data_dir = Path(data_dir)
     preset = get_preset(preset_name)
     json_path = files.current_dataset_json(ds, data_dir)  # labels are the same in both JSON files
-    if not json_path.is_file():
+    if not json_path.exists():
         json_path = data_dir / files.augmented_json_name(ds)  # the one the presets expect, for the error
     image_aug = data_dir / files.image_emb_name(ds, preset.aug_image_set)
     if img_aug_emb:
@@ -193,6 +195,7 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
         )
         read.append((paths.caption_aug, files.CAPTION_EMB_KEY))
     warnings = [w for w in (random_encoder_warning(path, key) for path, key in dict.fromkeys(read)) if w]
+    warnings += [w for w in [dropped_warning(data), *resolved.warnings] if w]
     return Features(
         image=standardise(image),
         image_aug=standardise(image_aug),
@@ -204,6 +207,7 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
         offsets=offsets,
         images=data["images"],
         label_rule=resolved.rule,
+        dropped={k: v for k, v in data[DROPPED_KEY].items() if k != "examples"},
     )
 
 

@@ -35,8 +35,10 @@ def high_bit_depth_rule(bit_depth: int = 16) -> str:
 _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 
-def find_image(image_dir: Path, filename: str, classname: str | None = None, folder_real: str | None = None) -> Path:
-    """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``.
+def find_image(image_dir: Path, filename: str, classname: str | None = None, folder_real: str | None = None,
+               filepath: str | None = None) -> Path:
+    """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``, else
+    ``image_dir/filepath/filename`` (a records file's ``test/x.tif``).
 
     Both names come from the dataset JSON: a name that leads outside ``image_dir`` (``..``, an absolute
     path, a symlink pointing out) is refused by name (``utils.paths.contained``), never read."""
@@ -45,6 +47,9 @@ def find_image(image_dir: Path, filename: str, classname: str | None = None, fol
     candidates = [contained(image_dir, filename, "dataset JSON filename", folder_real)]
     if classname:
         candidates.append(contained(image_dir, f"{classname}/{filename}", "dataset JSON classname/filename",
+                                    folder_real))
+    if filepath:
+        candidates.append(contained(image_dir, f"{filepath}/{filename}", "dataset JSON filepath/filename",
                                     folder_real))
     for path in candidates:
         if path.is_file():
@@ -56,16 +61,18 @@ def find_image(image_dir: Path, filename: str, classname: str | None = None, fol
 def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     """The file of every JSON image entry, in JSON order; the first missing one is a clear error.
 
-    Looked for as ``image_dir/filename``, ``image_dir/classname/filename`` (NWPU-Captions), or, for
-    images in other nested folders, the one file of that name anywhere under ``image_dir``."""
+    Looked for as ``image_dir/filename``, ``image_dir/classname/filename`` (NWPU-Captions),
+    ``image_dir/filepath/filename`` (records files), or, for images in other nested folders, the one file
+    of that name anywhere under ``image_dir``."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise DUCHError(f"image folder not found: {image_dir}; pass --image-dir to the folder that holds the images")
     nested: dict[str, list[Path]] | None = None
     out = []
     for entry in images:
-        filename, classname = entry["filename"], entry.get("classname")
-        direct = [image_dir / filename] + ([image_dir / str(classname) / filename] if classname else [])
+        filename, classname, filepath = entry["filename"], entry.get("classname"), entry.get("filepath")
+        direct = ([image_dir / filename] + ([image_dir / str(classname) / filename] if classname else [])
+                  + ([image_dir / str(filepath) / filename] if filepath else []))
         found = next((p for p in direct if p.is_file()), None)
         if found is None:
             if nested is None:
@@ -79,7 +86,7 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
                                 f"({matches[0]}, {matches[1]}, ...); "
                                 f"give its folder in the JSON's file name or pass --image-dir to the right folder")
             # find_image's error names where it looked
-            found = matches[0] if matches else find_image(image_dir, filename, classname)
+            found = matches[0] if matches else find_image(image_dir, filename, classname, filepath=filepath)
         out.append(found)
     return out
 

@@ -7,7 +7,8 @@ Three protocols (docs/datasets.md):
   test both use the query images (as the original).
 - ``json``: the JSON's own ``split`` field: train on "train", select the model on "val", test on "test";
   class-level queries are the test images, the database every image outside test.
-- ``file``: a split.json written by an earlier run (any protocol), read back by file names.
+- ``file``: a split.json written by an earlier run (any protocol), read back by file names; or a folder of
+  published file lists ``<part>_filename.txt`` (train, val, test), one name per image or per caption.
 
 Caption choices draw from each image's own caption count: with 5 captions per image the rows are the
 original's ``5 j + i``.
@@ -121,25 +122,100 @@ def json_split(images: list[dict], offsets, seed: int = 42, source="dataset JSON
                  protocol="json")
 
 
-def read_split_file(path: str | Path, filenames: list[str], offsets) -> Split:
-    """A split.json's portable part (file names and caption indices) as indices of this dataset."""
-    saved = read_json(path, "split file")
+SPLIT_FORMS = ("a split.json written by main.py (its 'files' per part)",
+               "a folder of file lists train_filename.txt, val_filename.txt, test_filename.txt (one name per "
+               "image or per caption)")
+
+
+def _name_index(filenames: list[str]) -> dict[str, int]:
+    """Every image by its normalised name, and by its bare name where that is unique."""
+    from utils.data.dataset_json import name_key
+
+    index = {name_key(name): j for j, name in enumerate(filenames)}
+    bare: dict[str, list[int]] = {}
+    for j, name in enumerate(filenames):
+        bare.setdefault(name_key(Path(name).name), []).append(j)
+    for name, js in bare.items():
+        if len(js) == 1:
+            index.setdefault(name, js[0])
+    return index
+
+
+def _lookup(index: dict[str, int], names: list[str], where: str) -> list[int]:
+    from utils.data.dataset_json import name_key
+
+    found, unknown = [], []
+    for name in names:
+        j = index.get(name_key(name), index.get(name_key(Path(name).name)))
+        (unknown.append(name) if j is None else found.append(j))
+    if unknown:
+        raise DUCHError(f"{where} names {len(unknown)} files the dataset does not have (e.g. {unknown[0]!r})")
+    return found
+
+
+def _check_parts(parts: dict[str, list[int]], filenames: list[str], source) -> None:
+    """No image twice in a part, in two of train / val / test, or both a query and a database item."""
+    for part, js in parts.items():
+        if len(set(js)) != len(js):
+            twice = next(j for j in js if js.count(j) > 1)
+            raise DUCHError(f"{source}: {filenames[twice]!r} occurs twice in {part}")
+    pairs = [("train", "val"), ("train", "query"), ("val", "query"), ("query", "db")]
+    for a, b in pairs:
+        shared = set(parts.get(a, [])) & set(parts.get(b, []))
+        if shared:
+            j = min(shared)
+            a_name, b_name = ("test" if x == "query" else x for x in (a, b))
+            raise DUCHError(f"{source}: {len(shared)} images are in both {a_name} and {b_name} (e.g. "
+                            f"{filenames[j]!r}); an image belongs to one part")
+
+
+def read_split_lists(folder: Path, filenames: list[str], offsets, seed: int = 42) -> Split:
+    """A folder of published ``<part>_filename.txt`` lists: train, val (optional) and test, as the ``json``
+    protocol uses them (queries = test, database = train + val)."""
+    from configs.files import FILE_LIST, SPLIT_PARTS
+
+    index = _name_index(filenames)
+    parts: dict[str, list[int]] = {}
+    for part in SPLIT_PARTS:
+        path = folder / FILE_LIST.format(part=part)
+        if not path.is_file():
+            continue
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DUCHError(f"{path}: cannot read it as UTF-8 text ({err})") from None
+        names = [n for i, n in enumerate(lines) if i == 0 or n != lines[i - 1]]  # one name per caption: runs
+        parts[part] = _lookup(index, names, str(path))
+    if not parts.get("train") or not parts.get("test"):
+        raise DUCHError(f"{folder}: a split folder needs {FILE_LIST.format(part='train')} and "
+                        f"{FILE_LIST.format(part='test')}; --split file takes {' or '.join(SPLIT_FORMS)}")
+    train, val, test = parts["train"], parts.get("val", []), parts["test"]
+    db = sorted(train + val)
+    _check_parts({"train": train, "val": val, "query": test, "db": db}, filenames, folder)
+    return Split(train, test, db, choose_captions(train, seed, offsets), choose_captions(test, seed, offsets),
+                 choose_captions(db, seed, offsets), val=val, val_captions=choose_captions(val, seed, offsets),
+                 protocol="file")
+
+
+def read_split_file(path: str | Path, filenames: list[str], offsets, seed: int = 42) -> Split:
+    """A split.json's portable part (file names and caption indices), or a folder of file lists, as indices
+    of this dataset."""
+    path = Path(path)
+    if path.is_dir():
+        return read_split_lists(path, filenames, offsets, seed)
+    saved = read_json(path, "split file", f"--split file takes {' or '.join(SPLIT_FORMS)}")
     if not isinstance(saved, dict) or not isinstance(saved.get("files"), dict):
-        raise DUCHError(f"{path}: not a portable split file (a split.json with 'files' per part, written by main.py)")
-    index = {name: j for j, name in enumerate(filenames)}
+        raise DUCHError(f"{path}: not a split this project reads; --split file takes {' or '.join(SPLIT_FORMS)}")
+    index = _name_index(filenames)
     offsets = np.asarray(offsets)
     chosen = saved.get("caption_index") if isinstance(saved.get("caption_index"), dict) else {}
     parts: dict[str, list[int]] = {}
     rows: dict[str, list[int]] = {}
     for part in PARTS:
         names = saved["files"].get(part, [])
-        if not isinstance(names, list):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise DUCHError(f"{path}: files.{part} is not a list of file names")
-        unknown = [n for n in names if n not in index]
-        if unknown:
-            raise DUCHError(f"{path}: files.{part} names {len(unknown)} files the dataset JSON does not have "
-                            f"(e.g. {unknown[0]!r})")
-        parts[part] = [index[n] for n in names]
+        parts[part] = _lookup(index, names, f"{path}: files.{part}")
         picks = chosen.get(part)
         if picks is None:
             rows[part] = choose_captions(parts[part], 42, offsets)
@@ -154,8 +230,7 @@ def read_split_file(path: str | Path, filenames: list[str], offsets) -> Split:
         rows[part] = [int(offsets[j]) + int(i) for j, i in zip(parts[part], picks)]
     if not parts["train"] or not parts["query"] or not parts["db"]:
         raise DUCHError(f"{path}: a split needs train, query and db files")
-    if set(parts["query"]) & set(parts["train"]) or (parts["val"] and set(parts["query"]) & set(parts["val"])):
-        raise DUCHError(f"{path}: test (query) files also occur in train or val")
+    _check_parts(parts, filenames, path)
     return Split(parts["train"], parts["query"], parts["db"], rows["train"], rows["query"], rows["db"],
                  val=parts["val"], val_captions=rows["val"], protocol="file")
 
@@ -171,6 +246,7 @@ def resolve_split(protocol: str, images: list[dict], offsets, seed: int = 42, sp
         return json_split(images, offsets, seed, source)
     if protocol == "file":
         if not split_file:
-            raise DUCHError("--split file needs the path of a split.json: --split file PATH")
-        return read_split_file(split_file, [image["filename"] for image in images], offsets)
+            raise DUCHError("--split file needs the path of a split.json or of a folder of file lists: "
+                            "--split file PATH")
+        return read_split_file(split_file, [image["filename"] for image in images], offsets, seed)
     raise DUCHError(f"unknown split protocol {protocol!r}; choose one of: duch, json, file PATH")

@@ -19,13 +19,14 @@ from tqdm import tqdm
 from configs.datasets import DatasetInfo, get_dataset
 from configs.files import (
     CAPTION_AUG_KEYS,
+    PROVENANCE_KEY,
     RAW_CAPTION_KEY,
     augmented_json_name,
-    current_dataset_json,
     dataset_json_name,
+    source_dataset_json,
 )
 from models.text_encoder import preprocess_caption
-from utils.data.dataset_json import captions, load_dataset_json
+from utils.data.dataset_json import SOURCE_KEY, captions, load_dataset_json, warn_dropped
 from utils.errors import DUCHError, did_you_mean
 from utils.io import check_writable_dir, write_json
 from utils.preprocess.backtranslation import DEFAULT_BT_CHAIN, DEFAULT_BT_LANGS
@@ -40,7 +41,6 @@ from utils.preprocess.rule_based import (
 )
 from utils.runtime import resolve_device, seed_everything
 
-PROVENANCE_KEY = "augmentation_provenance"
 
 
 @dataclass
@@ -131,22 +131,62 @@ def print_unchanged(key: str, stats: dict) -> None:
 
 
 def io_paths(ds: DatasetInfo, data_dir: str | Path) -> tuple[Path, Path]:
-    """(input JSON, output JSON): the augmented file is its own input once it exists."""
-    return current_dataset_json(ds, data_dir), Path(data_dir) / augmented_json_name(ds)
+    """(source, output JSON): the dataset as released, and the augmented file made from it."""
+    return source_dataset_json(ds, data_dir), Path(data_dir) / augmented_json_name(ds)
+
+
+def source_record(ds: DatasetInfo, src: Path) -> dict:
+    """What the augmented file records of its source, so that a changed source is noticed by every reader."""
+    from utils.data.layouts import source_digest
+
+    return {"path": str(src.resolve()), "sha256": source_digest(src),
+            "dataset": ds.json_path if ds.json_path is not None else ds.key}
 
 
 def load_input(ds: DatasetInfo, data_dir: str | Path, key: str, overwrite: bool) -> tuple[dict, Path, Path]:
+    """The dataset to augment: the augmented file (to add another key) while it still matches its source,
+    else the source. ``--overwrite`` rebuilds from the source (from the augmented file itself only when no
+    source is there); the other keys of the old augmented file are kept only when it was made from the same
+    source."""
     src, out = io_paths(ds, data_dir)
     hint = (
         f"put the captions file {dataset_json_name(ds)} of the {ds.name} release in {Path(data_dir)} "
         "(see data/README.md), or pass --data-dir"
     )
+    if out.is_file() and (not overwrite or not src.exists()):  # (the authors' augmented files come without source)
+        data = load_dataset_json(out, hint, ds=ds)  # refused when its source changed since
+        if not overwrite and any(key in s for image in data["images"] for s in image["sentences"]):
+            raise DUCHError(f"{out} already has {key!r} captions; pass --overwrite to recompute them")
+        return data, out, out
+    if not src.exists():
+        raise DUCHError(f"dataset not found: {src}; {hint}")
     data = load_dataset_json(src, hint, ds=ds)
-    captions(data, RAW_CAPTION_KEY)  # every sentence needs its raw caption
-    present = [s for image in data["images"] for s in image["sentences"] if key in s]
-    if present and not overwrite:
-        raise DUCHError(f"{src} already has {key!r} captions; pass --overwrite to recompute them")
+    record = source_record(ds, src)
+    if out.is_file():
+        _carry_other_keys(data, out, key, record)
+    data[SOURCE_KEY] = record
+    warn_dropped(data)
     return data, src, out
+
+
+def _carry_other_keys(data: dict, old_path: Path, key: str, record: dict) -> None:
+    """The other augmented keys of an old augmented file made from this very source (same digest)."""
+    from utils.io import read_json
+
+    old = read_json(old_path, "augmented JSON")
+    same = (isinstance(old, dict) and isinstance(old.get(SOURCE_KEY), dict)
+            and old[SOURCE_KEY].get("sha256") == record["sha256"] and isinstance(old.get("images"), list)
+            and len(old["images"]) == len(data["images"]))
+    if not same:
+        print(f"{old_path} is rebuilt from {record['path']}; its other augmented captions are not kept (run "
+              f"captions_augment.py again for each)", file=sys.stderr)
+        return
+    for new_image, old_image in zip(data["images"], old["images"]):
+        for new_s, old_s in zip(new_image["sentences"], old_image.get("sentences", [])):
+            new_s.update({k: v for k, v in old_s.items() if k not in (RAW_CAPTION_KEY, key) and k.startswith("aug_")})
+    provenance = {k: v for k, v in (old.get(PROVENANCE_KEY) or {}).items() if k != key}
+    if provenance:
+        data[PROVENANCE_KEY] = provenance
 
 
 def augment_dataset(opts: CaptionAugmentOptions, ds: DatasetInfo) -> dict:

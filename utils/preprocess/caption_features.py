@@ -31,7 +31,7 @@ from models.text_encoder import (
     embed_captions,
     load_text_model,
 )
-from utils.data.dataset_json import captions, load_dataset_json, sentence_keys_present
+from utils.data.dataset_json import captions, load_dataset_json, sentence_keys_present, warn_dropped
 from utils.errors import DUCHError
 from utils.io import check_writable_dir, write_h5
 from utils.preprocess import resume
@@ -62,7 +62,7 @@ class CaptionFeatureOptions(ScriptOptions):
 def find_dataset_json(ds, data_dir: Path) -> Path:
     """``augmented_DS.json`` when caption augmentation has run, else ``DS.json``."""
     found = current_dataset_json(ds, data_dir)
-    if found.is_file():
+    if found.exists():
         return found
     augmented, plain = data_path(data_dir, augmented_json_name(ds)), source_dataset_json(ds, data_dir)
     raise DUCHError(
@@ -118,6 +118,7 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
 
     json_path = find_dataset_json(ds, data_dir)
     data = load_dataset_json(json_path, ds=ds)
+    warn_dropped(data)
     if RAW_CAPTION_KEY not in sentence_keys_present(data, [RAW_CAPTION_KEY]):
         raise DUCHError(f"{json_path}: not every sentence has a {RAW_CAPTION_KEY!r} caption")
     keys = [RAW_CAPTION_KEY] + sentence_keys_present(data, CAPTION_AUG_KEYS.values())

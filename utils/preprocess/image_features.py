@@ -20,7 +20,7 @@ from configs.checks import check_seed
 from configs.datasets import DatasetInfo, get_dataset
 from configs.files import IMAGE_EMB_KEY, image_emb_name, source_dataset_json
 from models.image_encoder import build_image_encoder, encode_image_files
-from utils.data.dataset_json import load_dataset_json
+from utils.data.dataset_json import load_dataset_json, warn_dropped
 from utils.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_images_readable,
@@ -159,6 +159,7 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     refuse_overwrite(out_path, opts.overwrite)
     json_path = source_dataset_json(ds, data_dir)
     data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}", ds=ds)
+    warn_dropped(data)
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
     return _Job(ds, img_aug, params, quirks, batch_size, data_dir, out_path, json_path, data, paths)

@@ -25,7 +25,8 @@ from configs import files
 from configs.datasets import get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
-from utils.data.dataset_json import caption_offsets, class_names_from_filenames, load_dataset_json, resolve_labels
+from utils.data.dataset_json import caption_offsets, load_dataset_json
+from utils.data.labels import class_names_from_filenames, resolve_labels
 from utils.data.features import FeatureFiles, load_feature_file, resolve_files
 from utils.data.images import find_image
 from utils.data.splits import make_split
@@ -230,7 +231,7 @@ def _dataset_image_paths(data: dict, image_dir: Path) -> list[str | None]:
         # a name leading outside is refused, not skipped
         contained(image_dir, im["filename"], "dataset JSON filename", folder_real)
         try:
-            found = find_image(image_dir, im["filename"], im.get("classname"), folder_real)
+            found = find_image(image_dir, im["filename"], im.get("classname"), folder_real, im.get("filepath"))
             out.append(str(found.resolve()))
         except DUCHError:
             out.append(None)
@@ -530,7 +531,7 @@ def _build_index(opts: IndexOptions) -> dict:
     classes = _class_names(data, labels, resolved.names)
     splits, used = _split_of(run.run_dir, n, int(cfg.get("seed", 42)))
     image_dir = (Path(opts.dataset_image_dir) if opts.dataset_image_dir
-                 else Path(paths.dataset_json).parent / ds.image_dir)
+                 else Path(paths.image).parent / ds.image_dir)
     image_paths = _dataset_image_paths(data, image_dir)
     meta_images, meta_captions = _metadata(data, labels, classes, splits, used, image_paths)
     missing = sum(p is None for p in image_paths)

@@ -168,7 +168,7 @@ def protocol_record(data: RunData) -> dict:
         if data.protocol != "duch" else "the original's query / database split; relevant = shares a label"
     )
     return {
-        "split": data.protocol, "labels": data.features.label_rule,
+        "split": data.protocol, "labels": data.features.label_rule, "dropped": data.features.dropped,
         "images": {"train": len(s.train), "val": len(s.val), "test": len(s.test), "database": len(s.db)},
         "selection": "validation images against train images" if s.val else (
             "query against database (the original's)" if data.protocol == "duch" else "none: the last validated model"),
