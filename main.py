@@ -9,7 +9,7 @@ import argparse
 
 from configs.datasets import DATASETS
 from configs.presets import PRESETS
-from configs.train import METHODS, MODELS, TrainConfig
+from configs.train import METHODS, MODELS, SELECT_METRICS, TrainConfig
 from utils.errors import exit_on_user_error
 from utils.train.command import RunArgumentParser, run
 
@@ -49,8 +49,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--other-image-dir", default=None,
                         help="with --check-overlap: the other dataset's image folder (default: the dataset's)")
     parser.add_argument("--labels", default=None, metavar="CSV",
-                        help="filename,label[;label...] rows, for datasets whose JSON and file names carry no classes "
-                             "(default: none)")
+                        help="filename,label[;label...] rows; wins over the JSON's classes and the file names; 'none': "
+                             "no labels, instance-level recall only (default: the dataset's rule, docs/datasets.md)")
+    parser.add_argument("--select", default=None, type=str.lower, choices=SELECT_METRICS,
+                        help="the validation score that keeps the best model: map (mAP@20, mean of 4 directions) or mr "
+                             "(tie-aware mean recall) (default: map where the dataset has labels, mr where not)")
+    parser.add_argument("--describe", default=None, metavar="OUT.json",
+                        help="read and check everything a run would use from the dataset (no feature files), write "
+                             "the counts, split, labels and warnings to OUT.json and print them; trains nothing "
+                             "(default: off)")
     parser.add_argument("--preset", default=d.preset,
                         help=f"data preset, any case, one of: {', '.join(PRESETS)} (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=d.alpha, help="alpha hyperparameter (La) (default: %(default)s)")

@@ -10,6 +10,9 @@ from configs.presets import get_preset
 
 MODELS = ("duch",)  # --model names, lower case (any case is accepted)
 METHODS = ("duch", "djsrh", "jdsh")  # --method: DUCH, or a baseline of the paper's tables (configs/baselines.py)
+# --select: the validation score that keeps the best model: mAP@map_k averaged over the four directions, or the
+# tie-aware mean recall (mR) of instance-level retrieval (the RSITMD/RSICD papers' figure)
+SELECT_METRICS = ("map", "mr")
 
 
 @dataclass
@@ -50,7 +53,8 @@ class TrainConfig:
     name: str | None = None  # --name: the dataset's name in file names (default: the JSON's stem)
     split: str | None = None  # duch, json or file (None: the dataset's default, duch for runs made before)
     split_file: str | None = None  # --split file PATH
-    labels: str | None = None  # --labels CSV, used when the JSON and file names carry no classes
+    labels: str | None = None  # --labels CSV (wins over every other rule), or "none"
+    select: str | None = None  # map or mr; None: map where the dataset has labels, mr where it has none
     # a baseline's hyperparameters (configs/baselines.py, with --param overrides); empty for DUCH
     method_params: dict = field(default_factory=dict)
 
@@ -78,6 +82,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise DUCHError(f"unknown --split {cfg.split!r}; choose one of: duch, json, file PATH")
     if cfg.split == "file" and not cfg.split_file:
         raise DUCHError("--split file needs the path of a split.json: --split file PATH")
+    if cfg.select is not None and cfg.select not in SELECT_METRICS:
+        raise DUCHError(f"unknown --select {cfg.select!r}; choose one of: {', '.join(SELECT_METRICS)}")
     if cfg.model not in MODELS:
         raise DUCHError(f"unknown model {cfg.model!r}{did_you_mean(cfg.model, MODELS)}; choose one of: "
                         f"{', '.join(MODELS)}")

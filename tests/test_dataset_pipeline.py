@@ -31,8 +31,36 @@ def _captions(c, i, count):
     return [f"there is a {WORDS[c]} number {m} here" for m in range(count)]
 
 
+def make_folder_dataset(root, kind):
+    """The same images as published caption lists (``precomp``: train names one per caption line, val and
+    test one per image, a blank caption line, a blank line at the end) or records files (``records``: one
+    record per caption in train, caption lists in val and test, image paths under part folders)."""
+    root.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, list[tuple[str, list[str]]]] = {}
+    for c, cls in enumerate(CLASSES):
+        for i in range(PER_CLASS):
+            name, split = f"{cls}_{i + 1}.png", SPLIT_OF[i]
+            _image(root / "images" / (split if kind == "records" else "") / name, c, i)
+            parts.setdefault(split, []).append((name, _captions(c, i, 5)))
+    parts["test"][0][1][2] = "   "  # a blank caption, as the published RSITMD lines hold
+    for part, images in parts.items():
+        if kind == "precomp":
+            caps = [t for _, texts in images for t in texts]
+            names = [n for n, texts in images for _ in texts] if part == "train" else [n for n, _ in images]
+            (root / f"{part}_caps.txt").write_text("\n".join(caps) + "\n")
+            (root / f"{part}_filename.txt").write_text("\n".join(names) + "\n\n")
+        else:
+            records = ([{"image": f"{part}/{n}", "caption": t, "image_id": k} for k, (n, texts) in enumerate(images)
+                        for t in texts] if part == "train" else
+                       [{"image": f"{part}/{n}", "caption": texts} for n, texts in images])
+            (root / f"rs_{part}.json").write_text(json.dumps(records))
+    return root, []
+
+
 def make_dataset(root, kind):
     """(JSON path, extra main.py flags) of a dataset of one kind; images under root/images."""
+    if kind in ("precomp", "records"):
+        return make_folder_dataset(root.parent / kind, kind)
     root.mkdir(parents=True, exist_ok=True)
     images, nwpu, csv_rows = [], {}, []
     for c, cls in enumerate(CLASSES):
@@ -84,14 +112,16 @@ def preprocess(json_path, bert):
     captions_embed.main(captions_embed.get_args_parser().parse_args([*common, "--model", str(bert)]))
 
 
-@pytest.mark.parametrize("kind", ["fields", "prefix", "nwpu", "csv", "none"])
+@pytest.mark.parametrize("kind", ["fields", "prefix", "nwpu", "csv", "none", "precomp", "records"])
 def test_layout_end_to_end(kind, tmp_path, bert, capsys):
     json_path, extra = make_dataset(tmp_path / "data", kind)
     preprocess(json_path, bert)
-    n_captions = {"prefix": 60, "nwpu": 60}.get(kind, 120)  # 1+2+3+4 per 4 images: 60 for the ragged ones
+    # 1+2+3+4 per 4 images: 60 for the ragged ones; one blank caption left out of the folder layouts
+    n_captions = {"prefix": 60, "nwpu": 60, "precomp": 119, "records": 119}.get(kind, 120)
     import h5py
 
-    with h5py.File(tmp_path / "data" / f"caption_emb_{kind}_aug.h5") as f:
+    data_dir = json_path if json_path.is_dir() else tmp_path / "data"
+    with h5py.File(data_dir / f"caption_emb_{kind}_aug.h5") as f:
         assert f["caption_emb"].shape[0] == n_captions
     flags = ["--dataset", str(json_path), "--preset", "no_aug", "--out-dir", str(tmp_path / "runs"), "--bit", "16",
              "--epochs", "2", "--batch-size", "8", "--valid-freq", "1", *extra]
@@ -99,8 +129,11 @@ def test_layout_end_to_end(kind, tmp_path, bert, capsys):
     run_dir = tmp_path / "runs" / f"{kind}_16_test_no_aug"
     protocol = metrics["protocol"]
     assert protocol["split"] == ("duch" if kind == "csv" else "json")
-    rules = {"fields": "classcode", "prefix": "file names", "nwpu": "classname", "csv": "labels CSV", "none": "none"}
+    rules = {"fields": "classcode", "prefix": "file names", "nwpu": "classname", "csv": "labels CSV", "none": "none",
+             "precomp": "file names", "records": "file names"}
     assert protocol["labels"] == rules[kind]
+    assert protocol["dropped"] == {"blank_captions": int(json_path.is_dir()), "images_without_captions": 0}
+    assert protocol["selection_metric"] == ("mr" if kind == "none" else "map")
     recall = metrics["recall"]
     for form in ("index", "tie_aware"):
         assert set(recall[form]) == {"i2t", "t2i", "mr"} and set(recall[form]["i2t"]) == {"r@1", "r@5", "r@10"}

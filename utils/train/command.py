@@ -40,7 +40,7 @@ class RunArgumentParser(argparse.ArgumentParser):
 
 # flags that are not settings of the run: where to look, what to do, which device runs it
 NOT_RUN_SETTINGS = ("test", "resume", "overwrite", "checkpoint", "out_dir", "device", "explicit", "check_overlap",
-                    "image_dir", "other_image_dir")
+                    "image_dir", "other_image_dir", "describe")
 
 
 def _values(value) -> list:
@@ -81,6 +81,7 @@ def config_from_args(args: argparse.Namespace, grid: bool = False, parser: Parse
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "valid_freq": args.valid_freq, **schedule}
     return TrainConfig(
         dataset=dataset, name=name, split=split, split_file=split_file, labels=getattr(args, "labels", None),
+        select=getattr(args, "select", None),
         preset=args.preset.lower(), bit=int(_one(args.bit)), model=args.model.lower(), tag=args.tag,
         method=method, method_params=params,
         epochs=flags["epochs"], batch_size=flags["batch_size"], seed=args.seed, alpha=args.alpha, beta=args.beta,
@@ -156,10 +157,27 @@ def check_overlap(cfg: TrainConfig, args: argparse.Namespace) -> dict:
     return report
 
 
+def describe(cfg: TrainConfig, out: str, overwrite: bool = False) -> dict:
+    """--describe OUT.json: the dataset as a run would read it, checked; the report written and printed."""
+    from utils.data.describe import describe_dataset, describe_table
+    from utils.io import check_output_file, write_json
+    from utils.terminal import printable
+
+    path = check_output_file(out, overwrite, "--describe")
+    ds = get_dataset(cfg.dataset, cfg.name)
+    report = describe_dataset(ds, cfg.data_dir, cfg.split or ds.default_split, cfg.split_file, cfg.labels, cfg.seed)
+    write_json(path, report)
+    print(printable(describe_table(report), keep="\n"))
+    print(f"wrote {path}")
+    return report
+
+
 def run(args: argparse.Namespace, parser: ParserFactory) -> dict:
     """main.py: the grid of every (dataset, method, bit) the flags name, or one run's training, --test or
     --check-overlap. ``parser`` makes main.py's parser, for a namespace built by hand (see typed_settings)."""
     cells = grid_cells(args)
+    if len(cells) > 1 and getattr(args, "describe", None):
+        raise DUCHError("--describe reports one dataset: give one --dataset (and drop the extra --method, --bit)")
     if len(cells) > 1:
         if args.test or args.resume or args.overwrite:
             raise DUCHError("a grid (several --dataset, --method or --bit) skips finished runs and resumes interrupted "
@@ -191,6 +209,8 @@ def run(args: argparse.Namespace, parser: ParserFactory) -> dict:
                         f"--{'resume' if args.resume else 'overwrite'}")
     if getattr(args, "check_overlap", None):
         return check_overlap(cfg, args)
+    if getattr(args, "describe", None):
+        return describe(cfg, args.describe, args.overwrite)
     from utils import distributed
     from utils.train import runner
 

@@ -35,6 +35,7 @@ class RunResult:
     t2i: float
     avg: float
     curves: dict = field(default_factory=dict)  # p@k, precision_radius, recall_radius by direction
+    select: str = "map"  # the validation score that kept the model (--select; runs made before: map)
 
 
 def load_result(run_dir: str | Path) -> RunResult:
@@ -67,6 +68,7 @@ def load_result(run_dir: str | Path) -> RunResult:
             f"{run_dir}: metrics.json or config.json lacks {err} (a cross-modal run of main.py has it)"
         ) from None
     result.curves = {k: metrics[k] for k in ("p@k", "precision_radius", "recall_radius") if k in metrics}
+    result.select = str(config.get("select") or "map")
     return result
 
 
@@ -79,6 +81,7 @@ def _method_order(methods) -> list[str]:
 class Cell:
     values: dict[str, list[float]]  # i2t, t2i, avg -> one value per seed
     seeds: list[int]
+    selects: set[str] = field(default_factory=set)  # the --select of its runs
 
     def mean(self, key: str) -> float:
         return float(np.mean(self.values[key]))
@@ -107,6 +110,7 @@ def cells(results: list[RunResult]) -> dict[str, dict[str, dict[int, Cell]]]:
                 f"pass one of them"
             )
         cell.seeds.append(r.seed)
+        cell.selects.add(r.select)
         for key in ("i2t", "t2i", "avg"):
             cell.values[key].append(getattr(r, key))
     return out
@@ -120,10 +124,14 @@ def markdown_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
     """Rows: methods; per bit length a column I->T / T->I (the paper's [in brackets]) and the 4-direction mean."""
     bits = sorted({b for per_bit in by_method.values() for b in per_bit})
     multi = any(c.n > 1 for per_bit in by_method.values() for c in per_bit.values())
+    selects = sorted({x for per_bit in by_method.values() for c in per_bit.values() for x in c.selects})
+    mixed = len(selects) > 1
     head = ["method"] + [h for b in bits for h in (f"{b} bits I->T / T->I", f"{b} bits avg")]
     lines = [
         f"mAP@20 on {dataset} (I->T / T->I; avg: mean of I->T, T->I, I->I, T->T; [paper])"
-        + ("; mean ± std over seeds (n)" if multi else ""),
+        + ("; mean ± std over seeds (n)" if multi else "")
+        + (f"; models selected on validation {SELECT_NAMES.get(selects[0], selects[0])}" if not mixed else
+           "; models selected on validation mAP@20 or mR, as each cell says"),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -138,7 +146,8 @@ def markdown_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
                 row += [f"-{mark}", "-"]
                 continue
             n = f" (n={cell.n})" if multi else ""
-            row += [f"{_fmt(cell, 'i2t')} / {_fmt(cell, 't2i')}{mark}{n}", _fmt(cell, "avg")]
+            sel = f" (selected on {'/'.join(sorted(cell.selects))})" if mixed else ""
+            row += [f"{_fmt(cell, 'i2t')} / {_fmt(cell, 't2i')}{mark}{n}{sel}", _fmt(cell, "avg")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -157,7 +166,9 @@ CSV_FIELDS = (
     "avg_std",
     "paper_i2t",
     "paper_t2i",
+    "select",
 )
+SELECT_NAMES = {"map": "mAP@20", "mr": "mR"}
 
 
 def csv_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
@@ -177,6 +188,7 @@ def csv_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
                     " ".join(map(str, c.seeds)),
                     *(f"{f(k):.6f}" for k in ("i2t", "t2i", "avg") for f in (c.mean, c.std)),
                     *paper,
+                    "/".join(sorted(c.selects)),
                 ]
             )
     return buf.getvalue()

@@ -21,6 +21,7 @@ from configs.datasets import get_dataset
 from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
+from utils.data.describe import lonely_queries
 from utils.data.features import FeatureFiles, Features, load_features, resolve_files, width_notes
 from utils.data.splits import Split, resolve_split
 from utils.errors import DUCHError
@@ -77,20 +78,12 @@ def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
                    f"batch of {n_train}")
     labels = data.features.labels
     if labels is None:
-        return out + [f"the dataset has no labels ({LABEL_RULES}): class-level metrics (mAP, P@K, PR) are skipped; "
+        why = LABEL_RULES if data.features.label_rule == "none" else "--labels none"
+        return out + [f"the dataset has no labels ({why}): class-level metrics (mAP, P@K, PR) are skipped; "
                       f"instance-level recall is reported"] + data.features.warnings
-    if labels.ndim != 1:
-        return out + data.features.warnings
-    q_labels, db_labels = labels[data.split.query], labels[data.split.db]
-    lonely = int((~np.isin(q_labels, db_labels)).sum())
-    if lonely == len(q_labels):
-        out.append("no query has a relevant database item (no query's class occurs in the database): every retrieval "
-                   "metric is 0")
-    elif lonely:
-        out.append(
-            f"{lonely} of {len(q_labels)} queries have no relevant database item (their class is absent from the "
-            "database); they count 0 in mAP, precision and recall"
-        )
+    lonely = lonely_queries(labels, data.split)
+    if lonely:
+        out.append(lonely)
     return out + data.features.warnings
 
 
@@ -100,6 +93,14 @@ LABEL_RULES = "no class field in the JSON, no class prefix in the file names, no
 def split_protocol(cfg: TrainConfig) -> str:
     """--split, else the dataset's default (duch for UCM, RSICD and the demo, json for the others)."""
     return cfg.split or get_dataset(cfg.dataset, cfg.name).default_split
+
+
+def selection_metric(cfg: TrainConfig, has_labels: bool) -> str:
+    """--select, else map where the dataset has labels and mr where it has none; map without labels is refused."""
+    if cfg.select == "map" and not has_labels:
+        raise DUCHError("--select map needs labels, and this dataset has none (--labels CSV gives them); "
+                        "--select mr selects on instance-level recall")
+    return cfg.select or ("map" if has_labels else "mr")
 
 
 def instance_rows(images: list[int], offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +120,8 @@ class RunData:
         self.paths = resolve_files(ds, cfg.data_dir, cfg.preset, cfg.img_aug_emb)
         cfg.files = self.paths.to_json()
         self.features: Features = load_features(ds, self.paths, cfg.preset, cfg.original_quirks, labels_csv=cfg.labels)
+        cfg.select = selection_metric(cfg, self.features.labels is not None)
+        self.select = cfg.select
         self.protocol = split_protocol(cfg)
         self.split: Split = resolve_split(self.protocol, self.features.images, self.features.caption_offsets, cfg.seed,
                                           cfg.split_file, self.paths.dataset_json)
@@ -172,6 +175,7 @@ def protocol_record(data: RunData) -> dict:
         "images": {"train": len(s.train), "val": len(s.val), "test": len(s.test), "database": len(s.db)},
         "selection": "validation images against train images" if s.val else (
             "query against database (the original's)" if data.protocol == "duch" else "none: the last validated model"),
+        "selection_metric": data.select,
         "class_level": class_level,
         "instance_level": "within the test images and all their captions: I->T hit when any of the image's captions is "
                           "in the top K; T->I hit when the caption's image is; ties by index and tie-aware expectation",
@@ -486,9 +490,9 @@ def _trainer_class(cfg: TrainConfig, distributed_run: bool):
 
 
 def _validation_score(cfg: TrainConfig, data: RunData, trainer, valid: dict, epoch: int, logger) -> float:
-    """The score that selects the best model: mAP@K averaged over the directions, or the tie-aware mR when
-    the run has no labels; logged with the validation table."""
-    if f"map@{cfg.map_k}" in valid:
+    """The score that selects the best model (--select): mAP@K averaged over the directions, or the tie-aware
+    mR; logged with the validation table."""
+    if data.select == "map":
         score, what = valid[f"map@{cfg.map_k}"]["avg"], f"mAP@{cfg.map_k} avg"
     else:
         score, what = valid["recall"]["tie_aware"]["mr"], "mR (tie-aware)"
