@@ -134,7 +134,40 @@ def test_refuse_overwrite_then_overwrite(tmp_path, lexicon_path, capsys):
     assert "already has 'aug_rb'" in capsys.readouterr().err
     assert (tmp_path / "augmented_UCM.json").read_text() == before
     run(rb_args(tmp_path, lexicon_path, "--overwrite"))
-    assert read_out(tmp_path)["augmentation_provenance"]["aug_rb"]["input"] == "augmented_UCM.json"
+    assert read_out(tmp_path)["augmentation_provenance"]["aug_rb"]["input"] == "UCM.json"  # rebuilt from the source
+
+
+def test_augmented_file_is_bound_to_its_source(tmp_path, lexicon_path, capsys):
+    """A source edited after augmentation (a split changed) is noticed by every reader of the augmented file;
+    --overwrite rebuilds from the source and keeps another key only while the source is the same."""
+    from configs.datasets import get_dataset
+    from utils.data.dataset_json import load_dataset_json
+
+    write_dataset(tmp_path)
+    run(rb_args(tmp_path, lexicon_path))
+    out = read_out(tmp_path)
+    assert out["source"]["path"] == str((tmp_path / "UCM.json").resolve()) and out["source"]["dataset"] == "ucm"
+    # another key, made on the same source, survives a rebuild of aug_rb
+    out["images"][0]["sentences"][0]["aug_bt_prob"] = "kept"
+    out["augmentation_provenance"]["aug_bt_prob"] = {"method": "backtranslation-prob"}
+    (tmp_path / "augmented_UCM.json").write_text(json.dumps(out))
+    run(rb_args(tmp_path, lexicon_path, "--overwrite"))
+    assert read_out(tmp_path)["images"][0]["sentences"][0]["aug_bt_prob"] == "kept"
+    source = json.loads((tmp_path / "UCM.json").read_text())
+    source["images"][1]["split"] = "test"  # the user moves an image to test
+    (tmp_path / "UCM.json").write_text(json.dumps(source))
+    fix = f"python captions_augment.py --dataset ucm --txt-aug rule-based --data-dir {tmp_path} --overwrite"
+    with pytest.raises(Exception, match="which has changed since") as err:
+        load_dataset_json(tmp_path / "augmented_UCM.json", ds=get_dataset("ucm"))
+    assert fix in str(err.value)
+    with pytest.raises(SystemExit) as exc:  # adding a key to the stale file is refused the same way
+        run(["--dataset", "ucm", "--data-dir", str(tmp_path), "--txt-aug", "backtranslation-prob", "--device", "cpu"])
+    assert exc.value.code == 2 and fix in capsys.readouterr().err
+    run(rb_args(tmp_path, lexicon_path, "--overwrite"))
+    rebuilt = read_out(tmp_path)
+    assert rebuilt["images"][1]["split"] == "test" and "aug_bt_prob" not in rebuilt["images"][0]["sentences"][0]
+    assert "other augmented captions are not kept" in capsys.readouterr().err
+    assert load_dataset_json(tmp_path / "augmented_UCM.json")["images"][1]["split"] == "test"
 
 
 def test_replacement_must_keep_its_tag_in_the_new_sentence():

@@ -154,10 +154,12 @@ def check_source_unchanged(data: dict, path, ds: DatasetInfo | None) -> None:
     source = Path(record["path"])
     if not source.exists() or source_digest(source) == record.get("sha256"):
         return
-    keys = [k for k in (data.get(PROVENANCE_KEY) or {}) if isinstance(k, str)]
-    txt_aug = TXT_AUG_BY_KEY.get(keys[0], "rule-based") if keys else "rule-based"
-    fix = (augment_command(ds, txt_aug, Path(path).parent, overwrite=True) if ds is not None
-           else f"python captions_augment.py --dataset {record.get('dataset', source)} --txt-aug {txt_aug} --overwrite")
+    made = data.get(PROVENANCE_KEY) if isinstance(data.get(PROVENANCE_KEY), dict) else {}
+    txt_augs = [TXT_AUG_BY_KEY[k] for k in TXT_AUG_BY_KEY if k in made] or ["rule-based"]
+    fix = "; then ".join(
+        augment_command(ds, txt_aug, Path(path).parent, overwrite=True) if ds is not None
+        else f"python captions_augment.py --dataset {record.get('dataset', source)} --txt-aug {txt_aug} --overwrite"
+        for txt_aug in txt_augs)
     raise DUCHError(f"{path} was made from {source}, which has changed since (its captions or split would no longer "
                     f"be the source's); rebuild it with: {fix}")
 
@@ -189,8 +191,10 @@ def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None =
         check_relative_name(filename, f"{path}: image {j} has 'filename'")
         key = name_key(filename)
         if key in seen:  # split files and labels CSVs name images by file name
-            raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[key]} and {j}, "
-                            f"{images[seen[key]]['filename']!r}); every image needs its own file")
+            first = images[seen[key]]["filename"]
+            other = f", the first spelled {first!r}" if first != filename else ""
+            raise DUCHError(f"{path}: duplicate file name {filename!r} (images {seen[key]} and {j}{other}); every "
+                            f"image needs its own file")
         seen[key] = j
         for field in ("classname", "filepath"):
             if field in image:

@@ -22,6 +22,7 @@ from utils.errors import DUCHError
 from utils.io import read_json
 
 PRECOMP = "caption lists"
+PUBLISHED_PER_IMAGE = 5  # captions per image in the published caption lists (RSITMD, RSICD, UCM, Sydney)
 RECORDS = "records"
 FOLDER_LAYOUTS = (
     f"a folder of caption lists ({CAPTION_LIST.format(part='<part>')} with {FILE_LIST.format(part='<part>')}, "
@@ -73,10 +74,16 @@ def read_caption_lists(folder: Path, part: str) -> list[dict]:
     blank = next((i for i, n in enumerate(names) if not n.strip()), None)
     if blank is not None:
         raise DUCHError(f"{names_path}: line {blank + 1} is blank; every line names an image file")
-    if len(caps) != len(names) and len(caps) % max(len(names), 1):
-        caps = _strip_trailing_blanks(caps)
-    if not names or not caps:
-        raise DUCHError(f"{caps_path if not caps else names_path}: empty; a part needs captions and file names")
+    if not names:
+        raise DUCHError(f"{names_path}: empty; a part needs captions and file names")
+    # blank lines at the end may be captions (a last caption left blank) or not: the count that fits, one line
+    # per name first, then the published five per name, then all lines, then as few as fit
+    counts = range(len(_strip_trailing_blanks(caps)), len(caps) + 1)
+    fitting = [k for k in counts if k and k % len(names) == 0]
+    preferred = [k for k in (len(names), PUBLISHED_PER_IMAGE * len(names), len(caps)) if k in fitting]
+    caps = caps[:(preferred or fitting or [len(caps)])[0]]
+    if not caps:
+        raise DUCHError(f"{caps_path}: empty; a part needs captions and file names")
     images: list[dict] = []
     if len(caps) == len(names):  # one name per caption line: an image's captions are consecutive lines
         seen: dict[str, int] = {}
