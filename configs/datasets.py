@@ -120,7 +120,8 @@ def get_dataset(key: str, name: str | None = None) -> DatasetInfo:
         if not label or any(c in label for c in "/\\ "):
             raise DUCHError(f"--name {label!r}: a dataset name is used in file names; use letters, digits, '-' and '_'")
         return DatasetInfo(
-            label.lower(), label, None, None, "", "images", default_data_dir=str(path if path.is_dir() else path.parent),
+            label.lower(), label, None, None, "", "images",
+            default_data_dir=str(path if path.is_dir() else path.parent),
             image_dim=None, caption_dim=None, label_rule="auto", default_split="json", json_path=str(path),
             captions_per_image=None, original_image_batch_size=500,
         )

@@ -76,7 +76,7 @@ def folder_layout_files(folder: str | Path) -> dict[str, list[Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         return {}
-    lists = [folder / CAPTION_LIST.format(part=p) for p in SPLIT_PARTS if (folder / CAPTION_LIST.format(part=p)).is_file()]
+    lists = [path for path in (folder / CAPTION_LIST.format(part=p) for p in SPLIT_PARTS) if path.is_file()]
     if lists:
         return {"precomp": lists}
     records = sorted(p for p in folder.glob("*.json") if p.is_file() and record_file_part(p.name))
@@ -224,8 +224,8 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str 
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
     if settings is None:
-        return (f"python images_augment.py --dataset {dataset_flag(ds)} --img-aug <set>{_data_dir_flag(ds, data_dir)} (which "
-                f"writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
+        return (f"python images_augment.py --dataset {dataset_flag(ds)} --img-aug <set>{_data_dir_flag(ds, data_dir)} "
+                f"(which writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")
     return image_emb_command(ds, data_dir=data_dir, **settings)
 
 

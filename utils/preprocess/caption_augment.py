@@ -42,7 +42,6 @@ from utils.preprocess.rule_based import (
 from utils.runtime import resolve_device, seed_everything
 
 
-
 @dataclass
 class CaptionAugmentOptions(ScriptOptions):
     """Every setting of one caption augmentation run (the flags of ``captions_augment.py``, same names and defaults)."""

@@ -26,9 +26,9 @@ from configs.datasets import get_dataset
 from configs.presets import BASE_IMAGE_SET
 from models.image_encoder import FEATURE_DIM
 from utils.data.dataset_json import caption_offsets, load_dataset_json
-from utils.data.labels import class_names_from_filenames, resolve_labels
 from utils.data.features import FeatureFiles, load_feature_file, resolve_files
 from utils.data.images import find_image
+from utils.data.labels import class_names_from_filenames, resolve_labels
 from utils.data.splits import make_split
 from utils.errors import DUCHError
 from utils.fingerprints import fingerprint
