@@ -9,7 +9,7 @@ import pytest
 from configs import files
 from configs.datasets import get_dataset
 from tests.conftest import run_main
-from utils.data.dataset_json import load_dataset_json
+from utils.data.dataset_json import left_out_images, load_dataset_json
 from utils.data.labels import resolve_labels
 from utils.data.splits import resolve_split
 from utils.errors import DUCHError
@@ -194,6 +194,13 @@ def test_split_file_reads_a_folder_of_file_lists(tmp_path):
                         per_caption=("train",))
     split = resolve_split("file", data["images"], offsets, 42, lists)
     assert (split.train, split.val, split.query, split.db) == (list(range(8)), [8, 9], [10, 11], list(range(10)))
+    # an image left out for having only blank captions may still be listed: it is skipped
+    blank = karpathy(names)
+    blank["images"][9]["sentences"] = [{"raw": " "}]
+    json_path.write_text(json.dumps(blank))
+    kept = load_dataset_json(json_path)
+    again = resolve_split("file", kept["images"], np.arange(12) * 5, 42, lists, left_out=left_out_images(kept))
+    assert (again.val, again.query) == ([8], [9, 10])
     (lists / "test_filename.txt").write_text("c_10.tif\nc_7.tif\n")
     with pytest.raises(DUCHError, match="1 images are in both train and test \\(e.g. 'c_7.tif'\\)"):
         resolve_split("file", data["images"], offsets, 42, lists)

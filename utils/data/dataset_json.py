@@ -90,7 +90,7 @@ def name_key(name: str) -> str:
 
 def _drop_blank(data: dict, path) -> None:
     """Leave out blank captions, then images left without any, recording both counts (``DROPPED_KEY``)."""
-    blank, emptied, examples = 0, 0, []
+    blank, emptied, examples, gone = 0, 0, [], []
     kept = []
     for j, image in enumerate(data["images"]):
         sentences = image["sentences"]
@@ -109,16 +109,24 @@ def _drop_blank(data: dict, path) -> None:
             kept.append(image)
         else:
             emptied += 1
+            gone.append(image["filename"])
     before = data.get(DROPPED_KEY) if isinstance(data.get(DROPPED_KEY), dict) else {}
     counts = {k: int(before.get(k, 0)) if isinstance(before.get(k, 0), int) else 0
               for k in ("blank_captions", "images_without_captions")}
     counts["blank_captions"] += blank
     counts["images_without_captions"] += emptied
     seen = before.get("examples") if isinstance(before.get("examples"), list) else []
-    data[DROPPED_KEY] = {**counts, "examples": [str(x) for x in seen + examples][:5]}
+    gone_before = before.get("images") if isinstance(before.get("images"), list) else []
+    data[DROPPED_KEY] = {**counts, "examples": [str(x) for x in seen + examples][:5],
+                         "images": [str(x) for x in gone_before + gone]}
     if not kept:
         raise DUCHError(f"{path}: no image has a caption that is not blank")
     data["images"] = kept
+
+
+def left_out_images(data: dict) -> set[str]:
+    """The file names of the images left out for having no caption (a published split may still list them)."""
+    return set((data.get(DROPPED_KEY) or {}).get("images", []))
 
 
 def dropped_warning(data: dict) -> str | None:

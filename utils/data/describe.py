@@ -12,7 +12,7 @@ import numpy as np
 
 from configs import files
 from configs.datasets import DatasetInfo
-from utils.data.dataset_json import DROPPED_KEY, caption_offsets, dropped_warning, load_dataset_json
+from utils.data.dataset_json import DROPPED_KEY, caption_offsets, dropped_warning, left_out_images, load_dataset_json
 from utils.data.features import MIN_IMAGES
 from utils.data.labels import resolve_labels
 from utils.data.splits import Split, resolve_split
@@ -46,7 +46,7 @@ def describe_dataset(ds: DatasetInfo, data_dir: str | Path, protocol: str, split
         raise DUCHError(f"{path}: {len(images)} images; training and testing need at least {MIN_IMAGES}")
     offsets = caption_offsets(data)
     labels = resolve_labels(data, ds, path, labels_csv)
-    split = resolve_split(protocol, images, offsets, seed, split_file, path)
+    split = resolve_split(protocol, images, offsets, seed, split_file, path, left_out_images(data))
     warnings = [w for w in [dropped_warning(data), *labels.warnings, lonely_queries(labels.values, split)] if w]
     if labels.values is None:
         warnings.append("no labels: class-level metrics (mAP, P@K, PR) are skipped and models are selected on mR; "

@@ -9,7 +9,7 @@ import numpy as np
 from configs import files
 from configs.datasets import DatasetInfo
 from configs.presets import BASE_CAPTION_KEY, BASE_IMAGE_SET, get_preset
-from utils.data.dataset_json import DROPPED_KEY, caption_offsets, dropped_warning, load_dataset_json
+from utils.data.dataset_json import DROPPED_KEY, caption_offsets, dropped_warning, left_out_images, load_dataset_json
 from utils.data.labels import resolve_labels
 from utils.errors import DUCHError
 from utils.io import read_h5, read_h5_attrs, read_json
@@ -43,6 +43,7 @@ class Features:
     images: list[dict] = field(default_factory=list)  # the JSON's image entries (file names, split fields)
     label_rule: str = "classcode"
     dropped: dict = field(default_factory=dict)  # blank captions and images without captions left out of the source
+    left_out: set = field(default_factory=set)  # file names of the images left out (a published split may list them)
 
     @property
     def n_images(self) -> int:
@@ -207,7 +208,8 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
         offsets=offsets,
         images=data["images"],
         label_rule=resolved.rule,
-        dropped={k: v for k, v in data[DROPPED_KEY].items() if k != "examples"},
+        dropped={k: data[DROPPED_KEY][k] for k in ("blank_captions", "images_without_captions")},
+        left_out=left_out_images(data),
     )
 
 

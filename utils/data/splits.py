@@ -141,11 +141,14 @@ def _name_index(filenames: list[str]) -> dict[str, int]:
     return index
 
 
-def _lookup(index: dict[str, int], names: list[str], where: str) -> list[int]:
+def _lookup(index: dict[str, int], names: list[str], where: str, left_out: frozenset | set = frozenset()) -> list[int]:
+    """The rows of the named images; a name of an image left out for having no caption is skipped."""
     from utils.data.dataset_json import name_key
 
     found, unknown = [], []
     for name in names:
+        if name in left_out:
+            continue
         j = index.get(name_key(name), index.get(name_key(Path(name).name)))
         (unknown.append(name) if j is None else found.append(j))
     if unknown:
@@ -169,7 +172,8 @@ def _check_parts(parts: dict[str, list[int]], filenames: list[str], source) -> N
                             f"{filenames[j]!r}); an image belongs to one part")
 
 
-def read_split_lists(folder: Path, filenames: list[str], offsets, seed: int = 42) -> Split:
+def read_split_lists(folder: Path, filenames: list[str], offsets, seed: int = 42,
+                     left_out: frozenset | set = frozenset()) -> Split:
     """A folder of published ``<part>_filename.txt`` lists: train, val (optional) and test, as the ``json``
     protocol uses them (queries = test, database = train + val)."""
     from configs.files import FILE_LIST, SPLIT_PARTS
@@ -185,7 +189,7 @@ def read_split_lists(folder: Path, filenames: list[str], offsets, seed: int = 42
         except (OSError, UnicodeDecodeError) as err:
             raise DUCHError(f"{path}: cannot read it as UTF-8 text ({err})") from None
         names = [n for i, n in enumerate(lines) if i == 0 or n != lines[i - 1]]  # one name per caption: runs
-        parts[part] = _lookup(index, names, str(path))
+        parts[part] = _lookup(index, names, str(path), left_out)
     if not parts.get("train") or not parts.get("test"):
         raise DUCHError(f"{folder}: a split folder needs {FILE_LIST.format(part='train')} and "
                         f"{FILE_LIST.format(part='test')}; --split file takes {' or '.join(SPLIT_FORMS)}")
@@ -197,12 +201,14 @@ def read_split_lists(folder: Path, filenames: list[str], offsets, seed: int = 42
                  protocol="file")
 
 
-def read_split_file(path: str | Path, filenames: list[str], offsets, seed: int = 42) -> Split:
+def read_split_file(path: str | Path, filenames: list[str], offsets, seed: int = 42,
+                    left_out: frozenset | set = frozenset()) -> Split:
     """A split.json's portable part (file names and caption indices), or a folder of file lists, as indices
-    of this dataset."""
+    of this dataset. ``left_out``: names of images the dataset left out for having no caption, which a
+    published list may still name (skipped)."""
     path = Path(path)
     if path.is_dir():
-        return read_split_lists(path, filenames, offsets, seed)
+        return read_split_lists(path, filenames, offsets, seed, left_out)
     saved = read_json(path, "split file", f"--split file takes {' or '.join(SPLIT_FORMS)}")
     if not isinstance(saved, dict) or not isinstance(saved.get("files"), dict):
         raise DUCHError(f"{path}: not a split this project reads; --split file takes {' or '.join(SPLIT_FORMS)}")
@@ -236,7 +242,7 @@ def read_split_file(path: str | Path, filenames: list[str], offsets, seed: int =
 
 
 def resolve_split(protocol: str, images: list[dict], offsets, seed: int = 42, split_file: str | Path | None = None,
-                  source="dataset JSON") -> Split:
+                  source="dataset JSON", left_out: frozenset | set = frozenset()) -> Split:
     """The split of a run for ``--split duch|json|file``."""
     if protocol == "duch":
         uniform5 = np.all(np.diff(offsets) == 5)
@@ -248,5 +254,5 @@ def resolve_split(protocol: str, images: list[dict], offsets, seed: int = 42, sp
         if not split_file:
             raise DUCHError("--split file needs the path of a split.json or of a folder of file lists: "
                             "--split file PATH")
-        return read_split_file(split_file, [image["filename"] for image in images], offsets, seed)
+        return read_split_file(split_file, [image["filename"] for image in images], offsets, seed, left_out)
     raise DUCHError(f"unknown split protocol {protocol!r}; choose one of: duch, json, file PATH")

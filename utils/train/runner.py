@@ -124,7 +124,7 @@ class RunData:
         self.select = cfg.select
         self.protocol = split_protocol(cfg)
         self.split: Split = resolve_split(self.protocol, self.features.images, self.features.caption_offsets, cfg.seed,
-                                          cfg.split_file, self.paths.dataset_json)
+                                          cfg.split_file, self.paths.dataset_json, self.features.left_out)
         f, s = self.features, self.split
         self.filenames = [image["filename"] for image in f.images]
 
