@@ -48,7 +48,8 @@ def test_blank_captions_are_left_out_and_counted(tmp_path, value):
     loaded = load(tmp_path, data)
     assert [im["filename"] for im in loaded["images"]] == ["1.tif", "2.tif"]
     assert len(loaded["images"][1]["sentences"]) == 4
-    assert loaded["dropped"] == {"blank_captions": 6, "images_without_captions": 1, "examples": ["2.tif", "3.tif"]}
+    assert loaded["dropped"] == {"blank_captions": 6, "images_without_captions": 1, "examples": ["2.tif", "3.tif"],
+                                 "images": ["3.tif"]}
     from utils.data.dataset_json import dropped_warning
 
     assert dropped_warning(loaded).startswith("6 blank captions and 1 image left without a caption were left out")
