@@ -39,9 +39,11 @@ class DJSRHParams(Schedule):
 
 @dataclass(frozen=True)
 class JDSHParams(Schedule):
-    alpha: float = 0.4  # S = mu (alpha S_I + beta S_T + lamb (S_high + S_high^T) / 2)
-    beta: float = 0.3
-    lamb: float = 0.3
+    # S = mu (alpha S_I + beta S_T + lamb (S_high + S_high^T) / 2): the weights of the authors' last configuration
+    # (their final commit, the one that runs every code length); the commit before it had 0.4 / 0.3 / 0.3
+    alpha: float = 0.2
+    beta: float = 0.4
+    lamb: float = 0.4
     mu: float = 1.5
     intra: float = 0.1  # weight of the image-image and text-text terms
     # distribution-based reweighting of the values beyond the thresholds (JDSH paper); off as the authors ran it

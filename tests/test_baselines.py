@@ -72,10 +72,23 @@ def test_jdsh_reweighting_hand_worked():
     assert torch.allclose(out, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
 
 
+def test_jdsh_default_similarity_by_hand():
+    """Two pairs: images orthogonal, captions identical. S_I = 2 cos - 1 = [[1, -1], [-1, 1]], S_T = all ones,
+    rownorm(S_I) rownorm(S_T)^T = 0, so S = 1.5 (0.2 S_I + 0.4 S_T) = [[0.9, 0.3], [0.3, 0.9]] with the authors'
+    final weights (0.4 / 0.3 / 0.3 would give [[1.05, 0.15], [0.15, 1.05]])."""
+    p = method_params("jdsh", "ucm")
+    img = torch.tensor([[3.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    txt = torch.tensor([[1.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    S = losses_jdsh.similarity(img, txt, p)
+    assert torch.allclose(S, torch.tensor([[0.9, 0.3], [0.3, 0.9]], dtype=torch.float64), atol=1e-12)
+
+
 def test_authors_settings():
     d, j, jr = method_params("djsrh", "ucm"), method_params("jdsh", "ucm"), method_params("jdsh", "rsicd")
     assert (d["beta"], d["eta"], d["mu"], d["lambda1"], d["lambda2"]) == (0.6, 0.4, 1.5, 0.1, 0.1)
-    assert (j["alpha"], j["beta"], j["lamb"], j["mu"], j["intra"], j["reweight"]) == (0.4, 0.3, 0.3, 1.5, 0.1, False)
+    # the weights of the authors' final configuration (UCM and RSICD alike)
+    for p in (j, jr):
+        assert (p["alpha"], p["beta"], p["lamb"], p["mu"], p["intra"], p["reweight"]) == (0.2, 0.4, 0.4, 1.5, 0.1, False)
     assert (jr["loc_left"], jr["scale_left"], jr["scale_right"]) == (-0.46, 0.072, 0.088)
     for p in (d, j):
         assert (
