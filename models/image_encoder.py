@@ -142,17 +142,16 @@ def encode_images(model, loader, device, num_images: int, train_mode: bool = Fal
 def encode_image_files(model, transform, paths, device="cpu", batch_size: int = 64, num_workers: int = 0, *,
                        batches=None, train_mode: bool = False, channels_last: bool = True, progress: bool = False,
                        max_pixels: int | None = None, bit_depth: int = 16, features: np.ndarray | None = None,
-                       filled: np.ndarray | None = None, on_batch=None) -> np.ndarray:
+                       filled: np.ndarray | None = None, on_batch=None, roots=None) -> np.ndarray:
     """Features (len(paths), 512) of image files, rows in the order of ``paths``: the one encoding entry point.
 
     ``model``: from ``build_image_encoder``; ``transform``: a ``utils.data.transforms.SeededTransform``
     (or any (PIL image, index) -> tensor). ``batches``: lists of indices into ``paths`` encoded together
     (default: consecutive batches of ``batch_size``); it matters only with ``train_mode``.
-    ``max_pixels``, ``bit_depth``: see ``utils.data.images.load_image``. ``features``/``filled``/``on_batch``: see
-    ``encode_images``; batches already filled are skipped.
+    ``max_pixels``, ``bit_depth``, ``roots``: see ``utils.data.images.load_image``. ``features``/``filled``/
+    ``on_batch``: see ``encode_images``; batches already filled are skipped.
     """
     import torch  # lazy: a heavy import, paid only where it is used (start-up time)
-
 
     device = torch.device(device)
     n = len(paths)
@@ -162,7 +161,8 @@ def encode_image_files(model, transform, paths, device="cpu", batch_size: int = 
         batches = consecutive_batches(range(n), batch_size)
     if filled is not None:
         batches = [b for b in batches if not filled[b].all()]
-    dataset = ImageDataset(paths, transform, DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels, bit_depth)
+    dataset = ImageDataset(paths, transform, DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels, bit_depth,
+                           roots)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,

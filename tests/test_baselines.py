@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,8 @@ def test_authors_settings():
     assert (d["beta"], d["eta"], d["mu"], d["lambda1"], d["lambda2"]) == (0.6, 0.4, 1.5, 0.1, 0.1)
     # the weights of the authors' final configuration (UCM and RSICD alike)
     for p in (j, jr):
-        assert (p["alpha"], p["beta"], p["lamb"], p["mu"], p["intra"], p["reweight"]) == (0.2, 0.4, 0.4, 1.5, 0.1, False)
+        weights = (p["alpha"], p["beta"], p["lamb"], p["mu"], p["intra"], p["reweight"])
+        assert weights == (0.2, 0.4, 0.4, 1.5, 0.1, False)
     assert (jr["loc_left"], jr["scale_left"], jr["scale_right"]) == (-0.46, 0.072, 0.088)
     for p in (d, j):
         assert (
@@ -466,3 +468,19 @@ def test_evaluate_compare_writes_the_table_of_run_folders(demo_features, tmp_pat
     with pytest.raises(SystemExit) as exc:  # an unfinished run folder: one line
         evaluate.main(evaluate.get_args_parser().parse_args(["--compare", str(tmp_path)]))
     assert exc.value.code == 2 and "not a run folder" in capsys.readouterr().err
+    assert row["select"] == "map"
+    from utils.train.compare import file_part
+
+    assert file_part("../x") == "_x" and file_part("..") == "dataset" and file_part("a b/c") == "a_b_c"
+    # a config.json's dataset name never leads the outputs out of --compare-dir, nor names a folder path
+    for seed, name in (("1", "../../escaped"), ("2", str(tmp_path / "abs" / "mine.json"))):
+        config = json.loads((runs[int(seed) - 1] / "config.json").read_text())
+        (runs[int(seed) - 1] / "config.json").write_text(json.dumps(dict(config, dataset=name)))
+    out2 = tmp_path / "cmp2"
+    written = evaluate.main(evaluate.get_args_parser().parse_args(["--compare", *map(str, runs), "--compare-dir",
+                                                                   str(out2)]))
+    made = sorted(p.name for p in out2.iterdir())
+    assert all(Path(p).parent == out2 for p in written["tables"] + written["figures"])
+    assert made == ["compare_escaped.csv", "compare_escaped.md", "compare_escaped_8.png",
+                    "compare_mine.csv", "compare_mine.md", "compare_mine_8.png"]
+    assert not list(tmp_path.glob("escaped*")) and not (tmp_path / "abs").exists()

@@ -152,6 +152,43 @@ def test_find_image_refuses_symlink_out(folder, tmp_path):
     assert find_image(folder, "a.png", "sub") == folder / "sub" / "a.png"
 
 
+@pytest.mark.parametrize("where", ["direct", "class folder", "filepath", "nested"])
+def test_find_images_refuses_a_symlink_out_by_every_route(folder, tmp_path, where):
+    """images_augment.py's reader applies search.py index's rule: a link that resolves outside is refused,
+    whichever of the lookups (flat, class folder, records filepath, search below) finds it."""
+    from utils.data.images import find_images
+
+    target = {"direct": folder, "class folder": folder / "cls", "filepath": folder / "test",
+              "nested": folder / "deep" / "er"}[where]
+    target.mkdir(parents=True, exist_ok=True)
+    os.symlink(tmp_path / "secret.png", target / "evil.png")
+    entry = {"filename": "evil.png", "classname": "cls", "filepath": "test"}
+    with pytest.raises(DUCHError, match="leads outside"):
+        find_images(folder, [entry])
+
+
+def test_an_image_swapped_for_a_link_after_it_was_found_is_refused_when_read(folder, tmp_path):
+    """Containment is checked where the file is opened: a symlink planted between the search and the read
+    (images_augment.py, the server's thumbnails, a results page) is not followed."""
+    from PIL import Image
+
+    from utils.data.images import ImageDataset, find_images, load_image
+    from utils.search.page import thumbnail_data_uri
+
+    Image.new("RGB", (8, 8)).save(folder / "ok.png")
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "outside.png")
+    [path] = find_images(folder, [{"filename": "ok.png"}])
+    assert load_image(path, roots=[folder]).size == (8, 8)
+    path.unlink()
+    os.symlink(tmp_path / "outside.png", path)
+    with pytest.raises(DUCHError, match="leads outside its image folder"):
+        load_image(path, roots=[folder])
+    _, _, message = ImageDataset([path], lambda image, i: image, roots=[folder])[0]
+    assert "leads outside its image folder" in message
+    assert thumbnail_data_uri(path, roots=[str(folder)]) is None
+    assert thumbnail_data_uri(path) is not None  # without a root (the user's own query image) it is shown
+
+
 # ------------------------------------------------------------------------------ printable text
 
 def test_printable_escapes_control_and_format_characters():

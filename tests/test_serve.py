@@ -291,6 +291,28 @@ def test_thumbnails_by_row_only(served, tiny_run):
     assert served.request("GET", "/api/thumbnail/4")[2] == body  # from the cache, the same bytes
 
 
+def test_a_symlink_planted_after_start_is_not_served(served, tiny_run, tmp_path):
+    """Containment is checked at every read: an image replaced by a link to a file outside the index's image
+    folders after the server started is refused (404), not served."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    path = Path(metadata(tiny_run, "images")[7]["path"])
+    saved = tmp_path / "saved.png"
+    shutil.move(path, saved)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "outside.png")
+    try:
+        os.symlink(tmp_path / "outside.png", path)
+        status, _, body = served.request("GET", "/api/thumbnail/7")
+        assert status == 404 and b"cannot be read" in body
+    finally:
+        path.unlink(missing_ok=True)
+        shutil.move(saved, path)
+    assert served.request("GET", "/api/thumbnail/7")[0] == 200
+
+
 def test_host_header_of_another_name_is_refused(served):
     status, _, body = served.request("GET", "/api/health", headers={"Host": "attacker.example:80"})
     assert status == 421 and "not served here" in json.loads(body)["error"]

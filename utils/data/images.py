@@ -64,15 +64,22 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     Looked for as ``image_dir/filename``, ``image_dir/classname/filename`` (NWPU-Captions),
     ``image_dir/filepath/filename`` (records files), or, for images in other nested folders, the one file
     of that name anywhere under ``image_dir``."""
+    import os
+
+    from utils.paths import contained, is_inside
+
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise DUCHError(f"image folder not found: {image_dir}; pass --image-dir to the folder that holds the images")
+    folder_real = os.path.realpath(image_dir)
     nested: dict[str, list[Path]] | None = None
     out = []
     for entry in images:
         filename, classname, filepath = entry["filename"], entry.get("classname"), entry.get("filepath")
-        direct = ([image_dir / filename] + ([image_dir / str(classname) / filename] if classname else [])
-                  + ([image_dir / str(filepath) / filename] if filepath else []))
+        relatives = [filename] + ([f"{classname}/{filename}"] if classname else []) + (
+            [f"{filepath}/{filename}"] if filepath else [])
+        # every candidate is checked, not only the one found: a name that leads outside is refused by name
+        direct = [contained(image_dir, rel, "dataset JSON file name", folder_real) for rel in relatives]
         found = next((p for p in direct if p.is_file()), None)
         if found is None:
             if nested is None:
@@ -81,6 +88,9 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
                     if path.is_file():
                         nested.setdefault(path.name, []).append(path)
             matches = nested.get(Path(filename).name, [])
+            outside = next((m for m in matches if not is_inside(m, image_dir, folder_real)), None)
+            if outside is not None:
+                raise DUCHError(f"image {outside} leads outside {image_dir} once resolved (a symlink); refused")
             if len(matches) > 1:
                 raise DUCHError(f"image {filename} occurs {len(matches)} times under {image_dir} "
                                 f"({matches[0]}, {matches[1]}, ...); "
@@ -91,14 +101,29 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     return out
 
 
+def check_in_roots(path: str | Path, roots: Sequence[str | Path] | None) -> None:
+    """At the moment of reading: ``path``, resolved, lies inside one of ``roots`` (None: no rule). A symlink
+    planted after the paths were found is caught here, where the file is opened."""
+    if roots is None:
+        return
+    from utils.paths import is_inside
+
+    if not any(is_inside(path, root) for root in roots):
+        raise DUCHError(f"image {path} leads outside its image folder ({', '.join(map(str, roots))}) once resolved; "
+                        f"refused")
+
+
 @contextlib.contextmanager
-def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
+def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+            roots: Sequence[str | Path] | None = None):
     """``PIL.Image.open`` with every failure as one DUCHError naming the file.
 
-    Images above ``max_pixels`` (0 or None: no limit) are refused, as PIL refuses decompression bombs.
+    Images above ``max_pixels`` (0 or None: no limit) are refused, as PIL refuses decompression bombs;
+    ``roots``: the folders the file must resolve into (``check_in_roots``).
     """
     from PIL import Image
 
+    check_in_roots(path, roots)
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels or None
     try:
@@ -160,9 +185,11 @@ def to_rgb8(image, path: str | Path = "image", bit_depth: int = 16):
     return Image.fromarray(gray, "L").convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, bit_depth: int = 16):
-    """The image as an 8-bit RGB PIL image (``to_rgb8``); an unreadable or too large file is a clear error."""
-    with _opened(path, max_pixels) as image:
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, bit_depth: int = 16,
+               roots: Sequence[str | Path] | None = None):
+    """The image as an 8-bit RGB PIL image (``to_rgb8``); an unreadable or too large file, or one outside
+    ``roots``, is a clear error."""
+    with _opened(path, max_pixels, roots) as image:
         try:
             image.load()
         except _UNREADABLE as err:
@@ -171,7 +198,8 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
 
 
 def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                          bit_depth: int = 16, crop_size: tuple[int, int] | None = None) -> Counter:
+                          bit_depth: int = 16, crop_size: tuple[int, int] | None = None,
+                          roots: Sequence[str | Path] | None = None) -> Counter:
     """Cheap header check of every image before the long work; returns how many images of each format.
 
     ``crop_size`` (height, width): an image smaller than the crop is refused by name (the crop would pad it
@@ -179,7 +207,7 @@ def check_images_readable(paths: Sequence[Path], max_pixels: int | None = DEFAUL
     """
     formats: Counter = Counter()
     for path in paths:
-        with _opened(path, max_pixels) as image:
+        with _opened(path, max_pixels, roots) as image:
             description = describe_image(image)
             width, height = image.size
         if crop_size is not None and (crop_size[0] > height or crop_size[1] > width):
@@ -214,10 +242,10 @@ class ImageDataset:
     """
 
     def __init__(self, paths: Sequence[Path], transform: Callable, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 bit_depth: int = 16):
+                 bit_depth: int = 16, roots: Sequence[str | Path] | None = None):
         self.paths = list(paths)
         self.transform = transform  # (PIL image, index) -> tensor
-        self.max_pixels, self.bit_depth = max_pixels, bit_depth
+        self.max_pixels, self.bit_depth, self.roots = max_pixels, bit_depth, roots
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -227,7 +255,7 @@ class ImageDataset:
 
         path = self.paths[index]
         try:
-            image = load_image(path, self.max_pixels, self.bit_depth)
+            image = load_image(path, self.max_pixels, self.bit_depth, self.roots)
         except DUCHError as err:
             return torch.empty(0), index, str(err)
         try:

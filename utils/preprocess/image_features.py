@@ -135,6 +135,7 @@ class _Job:
     json_path: Path
     data: dict
     paths: list
+    image_dir: Path | None = None  # every image must resolve inside it when it is read
 
 
 def _checked_job(opts: ImageFeatureOptions) -> _Job:
@@ -162,7 +163,7 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     warn_dropped(data)
     check_writable_dir(data_dir, "data folder")
     paths = find_images(image_dir, data["images"])
-    return _Job(ds, img_aug, params, quirks, batch_size, data_dir, out_path, json_path, data, paths)
+    return _Job(ds, img_aug, params, quirks, batch_size, data_dir, out_path, json_path, data, paths, image_dir)
 
 
 def _provenance(opts: ImageFeatureOptions, job: _Job, weights_description: str, choices, formats: dict,
@@ -221,7 +222,8 @@ def _encode(opts: ImageFeatureOptions) -> Path:
     rows = shard_rows[ctx.rank]
 
     formats = check_images_readable([paths[i] for i in rows] if ctx.distributed else paths, opts.max_image_pixels,
-                                    opts.bit_depth, crop_size=job.params.crop_size if uses_crop(job.img_aug) else None)
+                                    opts.bit_depth, crop_size=job.params.crop_size if uses_crop(job.img_aug) else None,
+                                    roots=[job.image_dir])
     formats = distributed.sum_counters(formats)
     high_bit_depth = sum(count for fmt, count in formats.items() if is_high_bit_depth(fmt))
     if high_bit_depth and ctx.is_main:
@@ -298,7 +300,7 @@ def _encode_resumably(opts: ImageFeatureOptions, job: _Job, model, transform, wo
             model, transform, work_paths, device, num_workers=opts.num_workers, batches=work_batches,
             train_mode=job.quirks, channels_last=True, progress=opts.progress and ctx.is_main,
             max_pixels=opts.max_image_pixels, bit_depth=opts.bit_depth, features=features, filled=filled,
-            on_batch=on_batch,
+            on_batch=on_batch, roots=[job.image_dir],
         )
     except BaseException as err:  # Ctrl-C or a bad image: keep what was encoded, for the rerun
         done = 0 if state["filled"] is None else int(state["filled"].sum())

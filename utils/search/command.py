@@ -101,7 +101,8 @@ def run_query(args: argparse.Namespace) -> list[dict]:
         m = index.manifest
         write_page(args.html, results[0],
                    about=f"{m['bit']}-bit codes of {m['run']['dir']} ({m['checkpoint']['which']} "
-                   f"checkpoint, epoch {m['checkpoint']['epoch']}), {index.size(args.target)} {args.target}")
+                   f"checkpoint, epoch {m['checkpoint']['epoch']}), {index.size(args.target)} {args.target}",
+                   roots=index.image_folders())
         print(f"wrote {args.html}")
     return results
 

@@ -35,12 +35,13 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 """
 
 
-def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE) -> str | None:
-    """A JPEG thumbnail of the image as a data: URI, or None when the file is absent or unreadable."""
+def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE, roots=None) -> str | None:
+    """A JPEG thumbnail of the image as a data: URI, or None when the file is absent, unreadable, or (given
+    ``roots``) resolves outside them when it is read."""
     if not path or not Path(path).is_file():
         return None
     try:
-        image = load_image(path)
+        image = load_image(path, roots=roots)
     except DUCHError:
         return None
     image.thumbnail((size, size))
@@ -49,15 +50,16 @@ def thumbnail_data_uri(path: str | Path | None, size: int = THUMBNAIL_SIZE) -> s
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _image_tag(path, alt: str) -> str:
-    uri = thumbnail_data_uri(path)
+def _image_tag(path, alt: str, roots=None) -> str:
+    uri = thumbnail_data_uri(path, roots=roots)
     if uri is None:
         return '<div class="thumb-missing">no image</div>'
     return f'<img src="{uri}" alt="{html.escape(alt, quote=True)}">'
 
 
-def render_page(result: dict, title: str = "DUCH search", about: str = "") -> str:
-    """The HTML of one query's results (``utils.search.query.search`` output)."""
+def render_page(result: dict, title: str = "DUCH search", about: str = "", roots=None) -> str:
+    """The HTML of one query's results (``utils.search.query.search`` output). ``roots``: the index's image
+    folders, which every result image must resolve into when it is read (the query image is the user's)."""
     q = result["query"]
     esc = html.escape
     if q["kind"] == "text":
@@ -76,7 +78,7 @@ def render_page(result: dict, title: str = "DUCH search", about: str = "") -> st
         dist = f"Hamming {r['distance']}" + (f" &middot; cos {r['cosine']:.3f}" if "cosine" in r else "")
         caption = f'<div class="caption">{esc(r["caption"])}</div>' if r.get("caption") else ""
         cards.append(
-            f'<div class="card">{_image_tag(r.get("path"), str(r.get("filename")))}'
+            f'<div class="card">{_image_tag(r.get("path"), str(r.get("filename")), roots)}'
             f'<div><span class="rank">#{r["rank"]}</span><span class="dist">{dist}</span></div>'
             f'<div class="file">{esc(str(r.get("filename")))} (row {r["row"]})</div>'
             f'<div class="cls">{esc(str(r.get("class")))}{" &middot; " + esc(r["split"]) if r.get("split") else ""}'
@@ -94,5 +96,5 @@ def render_page(result: dict, title: str = "DUCH search", about: str = "") -> st
     )
 
 
-def write_page(path: str | Path, result: dict, title: str = "DUCH search", about: str = "") -> None:
-    write_text(path, render_page(result, title, about))
+def write_page(path: str | Path, result: dict, title: str = "DUCH search", about: str = "", roots=None) -> None:
+    write_text(path, render_page(result, title, about, roots))

@@ -298,7 +298,7 @@ class SearchService:
         from utils.data.images import load_image
 
         try:
-            image = load_image(path)
+            image = load_image(path, roots=self.index.image_folders())  # checked at every read, not only at start
         except DUCHError:
             raise RequestError(f"the image file of row {row} cannot be read", 404) from None
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))

@@ -38,6 +38,27 @@ class RunResult:
     select: str = "map"  # the validation score that kept the model (--select; runs made before: map)
 
 
+def dataset_label(config: dict) -> str:
+    """The dataset as the tables name it: its CLI name, or for a dataset given by path its --name or the file's
+    stem (never the path itself)."""
+    from configs.datasets import is_dataset_file
+
+    raw = str(config["dataset"])
+    if not is_dataset_file(raw):
+        return raw
+    name = config.get("name")
+    return str(name) if isinstance(name, str) and name else (Path(raw).stem or Path(raw).name)
+
+
+def file_part(name: str) -> str:
+    """A name as one part of an output file name: only letters, digits and ``_.+=,@-`` (others become ``_``),
+    no leading dot, at most 100 characters; data in a config.json cannot lead a table out of its folder."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9_.+=,@-]", "_", name).lstrip(".")[:100]
+    return cleaned or "dataset"
+
+
 def load_result(run_dir: str | Path) -> RunResult:
     """The comparison figures of one finished run folder."""
     run_dir = Path(run_dir)
@@ -55,7 +76,7 @@ def load_result(run_dir: str | Path) -> RunResult:
         avg = float(np.mean([float(table[d]) for d in ("i2t", "t2i", "i2i", "t2t")]))
         result = RunResult(
             run_dir,
-            str(config["dataset"]),
+            dataset_label(config),
             str(config.get("method", "duch")),
             int(config["bit"]),
             int(config.get("seed", 0)),
@@ -241,12 +262,13 @@ def write_comparison(results: list[RunResult], out_dir: str | Path, stem: str = 
     out_dir = Path(out_dir)
     written: dict[str, list[str]] = {"tables": [], "figures": []}
     for dataset, by_method in cells(results).items():
-        md = out_dir / f"{stem}_{dataset}.md"
+        part = file_part(dataset)
+        md = out_dir / f"{stem}_{part}.md"
         write_text(md, markdown_table(dataset, by_method))
-        write_text(out_dir / f"{stem}_{dataset}.csv", csv_table(dataset, by_method))
-        written["tables"] += [str(md), str(out_dir / f"{stem}_{dataset}.csv")]
+        write_text(out_dir / f"{stem}_{part}.csv", csv_table(dataset, by_method))
+        written["tables"] += [str(md), str(out_dir / f"{stem}_{part}.csv")]
         for bit in sorted({r.bit for r in results if r.dataset == dataset}):
-            path = out_dir / f"{stem}_{dataset}_{bit}.png"
+            path = out_dir / f"{stem}_{part}_{bit}.png"
             plot_bit([r for r in results if r.dataset == dataset and r.bit == bit], path, f"{dataset}, {bit} bits")
             written["figures"].append(str(path))
     return written
