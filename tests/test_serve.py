@@ -279,6 +279,76 @@ def test_uploads_are_limited_and_must_decode(served, tiny_run):
     assert served.get("/api/health")[0] == 200
 
 
+def test_uploads_need_a_non_simple_type_and_this_origin(served, tiny_run):
+    """A page of another origin can POST text/plain or a form without the browser asking the server first:
+    those types are refused, and so is a request whose Origin is not this server."""
+    image = (tiny_run["data"] / "images" / "2.png").read_bytes()
+    for kind in ("text/plain", "", "application/x-www-form-urlencoded"):
+        status, _, body = served.request("POST", "/api/search", image, {"Content-Type": kind} if kind else {})
+        assert status == 415 and "application/octet-stream or image/" in json.loads(body)["error"]
+    octet = {"Content-Type": "application/octet-stream"}
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:1"):
+        status, _, body = served.request("POST", "/api/search", image, {**octet, "Origin": origin})
+        assert status == 403 and "is refused" in json.loads(body)["error"]
+    status, _, _ = served.request("POST", "/api/search", image, {**octet, "Origin": served.url})
+    assert status == 200
+    assert served.request("POST", "/api/search", image, {"Content-Type": "image/png"})[0] == 200
+
+
+def test_a_header_too_large_is_refused_before_decoding(served):
+    """A 250 KB PNG that declares 9400 x 9500 pixels is refused from its header, in well under its decode time."""
+    import io
+
+    from PIL import Image
+
+    from utils.search.server import MAX_UPLOAD_PIXELS
+
+    buffer = io.BytesIO()
+    Image.new("1", (9400, 9500)).save(buffer, format="PNG")
+    assert 9400 * 9500 > MAX_UPLOAD_PIXELS and len(buffer.getvalue()) < UPLOAD_LIMIT
+    start = time.perf_counter()
+    status, _, body = served.request("POST", "/api/search", buffer.getvalue(), {"Content-Type": "image/png"})
+    assert status == 413 and "too many pixels" in json.loads(body)["error"]
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("nprobe", [str(2 ** 63), str(10 ** 20), "0", str(2 ** 16 + 1)])
+def test_nprobe_out_of_range_is_a_clear_400(served, nprobe):
+    status, body = served.get("/api/search", text="a river", nprobe=nprobe)
+    assert status == 400 and "nprobe must be 1..65536" in body["error"]
+
+
+def test_a_burst_of_uploads_does_not_starve_row_queries(served, tiny_run):
+    """Uploads run in a pool of their own: with 48 large uploads in flight (each decoded and encoded; more than
+    FastAPI's 40 worker threads), a row query answers within a bound, and the server is still whole afterwards."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (30, 90, 160)).save(buffer, format="PNG")  # about 12 MB decoded, a small file
+    data = buffer.getvalue()
+    assert len(data) < UPLOAD_LIMIT
+    assert served.get("/api/search", row=1, modality="image")[0] == 200  # warm
+    alone = time.perf_counter()
+    assert served.get("/api/search", row=1, modality="image")[0] == 200
+    alone = time.perf_counter() - alone
+    with ThreadPoolExecutor(48) as pool:
+        uploads = [pool.submit(served.request, "POST", "/api/search", data, {"Content-Type": "image/png"})
+                   for _ in range(48)]
+        time.sleep(0.3)  # the uploads are in
+        waits = []
+        for row in range(5):
+            start = time.perf_counter()
+            assert served.get("/api/search", row=row, modality="image")[0] == 200
+            waits.append(time.perf_counter() - start)
+        statuses = [u.result()[0] for u in uploads]
+    assert set(statuses) <= {200, 503} and 200 in statuses
+    # in FastAPI's own pool (as before), the first row query waited 2.2 s behind the uploads here
+    assert max(waits) < max(0.5, 20 * alone), (waits, alone)
+
+
 def test_thumbnails_by_row_only(served, tiny_run):
     from PIL import Image
 
@@ -443,6 +513,9 @@ def test_serve_command_bad_input(tiny_run, tmp_path, capsys):
 
     expect_error(capsys, "serve", "--index", tmp_path / "none", match="index folder not found")
     expect_error(capsys, "serve", "--index", tiny_run["index"], "--port", 0, match="--port must be 1..65535")
+    for bad in ("nan", "inf", "-1", "1e9"):
+        expect_error(capsys, "serve", "--index", tiny_run["index"], "--max-upload-mb", bad,
+                     match="--max-upload-mb must be a number above 0 and at most 1024")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -52,6 +52,7 @@ MODALITIES = ("images", "captions")
 SHARDS_DIR = "image_dir_features"
 INDEX_TYPES = ("flat", "ivf")
 DEFAULT_NPROBE = 16
+MAX_NPROBE = 1 << 16  # inverted lists visited per query: more than any index has (faiss takes a C int)
 NEW_IMAGE_SPLIT = "new"
 
 
@@ -150,11 +151,10 @@ class IndexOptions:
     def check(self) -> None:
         if self.index_type not in INDEX_TYPES:
             raise DUCHError(f"unknown --index-type {self.index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
-        for name, value in (("batch-size", self.batch_size), ("shard-size", self.shard_size), ("nprobe", self.nprobe)):
-            if value < 1:
-                raise DUCHError(f"--{name} must be at least 1, got {value}")
-        if self.nlist is not None and self.nlist < 1:
-            raise DUCHError(f"--nlist must be at least 1, got {self.nlist}")
+        for name, value, high in (("batch-size", self.batch_size, 1 << 20), ("shard-size", self.shard_size, 1 << 31),
+                                  ("nprobe", self.nprobe, MAX_NPROBE), ("nlist", self.nlist or 1, 1 << 24)):
+            if not 1 <= value <= high:
+                raise DUCHError(f"--{name} must be 1..{high}, got {value}")
         if self.bit_depth is not None and not 9 <= self.bit_depth <= 16:
             raise DUCHError(f"--bit-depth is the significant bits of 16-bit images: 9..16, got {self.bit_depth}")
         if self.num_workers < 0:

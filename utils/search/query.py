@@ -29,7 +29,7 @@ from utils.search.encoders import (
     pack_outputs,
     sha256_of,
 )
-from utils.search.index import FORMAT, MANIFEST_NAME, MODALITIES, TrainedRun, index_file_names
+from utils.search.index import FORMAT, MANIFEST_NAME, MAX_NPROBE, MODALITIES, TrainedRun, index_file_names
 
 TARGETS = MODALITIES  # what a query searches: images or captions
 ROW_MODALITIES = {"image": "images", "caption": "captions"}
@@ -154,8 +154,8 @@ class SearchIndex:
     def set_nprobe(self, nprobe: int | None) -> None:
         if nprobe is None:
             return
-        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
-            raise DUCHError(f"--nprobe must be at least 1 (inverted lists visited per query), got {nprobe}")
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= MAX_NPROBE:
+            raise DUCHError(f"--nprobe must be 1..{MAX_NPROBE} (inverted lists visited per query), got {nprobe}")
         for index in self.faiss.values():
             if hasattr(index, "nprobe"):
                 index.nprobe = int(nprobe)

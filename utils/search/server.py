@@ -17,7 +17,9 @@ only results of those classes / splits, applied before the top k is cut). A bad 
 
 Models: row queries use no model; a text query runs the text encoder and the text net, under a lock of its
 own (tokenizers are not thread-safe); an image query the image encoder and the image net under another, so
-a slow image never holds up a sentence or a row.
+a slow image never holds up a sentence or a row. Uploads are decoded and encoded in a pool of their own
+(DECODE_SLOTS threads, at most MAX_WAITING_UPLOADS waiting), after their pixel count is read from the
+header; a burst of them leaves FastAPI's threads to rows, sentences and thumbnails.
 """
 
 import io
@@ -37,13 +39,31 @@ from typing import Iterable
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.search.query import DEFAULT_SHORTLIST, ROW_MODALITIES, TARGETS, Query, QueryEncoder, SearchIndex, search
+from utils.search.index import MAX_NPROBE
+from utils.search.query import (
+    DEFAULT_SHORTLIST,
+    ROW_MODALITIES,
+    TARGETS,
+    Query,
+    QueryEncoder,
+    SearchIndex,
+    search,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 16.0
 MAX_K = 1000
 MAX_SHORTLIST = 100_000
+MAX_UPLOAD_MB = 1024.0
+# an upload is decoded only when its header shows at most this many pixels (a query image is resized to 224 x 224
+# anyway): a 250 KB PNG can declare 90 megapixels, 690 MB once decoded
+MAX_UPLOAD_PIXELS = 36_000_000
+DECODE_SLOTS = 2  # uploads decoded and encoded at once, in a pool of their own; the others wait their turn
+MAX_WAITING_UPLOADS = 32  # beyond this many uploads waiting, a new one is answered 503 (try again)
+# content types an image upload may carry; a "simple" type (text/plain, forms) is what a page of any other origin
+# can POST without the browser asking first, so those are refused
+UPLOAD_CONTENT_TYPES = ("application/octet-stream", "image/")
 THUMBNAIL_SIZE = 256  # longest side, pixels
 THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (about 10 KB each)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -145,7 +165,7 @@ def parse_search_params(items: Iterable[tuple[str, str]], image: bool = False) -
     if "shortlist" in one:
         p.shortlist = _int("shortlist", one["shortlist"], 1, MAX_SHORTLIST)
     if "nprobe" in one:
-        p.nprobe = _int("nprobe", one["nprobe"], 1)
+        p.nprobe = _int("nprobe", one["nprobe"], 1, MAX_NPROBE)
     for name, attr in (("class", "classes"), ("split", "splits")):
         if name in values:
             names = [v.strip() for v in values[name]]
@@ -159,11 +179,14 @@ def parse_search_params(items: Iterable[tuple[str, str]], image: bool = False) -
 # the service
 
 
-def decode_upload(data: bytes) -> tuple[str, tuple[int, int]]:
-    """(format, size) of an uploaded image, fully decoded; anything else is a RequestError."""
-    from PIL import Image
+_DECODING = threading.BoundedSemaphore(DECODE_SLOTS)
 
-    from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
+
+def decode_upload(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[str, tuple[int, int]]:
+    """(format, size) of an uploaded image, fully decoded; anything else is a RequestError. The pixel count is
+    read from the header and checked before anything is decoded, and at most DECODE_SLOTS uploads decode at
+    once."""
+    from PIL import Image
 
     if not data:
         raise RequestError("empty upload: send the image file as the request body (curl --data-binary @FILE)")
@@ -171,12 +194,17 @@ def decode_upload(data: bytes) -> tuple[str, tuple[int, int]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
-            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as image:
-                image.load()
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as image:  # reads the header only
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise Image.DecompressionBombError(f"{width} x {height}")
+                with _DECODING:
+                    image.load()
                 return image.format, image.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(f"the uploaded image has too many pixels (over {DEFAULT_MAX_IMAGE_PIXELS:,})", 413) from None
+        raise RequestError(f"the uploaded image has too many pixels (over {max_pixels:,}); send a smaller one "
+                           f"(it is resized to 224 x 224 anyway)", 413) from None
     except Exception as err:  # noqa: BLE001 (any decoder failure: the upload is not an image)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RequestError(f"the upload is not a readable image ({', '.join(UPLOAD_FORMATS)}): {reason}") from None
@@ -205,13 +233,35 @@ class SearchService:
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._upload_dir = Path(tempfile.mkdtemp(prefix="duch-serve-"))
+        # uploads run in a pool of their own: a burst of them never takes the threads that answer rows, text
+        # queries and thumbnails (FastAPI's pool)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.upload_pool = ThreadPoolExecutor(max_workers=DECODE_SLOTS, thread_name_prefix="duch-upload")
+        self.uploads_waiting = 0
+        self._uploads_lock = threading.Lock()
         for modality in TARGETS:
             self.index.labels(modality)  # the filters' columns, before the first request
         self.started = time.time()
         self.load_seconds = time.perf_counter() - start
 
     def close(self) -> None:
+        self.upload_pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self._upload_dir, ignore_errors=True)
+
+    async def search_image_queued(self, p: SearchParams, data: bytes) -> dict:
+        """``search_image`` in the upload pool, refused with 503 when too many uploads already wait."""
+        import asyncio
+
+        with self._uploads_lock:
+            if self.uploads_waiting >= MAX_WAITING_UPLOADS:
+                raise RequestError(f"{self.uploads_waiting} image uploads are waiting; try again shortly", 503)
+            self.uploads_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.upload_pool, self.search_image, p, data)
+        finally:
+            with self._uploads_lock:
+                self.uploads_waiting -= 1
 
     # description -------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -356,6 +406,20 @@ class GuardMiddleware:
         return await self.app(scope, receive, send_with_headers)
 
 
+def check_same_origin(headers) -> None:
+    """A costly request that a browser sends with an Origin header must come from this server's own page: a
+    page of another origin cannot make the server decode and encode images for it."""
+    from urllib.parse import urlsplit
+
+    origin = headers.get("origin")
+    if origin is None:
+        return  # curl, the Python client: no browser, no other page
+    host = headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        raise RequestError(f"a request from the page at {origin!r} is refused: uploads come from this server's own "
+                           f"page or from a program", 403)
+
+
 def allowed_hosts(host: str) -> set[str] | None:
     """Host names requests may carry: the loopback names, and ``host`` itself; None (any) for 0.0.0.0 / ::."""
     if host in ("0.0.0.0", "::", ""):
@@ -367,7 +431,6 @@ def create_app(service: SearchService, host: str = DEFAULT_HOST):
     """The FastAPI app of a loaded ``SearchService``: the page, the API and the JSON errors."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response
 
@@ -434,10 +497,12 @@ def create_app(service: SearchService, host: str = DEFAULT_HOST):
     async def search_post(request: Request):
         """Search by an image: the request body is the image file; the parameters are in the URL, as for GET."""
         params = parse_search_params(request.query_params.multi_items(), image=True)
+        check_same_origin(request.headers)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind.startswith("multipart/") or kind == "application/x-www-form-urlencoded":
-            raise RequestError("send the image file itself as the request body (curl --data-binary @FILE "
-                               "-H 'Content-Type: application/octet-stream'), not a form", 415)
+        if not kind.startswith(UPLOAD_CONTENT_TYPES):
+            raise RequestError("send the image file itself as the request body with Content-Type "
+                               "application/octet-stream or image/... (curl --data-binary @FILE -H 'Content-Type: "
+                               f"application/octet-stream'), not {kind or 'no content type'}", 415)
         limit = service.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -448,7 +513,7 @@ def create_app(service: SearchService, host: str = DEFAULT_HOST):
             if size > limit:
                 raise RequestError(f"the upload is over the limit of {limit:,} bytes", 413)
             chunks.append(chunk)
-        return JSONResponse(await run_in_threadpool(service.search_image, params, b"".join(chunks)))
+        return JSONResponse(await service.search_image_queued(params, b"".join(chunks)))
 
     @app.get("/api/thumbnail/{row}")
     def thumbnail(row: str, request: Request):
@@ -479,8 +544,10 @@ def serve(index_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
 
     if not 0 < port < 65536:
         raise DUCHError(f"--port must be 1..65535, got {port}")
-    if max_upload_mb <= 0:
-        raise DUCHError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    import math
+
+    if not (math.isfinite(max_upload_mb) and 0 < max_upload_mb <= MAX_UPLOAD_MB):
+        raise DUCHError(f"--max-upload-mb must be a number above 0 and at most {MAX_UPLOAD_MB:g}, got {max_upload_mb}")
     check_port_free(host, port)
     service = SearchService(index_dir, device, max_upload_bytes=int(max_upload_mb * 2**20))
     try:
