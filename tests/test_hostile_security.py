@@ -264,6 +264,27 @@ def test_unused_key_is_never_read(tmp_path):
     assert pairs["q2db"][0].shape == (6, 16) and len(q_labels) == 6
 
 
+@pytest.mark.parametrize("case,arrays,message", [
+    ("rows", {"q_img": (10, 8), "q_txt": (11, 8)}, "q_txt has 11 rows but q_img has 10"),
+    ("width", {"db_txt": (20, 16)}, "q_img codes have 8 bits but db_txt codes have 16"),
+    ("ndim", {"q_img": (10,)}, r"array 'q_img' has shape \(10,\); codes are \(rows, bits\)"),
+    ("captions", {"test_txt_image": (49,)}, "test_txt_image has 49 rows but test_txt has 50"),
+])
+def test_codes_arrays_that_do_not_fit_together_are_refused_from_their_headers(tmp_path, monkeypatch, case, arrays,
+                                                                              message):
+    """A used key that inflates (a few MB on disk, gigabytes declared) with a row count its headers already
+    contradict is refused before any array is decompressed."""
+    import utils.retrieval.evaluation as evaluation
+
+    shapes = {"q_img": (10, 8), "q_txt": (10, 8), "db_img": (20, 8), "db_txt": (20, 8), "q_labels": (10,),
+              "db_labels": (20,), "test_img": (10, 8), "test_txt": (50, 8), "test_txt_image": (50,), **arrays}
+    path = tmp_path / f"{case}.npz"
+    np.savez(path, **{k: np.zeros(v, np.int8) for k, v in shapes.items()})
+    monkeypatch.setattr(evaluation, "read_npz", lambda *a, **k: pytest.fail("data read before the headers fit"))
+    with pytest.raises(DUCHError, match=message):
+        evaluation.read_codes_npz(path)
+
+
 def test_needed_key_size_checked_before_reading(tmp_path):
     from utils.io import read_npz
 

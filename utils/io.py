@@ -297,6 +297,26 @@ def npz_keys(path: str | Path, what: str = "npz file") -> list[str]:
         raise DUCHError(f"{what} {path} is {kind} ({err}); an .npz archive of named arrays is expected") from None
 
 
+def npz_headers(path: str | Path, keys, what: str = "npz file") -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of the ``keys`` an .npz file holds, from their headers only: a reader checks that the
+    arrays fit together (row counts, widths, kinds) before any data is decompressed."""
+    import zipfile
+
+    path = Path(path)
+    present = set(npz_keys(path, what))
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for key in keys:
+                if key in present:
+                    with z.open(z.getinfo(key + ".npy")) as f:
+                        shape, _, dtype = _npy_header(f, f"{what} {path}: array {key!r}")
+                    out[key] = (tuple(int(d) for d in shape), dtype)
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
+        raise DUCHError(f"{what} {path} is damaged or truncated ({first_line(err)})") from None
+    return out
+
+
 def read_npz(path: str | Path, keys, what: str = "npz file", max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, np.ndarray]:
     """Only ``keys`` of an .npz file, each header checked before its data is read: a small archive holding
     gigabytes of compressed zeros under a key nobody asked for costs nothing, and one under a needed key is

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.io import npz_keys, read_npz
+from utils.io import npz_headers, npz_keys, read_npz
 from utils.retrieval.hamming import as_code_words
 from utils.retrieval.metrics import (
     DEFAULT_MEMORY_GB,
@@ -138,7 +138,36 @@ def read_codes_npz(path: str | Path) -> dict:
         raise DUCHError(f"codes file {path} not found")
     present = set(npz_keys(path, "codes file"))
     wanted = [k for k in dict.fromkeys((*CROSS_MODAL_KEYS, *SINGLE_KEYS, *INSTANCE_KEYS)) if k in present]
+    check_code_headers(path, npz_headers(path, wanted, "codes file"))
     return read_npz(path, wanted, "codes file")
+
+
+# arrays whose first dimension must agree (rows of one set), and code arrays whose widths must agree
+_SAME_ROWS = (("q_img", "q_txt", "q_labels"), ("db_img", "db_txt", "db_labels"), ("q", "q_labels"),
+              ("db", "db_labels"), ("test_txt", "test_txt_image"))
+_SAME_WIDTH = (("q_img", "q_txt", "db_img", "db_txt"), ("q", "db"), ("test_img", "test_txt"))
+
+
+def check_code_headers(path, headers: dict) -> None:
+    """The arrays of a codes file fit together, judged from their headers before any data is read: codes are
+    2-D numbers, the rows of one set agree, the widths of the codes compared agree."""
+    for key, (shape, dtype) in headers.items():
+        if dtype.kind not in "biuf":
+            raise DUCHError(f"{path}: array {key!r} holds {dtype}, not numbers")
+        if key not in ("q_labels", "db_labels", "test_txt_image") and len(shape) != 2:
+            raise DUCHError(f"{path}: array {key!r} has shape {shape}; codes are (rows, bits)")
+        if key == "test_txt_image" and len(shape) != 1:
+            raise DUCHError(f"{path}: array 'test_txt_image' has shape {shape}; it is one image row per caption")
+    for group, axis in [(g, 0) for g in _SAME_ROWS] + [(g, 1) for g in _SAME_WIDTH]:
+        sizes = {k: headers[k][0][axis] for k in group if k in headers and len(headers[k][0]) > axis}
+        if len(set(sizes.values())) > 1:
+            a = next(iter(sizes))
+            b = next(k for k in sizes if sizes[k] != sizes[a])
+            if axis == 1:
+                raise DUCHError(f"{path}: {a} codes have {sizes[a]} bits but {b} codes have {sizes[b]}; codes compared "
+                                f"with each other need the same length (refused before reading them)")
+            raise DUCHError(f"{path}: {b} has {sizes[b]:,} rows but {a} has {sizes[a]:,}; they must match (refused "
+                            f"before reading them)")
 
 
 def load_codes_file(path: str | Path, arrays: dict | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
