@@ -73,6 +73,42 @@ def test_test_and_resume_refuse_a_replaced_feature_file(demo_features, tmp_path,
     assert (out / RUN / "metrics.json").read_bytes() == metrics  # not overwritten by a result of other inputs
 
 
+def test_index_refuses_changed_inputs_and_records_the_checkpoint_it_loaded(demo_features, tmp_path, capsys,
+                                                                          monkeypatch):
+    """search.py index applies --test's rule to the feature files it encodes, and its manifest names the
+    checkpoint by the sha256 of the bytes the model was loaded from, even if the file is replaced right after."""
+    import hashlib
+
+    import utils.train.checkpoints as checkpoints
+    from tests.test_search import run_search
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_features, data)
+    out = tmp_path / "runs"
+    _train(data, out)
+    best = out / RUN / "checkpoint_best.pt"
+    loaded = best.read_bytes()
+    real = checkpoints.load_checkpoint_digest
+
+    def load_then_replace(path, *args):  # a --resume finishes right after the index loaded the model
+        answer = real(path, *args)
+        best.write_bytes(best.read_bytes() + b"x")
+        return answer
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint_digest", load_then_replace)
+    run_search("index", "--run", out / RUN, "--no-progress", "--out", tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(loaded).hexdigest()
+    monkeypatch.setattr(checkpoints, "load_checkpoint_digest", real)
+    _replace_same_shape(next(data.glob("image_emb_DEMO_aug_center_crop_only.h5")))
+    with pytest.raises(SystemExit) as exit_info:
+        run_search("index", "--run", out / RUN, "--no-progress", "--out", tmp_path / "ix2")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "input files changed since the run was trained" in err
+    assert "image_emb_DEMO_aug_center_crop_only.h5: content (sha256) changed" in err
+    assert not (tmp_path / "ix2" / "manifest.json").exists()
+
+
 def test_cached_image_dir_shards_of_a_changed_image_are_refused(tiny_run, tmp_path, monkeypatch):
     from PIL import Image
 

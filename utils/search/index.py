@@ -42,7 +42,6 @@ from utils.search.encoders import (
     find_image_files,
     hash_outputs,
     pack_outputs,
-    sha256_of,
 )
 
 FORMAT = "duch-search-index"
@@ -174,6 +173,25 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
     if not recorded:
         return resolve_files(ds, cfg.get("data_dir", ds.default_data_dir), cfg["preset"], cfg.get("img_aug_emb"))
     return FeatureFiles(**{k: Path(v) for k, v in recorded.items() if k in FeatureFiles.__dataclass_fields__})
+
+
+def check_run_inputs(cfg: dict, paths: FeatureFiles, run_dir: Path) -> None:
+    """The feature files the index reads are the ones the run was trained on (its config.json's fingerprints),
+    as ``main.py --test`` requires: codes of a changed file would not be the run's."""
+    from utils.fingerprints import difference
+
+    changed = []
+    for key, record in (cfg.get("inputs") or {}).items():
+        path = getattr(paths, key, None)
+        if path is None or key not in ("image", "caption") or not isinstance(record, dict):
+            continue  # the index reads the base image and caption files only
+        why = difference(record, path)
+        if why:
+            changed.append(f"{key} {path}: {why}")
+    if changed:
+        raise DUCHError(f"search.py index of {run_dir}: input files changed since the run was trained "
+                        f"({'; '.join(changed)}); its codes would not be the run's: retrain it (main.py --overwrite), "
+                        f"or restore the files it was trained on")
 
 
 def _load_raw(path: Path, key: str, n_images: int, width: int, hint: str, what: str,
@@ -494,7 +512,7 @@ def _build_index(opts: IndexOptions) -> dict:
     import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
     import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
-    from utils.train.checkpoints import checkpoint_epoch, load_checkpoint
+    from utils.train.checkpoints import checkpoint_epoch, load_checkpoint_digest
 
     opts.check()
     run = TrainedRun.open(opts.run_dir, opts.checkpoint)
@@ -509,7 +527,8 @@ def _build_index(opts: IndexOptions) -> dict:
                              hint=f"pass --data-dir to the folder that holds {Path(paths.dataset_json).name}")
     n = len(data["images"])
     n_captions = int(caption_offsets(data)[-1])
-    payload = load_checkpoint(run.checkpoint)
+    check_run_inputs(cfg, paths, run.run_dir)
+    payload, checkpoint_sha256 = load_checkpoint_digest(run.checkpoint)
     bits = int(payload.get("bit", cfg.get("bit", 0)))
     image_raw = _load_raw(paths.image, files.IMAGE_EMB_KEY, n, int(payload["image_dim"]),
                           files.image_emb_command(ds, BASE_IMAGE_SET), "image feature")
@@ -564,7 +583,7 @@ def _build_index(opts: IndexOptions) -> dict:
         "bytes_per_code": int((bits + 7) // 8),
         "run": {"dir": str(run.run_dir), "config": cfg},
         "checkpoint": {"which": opts.checkpoint, "path": str(run.checkpoint.resolve()),
-                       "sha256": sha256_of(run.checkpoint),
+                       "sha256": checkpoint_sha256,  # of the bytes the model was loaded from
                        "relative_to_index": os.path.relpath(run.checkpoint.resolve(), out.resolve()),
                        "epoch": checkpoint_epoch(payload)},
         "dataset": {"key": ds.key, "json": str(paths.dataset_json), "images": n, "captions": n_captions,

@@ -21,13 +21,27 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return load_checkpoint_digest(path, map_location)[0]
+
+
+def load_checkpoint_digest(path: str | Path, map_location="cpu") -> tuple[dict, str]:
+    """(payload, sha256 of the very bytes it was loaded from): a record of which model made something cannot
+    name another file that took its place in between (a --resume finishing, a copy)."""
+    import hashlib
+    import io
+
     path = Path(path)
     if not path.is_file():
         raise DUCHError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as err:
+        raise DUCHError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # an unpickling error or a corrupt file: never fall back to full pickle
         raise DUCHError(f"cannot load checkpoint {path} safely (weights_only=True): {err}") from None
+    return payload, hashlib.sha256(data).hexdigest()
 
 
 def rng_state() -> dict:
