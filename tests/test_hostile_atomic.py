@@ -209,3 +209,41 @@ def test_tmp_files_of_dead_writers_are_removed(tmp_path):
     live.write_text("being written")
     write_text(tmp_path / "out.json", "{}")
     assert not stale.exists() and live.exists() and (tmp_path / "out.json").read_text() == "{}"
+
+
+# ------------------------------------------------------------------------------ a full disk, named
+
+
+def test_a_full_disk_names_the_output_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A write that fails half-way (no space left) names the file being written, keeps the previous version, and
+    torch.save's RuntimeError for the same failure becomes one line that says what to do."""
+    import errno
+
+    import torch
+
+    from utils.errors import DUCHError, describe_os_error
+    from utils.io import atomic_path
+    from utils.train.checkpoints import save_checkpoint
+
+    out = tmp_path / "metrics.json"
+    out.write_text("old")
+    with pytest.raises(OSError) as err:
+        with atomic_path(out) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+                raise OSError(errno.ENOSPC, "No space left on device")  # what a write on a full disk raises
+    assert err.value.filename == str(out) and out.read_text() == "old"
+    assert describe_os_error(err.value) == f"No space left on device: {out}; free some space and run the same " \
+                                           f"command again"
+    ckpt = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(ckpt, {"epoch": 1})
+    before = ckpt.read_bytes()
+
+    def full(payload, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DUCHError, match=f"cannot write checkpoint {ckpt} .*the disk may be full.*--resume"):
+        save_checkpoint(ckpt, {"epoch": 2})
+    assert ckpt.read_bytes() == before and len(list(tmp_path.iterdir())) == 2

@@ -110,10 +110,17 @@ def test_text_query_that_is_not_utf8():
 def index_copy(tiny_run, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(tiny_run["index"], index)
-    manifest = json.loads((index / "manifest.json").read_text())
-    manifest.pop("digests")  # an index built before digests: the readers themselves must cope
-    (index / "manifest.json").write_text(json.dumps(manifest))
     return index
+
+
+def _vouch_again(index):
+    """The manifest's digests remade for the damaged files: the readers themselves must cope, not only the
+    digest check."""
+    from utils.search.index import file_digests
+
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["digests"] = file_digests(index, list(manifest["digests"]))
+    (index / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _damage(index, kind):
@@ -141,15 +148,27 @@ def _damage(index, kind):
         (index / "manifest.json").write_text(json.dumps(manifest))
     elif kind == "manifest json":
         (index / "manifest.json").write_text('{"format": ')
+    elif kind in ("bit", "no digests"):
+        manifest = json.loads((index / "manifest.json").read_text())
+        manifest.update(bit="8x") if kind == "bit" else manifest.pop("digests")
+        (index / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize("kind,message", [
     ("truncated codes", "truncated"), ("object codes", "object array"), ("float codes", "not packed"),
     ("metadata line", "line 4 is damaged"), ("metadata path", "outside the index's image folders"),
     ("faiss", "cannot read faiss index"), ("manifest", "is damaged"), ("manifest json", "not valid JSON"),
+    ("bit", "'bit' is '8x', not a code length"), ("no digests", "vouches for no file"),
 ])
 def test_damaged_index_folder_is_one_line(index_copy, capsys, kind, message):
-    _damage(index_copy, kind)
+    if kind not in ("manifest", "manifest json", "bit", "no digests"):
+        _damage(index_copy, kind)
+        with pytest.raises(SystemExit) as exit_info:  # the manifest's digests notice first
+            run_search("query", "--index", index_copy, "--row", "0", "--modality", "image", "--quiet")
+        assert exit_info.value.code == 2 and "not the file the manifest was written with" in _one_line(capsys)
+        _vouch_again(index_copy)
+    else:
+        _damage(index_copy, kind)
     with pytest.raises(SystemExit) as exit_info:
         run_search("query", "--index", index_copy, "--row", "0", "--modality", "image", "--quiet")
     assert exit_info.value.code == 2 and message in _one_line(capsys)

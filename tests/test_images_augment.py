@@ -179,6 +179,12 @@ def test_bad_caption_count(data_dir, tmp_path, capsys):
 def test_bad_parameters(data_dir, capsys):
     assert "--blur-val" in run_error(capsys, data_dir, "--img-aug", "blur_cc", "--blur-val", "4", "3", "1", "2")
     assert "--rot-deg" in run_error(capsys, data_dir, "--img-aug", "rotation_cc", "--rot-deg", "5", "-5")
+    # every number is range-checked at the door, not per image
+    for flag, values, message in (("--rot-deg", ("nan", "1"), "--rot-deg takes finite numbers"),
+                                  ("--rot-deg", ("-1000", "1"), "-360..360"),
+                                  ("--blur-val", ("3", "3", "nan", "1"), "--blur-val takes finite numbers"),
+                                  ("--jit-str", ("nan",), "--jit-str takes finite numbers")):
+        assert message in run_error(capsys, data_dir, "--img-aug", "rotation_cc", flag, *values)
 
 
 def test_imagenet_weights_missing_offline(monkeypatch, tmp_path):

@@ -34,9 +34,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, file_mode())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, file_mode())
+            os.replace(tmp_path, path)
+        except OSError as err:  # a write that fails (a full disk) names the output, not a temporary name or none
+            if err.filename is None or str(err.filename) == str(tmp_path):
+                raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+            raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

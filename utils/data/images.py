@@ -134,8 +134,8 @@ def _opened(path: str | Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                     yield image
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
                 raise DUCHError(
-                    f"image {path} is too large to be read safely ({err}); if you trust the file, pass "
-                    f"--max-image-pixels with a larger limit (0: no limit)"
+                    f"image {path} is too large to be read safely ({err}); if you trust the file, raise the limit "
+                    f"with images_augment.py --max-image-pixels (0: no limit), or use a smaller copy"
                 ) from None
             except _UNREADABLE as err:
                 raise DUCHError(f"cannot read image {path}: {err}") from None

@@ -42,11 +42,17 @@ class AugParams:
     @classmethod
     def checked(cls, crop_size: Sequence = (200, 200), rot_deg: Sequence = (-10, -5),
                 blur_val: Sequence = (3, 3, 1.1, 1.3), jit_str: float = 0.5) -> "AugParams":
-        """Validate user-given values once, with messages that name the flag."""
+        """Validate user-given values once, with messages that name the flag: finite numbers in range."""
+        import math
+
+        for flag, values in (("--crop-size", crop_size), ("--rot-deg", rot_deg), ("--blur-val", blur_val),
+                             ("--jit-str", [jit_str])):
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise DUCHError(f"{flag} takes finite numbers, got {' '.join(map(str, values))}")
         if len(crop_size) != 2 or any(int(c) != c or c < 1 for c in crop_size):
             raise DUCHError(f"--crop-size needs two positive integers CROP_H CROP_W, got {list(crop_size)}")
-        if len(rot_deg) != 2 or rot_deg[0] > rot_deg[1]:
-            raise DUCHError(f"--rot-deg needs MIN MAX with MIN <= MAX, got {list(rot_deg)}")
+        if len(rot_deg) != 2 or rot_deg[0] > rot_deg[1] or not all(-360 <= r <= 360 for r in rot_deg):
+            raise DUCHError(f"--rot-deg needs MIN MAX in degrees (-360..360) with MIN <= MAX, got {list(rot_deg)}")
         if len(blur_val) != 4:
             raise DUCHError(f"--blur-val needs KW KH SMIN SMAX, got {list(blur_val)}")
         kw, kh, smin, smax = blur_val

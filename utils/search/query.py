@@ -65,7 +65,10 @@ class SearchIndex:
     def __init__(self, index_dir: Path, manifest: dict):
         self.dir = index_dir
         self.manifest = manifest
-        self.bits = int(manifest["bit"])
+        bits = manifest["bit"]
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 1 << 16:
+            raise ValueError(f"'bit' is {bits!r}, not a code length")
+        self.bits = bits
         self.codes, self.faiss, self.metadata = {}, {}, {}
         self._outputs: dict = {}
         self._labels: dict = {}  # per modality and field (class, split): the names and every row's name as a number
@@ -127,7 +130,7 @@ class SearchIndex:
             if verify_checkpoint:
                 check_checkpoint(manifest, index_dir)
             return cls(index_dir, manifest)
-        except (KeyError, TypeError, AttributeError, IndexError) as err:  # a hand-edited or damaged manifest
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:  # a hand-edited or damaged one
             raise DUCHError(f"{manifest_path} is damaged ({type(err).__name__}: {err}); rebuild the index with "
                             f"--overwrite") from None
 
@@ -282,11 +285,10 @@ def check_digests(manifest: dict, index_dir: Path) -> None:
     from utils.paths import contained
 
     digests = manifest.get("digests")
-    if digests is None:
-        return  # an index built before digests were recorded
-    if not isinstance(digests, dict):
-        raise DUCHError(f"{index_dir / MANIFEST_NAME}: 'digests' is not a JSON object; "
-                        f"rebuild the index with --overwrite")
+    if not isinstance(digests, dict) or not digests:
+        raise DUCHError(f"{index_dir / MANIFEST_NAME} vouches for no file ('digests' missing or not a JSON object: an "
+                        f"index of an earlier version, or an edited manifest), so its files cannot be checked to be "
+                        f"of one build; rebuild the index with --overwrite")
     for name, record in digests.items():
         path = contained(index_dir, name, "index file")
         if not isinstance(record, dict) or difference(record, path) is not None:

@@ -17,7 +17,11 @@ LAST_NAME = "checkpoint_last.pt"
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """A kill during the save leaves the previous checkpoint in place."""
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as err:  # torch's writer reports a full disk as a RuntimeError, without the file
+            raise DUCHError(f"cannot write checkpoint {path} ({str(err).splitlines()[0]}); the disk may be full: free "
+                            f"some space, then continue with --resume (the previous checkpoint is kept)") from None
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
