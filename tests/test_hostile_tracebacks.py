@@ -172,3 +172,32 @@ def test_damaged_index_folder_is_one_line(index_copy, capsys, kind, message):
     with pytest.raises(SystemExit) as exit_info:
         run_search("query", "--index", index_copy, "--row", "0", "--modality", "image", "--quiet")
     assert exit_info.value.code == 2 and message in _one_line(capsys)
+
+
+@pytest.mark.parametrize("case", ["nested json", "classcode 10**30", "csv field", "csv empty rows"])
+def test_more_inputs_that_once_gave_a_traceback(tmp_path, capsys, case):
+    """A 200,000-level nested JSON, a class code beyond any integer type, a labels CSV with a field over the
+    csv module's limit or of empty rows only: each one line naming the file, exit status 2."""
+    from tests.conftest import run_main
+
+    images = [{"filename": f"a_{k}.png", "split": "train" if k % 3 else "test",
+               "sentences": [{"raw": f"caption {k}"}]} for k in range(12)]
+    path = tmp_path / "d.json"
+    extra, expected = [], ""
+    if case == "nested json":
+        path.write_text("[" * 200_000 + "]" * 200_000)
+        expected = "nests deeper than Python's JSON reader goes"
+    elif case == "classcode 10**30":
+        for image in images:
+            image["classcode"] = 10 ** 30
+        path.write_text(json.dumps({"images": images}))
+        expected = "a class code is a non-negative integer below 2^31"
+    else:
+        path.write_text(json.dumps({"images": images}))
+        csv = tmp_path / "labels.csv"
+        csv.write_text("a_0.png," + "x" * 200_000 + "\n" if case == "csv field" else "\n,\n , \n")
+        extra, expected = ["--labels", str(csv)], str(csv)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--dataset", str(path), "--describe", str(tmp_path / "r.json"), *extra)
+    line = _one_line(capsys)
+    assert exit_info.value.code == 2 and expected in line, line
