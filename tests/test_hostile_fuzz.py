@@ -159,3 +159,115 @@ def test_small_edge_cases_of_the_dataset_reader(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(DUCHError):
         read_dataset(path)
+
+
+# ------------------------------------------------------------------------------ split files, labels CSVs, manifests,
+# HTTP parameters
+
+
+def _outcome(call, outcomes):
+    try:
+        call()
+        outcomes["ok"] += 1
+    except DUCHError as err:
+        assert "\n" not in str(err), str(err)
+        outcomes["refused"] += 1
+
+
+def _names(rng, n=12):
+    pool = [f"{k}.png" for k in range(n)] + ["./1.png", "x.png", "", "../2.png", "é.png", "1.PNG"]
+    return [str(rng.choice(pool)) for _ in range(int(rng.integers(0, 8)))]
+
+
+def test_fuzz_split_files_and_labels_csvs(tmp_path):
+    """Split files (a run's split.json and folders of file lists) and labels CSVs, near-valid and random:
+    success or one DUCHError line."""
+    from utils.data.labels import read_labels_csv
+    from utils.data.splits import resolve_split
+
+    rng = np.random.default_rng(26)
+    images = [{"filename": f"{k}.png", "sentences": [{"raw": "x"}] * 3} for k in range(12)]
+    filenames = [im["filename"] for im in images]
+    offsets = np.arange(13) * 3
+    outcomes = {"ok": 0, "refused": 0}
+    split_json, lists, csv = tmp_path / "split.json", tmp_path / "lists", tmp_path / "labels.csv"
+    lists.mkdir()
+    for case in range(300):
+        kind = case % 3
+        if kind == 0:
+            files = {p: _names(rng) for p in ("train", "val", "query", "db") if rng.random() > 0.2}
+            if rng.random() < 0.4:  # a valid split, sometimes with a random val part
+                files = {"train": filenames[:6], "query": filenames[6:8], "db": filenames[8:],
+                         **({"val": files["val"]} if "val" in files and rng.random() < 0.5 else {})}
+            doc = {"files": files} if rng.random() > 0.1 else random_json(rng)
+            if rng.random() < 0.3:
+                doc = dict(doc or {}, caption_index={p: [random_json(rng, 3) for _ in v] for p, v in files.items()})
+            split_json.write_text(json.dumps(doc))
+            _outcome(lambda: resolve_split("file", images, offsets, 42, split_json), outcomes)
+        elif kind == 1:
+            for part in ("train", "val", "test"):
+                path = lists / f"{part}_filename.txt"
+                path.unlink(missing_ok=True)
+                if rng.random() > 0.2:
+                    valid = {"train": filenames[:6], "val": filenames[6:8], "test": filenames[8:]}[part]
+                    names = _names(rng) if rng.random() < 0.3 else valid
+                    path.write_bytes("\n".join(names).encode() if rng.random() > 0.1 else rng.bytes(30))
+            _outcome(lambda: resolve_split("file", images, offsets, 42, lists), outcomes)
+        else:
+            rows = [f"{n},{rng.choice(['a', 'b;c', '', ' '])}" for n in _names(rng, 12)]
+            if rng.random() < 0.5:
+                rows = [f"{n},{'ab'[k % 2]}" for k, n in enumerate(filenames)] + rows[:1]
+            csv.write_bytes(("\n".join(rows)).encode() if rng.random() > 0.15 else rng.bytes(40))
+            _outcome(lambda: read_labels_csv(csv, filenames), outcomes)
+    assert outcomes["ok"] > 20 and outcomes["refused"] > 100, outcomes
+
+
+def test_fuzz_index_manifests(tiny_run, tmp_path):
+    """An index manifest with one field replaced by random JSON, its digests remade (so that the readers, not
+    the digest check, meet it): opening and querying a row is a success or one DUCHError line."""
+    import shutil
+
+    from utils.search.index import file_digests
+    from utils.search.query import Query, QueryEncoder, SearchIndex, search
+
+    rng = np.random.default_rng(27)
+    original = json.loads((tiny_run["index"] / "manifest.json").read_text())
+    outcomes = {"ok": 0, "refused": 0}
+    index = tmp_path / "index"
+    shutil.copytree(tiny_run["index"], index)
+    fields = ["bit", "format", "files", "checkpoint", "run", "dataset", "index", "counts", "image_dir", "encoders"]
+    for case in range(60):
+        manifest = json.loads(json.dumps(original))
+        key = fields[case % len(fields)]
+        manifest[key] = random_json(rng, 2) if rng.random() > 0.2 else {"x": random_json(rng, 3)}
+        manifest["digests"] = file_digests(index, list(original["digests"]))
+        (index / "manifest.json").write_text(json.dumps(manifest))
+
+        def open_and_query():
+            opened = SearchIndex.open(index, verify_checkpoint=key != "checkpoint" or rng.random() < 0.5)
+            search(opened, QueryEncoder(opened, "cpu"), [Query("row", row=0, modality="image")], k=3)
+
+        _outcome(open_and_query, outcomes)
+    assert outcomes["refused"] > 20, outcomes
+
+
+def test_fuzz_http_parameters():
+    """Random query strings for the search endpoint: parsed parameters or one RequestError line."""
+    from utils.search.server import RequestError, parse_search_params
+
+    rng = np.random.default_rng(28)
+    names = ["text", "row", "modality", "target", "k", "rerank", "shortlist", "nprobe", "class", "split", "path", ""]
+    values = ["", "0", "-1", "1", "5", "1000", "1001", str(2 ** 63), "1e3", "nan", "images", "captions", "caption",
+              "true", "a river", " ", "\x00", "é", "9" * 40]
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(500):
+        items = [(str(rng.choice(names)), str(rng.choice(values))) for _ in range(int(rng.integers(0, 6)))]
+        if rng.random() < 0.5:
+            items.append(("text", "a river"))
+        try:
+            parse_search_params(items, image=bool(rng.random() < 0.2))
+            outcomes["ok"] += 1
+        except RequestError as err:
+            assert "\n" not in str(err) and 400 <= err.status < 500, str(err)
+            outcomes["refused"] += 1
+    assert outcomes["ok"] > 20 and outcomes["refused"] > 200, outcomes
