@@ -318,9 +318,18 @@ def test_nprobe_out_of_range_is_a_clear_400(served, nprobe):
     assert status == 400 and "nprobe must be 1..65536" in body["error"]
 
 
+def rss_bytes() -> int:
+    """This process's resident memory (Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def test_a_burst_of_uploads_does_not_starve_row_queries(served, tiny_run):
     """Uploads run in a pool of their own: with 48 large uploads in flight (each decoded and encoded; more than
-    FastAPI's 40 worker threads), a row query answers within a bound, and the server is still whole afterwards."""
+    FastAPI's 40 worker threads), a row query answers within a bound, the server's memory grows within a bound
+    (two decodes at a time), and the server is still whole afterwards."""
     import io
     from concurrent.futures import ThreadPoolExecutor
 
@@ -334,6 +343,17 @@ def test_a_burst_of_uploads_does_not_starve_row_queries(served, tiny_run):
     alone = time.perf_counter()
     assert served.get("/api/search", row=1, modality="image")[0] == 200
     alone = time.perf_counter() - alone
+    peak = [rss_bytes()]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    before = rss_bytes()
+    sampler.start()
     with ThreadPoolExecutor(48) as pool:
         uploads = [pool.submit(served.request, "POST", "/api/search", data, {"Content-Type": "image/png"})
                    for _ in range(48)]
@@ -344,7 +364,11 @@ def test_a_burst_of_uploads_does_not_starve_row_queries(served, tiny_run):
             assert served.get("/api/search", row=row, modality="image")[0] == 200
             waits.append(time.perf_counter() - start)
         statuses = [u.result()[0] for u in uploads]
+    sampling.set()
+    sampler.join()
     assert set(statuses) <= {200, 503} and 200 in statuses
+    # two decodes at a time: the server grew by 156 MB here; decoding every upload at once it grew by 767 MB
+    assert peak[0] - before < 400 * 2**20, (before, peak[0])
     # in FastAPI's own pool (as before), the first row query waited 2.2 s behind the uploads here
     assert max(waits) < max(0.5, 20 * alone), (waits, alone)
 
