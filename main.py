@@ -43,7 +43,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "train/val/test; default for the others) or file PATH (a split.json of a run)")
     parser.add_argument("--check-overlap", default=None, metavar="OTHER",
                         help="report which test images also occur (same file content) in another dataset (a name or "
-                             "captions JSON), then stop (default: off)")
+                             "captions JSON), or with 'self' in this dataset's train and val images, then stop "
+                             "(default: off)")
     parser.add_argument("--image-dir", default=None,
                         help="with --check-overlap: this dataset's image folder (default: the dataset's)")
     parser.add_argument("--other-image-dir", default=None,

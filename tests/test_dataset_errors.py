@@ -113,3 +113,17 @@ def test_check_overlap_counts_shared_test_images(tmp_path, capsys):
     assert report["test_images"] == 4 and report["other_images"] == 24 and report["shared"] == 2
     assert report["examples"] == [[tests[0], "sea_001.png"], [tests[1], "sea_002.png"]]
     assert "fields: 2 of its 4 test images also occur in nwpu (same file content)" in capsys.readouterr().out
+
+
+def test_check_overlap_self_finds_a_test_image_copied_into_train(tmp_path, capsys):
+    """One picture under two names, in test and in train: names cannot show it, content does."""
+    mine, _ = make_dataset(tmp_path / "mine", "fields")
+    images = json.loads(mine.read_text())["images"]
+    tests = [im["filename"] for im in images if im["split"] == "test"]
+    train = [im["filename"] for im in images if im["split"] == "train"]
+    report = run_main("--dataset", str(mine), "--check-overlap", "self")
+    assert report["shared"] == 0 and report["other_images"] == 20  # 16 train + 4 val images
+    shutil.copy(tmp_path / "mine" / "images" / tests[1], tmp_path / "mine" / "images" / train[3])
+    report = run_main("--dataset", str(mine), "--check-overlap", "self")
+    assert report["shared"] == 1 and report["examples"] == [[tests[1], train[3]]]
+    assert "fields: 1 of its 4 test images also occur in fields train and val" in capsys.readouterr().out

@@ -2,6 +2,8 @@
 
 ``main.py --check-overlap OTHER`` hashes the files of this dataset's test images and of every image of
 OTHER (a dataset name or captions JSON) and reports how many test images occur there, with examples.
+``--check-overlap self`` compares the test images with the dataset's own train and val images: one image
+under two names in two parts is a leak that names cannot show.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from utils.errors import DUCHError
 from utils.io import sha256_of
 
 EXAMPLES = 5
+SELF = "self"  # --check-overlap self: the test images against the dataset's own train and val images
 
 
 def _images_of(ds: DatasetInfo, data_dir: Path, image_dir: str | Path | None) -> tuple[list[dict], Path]:
@@ -31,8 +34,13 @@ def check_overlap(ds: DatasetInfo, data_dir: str | Path, protocol: str, other: s
     """{"test_images", "other_images", "shared", "examples": [[test file, other file], ...]}."""
     images, folder = _images_of(ds, Path(data_dir), image_dir)
     split = resolve_split(protocol, images, caption_offsets({"images": images}), seed, split_file)
-    other_ds = get_dataset(other)
-    other_images, other_folder = _images_of(other_ds, Path(other_ds.default_data_dir), other_image_dir)
+    if other.lower() == SELF:
+        other_name = f"{ds.name} train and val"
+        other_images, other_folder = [images[j] for j in sorted(set(split.train) | set(split.val))], folder
+    else:
+        other_ds = get_dataset(other)
+        other_name = other_ds.name
+        other_images, other_folder = _images_of(other_ds, Path(other_ds.default_data_dir), other_image_dir)
     if not folder.is_dir() or not other_folder.is_dir():
         missing = folder if not folder.is_dir() else other_folder
         raise DUCHError(f"--check-overlap compares image files: folder {missing} not found "
@@ -44,7 +52,7 @@ def check_overlap(ds: DatasetInfo, data_dir: str | Path, protocol: str, other: s
         by_digest.setdefault(sha256_of(path), path)
     shared = [(p, by_digest[d]) for p in test_paths if (d := sha256_of(p)) in by_digest]
     return {
-        "dataset": ds.name, "other": other_ds.name, "protocol": split.protocol, "test_images": len(test_paths),
+        "dataset": ds.name, "other": other_name, "protocol": split.protocol, "test_images": len(test_paths),
         "other_images": len(other_paths), "shared": len(shared),
         "examples": [[p.name, q.name] for p, q in shared[:EXAMPLES]],
     }
