@@ -353,10 +353,18 @@ def test_text_model_flag_replaces_a_missing_record(tiny_run, tmp_path):
     with h5py.File(data / "caption_emb_DEMO_aug.h5", "a") as f:
         for name in list(f["caption_emb"].attrs):
             del f["caption_emb"].attrs[name]
+    # a run trained on such a file (the authors' published features carry no record): its fingerprint says so
+    from utils.fingerprints import fingerprint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run, ignore=shutil.ignore_patterns("index"))
+    config = json.loads((run / "config.json").read_text())
+    config["inputs"]["caption"] = fingerprint(data / "caption_emb_DEMO_aug.h5")
+    (run / "config.json").write_text(json.dumps(config))
     out = tmp_path / "ix"
-    run_search("index", "--run", tiny_run["run"], "--data-dir", data, "--out", out, "--no-progress")
+    run_search("index", "--run", run, "--data-dir", data, "--out", out, "--no-progress")
     assert json.loads((out / "manifest.json").read_text())["encoders"]["text"] is None
-    run_search("index", "--run", tiny_run["run"], "--data-dir", data, "--out", out, "--overwrite", "--no-progress",
+    run_search("index", "--run", run, "--data-dir", data, "--out", out, "--overwrite", "--no-progress",
                "--text-model", tiny_run["bert"])
     spec = json.loads((out / "manifest.json").read_text())["encoders"]["text"]
     assert spec["model"] == str(tiny_run["bert"]) and spec["source"].startswith("flags")

@@ -207,7 +207,7 @@ BAD_REQUESTS = [
     ("/api/search?text=a&target=maps", 400, "target must be images or captions"),
     ("/api/search?text=a&rerank=maybe", 400, "rerank must be 1 or 0"),
     ("/api/search?text=a&rerank=1&shortlist=0", 400, "shortlist must be"),
-    ("/api/search?text=a&nprobe=0", 400, "nprobe must be at least 1"),
+    ("/api/search?text=a&nprobe=0", 400, "nprobe must be 1..65536"),
     ("/api/search?text=a&class=nowhere", 400, "unknown class 'nowhere'"),
     ("/api/search?text=a&class=", 400, "empty class name"),
     ("/api/search?text=a&split=dev", 400, "unknown split 'dev'"),
