@@ -253,7 +253,7 @@ def test_fuzz_index_manifests(tiny_run, tmp_path):
 
 def test_fuzz_http_parameters():
     """Random query strings for the search endpoint: parsed parameters or one RequestError line."""
-    from utils.search.server import RequestError, parse_search_params
+    from utils.search.api import RequestError, parse_search_params
 
     rng = np.random.default_rng(28)
     names = ["text", "row", "modality", "target", "k", "rerank", "shortlist", "nprobe", "class", "split", "path", ""]
