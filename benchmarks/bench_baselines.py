@@ -23,7 +23,7 @@ from configs.datasets import get_dataset  # noqa: E402
 from configs.train import METHODS, TrainConfig  # noqa: E402
 from utils.demo.synthetic import make_synthetic_features  # noqa: E402
 from utils.runtime import resolve_device, seed_everything  # noqa: E402
-from utils.train.runner import RunData  # noqa: E402
+from utils.train.run_data import RunData  # noqa: E402
 
 SHAPES = {"ucm": 2100, "rsicd": 10921}
 

@@ -71,7 +71,7 @@ def main():
             metrics = duch_main.main(duch_main.get_args_parser().parse_args([*argv, "--test"]))
             test_s = time.perf_counter() - start
             from configs.train import TrainConfig
-            from utils.train.runner import RunData
+            from utils.train.run_data import RunData
 
             views = RunData(TrainConfig(dataset=key, data_dir=str(data)), torch.device("cpu")).train_views
             t_index, t_loader = batch_assembly(views, 256)

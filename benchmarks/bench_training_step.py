@@ -26,7 +26,7 @@ from configs.datasets import get_dataset  # noqa: E402
 from configs.train import TrainConfig  # noqa: E402
 from models.duch import HIDDEN_UNITS  # noqa: E402
 from utils.demo.synthetic import make_synthetic_features  # noqa: E402
-from utils.train.runner import RunData  # noqa: E402
+from utils.train.run_data import RunData  # noqa: E402
 from utils.train.trainer import DUCHTrainer, batch_indices  # noqa: E402
 
 VARIANTS = {"views fused": True, "views one by one": False}

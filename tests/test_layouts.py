@@ -261,7 +261,7 @@ def test_describe_reports_before_any_preprocessing(tmp_path, capsys):
 
 def test_select_map_needs_labels():
     from configs.train import TrainConfig
-    from utils.train.runner import selection_metric
+    from utils.train.run_data import selection_metric
 
     assert selection_metric(TrainConfig(), True) == "map" and selection_metric(TrainConfig(), False) == "mr"
     assert selection_metric(TrainConfig(select="mr"), True) == "mr"

@@ -125,7 +125,7 @@ def test_interrupted_overwrite_keeps_the_previous_run_whole(demo_features, tmp_p
 
 # ---- 3. the last batch of one sample is folded into the one before -----------------------------------
 def test_last_batch_of_one_sample_is_trained(demo_features):
-    from utils.train.runner import RunData
+    from utils.train.run_data import RunData
     from utils.train.trainer import DUCHTrainer, batch_indices
 
     assert [len(b) for b in batch_indices(torch.arange(61), 20)] == [20, 20, 21]
@@ -243,7 +243,7 @@ def test_demo_random_text_encoder_is_read_from_its_record(tmp_path):
 
 
 def test_bit_below_eight_warns():
-    from utils.train.runner import run_warnings
+    from utils.train.run_data import run_warnings
 
     class Data:  # only what run_warnings reads
         split = make_split(40, 42)
@@ -333,7 +333,7 @@ def test_unknown_names_suggest_the_closest(tmp_path, capsys):
 
 def test_tau_reaches_the_contrastive_loss(demo_features, monkeypatch):
     from utils.train import losses
-    from utils.train.runner import RunData
+    from utils.train.run_data import RunData
     from utils.train.trainer import DUCHTrainer
 
     torch.manual_seed(0)

@@ -95,7 +95,7 @@ def assert_rows(tensor, expected):
     ("default", "image_emb_DEMO_aug_aug_center.h5", "caption_emb_DEMO_aug.h5", True),  # QUIRK: txt2 = txt1
 ])
 def test_run_tensors_are_the_standardised_rows_of_the_split(data_dir, preset, image_aug, caption_aug, original_quirks):
-    from utils.train.runner import RunData
+    from utils.train.run_data import RunData
 
     cfg = TrainConfig(dataset="demo", data_dir=str(data_dir), preset=preset, bit=8, original_quirks=original_quirks)
     data = RunData(cfg, torch.device("cpu"))

@@ -57,7 +57,7 @@ def test_gradient_penalty_of_a_linear_discriminator_is_exact():
 
 def _trainer(demo_features, **overrides):
     from configs.train import TrainConfig
-    from utils.train.runner import RunData
+    from utils.train.run_data import RunData
     from utils.train.trainer import DUCHTrainer
 
     cfg = TrainConfig(dataset="demo", data_dir=str(demo_features), bit=8, batch_size=32, epochs=3, **overrides)

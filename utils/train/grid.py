@@ -15,6 +15,7 @@ from configs.train import TrainConfig
 from utils.logs import setup_logger
 from utils.train import runner
 from utils.train.checkpoints import LAST_NAME
+from utils.train.run_config import read_run_config
 
 
 def run_state(cfg: TrainConfig) -> str:
@@ -23,7 +24,7 @@ def run_state(cfg: TrainConfig) -> str:
     if not (run_dir / LAST_NAME).exists():
         return "new"
     history = runner.read_history(run_dir)
-    saved = runner.read_run_config(run_dir, "grid")
+    saved = read_run_config(run_dir, "grid")
     done = history[-1]["epoch"] if history else 0
     if done < max(int(saved.get("epochs", cfg.epochs)), cfg.epochs):
         return "interrupted"

@@ -11,7 +11,6 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +20,13 @@ from configs.datasets import get_dataset
 from configs.files import CONFIG_NAME, SPLIT_NAME
 from configs.train import TrainConfig, check_config
 from utils import distributed
-from utils.data.describe import lonely_queries
-from utils.data.features import FeatureFiles, Features, load_features, resolve_files, width_notes
-from utils.data.splits import Split, resolve_split
+from utils.data.features import width_notes
 from utils.errors import DUCHError
-from utils.fingerprints import check_unchanged, fingerprints
-from utils.io import atomic_path, check_writable_dir, read_json, write_json, write_text
+from utils.io import atomic_path, check_writable_dir, write_json, write_text
 from utils.locks import OutputLock
 from utils.logs import FILE_ONLY, close_log_files, setup_logger
 from utils.publish import publish_folder, recover_folder, staging_path_of
 from utils.retrieval.evaluation import (
-    EvalSet,
-    InstanceSet,
     encode_sets,
     evaluate_codes,
     format_results,
@@ -40,6 +34,14 @@ from utils.retrieval.evaluation import (
 from utils.retrieval.recall import instance_recall
 from utils.runtime import git_commit, resolve_device, seed_everything, versions
 from utils.train.checkpoints import BEST_NAME, LAST_NAME, checkpoint_epoch, load_checkpoint, save_checkpoint
+from utils.train.run_config import (
+    bind_to_run,
+    check_inputs_unchanged,
+    check_same_files,
+    input_fingerprints,
+    read_run_config,
+)
+from utils.train.run_data import RunData, check_data_dir, protocol_record, run_warnings
 from utils.train.trainer import DUCHTrainer, run_epochs
 
 HISTORY_NAME = "history.jsonl"
@@ -48,138 +50,10 @@ RUN_OUTPUTS = (
     CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, BEST_NAME, LAST_NAME, "train.log", "losses.png",
     "metrics*.json", "codes*.npz", "pr_curves*.png", "p_at_k*.png", "test*.log", "test_config*.json",
 )
-# settings that name the run folder: they must agree with config.json whether typed or not
-RUN_IDENTITY = ("dataset", "bit", "preset", "method")
 
 
 def refuse(message: str):
     raise DUCHError(message)
-
-
-def check_data_dir(cfg: TrainConfig, source: str = "--data-dir") -> None:
-    """A mistyped --data-dir is reported, never created."""
-    if not Path(cfg.data_dir).is_dir():
-        raise DUCHError(f"data folder {cfg.data_dir} does not exist ({source}); it holds the dataset JSON and the "
-                        "feature files")
-
-
-def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
-    """Settings and data that run but probably not as the user meant: said on the console and kept in config.json."""
-    out = []
-    if cfg.bit < 8:
-        out.append(f"--bit {cfg.bit} is below 8: at most {2 ** cfg.bit} distinct codes to rank a database with; the "
-                   "paper uses 16 to 128 bits")
-    elif cfg.bit % 8:
-        out.append(f"--bit {cfg.bit} is not a multiple of 8: packed codes fill whole bytes and the paper uses 16, 32, "
-                   "64 or 128 bits")
-    n_train = len(data.split.train)
-    if cfg.batch_size > n_train:
-        out.append(f"--batch-size {cfg.batch_size} is larger than the {n_train} training images: every epoch is one "
-                   f"batch of {n_train}")
-    labels = data.features.labels
-    if labels is None:
-        why = LABEL_RULES if data.features.label_rule == "none" else "--labels none"
-        return out + [f"the dataset has no labels ({why}): class-level metrics (mAP, P@K, PR) are skipped; "
-                      f"instance-level recall is reported"] + data.features.warnings
-    lonely = lonely_queries(labels, data.split)
-    if lonely:
-        out.append(lonely)
-    return out + data.features.warnings
-
-
-LABEL_RULES = "no class field in the JSON, no class prefix in the file names, no --labels CSV"
-
-
-def split_protocol(cfg: TrainConfig) -> str:
-    """--split, else the dataset's default (duch for UCM, RSICD and the demo, json for the others)."""
-    return cfg.split or get_dataset(cfg.dataset, cfg.name).default_split
-
-
-def selection_metric(cfg: TrainConfig, has_labels: bool) -> str:
-    """--select, else map where the dataset has labels and mr where it has none; map without labels is refused."""
-    if cfg.select == "map" and not has_labels:
-        raise DUCHError("--select map needs labels, and this dataset has none (--labels CSV gives them); "
-                        "--select mr selects on instance-level recall")
-    return cfg.select or ("map" if has_labels else "mr")
-
-
-def instance_rows(images: list[int], offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Caption rows of the given images (all of each image's captions, in order) and the position in
-    ``images`` of each row's image."""
-    offsets = np.asarray(offsets)
-    counts = offsets[np.asarray(images, dtype=np.int64) + 1] - offsets[np.asarray(images, dtype=np.int64)]
-    rows = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in images]) if images else np.zeros(0, np.int64)
-    return rows.astype(np.int64), np.repeat(np.arange(len(images)), counts)
-
-
-class RunData:
-    """Features, split and the device tensors of one run."""
-
-    def __init__(self, cfg: TrainConfig, device):
-        ds = get_dataset(cfg.dataset, cfg.name)
-        self.paths = resolve_files(ds, cfg.data_dir, cfg.preset, cfg.img_aug_emb)
-        cfg.files = self.paths.to_json()
-        self.features: Features = load_features(ds, self.paths, cfg.preset, cfg.original_quirks, labels_csv=cfg.labels)
-        cfg.select = selection_metric(cfg, self.features.labels is not None)
-        self.select = cfg.select
-        self.protocol = split_protocol(cfg)
-        self.split: Split = resolve_split(self.protocol, self.features.images, self.features.caption_offsets, cfg.seed,
-                                          cfg.split_file, self.paths.dataset_json, self.features.left_out)
-        f, s = self.features, self.split
-        self.filenames = [image["filename"] for image in f.images]
-
-        def tensor(x):
-            return torch.as_tensor(np.ascontiguousarray(x), device=device)
-
-        def labels(rows):
-            return None if f.labels is None else tensor(f.labels[rows])
-
-        def instance(images):
-            rows, owner = instance_rows(images, f.caption_offsets)
-            return InstanceSet(tensor(f.image[images]), tensor(f.caption[rows]), owner), rows
-
-        self.train_views = {
-            "i1": tensor(f.image[s.train]),
-            "i2": tensor(f.image_aug[s.train]),
-            "t1": tensor(f.caption[s.train_captions]),
-        }
-        self.train_views["t2"] = (self.train_views["t1"] if f.caption_aug is None
-                                  else tensor(f.caption_aug[s.train_captions]))
-        self.query = EvalSet(tensor(f.image[s.query]), tensor(f.caption[s.query_captions]), labels(s.query))
-        self.db = EvalSet(tensor(f.image[s.db]), tensor(f.caption[s.db_captions]), labels(s.db))
-        # validation: the val part against the train images (json, file with val), else query/db as the original
-        if s.val:
-            self.valid_query = EvalSet(tensor(f.image[s.val]), tensor(f.caption[s.val_captions]), labels(s.val))
-            self.valid_db = EvalSet(tensor(f.image[s.train]), tensor(f.caption[s.train_captions]), labels(s.train))
-        else:
-            self.valid_query, self.valid_db = self.query, self.db
-        # a json/file split without val images selects no model on test: the last validation wins
-        self.selects_model = bool(s.val) or self.protocol == "duch"
-        self.test_instance, self.test_caption_rows = instance(s.test)
-        self.valid_instance = instance(s.valid_query)[0] if s.val else self.test_instance
-
-    def split_record(self) -> dict:
-        return self.split.to_json(self.filenames, self.features.caption_offsets)
-
-
-def protocol_record(data: RunData) -> dict:
-    """The evaluation protocol, as metrics.json states it."""
-    s = data.split
-    class_level = (
-        "skipped: no labels" if data.features.labels is None else
-        "query = test images (one caption each), database = every image outside test; relevant = shares a label"
-        if data.protocol != "duch" else "the original's query / database split; relevant = shares a label"
-    )
-    return {
-        "split": data.protocol, "labels": data.features.label_rule, "dropped": data.features.dropped,
-        "images": {"train": len(s.train), "val": len(s.val), "test": len(s.test), "database": len(s.db)},
-        "selection": "validation images against train images" if s.val else (
-            "query against database (the original's)" if data.protocol == "duch" else "none: the last validated model"),
-        "selection_metric": data.select,
-        "class_level": class_level,
-        "instance_level": "within the test images and all their captions: I->T hit when any of the image's captions is "
-                          "in the top K; T->I hit when the caption's image is; ties by index and tie-aware expectation",
-    }
 
 
 def run_dir_of(cfg: TrainConfig) -> Path:
@@ -201,19 +75,6 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text(run_dir / HISTORY_NAME, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def input_fingerprints(cfg: TrainConfig, paths: FeatureFiles) -> dict:
-    """Fingerprints (size, mtime, sha256) of the feature files a run reads (utils/fingerprints.py)."""
-    keys = [k for k in FEATURE_FILE_KEYS if not (cfg.original_quirks and k == "caption_aug")]
-    return fingerprints({k: getattr(paths, k) for k in keys})
-
-
-def check_inputs_unchanged(saved: dict, flag: str) -> None:
-    """The feature files a run was trained on must be the same files, byte for byte, for --test and --resume."""
-    check_unchanged(saved.get("inputs") or {}, f"{flag} of the run made at {saved.get('time')}",
-                    "its results would not be the run's; retrain with --overwrite, "
-                    "or restore the files it was trained on")
-
-
 def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings: list[str], **extra) -> dict:
     return {
         **cfg.to_json(), "inputs": input_fingerprints(cfg, data.paths),
@@ -221,103 +82,6 @@ def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings:
         "argv": list(sys.argv), "git_commit": git_commit(), "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "warnings": warnings, **extra,
     }
-
-
-def read_run_config(run_dir: Path, flag: str) -> dict:
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise DUCHError(f"{flag}: {run_dir} has no {CONFIG_NAME}, the record of how the run was trained, so it cannot "
-                        "be bound to its data")
-    saved = read_json(path, "run configuration")
-    if not isinstance(saved, dict):
-        raise DUCHError(f"{path} is not a run configuration (a JSON object)")
-    return saved
-
-
-def _settings_of(saved: dict) -> TrainConfig:
-    """The TrainConfig saved in a config.json record."""
-    from configs.train import check_values
-
-    values = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
-    for key in ("contrastive_weights", "discriminator_betas"):
-        if key in values:
-            if not isinstance(values[key], list):
-                raise DUCHError(f"{CONFIG_NAME}: {key} must be a list of numbers, got {values[key]!r}")
-            values[key] = tuple(values[key])
-    run = TrainConfig(**values)
-    try:
-        check_values(run)  # a hand-edited config.json: a string where a number belongs is named, not a traceback
-    except DUCHError as err:
-        raise DUCHError(f"the run's {CONFIG_NAME} holds a value that cannot be right: {err}") from None
-    return run
-
-
-def _norm(value):
-    return json.loads(json.dumps(value))
-
-
-def _same_setting(key: str, typed, saved) -> bool:
-    if key in ("data_dir", "img_aug_emb") and typed is not None and saved is not None:  # one folder, two spellings
-        return str(typed) == str(saved) or Path(typed).resolve() == Path(saved).resolve()
-    return _norm(typed) == _norm(saved)
-
-
-def _flag(key: str, value) -> str:
-    if isinstance(value, bool):
-        return f"--{key.replace('_', '-')}" if value else f"no --{key.replace('_', '-')}"
-    if isinstance(value, (list, tuple)):
-        value = " ".join(map(str, value))
-    return f"--{key.replace('_', '-')} {value}"
-
-
-def bind_to_run(cfg: TrainConfig, typed: set[str], saved: dict, run_dir: Path, mode: str) -> TrainConfig:
-    """The run's saved settings, with this call's device and out-dir.
-
-    A typed flag that differs from the saved setting is refused (``mode`` "test" or "resume"); a resumed
-    run may only raise ``--epochs``. The settings that name the folder (dataset, bit, preset) must agree
-    whether typed or not.
-    """
-    run = _settings_of(saved)
-    flag_name = f"--{mode}"
-    conflicts = []
-    for key in sorted((set(typed) | set(RUN_IDENTITY)) - {"tag"}):
-        if not hasattr(run, key):
-            continue
-        mine, theirs = getattr(cfg, key), getattr(run, key)
-        if _same_setting(key, mine, theirs):
-            continue
-        if mode == "resume" and key == "epochs":
-            if mine > theirs:
-                continue
-            conflicts.append(f"--epochs {mine}: the run is set to {theirs} epochs and --resume can only raise that "
-                             f"(to evaluate an earlier model use --test --checkpoint last)")
-            continue
-        conflicts.append(f"{_flag(key, mine)} contradicts the run's {_flag(key, theirs)}")
-    if conflicts:
-        action = "evaluates" if mode == "test" else "continues"
-        raise DUCHError(
-            f"{flag_name} {action} the run in {run_dir} with the settings of its {CONFIG_NAME}: "
-            f"{'; '.join(conflicts)}. "
-            f"Drop the flag to use the run's setting, or train a new run with another --tag"
-        )
-    run.device, run.out_dir = cfg.device, cfg.out_dir
-    if mode == "resume" and "epochs" in typed:
-        run.epochs = cfg.epochs
-    return run
-
-
-FEATURE_FILE_KEYS = ("image", "image_aug", "caption", "caption_aug")
-
-
-def _check_same_files(saved: dict, now: dict, flag: str) -> None:
-    """The feature files a bound run resolves to must be the ones it was trained on (the JSON may have
-    gained augmented captions since: its labels and raw captions are the same)."""
-    changed = [k for k in FEATURE_FILE_KEYS
-               if k in saved and k in now and Path(saved[k]).resolve() != Path(now[k]).resolve()]
-    if changed:
-        detail = "; ".join(f"{k}: {saved[k]} -> {now[k]}" for k in changed)
-        raise DUCHError(f"{flag}: the run's feature files now resolve to other files ({detail}); run it from the "
-                        "folder it was trained in")
 
 
 def _check_widths(payload: dict, data: RunData, ckpt_path: Path) -> None:
@@ -514,7 +278,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
     saved_files = dict(cfg.files)
     data = RunData(cfg, device)  # before --overwrite deletes anything: bad data leaves the old run intact
     if saved is not None:
-        _check_same_files(saved_files, cfg.files, "--resume")
+        check_same_files(saved_files, cfg.files, "--resume")
     logger = setup_logger(run_dir / "train.log" if ctx.is_main else None,
                           level=logging.INFO if ctx.is_main else logging.ERROR)
     warnings = run_warnings(cfg, data)
@@ -651,7 +415,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
         seed_everything(cfg.seed)
         saved_files = dict(cfg.files)
         data = RunData(cfg, device)
-        _check_same_files(saved_files, cfg.files, "--test")
+        check_same_files(saved_files, cfg.files, "--test")
         warnings = run_warnings(cfg, data)
         _log_warnings(logger, warnings)
         write_json(run_dir / f"test_config{suffix}.json",
