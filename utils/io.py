@@ -305,27 +305,18 @@ def npz_keys(path: str | Path, what: str = "npz file") -> list[str]:
 def npz_headers(path: str | Path, keys, what: str = "npz file") -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """(shape, dtype) of the ``keys`` an .npz file holds, from their headers only: a reader checks that the
     arrays fit together (row counts, widths, kinds) before any data is decompressed."""
-    import zipfile
-
-    path = Path(path)
-    present = set(npz_keys(path, what))
-    out = {}
-    try:
-        with zipfile.ZipFile(path) as z:
-            for key in keys:
-                if key in present:
-                    with z.open(z.getinfo(key + ".npy")) as f:
-                        shape, _, dtype = _npy_header(f, f"{what} {path}: array {key!r}")
-                    out[key] = (tuple(int(d) for d in shape), dtype)
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
-        raise DUCHError(f"{what} {path} is damaged or truncated ({first_line(err)})") from None
-    return out
+    return _scan_npz(path, keys, what, None)
 
 
 def read_npz(path: str | Path, keys, what: str = "npz file", max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, np.ndarray]:
     """Only ``keys`` of an .npz file, each header checked before its data is read: a small archive holding
     gigabytes of compressed zeros under a key nobody asked for costs nothing, and one under a needed key is
     refused by its declared size. Damaged, truncated or object arrays are a DUCHError naming the key."""
+    return _scan_npz(path, keys, what, max_bytes)
+
+
+def _scan_npz(path: str | Path, keys, what: str, max_bytes: int | None) -> dict:
+    """The headers of ``keys`` (``max_bytes`` None), or their arrays, each header checked first."""
     import zipfile
 
     path = Path(path)
@@ -340,6 +331,9 @@ def read_npz(path: str | Path, keys, what: str = "npz file", max_bytes: int = MA
                 info = z.getinfo(key + ".npy")
                 with z.open(info) as f:
                     shape, fortran, dtype = _npy_header(f, label)
+                    if max_bytes is None:
+                        out[key] = (tuple(int(d) for d in shape), dtype)
+                        continue
                     _check_size(shape, dtype, label, max_bytes, stored=info.file_size - f.tell())
                     count = 1
                     for d in shape:
