@@ -48,15 +48,17 @@ def difference(record: dict, path: str | Path | None = None) -> str | None:
     return "modified since (size equal, mtime changed, no digest recorded)"
 
 
-def changed_inputs(recorded: dict) -> list[str]:
-    """'<name> <path>: <difference>' for every recorded input that no longer matches."""
+def changed_inputs(recorded: dict, paths: dict | None = None) -> list[str]:
+    """'<name> <path>: <difference>' for every recorded input that no longer matches. ``paths``: {name: the
+    file read now} where it is not the recorded path (data moved to another folder)."""
     out = []
     for name, record in (recorded or {}).items():
         if not isinstance(record, dict) or "path" not in record:
             continue
-        why = difference(record)
+        path = (paths or {}).get(name, record["path"])
+        why = difference(record, path)
         if why:
-            out.append(f"{name} {record['path']}: {why}")
+            out.append(f"{name} {path}: {why}")
     return out
 
 

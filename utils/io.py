@@ -103,6 +103,19 @@ def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def read_text_lines(path: str | Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark dropped; the last newline ends the last line, it does
+    not start an empty one); an unreadable or non-UTF-8 file is a DUCHError naming it and ``what`` it holds."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DUCHError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); {what} are UTF-8 lines") from None
+    except OSError as err:
+        raise DUCHError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    return text.splitlines()
+
+
 def read_json(path: str | Path, what: str = "JSON file", hint: str = ""):
     path = Path(path)
     if not path.is_file():

@@ -14,7 +14,8 @@ from pathlib import Path
 from utils.errors import DUCHError
 
 # characters a name that becomes one folder or file name may hold: letters, digits and ``._+-=,@``
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+=,@-]+$")
+_SAFE_CHARS = "A-Za-z0-9_.+=,@-"
+_SAFE_NAME = re.compile(rf"^[{_SAFE_CHARS}]+$")
 MAX_NAME_LENGTH = 128
 
 
@@ -75,6 +76,13 @@ def check_inside(path: str | Path, folders, what: str = "path") -> Path:
     if any(is_inside(path, f) for f in folders):
         return Path(path)
     raise DUCHError(f"{what} {path} lies outside {' and '.join(map(str, folders)) or 'its folder'}; refused")
+
+
+def sanitised_name(name: str, max_length: int = MAX_NAME_LENGTH, empty: str = "_") -> str:
+    """``name`` made into one safe file-name part: characters ``safe_name`` refuses become ``_``, leading dots
+    go, at most ``max_length`` characters (``empty`` when nothing is left). For names taken from data."""
+    cleaned = re.sub(rf"[^{_SAFE_CHARS}]", "_", str(name)).lstrip(".")[:max_length]
+    return cleaned or empty
 
 
 def safe_name(name: str, what: str = "name") -> str:

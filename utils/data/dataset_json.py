@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from configs.datasets import DatasetInfo
-from utils.data.layouts import FOLDER_LAYOUTS, read_folder, records_file
+from utils.data.layouts import FOLDER_LAYOUTS, read_folder, records_file, source_digest
 from utils.errors import DUCHError
 from utils.io import read_json
 
 RAW_KEY = "raw"
 
 
-def _where(j: int, image) -> str:
+def where_image(j: int, image) -> str:
+    """``image 3 (x.tif)``: how every message names an image of the dataset."""
     name = image.get("filename") if isinstance(image, dict) else None
     return f"image {j} ({name})" if isinstance(name, str) and name else f"image {j}"
 
@@ -73,7 +74,7 @@ def read_source(path: str | Path, hint: str = "") -> tuple[dict, str]:
         data = read_folder(path)
         return data, data["layout"]
     data = read_json(path, "dataset JSON", hint)
-    if isinstance(data, list) and data and all(isinstance(r, dict) and "image" in r for r in data[:1]):
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "image" in data[0]:
         data = records_file(path, data)
         return data, data["layout"]
     layout = detect_layout(data, path)
@@ -92,15 +93,9 @@ def _drop_blank(data: dict, path) -> None:
     """Leave out blank captions, then images left without any, recording both counts (``DROPPED_KEY``)."""
     blank, emptied, examples, gone = 0, 0, [], []
     kept = []
-    for j, image in enumerate(data["images"]):
-        sentences = image["sentences"]
-        for i, sentence in enumerate(sentences):
-            text = sentence.get(RAW_KEY) if isinstance(sentence, dict) else None
-            if isinstance(sentence, dict) and RAW_KEY in sentence and not isinstance(text, str):
-                raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} has {RAW_KEY!r} = {text!r}; every caption "
-                                "must be a string")
-        left = [s for s in sentences if not (isinstance(s, dict) and isinstance(s.get(RAW_KEY), str)
-                                             and not s[RAW_KEY].strip())]
+    for image in data["images"]:
+        sentences = image["sentences"]  # objects whose raw caption, if any, is a string (load_dataset_json)
+        left = [s for s in sentences if not (isinstance(s.get(RAW_KEY), str) and not s[RAW_KEY].strip())]
         if len(left) != len(sentences) or not left:
             examples.append(image["filename"])
         blank += len(sentences) - len(left)
@@ -154,7 +149,6 @@ def check_source_unchanged(data: dict, path, ds: DatasetInfo | None) -> None:
     """A file made from a source (``augmented_DS.json``) whose source has changed since is refused, with the
     command that rebuilds it: its captions and split would no longer be the source's."""
     from configs.files import PROVENANCE_KEY, TXT_AUG_BY_KEY, augment_command
-    from utils.data.layouts import source_digest
 
     record = data.get(SOURCE_KEY)
     if not isinstance(record, dict) or not isinstance(record.get("path"), str):
@@ -206,23 +200,28 @@ def load_dataset_json(path: str | Path, hint: str = "", ds: DatasetInfo | None =
         seen[key] = j
         for field in ("classname", "filepath"):
             if field in image:
-                check_relative_name(str(image[field]), f"{path}: {_where(j, image)} has {field!r}")
+                check_relative_name(str(image[field]), f"{path}: {where_image(j, image)} has {field!r}")
         sentences = image.get("sentences")
         if sentences is None and layout == KARPATHY and "raw" in image:
-            raise DUCHError(f"{path}: mixed layouts: {_where(j, image)} has NWPU-style 'raw' fields in a "
+            raise DUCHError(f"{path}: mixed layouts: {where_image(j, image)} has NWPU-style 'raw' fields in a "
                             f"Karpathy-layout file; expected {LAYOUTS_EXPECTED}")
         if not isinstance(sentences, list):
-            raise DUCHError(f"{path}: {_where(j, image)} has no 'sentences' list; every image needs its captions")
+            raise DUCHError(f"{path}: {where_image(j, image)} has no 'sentences' list; every image needs its captions")
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, dict):
-                raise DUCHError(f"{path}: sentence {i} of {_where(j, image)} is a JSON {type(sentence).__name__}, not "
-                                "an object")
+                raise DUCHError(f"{path}: sentence {i} of {where_image(j, image)} is a JSON "
+                                f"{type(sentence).__name__}, not an object")
+            text = sentence.get(RAW_KEY)
+            if RAW_KEY in sentence and not isinstance(text, str):  # a blank one is left out below, a non-string refused
+                raise DUCHError(f"{path}: sentence {i} of {where_image(j, image)} has {RAW_KEY!r} = {text!r}; every "
+                                "caption must be a string")
     _drop_blank(data, path)
     if ds is not None and ds.captions_per_image is not None:
         for j, image in enumerate(data["images"]):
             if len(image["sentences"]) != ds.captions_per_image:
-                raise DUCHError(f"{path}: {_where(j, image)} has {len(image['sentences'])} captions; every {ds.name} "
-                                f"image has exactly {ds.captions_per_image} (for another count, give the JSON itself: "
+                count = len(image["sentences"])
+                raise DUCHError(f"{path}: {where_image(j, image)} has {count} captions; every {ds.name} image has "
+                                f"exactly {ds.captions_per_image} (for another count, give the JSON itself: "
                                 f"--dataset PATH)")
     captions(data, RAW_KEY, source=path)
     data["layout"] = data.get("layout") if layout == KARPATHY and data.get("layout") else layout
@@ -276,12 +275,12 @@ def captions(data: dict, key: str = RAW_KEY, source: str | Path = "dataset JSON"
     for j, image in enumerate(data["images"]):
         for i, sentence in enumerate(image["sentences"]):
             if key not in sentence:
-                raise DUCHError(f"{source}: sentence {i} of {_where(j, image)} has no {key!r} caption")
+                raise DUCHError(f"{source}: sentence {i} of {where_image(j, image)} has no {key!r} caption")
             text = sentence[key]
             if not isinstance(text, str) or not text.strip():
                 raise DUCHError(
-                    f"{source}: sentence {i} of {_where(j, image)} has {key!r} = {text!r}; every caption must be a "
-                    "non-empty string"
+                    f"{source}: sentence {i} of {where_image(j, image)} has {key!r} = {text!r}; every caption must be "
+                    "a non-empty string"
                 )
             out.append(text)
     return out

@@ -13,7 +13,7 @@ import numpy as np
 from configs import files
 from configs.datasets import DatasetInfo
 from utils.data.dataset_json import DROPPED_KEY, caption_offsets, dropped_warning, left_out_images, load_dataset_json
-from utils.data.features import MIN_IMAGES
+from utils.data.features import check_enough_images
 from utils.data.labels import resolve_labels
 from utils.data.splits import Split, resolve_split
 
@@ -37,13 +37,10 @@ def describe_dataset(ds: DatasetInfo, data_dir: str | Path, protocol: str, split
                      labels_csv: str | None = None, seed: int = 42) -> dict:
     """The report of ``--describe`` (docs/datasets.md): counts, layout, split sizes, labels, what was left out,
     warnings. Raises the errors a run would raise."""
-    from utils.errors import DUCHError
-
     path = files.current_dataset_json(ds, data_dir)
     data = load_dataset_json(path, hint="pass --data-dir to the folder that holds it, or --dataset PATH", ds=ds)
     images = data["images"]
-    if len(images) < MIN_IMAGES:
-        raise DUCHError(f"{path}: {len(images)} images; training and testing need at least {MIN_IMAGES}")
+    check_enough_images(len(images), path)
     offsets = caption_offsets(data)
     labels = resolve_labels(data, ds, path, labels_csv)
     split = resolve_split(protocol, images, offsets, seed, split_file, path, left_out_images(data))

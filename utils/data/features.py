@@ -17,6 +17,15 @@ from utils.io import read_h5, read_h5_attrs, read_json
 MIN_IMAGES = 10  # fewer leave an empty query set (20 % of the half not trained on) and NaN metrics
 
 
+def check_enough_images(n: int, source) -> None:
+    """A dataset too small to split into train, queries and database is refused, by a run and by --describe."""
+    if n < MIN_IMAGES:
+        raise DUCHError(
+            f"{source}: {n} images; training and testing need at least {MIN_IMAGES} "
+            f"(half train, then 20 % of the rest as queries and the others as the database)"
+        )
+
+
 @dataclass
 class FeatureFiles:
     dataset_json: Path
@@ -168,11 +177,7 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     data = load_dataset_json(paths.dataset_json, hint=f"make it with: {files.augmented_json_command(ds, data_dir)}",
                              ds=ds)
     n = len(data["images"])
-    if n < MIN_IMAGES:
-        raise DUCHError(
-            f"{paths.dataset_json}: {n} images; training and testing need at least {MIN_IMAGES} "
-            f"(half train, then 20 % of the rest as queries and the others as the database)"
-        )
+    check_enough_images(n, paths.dataset_json)
     resolved = resolve_labels(data, ds, paths.dataset_json, labels_csv)
     offsets = caption_offsets(data)
     n_captions = int(offsets[-1])

@@ -35,6 +35,17 @@ def high_bit_depth_rule(bit_depth: int = 16) -> str:
 _UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
 
 
+def _candidates(image_dir: Path, filename: str, classname, filepath, folder_real: str | None) -> list[Path]:
+    """Where an image of the JSON may be, each refused by name if it leads outside ``image_dir``."""
+    from utils.paths import contained
+
+    out = [contained(image_dir, filename, "dataset JSON filename", folder_real)]
+    for field, folder in (("classname", classname), ("filepath", filepath)):
+        if folder:
+            out.append(contained(image_dir, f"{folder}/{filename}", f"dataset JSON {field}/filename", folder_real))
+    return out
+
+
 def find_image(image_dir: Path, filename: str, classname: str | None = None, folder_real: str | None = None,
                filepath: str | None = None) -> Path:
     """``image_dir/filename`` (UCM captions / RSICD flat layout), else ``image_dir/classname/filename``, else
@@ -42,15 +53,7 @@ def find_image(image_dir: Path, filename: str, classname: str | None = None, fol
 
     Both names come from the dataset JSON: a name that leads outside ``image_dir`` (``..``, an absolute
     path, a symlink pointing out) is refused by name (``utils.paths.contained``), never read."""
-    from utils.paths import contained
-
-    candidates = [contained(image_dir, filename, "dataset JSON filename", folder_real)]
-    if classname:
-        candidates.append(contained(image_dir, f"{classname}/{filename}", "dataset JSON classname/filename",
-                                    folder_real))
-    if filepath:
-        candidates.append(contained(image_dir, f"{filepath}/{filename}", "dataset JSON filepath/filename",
-                                    folder_real))
+    candidates = _candidates(image_dir, filename, classname, filepath, folder_real)
     for path in candidates:
         if path.is_file():
             return path
@@ -66,7 +69,7 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     of that name anywhere under ``image_dir``."""
     import os
 
-    from utils.paths import contained, is_inside
+    from utils.paths import is_inside
 
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
@@ -76,10 +79,8 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
     out = []
     for entry in images:
         filename, classname, filepath = entry["filename"], entry.get("classname"), entry.get("filepath")
-        relatives = [filename] + ([f"{classname}/{filename}"] if classname else []) + (
-            [f"{filepath}/{filename}"] if filepath else [])
         # every candidate is checked, not only the one found: a name that leads outside is refused by name
-        direct = [contained(image_dir, rel, "dataset JSON file name", folder_real) for rel in relatives]
+        direct = _candidates(image_dir, filename, classname, filepath, folder_real)
         found = next((p for p in direct if p.is_file()), None)
         if found is None:
             if nested is None:
@@ -96,7 +97,7 @@ def find_images(image_dir: str | Path, images: Sequence[dict]) -> list[Path]:
                                 f"({matches[0]}, {matches[1]}, ...); "
                                 f"give its folder in the JSON's file name or pass --image-dir to the right folder")
             # find_image's error names where it looked
-            found = matches[0] if matches else find_image(image_dir, filename, classname, filepath=filepath)
+            found = matches[0] if matches else find_image(image_dir, filename, classname, folder_real, filepath)
         out.append(found)
     return out
 

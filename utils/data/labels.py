@@ -15,14 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from configs.datasets import DatasetInfo
+from utils.data.dataset_json import where_image
 from utils.errors import DUCHError
 
 NO_LABELS = "none"  # --labels none: the class-level metrics are skipped, recall is reported
-
-
-def _where(j: int, image) -> str:
-    name = image.get("filename") if isinstance(image, dict) else None
-    return f"image {j} ({name})" if isinstance(name, str) and name else f"image {j}"
 
 
 @dataclass
@@ -54,8 +50,8 @@ def _classcode(j: int, image: dict, source) -> int:
     code = image["classcode"]
     integral = isinstance(code, int) or (isinstance(code, float) and code.is_integer())
     if isinstance(code, bool) or not integral or code < 0 or code >= 2 ** 31:
-        raise DUCHError(f"{source}: {_where(j, image)} has classcode {code!r}; a class code is a non-negative integer "
-                        f"below 2^31")
+        raise DUCHError(f"{source}: {where_image(j, image)} has classcode {code!r}; a class code is a non-negative "
+                        f"integer below 2^31")
     return int(code)
 
 
@@ -67,14 +63,14 @@ def image_labels(data: dict, ds: DatasetInfo | None = None, source: str | Path =
     if missing:
         j = missing[0]
         rule = f"{ds.name} labels" if ds is not None else "labels"
-        raise DUCHError(f"{source}: {_where(j, images[j])} has no 'classcode' ({len(missing)} of {len(images)} images "
-                        f"lack one); {rule} come from each image's 'classcode'")
+        raise DUCHError(f"{source}: {where_image(j, images[j])} has no 'classcode' ({len(missing)} of {len(images)} "
+                        f"images lack one); {rule} come from each image's 'classcode'")
     labels = np.asarray([_classcode(j, image, source) for j, image in enumerate(images)], dtype=np.int64)
     n_classes = data.get("num_classes")
     if isinstance(n_classes, int) and not isinstance(n_classes, bool) and labels.max() >= n_classes:
         j = int(np.argmax(labels >= n_classes))
-        raise DUCHError(f"{source}: {_where(j, images[j])} has classcode {labels[j]}, but the JSON's num_classes is "
-                        f"{n_classes} (codes 0..{n_classes - 1})")
+        raise DUCHError(f"{source}: {where_image(j, images[j])} has classcode {labels[j]}, but the JSON's "
+                        f"num_classes is {n_classes} (codes 0..{n_classes - 1})")
     return labels
 
 
@@ -137,9 +133,9 @@ def block_labels(data: dict, ds: DatasetInfo, source) -> ImageLabels:
         match = re.fullmatch(r"0*([1-9]\d{0,8})", Path(image["filename"]).stem)
         if match is None or int(match.group(1)) > top:
             raise DUCHError(
-                f"{source}: {_where(j, image)} has no 'classcode' and is not one of {ds.name}'s image ids 1..{top} "
-                f"(whose classes are fixed: {ds.block_size} ids per class); give every image a classcode, or labels "
-                f"with --labels CSV (--labels none for recall only)")
+                f"{source}: {where_image(j, image)} has no 'classcode' and is not one of {ds.name}'s image ids "
+                f"1..{top} (whose classes are fixed: {ds.block_size} ids per class); give every image a classcode, or "
+                f"labels with --labels CSV (--labels none for recall only)")
         codes.append((int(match.group(1)) - 1) // ds.block_size)
     return ImageLabels(np.asarray(codes, dtype=np.int64), len(ds.class_names), "id blocks", list(ds.class_names))
 
@@ -213,7 +209,7 @@ def resolve_labels(data: dict, ds: DatasetInfo | None = None, source: str | Path
             return _count_warning(ImageLabels(values, len(classes), key, classes), ds)
         if having:
             j = next(j for j, image in enumerate(images) if key not in image)
-            raise DUCHError(f"{source}: {_where(j, images[j])} has no {key!r} ({len(images) - having} of "
+            raise DUCHError(f"{source}: {where_image(j, images[j])} has no {key!r} ({len(images) - having} of "
                             f"{len(images)} images lack one); give every image one, or none")
     if ds is not None and ds.block_size:
         return _count_warning(block_labels(data, ds, source), ds)

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from configs.files import CAPTION_LIST, FILE_LIST, SPLIT_PARTS, folder_layout_files, record_file_part
 from utils.errors import DUCHError
-from utils.io import read_json
+from utils.io import read_json, read_text_lines
 
 PRECOMP = "caption lists"
 PUBLISHED_PER_IMAGE = 5  # captions per image in the published caption lists (RSITMD, RSICD, UCM, Sydney)
@@ -29,17 +29,6 @@ FOLDER_LAYOUTS = (
     f"part = {', '.join(SPLIT_PARTS)}) or of records files (<name>_<part>.json, each a JSON list of "
     "{\"image\", \"caption\"})"
 )
-
-
-def _lines(path: Path, what: str) -> list[str]:
-    """The lines of a text file (the last newline ends the last line, it does not start an empty one)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DUCHError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); {what} are UTF-8 lines") from None
-    except OSError as err:
-        raise DUCHError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-    return text.splitlines()
 
 
 def _strip_trailing_blanks(lines: list[str]) -> list[str]:
@@ -69,8 +58,8 @@ def read_caption_lists(folder: Path, part: str) -> list[dict]:
     caps_path, names_path = folder / CAPTION_LIST.format(part=part), folder / FILE_LIST.format(part=part)
     if not names_path.is_file():
         raise DUCHError(f"{caps_path} has no file list beside it: {names_path.name} names the image of each caption")
-    caps = _lines(caps_path, "captions")
-    names = _strip_trailing_blanks(_lines(names_path, "file names"))
+    caps = read_text_lines(caps_path, "captions")
+    names = _strip_trailing_blanks(read_text_lines(names_path, "file names"))
     blank = next((i for i, n in enumerate(names) if not n.strip()), None)
     if blank is not None:
         raise DUCHError(f"{names_path}: line {blank + 1} is blank; every line names an image file")
@@ -163,7 +152,7 @@ def read_folder(folder: Path) -> dict:
     found = folder_layout_files(folder)
     if "precomp" in found:
         parts = [(folder / CAPTION_LIST.format(part=p), read_caption_lists(folder, p)) for p in SPLIT_PARTS
-                 if (folder / CAPTION_LIST.format(part=p)).is_file()]
+                 if folder / CAPTION_LIST.format(part=p) in found["precomp"]]
         return {"images": _merge_parts(parts), "layout": PRECOMP}
     if "records" in found:
         by_part = sorted(found["records"], key=lambda p: SPLIT_PARTS.index(record_file_part(p.name)))

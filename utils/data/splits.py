@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.data.dataset_json import name_key
 from utils.errors import DUCHError
-from utils.io import read_json
+from utils.io import read_json, read_text_lines
 
 SPLIT_FORMAT = "duch-split/1"
 PARTS = ("train", "val", "query", "db")
@@ -129,8 +130,6 @@ SPLIT_FORMS = ("a split.json written by main.py (its 'files' per part)",
 
 def _name_index(filenames: list[str]) -> dict[str, int]:
     """Every image by its normalised name, and by its bare name where that is unique."""
-    from utils.data.dataset_json import name_key
-
     index = {name_key(name): j for j, name in enumerate(filenames)}
     bare: dict[str, list[int]] = {}
     for j, name in enumerate(filenames):
@@ -143,8 +142,6 @@ def _name_index(filenames: list[str]) -> dict[str, int]:
 
 def _lookup(index: dict[str, int], names: list[str], where: str, left_out: frozenset | set = frozenset()) -> list[int]:
     """The rows of the named images; a name of an image left out for having no caption is skipped."""
-    from utils.data.dataset_json import name_key
-
     found, unknown = [], []
     for name in names:
         if name in left_out:
@@ -184,10 +181,7 @@ def read_split_lists(folder: Path, filenames: list[str], offsets, seed: int = 42
         path = folder / FILE_LIST.format(part=part)
         if not path.is_file():
             continue
-        try:
-            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            raise DUCHError(f"{path}: cannot read it as UTF-8 text ({err})") from None
+        lines = [line.strip() for line in read_text_lines(path, "file names") if line.strip()]
         names = [n for i, n in enumerate(lines) if i == 0 or n != lines[i - 1]]  # one name per caption: runs
         parts[part] = _lookup(index, names, str(path), left_out)
     if not parts.get("train") or not parts.get("test"):

@@ -178,16 +178,11 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
 def check_run_inputs(cfg: dict, paths: FeatureFiles, run_dir: Path) -> None:
     """The feature files the index reads are the ones the run was trained on (its config.json's fingerprints),
     as ``main.py --test`` requires: codes of a changed file would not be the run's."""
-    from utils.fingerprints import difference
+    from utils.fingerprints import changed_inputs
 
-    changed = []
-    for key, record in (cfg.get("inputs") or {}).items():
-        path = getattr(paths, key, None)
-        if path is None or key not in ("image", "caption") or not isinstance(record, dict):
-            continue  # the index reads the base image and caption files only
-        why = difference(record, path)
-        if why:
-            changed.append(f"{key} {path}: {why}")
+    read = ("image", "caption")  # the index reads the base image and caption files only
+    recorded = {key: record for key, record in (cfg.get("inputs") or {}).items() if key in read}
+    changed = changed_inputs(recorded, {key: getattr(paths, key) for key in read})
     if changed:
         raise DUCHError(f"search.py index of {run_dir}: input files changed since the run was trained "
                         f"({'; '.join(changed)}); its codes would not be the run's: retrain it (main.py --overwrite), "

@@ -78,13 +78,10 @@ UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", 
 # the service
 
 
-_DECODING = threading.BoundedSemaphore(DECODE_SLOTS)
-
-
 def decode_upload(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[str, tuple[int, int]]:
     """(format, size) of an uploaded image, fully decoded; anything else is a RequestError. The pixel count is
-    read from the header and checked before anything is decoded, and at most DECODE_SLOTS uploads decode at
-    once."""
+    read from the header and checked before anything is decoded. It runs in the service's upload pool
+    (``SearchService.search_image_queued``), so at most DECODE_SLOTS uploads decode at once."""
     from PIL import Image
 
     if not data:
@@ -98,8 +95,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[str
                 width, height = image.size
                 if width * height > max_pixels:
                     raise Image.DecompressionBombError(f"{width} x {height}")
-                with _DECODING:
-                    image.load()
+                image.load()
                 return image.format, image.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(f"the uploaded image has too many pixels (over {max_pixels:,}); send a smaller one "

@@ -53,10 +53,9 @@ def dataset_label(config: dict) -> str:
 def file_part(name: str) -> str:
     """A name as one part of an output file name: only letters, digits and ``_.+=,@-`` (others become ``_``),
     no leading dot, at most 100 characters; data in a config.json cannot lead a table out of its folder."""
-    import re
+    from utils.paths import sanitised_name
 
-    cleaned = re.sub(r"[^A-Za-z0-9_.+=,@-]", "_", name).lstrip(".")[:100]
-    return cleaned or "dataset"
+    return sanitised_name(name, 100, "dataset")
 
 
 def load_result(run_dir: str | Path) -> RunResult:
