@@ -11,8 +11,8 @@ import argparse
 
 from utils.errors import exit_on_user_error
 from utils.search.command import run
-from utils.search.index import DEFAULT_NPROBE, INDEX_TYPES
 from utils.search.query import DEFAULT_SHORTLIST
+from utils.search.segments import DEFAULT_NPROBE, INDEX_TYPES, MIH_MIN_ROWS
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -23,16 +23,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              help="encode a run's dataset (and new images) into packed codes and faiss indexes",
                              description="Encode every image and caption of a run's dataset with its checkpoint; "
                                          "write packed codes, faiss binary indexes, metadata and a manifest.")
-    ix.add_argument("--run", required=True, metavar="RUN_DIR",
-                    help="run folder of main.py, e.g. checkpoints/ucm_64_test_default")
+    ix.add_argument("--run", default=None, metavar="RUN_DIR",
+                    help="run folder of main.py, e.g. checkpoints/ucm_64_test_default (needed to build an index; "
+                         "--add and --remove read it from the index)")
+    ix.add_argument("--codes", default=None, metavar="FILE.npz",
+                    help="index the database codes of a codes file instead (db_img, db_txt, optional db_labels, as "
+                         "evaluate.py reads them); searched by stored rows; needs --out")
+    ix.add_argument("--add", action="store_true",
+                    help="grow the index in --out (or RUN_DIR/index): encode only the --image-dir images it does not "
+                         "hold yet, and/or the --captions lines, and append them")
+    ix.add_argument("--captions", default=None, metavar="FILE",
+                    help="with --add: new sentences, one per line as IMAGE<TAB>SENTENCE (IMAGE: an indexed image's "
+                         "file name or path)")
+    ix.add_argument("--remove", nargs="+", default=None, metavar="NAME_OR_ROW",
+                    help="leave these images (file names, paths or image row numbers) and their captions out of every "
+                         "search from now on")
     ix.add_argument("--data-dir", default=None,
                     help="folder of the dataset JSON and feature files (default: the files the run recorded)")
     ix.add_argument("--out", default=None, metavar="INDEX_DIR", help="index folder (default: RUN_DIR/index)")
     ix.add_argument("--checkpoint", choices=("best", "last"), default="best",
                     help="which model encodes (default: %(default)s)")
-    ix.add_argument("--index-type", choices=INDEX_TYPES, default="flat",
-                    help="flat: exact faiss IndexBinaryFlat; ivf: IndexBinaryIVF, sub-linear, approximate (default: "
-                         "%(default)s)")
+    ix.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
+                    help="flat: exact faiss IndexBinaryFlat; mih: exact multi-index hashing, sub-linear; ivf: faiss "
+                         "IndexBinaryIVF, sub-linear, approximate; auto: mih from "
+                         f"{MIH_MIN_ROWS:,} rows, else flat (default: %(default)s)")
     ix.add_argument("--nlist", type=int, default=None,
                     help="ivf: inverted lists (default: about 4 sqrt(n), at least 39 codes each)")
     ix.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE,

@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.search.index import make_binary_index  # noqa: E402
-from utils.search.query import faiss_threads, order_by_distance_then_row  # noqa: E402
+from utils.search.segments import make_binary_index  # noqa: E402
+from utils.search.segments import faiss_threads, order_by_distance_then_row  # noqa: E402
 
 
 def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Generator,

@@ -242,3 +242,11 @@ def pytest_sessionfinish(session):
     import gc
 
     gc.enable()
+
+
+def index_rows(index_dir, modality: str) -> list[dict]:
+    """Every metadata row of an index folder, read through the index."""
+    from utils.search.query import SearchIndex
+
+    index = SearchIndex.open(index_dir)
+    return [index.metadata[modality][r] for r in range(index.size(modality))]

@@ -379,10 +379,12 @@ def test_search_index_image_dir_from_two_ranks_equals_one_process(tiny_run, tmp_
     assert ranks(_search, [*args, "--out", str(tmp_path / "two")]) == [0, 0]
     one, two = tmp_path / "one", tmp_path / "two"
     assert (two / "manifest.json").is_file()
-    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl",
-                 "codes_captions.npy",
+    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "codes_captions.npy",
                  *(f"image_dir_features/shard_00000{i}.npy" for i in range(3))):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    from tests.conftest import index_rows
+
+    assert index_rows(one, "images") == index_rows(two, "images")
 
 
 # ---- one step's gradients --------------------------------------------------------------------------------

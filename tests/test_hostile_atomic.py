@@ -161,7 +161,8 @@ def test_index_with_a_file_of_another_build_is_refused(tiny_run, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(tiny_run["index"], index)
     manifest = json.loads((index / "manifest.json").read_text())
-    assert set(manifest["digests"]) == {n for names in manifest["files"].values() for n in names.values()}
+    assert set(manifest["digests"]) == {n for segments in manifest["segments"].values() for record in segments
+                                        for n in record["files"].values()}
     SearchIndex.open(index)
     os.utime(index / "codes_images.npy", ns=(1, 1))  # touched, same content: the digest decides, and it matches
     assert manifest["digests"]["codes_images.npy"]["mtime_ns"] != 1
@@ -181,10 +182,10 @@ def test_interrupted_index_overwrite_leaves_no_old_manifest(tiny_run, tmp_path, 
     index = tmp_path / "index"
     shutil.copytree(tiny_run["index"], index)
 
-    def interrupted(path, faiss_index):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(index_module, "_save_faiss", interrupted)
+    monkeypatch.setattr(index_module.writer, "write_fresh_metadata", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         search.main(search.get_args_parser().parse_args(
             ["index", "--run", str(tiny_run["run"]), "--out", str(index), "--overwrite", "--no-progress"]))

@@ -227,7 +227,7 @@ def test_fuzz_index_manifests(tiny_run, tmp_path):
     the digest check, meet it): opening and querying a row is a success or one DUCHError line."""
     import shutil
 
-    from utils.search.index import file_digests
+    from utils.search.writer import file_digests
     from utils.search.query import Query, QueryEncoder, SearchIndex, search
 
     rng = np.random.default_rng(27)
@@ -235,7 +235,8 @@ def test_fuzz_index_manifests(tiny_run, tmp_path):
     outcomes = {"ok": 0, "refused": 0}
     index = tmp_path / "index"
     shutil.copytree(tiny_run["index"], index)
-    fields = ["bit", "format", "files", "checkpoint", "run", "dataset", "index", "counts", "image_dir", "encoders"]
+    fields = ["bit", "format", "segments", "checkpoint", "run", "dataset", "index", "counts", "image_dir", "encoders",
+              "metadata", "removed", "added", "source"]
     for case in range(60):
         manifest = json.loads(json.dumps(original))
         key = fields[case % len(fields)]

@@ -3,6 +3,7 @@ queries, damaged index folders and Ctrl-C during start-up each give one line and
 nothing half-written (utils/errors.py exit_on_user_error, utils/io.py check_output_file)."""
 import errno
 import json
+import sqlite3
 import shutil
 
 import numpy as np
@@ -116,7 +117,7 @@ def index_copy(tiny_run, tmp_path):
 def _vouch_again(index):
     """The manifest's digests remade for the damaged files: the readers themselves must cope, not only the
     digest check."""
-    from utils.search.index import file_digests
+    from utils.search.writer import file_digests
 
     manifest = json.loads((index / "manifest.json").read_text())
     manifest["digests"] = file_digests(index, list(manifest["digests"]))
@@ -131,14 +132,18 @@ def _damage(index, kind):
         np.save(index / "codes_images.npy", np.array([{"x": 1}] * 3, dtype=object), allow_pickle=True)
     elif kind == "float codes":
         np.save(index / "codes_images.npy", np.zeros((12, 2), np.float32))
-    elif kind == "metadata line":
-        lines = (index / "metadata_images.jsonl").read_text().splitlines()
-        lines[3] = lines[3][:20]
-        (index / "metadata_images.jsonl").write_text("\n".join(lines) + "\n")
+    elif kind == "metadata row":
+        with sqlite3.connect(index / "metadata.sqlite") as con:
+            con.execute("UPDATE images SET captions = '[broken' WHERE row = 3")
+    elif kind == "metadata file":
+        data = (index / "metadata.sqlite").read_bytes()
+        (index / "metadata.sqlite").write_bytes(b"not a database" + data[200:])
+    elif kind == "metadata of another build":
+        with sqlite3.connect(index / "metadata.sqlite") as con:
+            con.execute("UPDATE info SET value = 'another' WHERE key = 'build_id'")
     elif kind == "metadata path":
-        lines = [json.loads(x) for x in (index / "metadata_images.jsonl").read_text().splitlines()]
-        lines[0]["path"] = "/etc/passwd"
-        (index / "metadata_images.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        with sqlite3.connect(index / "metadata.sqlite") as con:
+            con.execute("UPDATE images SET path = '/etc/passwd'")
     elif kind == "faiss":
         data = (index / "index_images.faiss").read_bytes()
         (index / "index_images.faiss").write_bytes(data[:30])
@@ -156,12 +161,13 @@ def _damage(index, kind):
 
 @pytest.mark.parametrize("kind,message", [
     ("truncated codes", "truncated"), ("object codes", "object array"), ("float codes", "not packed"),
-    ("metadata line", "line 4 is damaged"), ("metadata path", "outside the index's image folders"),
+    ("metadata row", "row 3 is damaged"), ("metadata path", "outside the index's image folders"),
+    ("metadata file", "not a readable metadata file"), ("metadata of another build", "another build"),
     ("faiss", "cannot read faiss index"), ("manifest", "is damaged"), ("manifest json", "not valid JSON"),
     ("bit", "'bit' is '8x', not a code length"), ("no digests", "vouches for no file"),
 ])
 def test_damaged_index_folder_is_one_line(index_copy, capsys, kind, message):
-    if kind not in ("manifest", "manifest json", "bit", "no digests"):
+    if kind not in ("manifest", "manifest json", "bit", "no digests") and not kind.startswith("metadata"):
         _damage(index_copy, kind)
         with pytest.raises(SystemExit) as exit_info:  # the manifest's digests notice first
             run_search("query", "--index", index_copy, "--row", "0", "--modality", "image", "--quiet")

@@ -49,6 +49,7 @@ def test_index_files_and_manifest(tiny_run):
     n = 12
     assert manifest["bit"] == BIT and manifest["counts"] == {"images": n, "dataset_images": n, "new_images": 0,
                                                              "captions": 5 * n}
+    assert not list(index_dir.glob("*.jsonl"))
     assert manifest["checkpoint"]["path"].endswith("checkpoint_best.pt") and len(manifest["checkpoint"]["sha256"]) == 64
     # the same 1-based epoch the run's own test reports for that checkpoint
     assert manifest["checkpoint"]["epoch"] == json.loads((run_dir / "metrics.json").read_text())["model"]["epoch"]
@@ -71,13 +72,21 @@ def test_index_files_and_manifest(tiny_run):
     assert np.array_equal(codes[split["query"]], pack_codes(run_codes["q_img"]))
     caption_codes = np.load(index_dir / "codes_captions.npy")
     assert np.array_equal(caption_codes[split["db_captions"]], pack_codes(run_codes["db_txt"]))
-    meta = [json.loads(line) for line in (index_dir / "metadata_captions.jsonl").read_text().splitlines()]
+    index = load_index(tiny_run)
+    meta = [index.metadata["captions"][r] for r in range(5 * n)]
     assert [m["row"] for m in meta] == list(range(5 * n)) and meta[7]["image_row"] == 1 and meta[7]["sentence"] == 2
     dataset = json.loads((tiny_run["data"] / "DEMO.json").read_text())
     assert meta[7]["caption"] == dataset["images"][1]["sentences"][2]["raw"]
-    images = [json.loads(line) for line in (index_dir / "metadata_images.jsonl").read_text().splitlines()]
+    images = [index.metadata["images"][r] for r in range(n)]
     assert {m["split"] for m in images} == {"train", "query", "db"} and all(Path(m["path"]).is_file() for m in images)
     assert sum(m["split_caption"] for m in meta) == n
+    # one SQLite file holds both tables, and the manifest the filters' names with their counts
+    import sqlite3
+
+    with sqlite3.connect(index_dir / "metadata.sqlite") as con:
+        assert con.execute("SELECT COUNT(*) FROM captions").fetchone()[0] == 5 * n
+    assert sum(manifest["metadata"]["names"]["images"]["split"].values()) == n
+    assert manifest["segments"]["images"][0]["type"] == "flat" and manifest["format_version"] == 2
 
 
 def test_standardisation_matches_training():
@@ -149,7 +158,7 @@ def test_row_query_equals_brute_force(tiny_run, modality, target):
 
 def test_faiss_flat_orders_ties_by_row():
     """The property the exact search relies on, at several k, on codes with heavy ties."""
-    from utils.search.index import make_binary_index
+    from utils.search.segments import make_binary_index
     from utils.search.query import order_by_distance_then_row
 
     rng = np.random.default_rng(3)
@@ -263,7 +272,9 @@ def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_pa
     args = ["index", "--run", tiny_run["run"], "--image-dir", folder, "--shard-size", 2, "--no-progress"]
     run_search(*args, "--out", tmp_path / "full")
     full = tmp_path / "full"
-    meta = [json.loads(line) for line in (full / "metadata_images.jsonl").read_text().splitlines()]
+    from tests.conftest import index_rows
+
+    meta = index_rows(full, "images")
     assert [m["filename"] for m in meta[12:]] == ["a.png", "d.jpg", "sub/b.tif", "sub/c16.png", "sub/c8.png"]
     assert all(m["split"] == "new" for m in meta[12:])
     codes = np.load(full / "codes_images.npy")
@@ -280,9 +291,10 @@ def test_image_dir_is_indexed_and_resumes_after_an_interruption(tiny_run, tmp_pa
     assert not (part / "manifest.json").exists() and len(list((part / "image_dir_features").glob("shard_*.npy"))) == 1
     monkeypatch.setattr(index_module, "encode_shard", original)
     run_search(*args, "--out", part)
-    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss", "metadata_images.jsonl",
+    for name in ("codes_images.npy", "outputs_images.npy", "index_images.faiss",
                  "codes_captions.npy", "image_dir_features/shard_000000.npy", "image_dir_features/shard_000001.npy"):
         assert (part / name).read_bytes() == (full / name).read_bytes(), name
+    assert index_rows(part, "images") == index_rows(full, "images")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ def cli(tiny_run, *argv):
 
 
 def metadata(tiny_run, target):
-    return [json.loads(line) for line in (tiny_run["index"] / f"metadata_{target}.jsonl").read_text().splitlines()]
+    from tests.conftest import index_rows
+
+    return index_rows(tiny_run["index"], target)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_filters_and_nprobe_on_an_ivf_index(tiny_run, tmp_path):
     every = search(index, None, query, target="captions", k=60, nprobe=2)[0]  # both lists: the exact ranking
     rows, _ = brute_force(index.codes["captions"], index.codes["images"][7], 60)
     assert [r["row"] for r in every["results"]] == rows
-    assert index.faiss["captions"].nprobe == 1  # the index keeps its own
+    assert index.segments["captions"][0].structure.nprobe == 1  # the index keeps its own
 
 
 def test_index_description_and_health(served, tiny_run):

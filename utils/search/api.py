@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from utils.errors import DUCHError
-from utils.search.index import MAX_NPROBE
+from utils.search.segments import MAX_NPROBE
 from utils.search.query import DEFAULT_SHORTLIST, ROW_MODALITIES, TARGETS
 
 DEFAULT_HOST = "127.0.0.1"

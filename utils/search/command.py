@@ -17,8 +17,18 @@ from utils.search.query import Query, QueryEncoder, SearchIndex, format_table, s
 
 def run_index(args: argparse.Namespace) -> dict:
     """search.py index: encode a run's dataset (and --image-dir images) into an index folder."""
+    if args.codes and args.run:
+        raise DUCHError("give --run (index a trained run) or --codes (index a codes file), not both")
+    if (args.add or args.remove) and (args.codes or args.overwrite):
+        raise DUCHError("--add / --remove change an existing index: without --codes and --overwrite")
+    if args.captions and not args.add:
+        raise DUCHError("--captions adds sentences to an index: use it with --add")
+    if not (args.run or args.codes or ((args.add or args.remove) and args.out)):
+        raise DUCHError("search.py index needs --run RUN_DIR (or --codes FILE.npz --out DIR; --add / --remove need "
+                        "--run or --out)")
     opts = IndexOptions(
-        run_dir=Path(args.run), data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint,
+        run_dir=Path(args.run) if args.run else None, codes=args.codes, add=args.add, remove=args.remove or [],
+        captions=args.captions, data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint,
         index_type=args.index_type,
         nlist=args.nlist, nprobe=args.nprobe, image_dir=args.image_dir, dataset_image_dir=args.dataset_image_dir,
         weights=args.weights, img_aug=args.img_aug, crop_size=tuple(args.crop_size), image_seed=args.image_seed,
@@ -42,6 +52,10 @@ def run_index(args: argparse.Namespace) -> dict:
         return {}
     counts = manifest["counts"]
     out = Path(args.out) if args.out else Path(args.run) / "index"
+    if args.codes or args.add or args.remove:
+        print(f"{counts['images']} image rows and {counts['captions']} caption rows, {manifest['bit']} bits, "
+              f"{manifest['index']['type']} index, in {time.perf_counter() - start:.1f} s -> {out}")
+        return manifest
     print(f"indexed {counts['images']} images ({counts['new_images']} from --image-dir) and {counts['captions']} "
           f"captions, {manifest['bit']} bits, {manifest['index']['type']} index, checkpoint "
           f"{manifest['checkpoint']['path']} (epoch {manifest['checkpoint']['epoch']}), in "
@@ -73,9 +87,10 @@ def run_query(args: argparse.Namespace) -> list[dict]:
             raise DUCHError(f"--queries file {path} holds no query")
 
     index = SearchIndex.open(args.index)  # before transformers loads: a mistyped --index answers at once
-    from transformers.utils import logging as hf_logging  # lazy: start-up time
+    if any(q.kind != "row" for q in queries):
+        from transformers.utils import logging as hf_logging  # lazy: start-up time
 
-    hf_logging.disable_progress_bar()  # "Loading weights" bars say nothing to a searcher
+        hf_logging.disable_progress_bar()  # "Loading weights" bars say nothing to a searcher
     index.set_nprobe(args.nprobe)
     encoder = QueryEncoder(index, args.device)
     if args.queries:

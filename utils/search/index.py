@@ -1,18 +1,20 @@
-"""``search.py index``: encode a run's whole dataset (and new images) into packed codes, faiss indexes and metadata.
+"""``search.py index``: encode a run's whole dataset (and new images) into packed codes, search structures and
+metadata.
 
-An index folder holds, per modality (``images``, ``captions``): ``codes_<m>.npy`` (packed bits,
-``utils.retrieval.codes``), ``outputs_<m>.npy`` (continuous pre-sign outputs, float16, for
-``--rerank``), ``index_<m>.faiss`` (a faiss binary index of the codes) and ``metadata_<m>.jsonl``
-(one JSON object per row); ``manifest.json`` (written last: an index without it is unfinished)
-records the run, the checkpoint and its sha256, the feature files and their provenance, the
-standardisation and the encoders a query needs. New images (``--image-dir``) are encoded in shards
-under ``image_dir_features/``, each written atomically, so an interrupted run resumes.
+An index folder holds, per modality (``images``, ``captions``), one or more segments
+(``utils.search.segments``): packed codes ``codes_<m>.npy`` (``utils.retrieval.codes``), continuous
+pre-sign outputs ``outputs_<m>.npy`` (float16, for ``--rerank``) and a search structure (a faiss
+binary index, or the multi-index tables of ``utils.search.mih``); the per-row metadata of both
+modalities in ``metadata.sqlite``; and ``manifest.json`` (written last: an index without it is
+unfinished), which records the run, the checkpoint and its sha256, the feature files and their
+provenance, the standardisation and the encoders a query needs. New images (``--image-dir``) are
+encoded in shards under ``image_dir_features/``, each written atomically, so an interrupted run
+resumes. ``--codes`` (``codes_index``) indexes codes made elsewhere; ``--add`` / ``--remove``
+(``grow``) change an index without rebuilding it.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import sys
 import time
@@ -31,10 +33,11 @@ from utils.data.images import find_image
 from utils.data.labels import class_names_from_filenames, resolve_labels
 from utils.data.splits import make_split
 from utils.errors import DUCHError
-from utils.fingerprints import fingerprint
-from utils.io import atomic_path, check_writable_dir, read_h5_attrs, read_json, write_json, write_text
+from utils.io import check_writable_dir, read_h5_attrs, read_json
 from utils.preprocess import resume
 from utils.runtime import resolve_device, versions
+from utils.search import writer
+from utils.search.archive import MANIFEST_NAME
 from utils.search.encoders import (
     FeatureStats,
     ImageEncoderSpec,
@@ -43,26 +46,10 @@ from utils.search.encoders import (
     hash_outputs,
     pack_outputs,
 )
+from utils.search.segments import DEFAULT_NPROBE, INDEX_TYPES, MAX_NPROBE
 
-FORMAT = "duch-search-index"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-MODALITIES = ("images", "captions")
 SHARDS_DIR = "image_dir_features"
-INDEX_TYPES = ("flat", "ivf")
-DEFAULT_NPROBE = 16
-MAX_NPROBE = 1 << 16  # inverted lists visited per query: more than any index has (faiss takes a C int)
 NEW_IMAGE_SPLIT = "new"
-
-
-def index_file_names(modality: str) -> dict:
-    """The files of one modality in an index folder (the one place they are named)."""
-    return {
-        "codes": f"codes_{modality}.npy",
-        "outputs": f"outputs_{modality}.npy",
-        "faiss": f"index_{modality}.faiss",
-        "metadata": f"metadata_{modality}.jsonl",
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,10 +108,14 @@ class IndexOptions:
     data_dir: Path | None = None
     out: Path | None = None
     checkpoint: str = "best"
-    index_type: str = "flat"
+    index_type: str = "auto"
     nlist: int | None = None
     nprobe: int = DEFAULT_NPROBE
     image_dir: Path | None = None
+    codes: Path | None = None  # --codes FILE.npz: index these codes instead of a run's
+    add: bool = False
+    remove: list = field(default_factory=list)
+    captions: Path | None = None  # --add --captions FILE: new captions of indexed images
     dataset_image_dir: Path | None = None
     # the image encoder when the image features carry no record of theirs
     weights: str | None = None
@@ -323,8 +314,10 @@ def encode_shard(spec: ImageEncoderSpec, encoder, paths: list[Path], device, opt
 
 
 def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, device,
-                     opts: IndexOptions) -> tuple[list[Path], np.ndarray | None]:
-    """Raw features of every image below ``image_dir``, shard by shard; finished shards are kept and reused.
+                     opts: IndexOptions, paths: list[Path] | None = None,
+                     shard_dir: Path | None = None) -> tuple[list[Path], np.ndarray | None]:
+    """Raw features of every image below ``image_dir`` (or of ``paths`` there), shard by shard, in ``shard_dir``
+    (default ``out_dir/image_dir_features``); finished shards are kept and reused.
 
     Under torchrun the shards still to encode are dealt to the ranks in contiguous runs; rank 0 returns the
     features of all of them, the other ranks None.
@@ -335,11 +328,11 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
 
     ctx = distributed.context()
 
-    paths = find_image_files(image_dir)
+    paths = find_image_files(image_dir) if paths is None else paths
     if not paths:
         raise DUCHError(f"no images (tif, tiff, png, jpg) found under {image_dir}")
     spec.check_readable(paths)  # a bad file stops before the long work, named
-    shard_dir = out_dir / SHARDS_DIR
+    shard_dir = shard_dir or out_dir / SHARDS_DIR
     from utils.fingerprints import changed_files, file_stats
 
     plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
@@ -389,57 +382,6 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
 
 
 # ----------------------------------------------------------------------------------------------
-# faiss
-
-
-def default_nlist(n: int) -> int:
-    """About 4 sqrt(n) inverted lists, with at least 39 codes to train each (faiss's own rule of thumb)."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
-
-
-def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | None = None,
-                      nprobe: int = DEFAULT_NPROBE):
-    """A faiss binary index over packed codes (d = 8 x bytes); returns (index, its parameters)."""
-    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
-
-    d = codes.shape[1] * 8
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if index_type == "flat":
-        index = faiss.IndexBinaryFlat(d)
-        params = {"type": "flat", "faiss_class": "IndexBinaryFlat", "exact": True}
-    elif index_type == "ivf":
-        nlist = min(nlist or default_nlist(len(codes)), max(1, len(codes)))
-        quantizer = faiss.IndexBinaryFlat(d)
-        index = faiss.IndexBinaryIVF(quantizer, d, nlist)
-        index.train(codes)
-        index.nprobe = min(nprobe, nlist)
-        params = {"type": "ivf", "faiss_class": "IndexBinaryIVF", "exact": False, "nlist": nlist,
-                  "nprobe": int(index.nprobe)}
-    else:
-        raise DUCHError(f"unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
-    if len(codes):
-        index.add(codes)
-    return index, params
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
-def _save_faiss(path: Path, index) -> None:
-    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
-
-    with atomic_path(path) as tmp:
-        faiss.write_index_binary(index, str(tmp))
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-# ----------------------------------------------------------------------------------------------
 # the whole build
 
 
@@ -459,20 +401,12 @@ def _usable_image_spec(spec: ImageEncoderSpec | None, path: Path, width: int,
     return spec
 
 
-def _write_modalities(out: Path, outputs: dict, metadata: dict, opts: IndexOptions) -> tuple[dict, dict]:
-    """Codes, outputs, faiss index and metadata of each modality; returns (file names, index parameters)."""
-    index_params: dict = {"type": opts.index_type}
-    written = {}
-    for modality in MODALITIES:
-        names = index_file_names(modality)
-        codes = pack_outputs(outputs[modality])
-        index, index_params[modality] = make_binary_index(codes, opts.index_type, opts.nlist, opts.nprobe)
-        _save_npy(out / names["codes"], codes)
-        _save_npy(out / names["outputs"], outputs[modality].astype(np.float16))
-        _save_faiss(out / names["faiss"], index)
-        write_text(out / names["metadata"], _jsonl(metadata[modality]))
-        written[modality] = names
-    return written, index_params
+def index_folder(opts: IndexOptions) -> Path:
+    if opts.out:
+        return Path(opts.out)
+    if opts.run_dir is None:
+        raise DUCHError("--codes needs --out INDEX_DIR (the folder to write the index in)")
+    return Path(opts.run_dir) / "index"
 
 
 def build_index(opts: IndexOptions) -> dict:
@@ -485,22 +419,25 @@ def build_index(opts: IndexOptions) -> dict:
     from utils.locks import OutputLock
 
     opts.check()
-    TrainedRun.open(opts.run_dir, opts.checkpoint)  # a mistyped --run is named before any folder is made
-    out = Path(opts.out) if opts.out else Path(opts.run_dir) / "index"
+    if opts.codes is None and not (opts.add or opts.remove):
+        TrainedRun.open(opts.run_dir, opts.checkpoint)  # a mistyped --run is named before any folder is made
+    out = index_folder(opts)
     lock = OutputLock(out, "index folder") if distributed.context().is_main else None
     if lock is not None:
         lock.acquire()
     try:
+        if opts.codes is not None:
+            from utils.search.codes_index import build_from_codes
+
+            return build_from_codes(opts, out)
+        if opts.add or opts.remove:
+            from utils.search.grow import grow_index
+
+            return grow_index(opts, out)
         return _build_index(opts)
     finally:
         if lock is not None:
             lock.release()
-
-
-def file_digests(folder: Path, names) -> dict:
-    """{name: {"size", "mtime_ns", "sha256"}} of files in ``folder``: what a manifest written last vouches for
-    (opening the index re-reads a file's content only when its size or mtime moved)."""
-    return {name: {k: v for k, v in fingerprint(folder / name, digest=True).items() if k != "path"} for name in names}
 
 
 def _build_index(opts: IndexOptions) -> dict:
@@ -512,7 +449,7 @@ def _build_index(opts: IndexOptions) -> dict:
     opts.check()
     run = TrainedRun.open(opts.run_dir, opts.checkpoint)
     cfg = run.config
-    out = Path(opts.out) if opts.out else run.run_dir / "index"
+    out = index_folder(opts)
     if (out / MANIFEST_NAME).exists() and not opts.overwrite:
         raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
     check_writable_dir(out, "index folder")
@@ -570,10 +507,10 @@ def _build_index(opts: IndexOptions) -> dict:
         "captions": hash_outputs(model.text_net, caption_stats.apply(caption_raw), device),
     }
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here the folder is unfinished until the new manifest
-    written, index_params = _write_modalities(out, outputs, {"images": meta_images, "captions": meta_captions}, opts)
+    codes = {m: pack_outputs(outputs[m]) for m in outputs}
+    segments = writer.write_first_segments(out, codes, outputs, opts.index_type, opts.nlist, opts.nprobe)
+    metadata = writer.write_fresh_metadata(out, {"images": meta_images, "captions": meta_captions})
     manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "bit": bits,
         "bytes_per_code": int((bits + 7) // 8),
         "run": {"dir": str(run.run_dir), "config": cfg},
@@ -595,14 +532,15 @@ def _build_index(opts: IndexOptions) -> dict:
         "image_dir": None if opts.image_dir is None else {
             "path": str(Path(opts.image_dir).resolve()), "images": len(new_paths), "first_row": n,
             "shards": SHARDS_DIR, "shard_size": opts.shard_size},
-        "index": index_params,
-        "counts": {"images": int(len(meta_images)), "dataset_images": n, "new_images": len(new_paths),
-                   "captions": int(len(meta_captions))},
-        "files": written,
-        "digests": file_digests(out, [name for names in written.values() for name in names.values()]),
+        "segments": segments,
+        "metadata": metadata,
+        "removed": {m: {"file": None, "rows": 0} for m in segments},
+        "generation": 0,
+        "added": [],
+        "counts": {"dataset_images": n, "new_images": len(new_paths)},
         "device": str(device),
         "versions": {**versions(), "faiss": faiss.__version__, "torch_threads": torch.get_num_threads()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(out / MANIFEST_NAME, manifest)
+    writer.commit(out, manifest)
     return manifest

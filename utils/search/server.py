@@ -35,8 +35,6 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
 from utils.errors import DUCHError
 from utils.search.api import (
     DEFAULT_HOST,
@@ -111,20 +109,22 @@ class SearchService:
     """An index, its models and the query encoders, loaded once; answers the requests of ``create_app``."""
 
     def __init__(self, index_dir: str | Path, device: str = "auto", max_upload_bytes: int | None = None,
-                 preload: bool = True):
+                 preload: str = "now"):
+        """``preload``: "now" loads the models before returning, "background" in a thread (searches by row answer
+        at once; a sentence or an image waits for its model; /api/health says which are ready), "none" on first
+        use."""
         start = time.perf_counter()
         self.index = SearchIndex.open(index_dir)
         self.encoder = QueryEncoder(self.index, device)
         self.max_upload_bytes = int(max_upload_bytes or DEFAULT_MAX_UPLOAD_MB * 2**20)
         self.available = {"text": False, "image": False}
-        if preload:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-            self.available = self.encoder.preload()
-            if self.available["text"]:
-                self.encoder.encode_texts(["warm up"])  # the tokenizer's and the network's first-call costs
         self.locks = {"text": threading.Lock(), "image": threading.Lock()}
+        self.models_state = "not loaded"
+        self.models_ready = threading.Event()
+        if preload == "now":
+            self._load_models(background=False)
+        elif preload == "background":
+            threading.Thread(target=self._load_models, args=(True,), name="duch-models", daemon=True).start()
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._upload_dir = Path(tempfile.mkdtemp(prefix="duch-serve-"))
@@ -135,10 +135,29 @@ class SearchService:
         self.upload_pool = ThreadPoolExecutor(max_workers=DECODE_SLOTS, thread_name_prefix="duch-upload")
         self.uploads_waiting = 0
         self._uploads_lock = threading.Lock()
-        for modality in TARGETS:
-            self.index.labels(modality)  # the filters' columns, before the first request
         self.started = time.time()
         self.load_seconds = time.perf_counter() - start
+
+    def _load_models(self, background: bool) -> None:
+        """The run's networks and the query encoders, each under its lock (a query of that kind waits for it)."""
+        self.models_state = "loading"
+        try:
+            with self.locks["text"], self.locks["image"]:
+                if self.index.manifest.get("checkpoint"):
+                    from transformers.utils import logging as hf_logging
+
+                    hf_logging.disable_progress_bar()
+                self.available = self.encoder.preload()
+                if self.available["text"]:
+                    self.encoder.encode_texts(["warm up"])  # the tokenizer's and the network's first-call costs
+            self.models_state = "ready"
+        except Exception as err:  # noqa: BLE001 (a background load reports its failure in /api/health)
+            self.models_state = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            if not background:
+                raise
+            print(f"error: the query models could not be loaded: {self.models_state}", file=sys.stderr)
+        finally:
+            self.models_ready.set()
 
     def close(self) -> None:
         self.upload_pool.shutdown(wait=False, cancel_futures=True)
@@ -161,28 +180,31 @@ class SearchService:
     # description -------------------------------------------------------------------------------
     def health(self) -> dict:
         return {"status": "ok", "images": self.index.size("images"), "captions": self.index.size("captions"),
-                "uptime_s": round(time.time() - self.started, 1)}
+                "uptime_s": round(time.time() - self.started, 1),
+                "models": {"state": self.models_state, "text": self.available["text"],
+                           "image": self.available["image"]}}
 
     def describe(self) -> dict:
         m = self.index.manifest
         labels = self.index.labels("images")
-        counts = {field: np.bincount(codes[codes >= 0], minlength=len(names)).tolist()
-                  for field, (names, codes) in labels.items()}
         encoders = m.get("encoders") or {}
+        checkpoint = m.get("checkpoint") or {}
         text, image = encoders.get("text") or {}, encoders.get("image") or {}
         return {
             "bit": self.index.bits,
             "counts": {"images": self.index.size("images"), "captions": self.index.size("captions")},
-            "classes": [{"name": c, "images": n} for c, n in zip(labels["class"][0], counts["class"])],
-            "splits": [{"name": s, "images": n} for s, n in zip(labels["split"][0], counts["split"])],
+            "classes": [{"name": c, "images": n} for c, n in labels["class"].items()],
+            "splits": [{"name": s, "images": n} for s, n in labels["split"].items()],
+            "removed": {t: self.index.removed_count(t) for t in TARGETS},
             "targets": list(TARGETS),
             "index": m.get("index"),
             "encoders": {"text": {"available": self.available["text"], "model": text.get("model")},
                          "image": {"available": self.available["image"], "weights": image.get("weights"),
                                    "img_aug": image.get("img_aug")}},
-            "checkpoint": {"which": m["checkpoint"]["which"], "epoch": m["checkpoint"]["epoch"],
-                           "sha256": m["checkpoint"]["sha256"], "file": Path(m["checkpoint"]["path"]).name},
-            "run": Path(m["run"]["dir"]).name,
+            "checkpoint": {"which": checkpoint["which"], "epoch": checkpoint["epoch"], "sha256": checkpoint["sha256"],
+                           "file": Path(checkpoint["path"]).name} if checkpoint else None,
+            "run": Path(m["run"]["dir"]).name if m.get("run") else None,
+            "codes": (m.get("source") or {}).get("codes"),
             "dataset": (m.get("dataset") or {}).get("key"),
             "limits": {"max_k": MAX_K, "max_shortlist": MAX_SHORTLIST, "max_upload_bytes": self.max_upload_bytes,
                        "thumbnail_size": THUMBNAIL_SIZE},
@@ -236,7 +258,10 @@ class SearchService:
             if row in self._thumbnails:
                 self._thumbnails.move_to_end(row)
                 return self._thumbnails[row]
-        path = self.index.metadata["images"][row].get("path")
+        try:
+            path = self.index.metadata["images"][row].get("path")
+        except DUCHError:
+            raise RequestError(f"the image file of row {row} cannot be read", 404) from None
         if not path or not Path(path).is_file():
             raise RequestError(f"image row {row} has no image file on this machine (rebuild the index with "
                                f"--dataset-image-dir to show it)", 404)
@@ -383,13 +408,12 @@ def serve(index_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     if not (math.isfinite(max_upload_mb) and 0 < max_upload_mb <= MAX_UPLOAD_MB):
         raise DUCHError(f"--max-upload-mb must be a number above 0 and at most {MAX_UPLOAD_MB:g}, got {max_upload_mb}")
     check_port_free(host, port)
-    service = SearchService(index_dir, device, max_upload_bytes=int(max_upload_mb * 2**20))
+    service = SearchService(index_dir, device, max_upload_bytes=int(max_upload_mb * 2**20), preload="background")
     try:
         counts = service.describe()["counts"]
-        kinds = ", ".join(k for k, ok in (("text", service.available["text"]), ("image", service.available["image"]))
-                          if ok) or "none"
         print(f"loaded {counts['images']} images and {counts['captions']} captions ({service.index.bits}-bit codes, "
-              f"{service.encoder.device}; query encoders: {kinds}) in {service.load_seconds:.1f} s")
+              f"{service.encoder.device}) in {service.load_seconds:.1f} s; the query models load in the background "
+              f"(/api/health says when they are ready)")
         if allowed_hosts(host) is None or host not in LOCAL_HOSTS:
             print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can search this "
                   f"archive and see its images (there is no login)", file=sys.stderr)

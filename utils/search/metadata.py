@@ -1,0 +1,177 @@
+"""Per-row metadata of an index in one SQLite file (``metadata.sqlite``), read a row at a time.
+
+A table per modality (``images``, ``captions``), keyed by row, with indexes on class, split and file
+name: opening costs nothing at any size, a result's fields are one lookup, and the class / split
+filters are queries. The rows an index holds are the manifest's counts: rows beyond them (an ``--add``
+that was interrupted before its manifest) are never read, and the next ``--add`` replaces them. The file
+carries the build id of its index (table ``info``), checked when the index opens.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from utils.errors import DUCHError
+
+METADATA_NAME = "metadata.sqlite"
+FIELDS = {
+    "images": ("row", "filename", "class", "class_code", "split", "path", "captions"),
+    "captions": ("row", "image_row", "sentence", "filename", "class", "class_code", "split", "path", "caption",
+                 "split_caption"),
+}
+JSON_FIELDS = {"captions"}  # stored as JSON text (a list)
+FILTER_FIELDS = ("class", "split")
+
+
+def _schema(modality: str) -> str:
+    columns = ", ".join(f'"{f}" INTEGER PRIMARY KEY' if f == "row" else f'"{f}"' for f in FIELDS[modality])
+    return f'CREATE TABLE IF NOT EXISTS "{modality}" ({columns})'
+
+
+def _indexes(modality: str) -> list[str]:
+    return [f'CREATE INDEX IF NOT EXISTS "{modality}_{f}" ON "{modality}" ("{f}")'
+            for f in (*FILTER_FIELDS, "filename")]
+
+
+def _values(modality: str, row: dict) -> tuple:
+    return tuple(json.dumps(row.get(f) or [], ensure_ascii=False) if f in JSON_FIELDS else
+                 (int(row[f]) if f == "split_caption" and row.get(f) is not None else row.get(f))
+                 for f in FIELDS[modality])
+
+
+def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first_rows: dict[str, int] | None = None,
+               fresh: bool = True) -> None:
+    """Write ``rows`` ({modality: row dicts}) into ``path``. ``fresh``: a new file (the caller renames it into
+    place); else rows from ``first_rows[modality]`` on are replaced in the existing file, in one transaction."""
+    con = sqlite3.connect(str(path), timeout=60)
+    try:
+        with con:
+            con.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
+            con.execute("INSERT OR REPLACE INTO info VALUES ('build_id', ?)", (build_id,))
+            for modality, items in rows.items():
+                con.execute(_schema(modality))
+                if not fresh:
+                    con.execute(f'DELETE FROM "{modality}" WHERE "row" >= ?', ((first_rows or {})[modality],))
+                marks = ", ".join("?" * len(FIELDS[modality]))
+                con.executemany(f'INSERT INTO "{modality}" VALUES ({marks})', (_values(modality, r) for r in items))
+                for statement in _indexes(modality):
+                    con.execute(statement)
+    finally:
+        con.close()
+
+
+def name_counts(rows: Iterable[dict]) -> dict[str, dict[str, int]]:
+    """{"class": {name: rows}, "split": {...}} of some rows (the manifest keeps them: the filters' choices)."""
+    out: dict[str, dict[str, int]] = {f: {} for f in FILTER_FIELDS}
+    for row in rows:
+        for f in FILTER_FIELDS:
+            value = row.get(f)
+            if value:
+                out[f][str(value)] = out[f].get(str(value), 0) + 1
+    return {f: dict(sorted(counts.items())) for f, counts in out.items()}
+
+
+def add_counts(a: dict, b: dict) -> dict:
+    return {f: dict(sorted({n: a.get(f, {}).get(n, 0) + b.get(f, {}).get(n, 0)
+                            for n in {*a.get(f, {}), *b.get(f, {})}}.items())) for f in FILTER_FIELDS}
+
+
+class MetadataStore:
+    """The metadata file of an opened index, read-only; safe to share between threads."""
+
+    def __init__(self, path: Path, build_id: str, counts: dict[str, int]):
+        self.path = path
+        self.counts = counts
+        if not path.is_file():
+            raise DUCHError(f"{path} is missing; rebuild the index with --overwrite")
+        try:
+            self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, check_same_thread=False)
+            found = self._con.execute("SELECT value FROM info WHERE key = 'build_id'").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise DUCHError(f"{path} is not a readable metadata file ({err}); rebuild the index with "
+                            f"--overwrite") from None
+        if not found or found[0] != build_id:
+            raise DUCHError(f"{path} belongs to another build of the index (an interrupted or concurrent rebuild, or "
+                            f"a file copied in); rebuild the index with --overwrite")
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _query(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        try:
+            with self._lock:
+                return self._con.execute(sql, tuple(args)).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise DUCHError(f"{self.path} cannot be read ({err}); rebuild the index with --overwrite") from None
+
+    def row(self, modality: str, row: int) -> dict:
+        """The fields of one row (``captions``: a list)."""
+        found = self._query(f'SELECT * FROM "{modality}" WHERE "row" = ?', (int(row),)) \
+            if 0 <= row < self.counts[modality] else []
+        if not found:
+            raise DUCHError(f"{self.path}: {modality} row {row} is missing; rebuild the index with --overwrite")
+        out = dict(zip(FIELDS[modality], found[0]))
+        for f in JSON_FIELDS & set(out):
+            try:
+                out[f] = json.loads(out[f])
+            except (TypeError, ValueError):
+                raise DUCHError(f"{self.path}: {modality} row {row} is damaged ({f}); rebuild the index with "
+                                f"--overwrite") from None
+        if "split_caption" in out and out["split_caption"] is not None:
+            out["split_caption"] = bool(out["split_caption"])
+        return out
+
+    def matching_rows(self, modality: str, classes: Sequence[str] | None, splits: Sequence[str] | None) -> np.ndarray:
+        """Rows (ascending) whose class is one of ``classes`` and split one of ``splits`` (None: any)."""
+        where, args = ['"row" < ?'], [self.counts[modality]]
+        for f, wanted in (("class", classes), ("split", splits)):
+            if wanted is not None:
+                where.append(f'"{f}" IN ({", ".join("?" * len(wanted))})')
+                args += list(wanted)
+        found = self._query(f'SELECT "row" FROM "{modality}" WHERE {" AND ".join(where)} ORDER BY "row"', args)
+        return np.fromiter((r[0] for r in found), np.int64, len(found))
+
+    def rows_of_files(self, names: Sequence[str]) -> np.ndarray:
+        """Image rows whose file name (as the index records it) or absolute path is one of ``names``."""
+        out: list[int] = []
+        for start in range(0, len(names), 500):
+            chunk = list(names[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            out += [r[0] for r in self._query(f'SELECT "row" FROM images WHERE "row" < ? AND ("filename" IN ({marks}) '
+                                              f'OR "path" IN ({marks}))', [self.counts["images"], *chunk, *chunk])]
+        return np.unique(np.asarray(out, np.int64))
+
+    def caption_rows_of_images(self, image_rows: np.ndarray) -> np.ndarray:
+        out: list[int] = []
+        rows = [int(r) for r in image_rows]
+        for start in range(0, len(rows), 500):
+            chunk = rows[start:start + 500]
+            out += [r[0] for r in self._query(f'SELECT "row" FROM captions WHERE "row" < ? AND "image_row" IN '
+                                              f'({", ".join("?" * len(chunk))})', [self.counts["captions"], *chunk])]
+        return np.unique(np.asarray(out, np.int64))
+
+    def image_paths(self) -> set[str]:
+        return {r[0] for r in self._query('SELECT "path" FROM images WHERE "row" < ? AND "path" IS NOT NULL',
+                                          (self.counts["images"],))}
+
+
+class RowView:
+    """``index.metadata[modality]``: rows read on demand (``view[row]`` -> dict), checked by ``check``."""
+
+    def __init__(self, store: MetadataStore, modality: str, check=None):
+        self.store, self.modality, self.check = store, modality, check
+
+    def __len__(self) -> int:
+        return self.store.counts[self.modality]
+
+    def __getitem__(self, row: int) -> dict:
+        out = self.store.row(self.modality, int(row))
+        if self.check is not None:
+            self.check(self.modality, out)
+        return out

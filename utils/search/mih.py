@@ -1,0 +1,169 @@
+"""Exact Hamming k-NN without a linear scan: multi-index hashing over packed codes (``mih_kernels``).
+
+``MultiIndex.build`` splits every code into m substrings (m about bits / log2(n), each at most
+MAX_SUBSTRING_BITS long) and keeps, per substring, the rows grouped by its value as two arrays: ``ids``
+(m, n) and ``offsets`` (m, 2^L + 1). Both are plain ``.npy`` files that open memory-mapped, so an index
+of any size opens at once. ``search`` gives the same (distance, row) lists as a linear scan (ties by
+row); a query whose search radius would cost more than a scan of the rows is scanned instead (uniform
+random codes of few rows, far queries), so it is never much slower than the flat index.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import DUCHError
+
+MAX_SUBSTRING_BITS = 24  # a table's offsets: 2^24 + 1 entries at most (64 MiB)
+# a query gives up on the tables once it would probe more than n / PROBE_SHARE buckets or verify more than
+# n / CANDIDATE_SHARE rows: a linear scan of the rows then costs less (benchmarks/bench_search.py)
+PROBE_SHARE = 64
+CANDIDATE_SHARE = 16
+FILE_KEYS = ("mih_ids", "mih_offsets")
+
+
+def code_words(packed: np.ndarray) -> np.ndarray:
+    """Packed uint8 codes (n, bytes) as rows of 64-bit words (n, words): a view when the rows are whole words
+    (64, 128, ... bits; memory-mapped codes stay mapped), a zero-padded copy otherwise."""
+    packed = np.asarray(packed)
+    n, width = packed.shape
+    if width % 8 == 0 and packed.flags.c_contiguous:
+        return packed.view(np.uint64).reshape(n, width // 8)
+    padded = np.zeros((n, 8 * -(-width // 8)), np.uint8)
+    padded[:, :width] = packed
+    return padded.view(np.uint64)
+
+
+def substring_plan(code_bits: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the m substrings: m = bits / log2 n rounded up (a table has no more buckets than
+    rows), at least bits / MAX_SUBSTRING_BITS; lengths as equal as they can be."""
+    m = max(math.ceil(code_bits / min(max(math.log2(max(n, 2)), 1.0), MAX_SUBSTRING_BITS)), 1)
+    m = min(m, code_bits)
+    lengths = np.array([code_bits // m + (1 if j < code_bits % m else 0) for j in range(m)], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return starts, lengths
+
+
+def _numba_kernels():
+    try:
+        from utils.search import mih_kernels
+    except ImportError as err:  # numba missing
+        raise DUCHError(f"the multi-index (--index-type mih) needs numba ({err}); pip install numba, or use "
+                        f"--index-type flat") from None
+    return mih_kernels
+
+
+@dataclass
+class MultiIndex:
+    """The tables of one set of codes (see the module's docstring)."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    ids: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def build(cls, words: np.ndarray, code_bits: int | None = None) -> "MultiIndex":
+        """Tables over ``words`` (n, W): one counting sort per substring, O(n) each."""
+        kernels = _numba_kernels()
+        n = len(words)
+        starts, lengths = substring_plan(code_bits or 64 * words.shape[1], n)
+        id_type = np.uint32 if n < 2**32 else np.int64
+        ids = np.empty((len(starts), n), id_type)
+        offsets = np.zeros((len(starts), (1 << int(lengths.max())) + 1), id_type)
+        keys = np.empty(n, np.uint64)
+        for j, (start, length) in enumerate(zip(starts, lengths)):
+            kernels.substring_keys(words, start, length, keys)
+            counts = np.bincount(keys.astype(np.int64), minlength=1 << int(length))
+            offsets[j, 1:len(counts) + 1] = np.cumsum(counts)
+            offsets[j, len(counts) + 1:] = n
+            kernels.fill_bucket_ids(keys, offsets[j, :(1 << int(length)) + 1], ids[j])
+        return cls(starts, lengths, ids, offsets)
+
+    def to_json(self) -> dict:
+        return {"substrings": len(self.starts), "lengths": self.lengths.tolist(), "starts": self.starts.tolist()}
+
+    def save(self, paths: dict) -> None:
+        """``paths``: {"mih_ids": Path, "mih_offsets": Path}; each written atomically."""
+        from utils.io import atomic_path
+
+        for key, array in (("mih_ids", self.ids), ("mih_offsets", self.offsets)):
+            with atomic_path(paths[key]) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, array)
+
+    @classmethod
+    def load(cls, paths: dict, record: dict, n: int) -> "MultiIndex":
+        """Tables saved by ``save``, memory-mapped; ``record``: the ``to_json`` of the manifest."""
+        from utils.io import read_npy
+
+        ids = read_npy(paths["mih_ids"], "multi-index ids", mmap=True)
+        offsets = read_npy(paths["mih_offsets"], "multi-index offsets", mmap=True)
+        starts = np.asarray(record["starts"], np.int64)
+        lengths = np.asarray(record["lengths"], np.int64)
+        if ids.shape != (len(starts), n) or offsets.shape != (len(starts), (1 << int(lengths.max())) + 1):
+            raise DUCHError(f"{paths['mih_ids']}: the multi-index tables do not fit {n} codes; rebuild the index "
+                            f"with --overwrite")
+        return cls(starts, lengths, ids, offsets)
+
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.offsets.nbytes)
+
+
+def search_threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def exact_topk(words: np.ndarray, queries: np.ndarray, k: int, tables: MultiIndex | None = None,
+               removed: np.ndarray | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(distances int32, rows int64), each (n_queries, k), ordered by (distance, row); -1 rows (and distance
+    -1) where fewer than k rows exist. ``words``/``queries``: ``code_words`` of the codes and the queries.
+    ``tables``: multi-index of ``words`` (None: linear scan). ``removed``: uint8 per row, 1 = left out."""
+    kernels = _numba_kernels()
+    n_q = len(queries)
+    k = int(k)
+    out_d = np.full((n_q, k), -1, np.int64)
+    out_r = np.full((n_q, k), -1, np.int64)
+    out_n = np.zeros(n_q, np.int64)
+    if n_q == 0 or k == 0:
+        return out_d.astype(np.int32), out_r
+    has_removed = removed is not None
+    removed = np.ascontiguousarray(removed, np.uint8) if has_removed else np.zeros(1, np.uint8)
+    queries = np.ascontiguousarray(queries, np.uint64)
+    n = len(words)
+
+    budget_probes, budget_candidates = int(max(n // PROBE_SHARE, 64)), int(max(n // CANDIDATE_SHARE, 1024))
+
+    def run(a: int, b: int) -> None:
+        if tables is not None:
+            kernels.mih_search(words, queries, a, b, k, tables.starts, tables.lengths, tables.ids, tables.offsets,
+                               removed, has_removed, budget_probes, budget_candidates,
+                               out_d, out_r, out_n)
+            for i in np.flatnonzero(out_n[a:b] == kernels.GIVE_UP) + a:
+                kernels.scan_search(words, queries, i, i + 1, k, removed, has_removed, out_d, out_r, out_n)
+        else:
+            kernels.scan_search(words, queries, a, b, k, removed, has_removed, out_d, out_r, out_n)
+
+    threads = min(threads or search_threads(), n_q)
+    bounds = [n_q * i // threads for i in range(threads + 1)]
+    ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+    if len(ranges) == 1:
+        run(*ranges[0])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            for done in [pool.submit(run, a, b) for a, b in ranges]:
+                done.result()
+    for i in range(n_q):  # rows not filled stay -1
+        out_d[i, out_n[i]:] = -1
+        out_r[i, out_n[i]:] = -1
+    return out_d.astype(np.int32), out_r
+
+
+def index_bytes(path_of: dict) -> int:
+    return sum(Path(p).stat().st_size for p in path_of.values())

@@ -1,0 +1,212 @@
+"""Compiled (numba) kernels of exact Hamming k-NN: multi-index hashing and a counting linear scan.
+
+Codes are rows of 64-bit words (``words[row, w]``, little-endian views of the packed bytes). A substring
+is ``length`` consecutive bits from bit ``start`` of that word stream. Multi-index hashing (Norouzi,
+Punjani and Fleet, CVPR 2012) keeps, per substring j, every row sorted by its substring value (a bucket
+per value: ``offsets[j, v] .. offsets[j, v + 1]`` in ``ids[j]``). A query probes, for r = 0, 1, ..., the
+buckets whose value differs from its own substring in exactly r bits, in every table. After radius r,
+every row at full distance below m (r + 1) has been seen (pigeonhole: if each of the m substrings
+differed in more than r bits the codes would differ in at least m (r + 1)), so the search stops as
+soon as k rows are known and the k-th distance is below that; ties are then resolved by row, as the
+flat index orders them. A row met again in another table is counted only where it was met first
+(smallest radius, then smallest table), so no set of seen rows is needed.
+
+Both kernels are serial and release the GIL: the caller runs them on Python threads over query ranges.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from utils.retrieval.hamming_numba import _popcount
+
+GIVE_UP = -1  # out_n value of a query whose next radius would cost more than its budget
+
+
+@njit(inline="always")
+def _substring(words, row, start, length):
+    w = start >> 6
+    s = start & 63
+    v = words[row, w] >> np.uint64(s)
+    if s + length > 64:
+        v |= words[row, w + 1] << np.uint64(64 - s)
+    if length == 64:
+        return v
+    return v & ((np.uint64(1) << np.uint64(length)) - np.uint64(1))
+
+
+@njit(inline="always")
+def _full_distance(words, row, query, qi):
+    d = 0
+    for w in range(words.shape[1]):
+        d += _popcount(words[row, w] ^ query[qi, w])
+    return d
+
+
+@njit(nogil=True, cache=True)
+def substring_keys(words, start, length, out):
+    """out[row] = the substring value of every row (the tables' sort keys)."""
+    for row in range(words.shape[0]):
+        out[row] = _substring(words, row, start, length)
+
+
+@njit(nogil=True, cache=True)
+def fill_bucket_ids(keys, offsets, ids):
+    """Row ids grouped by key in ascending key order, ascending rows within a key (a counting sort:
+    ``offsets`` holds each key's first slot and is left unchanged)."""
+    cursor = offsets[:-1].copy()
+    for row in range(keys.shape[0]):
+        key = keys[row]
+        ids[cursor[key]] = row
+        cursor[key] += 1
+
+
+@njit(inline="always")
+def _binomial(n, r):
+    if r < 0 or r > n:
+        return 0
+    out = 1
+    for i in range(r):
+        out = out * (n - i) // (i + 1)
+    return out
+
+
+@njit(inline="always")
+def _keep(buf_d, buf_r, fill, k):
+    """Sort the buffer by (distance, row) and keep its first k entries; returns the new fill."""
+    keys = buf_d[:fill] * np.int64(1 << 40) + buf_r[:fill]
+    order = np.argsort(keys)
+    top = min(k, fill)
+    d = buf_d[order[:top]].copy()
+    r = buf_r[order[:top]].copy()
+    buf_d[:top] = d
+    buf_r[:top] = r
+    return top
+
+
+@njit(nogil=True, cache=True)
+def mih_search(words, queries, q_begin, q_end, k, starts, lengths, ids, offsets, removed, has_removed,
+               budget_probes, budget_candidates, out_d, out_r, out_n):
+    """Exact top-k of queries[q_begin:q_end] by (distance, row); out_n[i] = results found, or GIVE_UP when
+    the search would probe more than ``budget_probes`` buckets or verify more than ``budget_candidates`` rows
+    (the caller then scans linearly)."""
+    m = starts.shape[0]
+    bits = words.shape[1] * 64
+    min_len = lengths.min()
+    cap = 2 * k + 256
+    buf_d = np.empty(cap, np.int64)
+    buf_r = np.empty(cap, np.int64)
+    hist = np.zeros(bits + 1, np.int64)
+    qkeys = np.empty(m, np.uint64)
+    for qi in range(q_begin, q_end):
+        hist[:] = 0
+        fill = 0
+        bound = bits  # rows farther than this cannot be in the top k
+        within = 0  # rows counted with distance <= bound
+        probes = 0
+        candidates = 0
+        gave_up = False
+        for j in range(m):
+            qkeys[j] = _substring(queries, qi, starts[j], lengths[j])
+        for radius in range(min_len + 1):
+            upcoming = 0
+            for j in range(m):
+                upcoming += _binomial(lengths[j], radius)
+            if radius > 0 and (probes + upcoming > budget_probes or candidates > budget_candidates):
+                gave_up = True
+                break
+            probes += upcoming
+            for j in range(m):
+                length = lengths[j]
+                if radius > length:
+                    continue
+                top = np.uint64(1) << np.uint64(length)
+                mask = (np.uint64(1) << np.uint64(radius)) - np.uint64(1)
+                while mask < top:
+                    bucket = qkeys[j] ^ mask
+                    for p in range(offsets[j, bucket], offsets[j, bucket + 1]):
+                        row = ids[j, p]
+                        candidates += 1
+                        if has_removed and removed[row]:
+                            continue
+                        d = _full_distance(words, row, queries, qi)
+                        if d > bound:
+                            continue
+                        first = True  # met here first: no table before j within radius, none after below it
+                        for i in range(m):
+                            if i == j:
+                                continue
+                            s = _popcount(_substring(words, row, starts[i], lengths[i]) ^ qkeys[i])
+                            if s < radius or (i < j and s == radius):
+                                first = False
+                                break
+                        if not first:
+                            continue
+                        if fill == cap:
+                            fill = _keep(buf_d, buf_r, fill, k)
+                        buf_d[fill] = d
+                        buf_r[fill] = row
+                        fill += 1
+                        hist[d] += 1
+                        within += 1
+                        while within - hist[bound] >= k:
+                            within -= hist[bound]
+                            bound -= 1
+                    if mask == 0:
+                        break
+                    low = mask & (~mask + np.uint64(1))  # Gosper: the next value with the same number of bits
+                    ripple = mask + low
+                    mask = (((ripple ^ mask) >> np.uint64(2)) // low) | ripple
+            if within >= k and bound < m * (radius + 1):
+                break
+        if gave_up:
+            out_n[qi] = GIVE_UP
+            continue
+        keep = 0
+        for t in range(fill):  # entries beyond the bound cannot be in the top k
+            if buf_d[t] <= bound:
+                buf_d[keep] = buf_d[t]
+                buf_r[keep] = buf_r[t]
+                keep += 1
+        top = _keep(buf_d, buf_r, keep, k)
+        out_d[qi, :top] = buf_d[:top]
+        out_r[qi, :top] = buf_r[:top]
+        out_n[qi] = top
+
+
+@njit(nogil=True, cache=True)
+def scan_search(words, queries, q_begin, q_end, k, removed, has_removed, out_d, out_r, out_n):
+    """Exact top-k by one linear pass: a row is kept only while its distance is within the k-th smallest so far
+    (a histogram of the kept distances gives that bound; ties go to the smaller row). No row of distances is
+    stored or sorted."""
+    n = words.shape[0]
+    bits = words.shape[1] * 64
+    cap = 2 * k + 256
+    buf_d = np.empty(cap, np.int64)
+    buf_r = np.empty(cap, np.int64)
+    hist = np.zeros(bits + 1, np.int64)
+    for qi in range(q_begin, q_end):
+        hist[:] = 0
+        fill = 0
+        bound = bits
+        within = 0
+        for row in range(n):
+            d = _full_distance(words, row, queries, qi)
+            if d > bound or (has_removed and removed[row]):
+                continue
+            if d == bound and within >= k:  # rows come in ascending order: a tie at the bound is already beaten
+                continue
+            if fill == cap:
+                fill = _keep(buf_d, buf_r, fill, k)
+            buf_d[fill] = d
+            buf_r[fill] = row
+            fill += 1
+            hist[d] += 1
+            within += 1
+            while within - hist[bound] >= k:
+                within -= hist[bound]
+                bound -= 1
+        top = _keep(buf_d, buf_r, fill, k)
+        out_d[qi, :top] = buf_d[:top]
+        out_r[qi, :top] = buf_r[:top]
+        out_n[qi] = top
