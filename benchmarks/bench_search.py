@@ -19,8 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.search.segments import make_binary_index  # noqa: E402
-from utils.search.segments import faiss_threads, order_by_distance_then_row  # noqa: E402
+from utils.search.segments import (  # noqa: E402
+    faiss_threads,
+    make_binary_index,  # noqa: E402
+    order_by_distance_then_row,
+)
 
 
 def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Generator,

@@ -191,10 +191,10 @@ def pytest_sessionstart(session):
 
 
 def _compile_numba_kernels_in_background():
-    """Compiling the evaluation's numba kernels takes about 15 s of one core on a fresh clone (a cached load
-    takes one second). A process does it from the start of the session, beside the collection and the first
-    modules, which leave the second core mostly idle; the first kernel call in this process waits for it
-    rather than compiling the same code a second time."""
+    """Compiling the numba kernels (the evaluation's and the exact search's) takes about 30 s of one core on a
+    fresh clone (a cached load takes one second). A process does it from the start of the session, beside the
+    collection and the first modules, which leave the second core mostly idle; the first kernel call in this
+    process waits for it rather than compiling the same code a second time."""
     import importlib.util
     import os
     import subprocess
@@ -206,7 +206,8 @@ def _compile_numba_kernels_in_background():
     from utils.retrieval import counting as metrics
 
     _COMPILING["proc"] = subprocess.Popen(
-        [sys.executable, "-c", "from utils.retrieval.counting import compile_numba_kernels; compile_numba_kernels()"],
+        [sys.executable, "-c", "from utils.retrieval.counting import compile_numba_kernels; compile_numba_kernels(); "
+                               "from utils.search.mih import compile_kernels; compile_kernels()"],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     _COMPILING["pid"] = os.getpid()
@@ -221,6 +222,15 @@ def _compile_numba_kernels_in_background():
         return numba_module()
 
     metrics._numba_module = numba_module_once_compiled
+    from utils.search import mih
+
+    mih_kernels = mih._numba_kernels
+
+    def mih_kernels_once_compiled():
+        numba_module_once_compiled()
+        return mih_kernels()
+
+    mih._numba_kernels = mih_kernels_once_compiled
 
 
 def pytest_collection_finish(session):

@@ -227,8 +227,8 @@ def test_fuzz_index_manifests(tiny_run, tmp_path):
     the digest check, meet it): opening and querying a row is a success or one DUCHError line."""
     import shutil
 
-    from utils.search.writer import file_digests
     from utils.search.query import Query, QueryEncoder, SearchIndex, search
+    from utils.search.writer import file_digests
 
     rng = np.random.default_rng(27)
     original = json.loads((tiny_run["index"] / "manifest.json").read_text())

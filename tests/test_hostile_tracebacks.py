@@ -3,8 +3,8 @@ queries, damaged index folders and Ctrl-C during start-up each give one line and
 nothing half-written (utils/errors.py exit_on_user_error, utils/io.py check_output_file)."""
 import errno
 import json
-import sqlite3
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest

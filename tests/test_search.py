@@ -158,8 +158,8 @@ def test_row_query_equals_brute_force(tiny_run, modality, target):
 
 def test_faiss_flat_orders_ties_by_row():
     """The property the exact search relies on, at several k, on codes with heavy ties."""
-    from utils.search.segments import make_binary_index
     from utils.search.query import order_by_distance_then_row
+    from utils.search.segments import make_binary_index
 
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 256, size=(3000, 1), dtype=np.uint8)

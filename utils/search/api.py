@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from utils.errors import DUCHError
-from utils.search.segments import MAX_NPROBE
 from utils.search.query import DEFAULT_SHORTLIST, ROW_MODALITIES, TARGETS
+from utils.search.segments import MAX_NPROBE
 
 DEFAULT_HOST = "127.0.0.1"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

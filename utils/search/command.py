@@ -52,7 +52,9 @@ def run_index(args: argparse.Namespace) -> dict:
         return {}
     counts = manifest["counts"]
     out = Path(args.out) if args.out else Path(args.run) / "index"
-    if args.codes or args.add or args.remove:
+    if args.add or args.remove:  # grow_index printed what it changed
+        return manifest
+    if args.codes:
         print(f"{counts['images']} image rows and {counts['captions']} caption rows, {manifest['bit']} bits, "
               f"{manifest['index']['type']} index, in {time.perf_counter() - start:.1f} s -> {out}")
         return manifest

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import sys
 import time
 from pathlib import Path
 
@@ -173,5 +172,5 @@ def grow_index(opts, out: Path) -> dict:
     print(f"added {added['images']} images ({added['skipped_images']} already indexed, skipped) and "
           f"{added['captions']} captions; removed {removed_now['images']} images and {removed_now['captions']} "
           f"captions; the index now holds {manifest['counts']['images']} image rows "
-          f"({manifest['removed']['images']['rows']} removed) -> {out}", file=sys.stderr)
+          f"({manifest['removed']['images']['rows']} removed) -> {out}")
     return manifest

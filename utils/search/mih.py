@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -165,5 +164,10 @@ def exact_topk(words: np.ndarray, queries: np.ndarray, k: int, tables: MultiInde
     return out_d.astype(np.int32), out_r
 
 
-def index_bytes(path_of: dict) -> int:
-    return sum(Path(p).stat().st_size for p in path_of.values())
+def compile_kernels() -> None:
+    """Compile the kernels into numba's on-disk cache (or load them from it): about 15 s once after an install."""
+    rng = np.random.default_rng(0)
+    words = code_words(rng.integers(0, 256, (64, 8), dtype=np.uint8))
+    tables = MultiIndex.build(words, 64)
+    exact_topk(words, words[:2], 3, tables, threads=1)
+    exact_topk(words, words[:2], 3, None, np.zeros(64, np.uint8), threads=1)
