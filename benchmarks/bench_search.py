@@ -1,33 +1,34 @@
-"""Archive-scale search speed: exact top-10 over packed 64-bit codes (faiss IndexBinaryFlat, as search.py),
-against numpy brute force on the same codes and against float cosine search over 512-d features
-(faiss IndexFlatIP and numpy), plus the sub-linear IndexBinaryIVF's speed and recall@10.
+"""Archive-scale search: exact top-10 over packed 64-bit codes by the multi-index (search.py's mih) against faiss's
+exact linear scan (IndexBinaryFlat) and the approximate IndexBinaryIVF / IndexBinaryHNSW (recall@10 beside them),
+one query alone and in batches, with build time, memory and the start-up of an index folder of that size.
 
-Codes are synthetic but clustered like hash codes (cluster centres with 1/8 of the bits flipped), so
-that an inverted-file index has structure to use. Prints measured figures, no pass/fail.
+Two kinds of codes: class-structured like trained hash codes (4096 cluster centres, every bit flipped with
+probability 1/8) and uniform random (the case least kind to the multi-index). Every multi-index answer is
+compared with the flat index's (distances and rows, ties by row). Prints measured figures, no pass/fail.
 
-    python benchmarks/bench_search.py                      # 1M and 10M codes, 2 threads (a few minutes)
-    python benchmarks/bench_search.py --sizes 100000 --float-size 50000 --nlist 256   # quick check
+    python benchmarks/bench_search.py                                     # 1M, 10M, 100M (about 25 min)
+    python benchmarks/bench_search.py --sizes 100000 --kinds uniform --float-size 0 --startup-max 0   # quick check
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from utils.search.segments import (  # noqa: E402
-    faiss_threads,
-    make_binary_index,  # noqa: E402
-    order_by_distance_then_row,
-)
+from utils.search.mih import MultiIndex, code_words, exact_topk  # noqa: E402
+from utils.search.segments import faiss_threads, make_binary_index, order_by_distance_then_row  # noqa: E402
 
 
 def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Generator,
-                    chunk: int = 1 << 20) -> np.ndarray:
+                    chunk: int = 1 << 22) -> np.ndarray:
     """n packed codes: a random centre each, with every bit flipped with probability 1/8."""
     out = np.empty((n, n_bytes), np.uint8)
     for start in range(0, n, chunk):
@@ -39,17 +40,22 @@ def clustered_codes(n: int, n_bytes: int, centres: np.ndarray, rng: np.random.Ge
     return out
 
 
-def timed(fn, repeat: int = 1):
-    """(best wall time of ``repeat`` runs in seconds, last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def make_codes(kind: str, n: int, n_bytes: int, rng, centres) -> np.ndarray:
+    if kind == "uniform":
+        out = np.empty((n, n_bytes), np.uint8)
+        for start in range(0, n, 1 << 22):
+            out[start:start + (1 << 22)] = rng.integers(0, 256, (min(1 << 22, n - start), n_bytes), dtype=np.uint8)
+        return out
+    return clustered_codes(n, n_bytes, centres, rng)
 
 
-def single_query_ms(search_one, queries: np.ndarray, n: int) -> float:
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def alone_ms(search_one, queries: np.ndarray, n: int) -> float:
     """Median milliseconds of one query searched alone."""
     times = []
     for i in range(n):
@@ -59,151 +65,206 @@ def single_query_ms(search_one, queries: np.ndarray, n: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def numpy_hamming_topk(codes64: np.ndarray, query64: np.ndarray, k: int) -> np.ndarray:
-    """Brute force in numpy: popcount of XOR over uint64 words, then the k smallest by (distance, row)."""
-    d = np.bitwise_count(codes64 ^ query64).sum(axis=1, dtype=np.int32)
-    kth = np.partition(d, k - 1)[k - 1] if k < len(d) else d.max()
-    candidates = np.flatnonzero(d <= kth)
-    order = np.lexsort((candidates, d[candidates]))[:k]
-    return candidates[order]
+def recall_at_k(rows: np.ndarray, codes: np.ndarray, queries: np.ndarray, kth: np.ndarray) -> float:
+    """Share of returned items within the exact k-th distance (ties counted as found)."""
+    true_d = np.bitwise_count(codes[np.maximum(rows, 0)] ^ queries[:, None, :]).sum(axis=2)
+    return float(((true_d <= kth) & (rows >= 0)).sum() / rows.size)
 
 
-def bench_codes(n: int, args, rng) -> dict:
+def bench_size(n: int, kind: str, args, rng, centres) -> dict:
     import faiss
 
     n_bytes = args.bits // 8
-    centres = rng.integers(0, 256, (args.centres, n_bytes), dtype=np.uint8)
-    start = time.perf_counter()
-    codes = clustered_codes(n, n_bytes, centres, rng)
-    queries = clustered_codes(args.queries, n_bytes, centres, rng)
-    print(f"\n== {n:,} codes of {args.bits} bits (generated in {time.perf_counter() - start:.1f} s)")
-    row = {"n": n}
+    gen, codes = timed(lambda: make_codes(kind, n, n_bytes, rng, centres))
+    queries = make_codes(kind, args.queries, n_bytes, rng, centres)
+    print(f"\n== {n:,} {kind} codes of {args.bits} bits ({n * n_bytes / 2**20:,.0f} MiB; generated in {gen:.1f} s)",
+          flush=True)
+    row = {"n": n, "kind": kind, "codes_mib": n * n_bytes / 2**20}
+    batch = queries[: args.batch if n < 50_000_000 else args.batch // 10]
 
-    index, _ = make_binary_index(codes, "flat")
-    t_batch, (d_exact, i_exact) = timed(lambda: index.search(queries, args.k), args.repeat)
-    d_exact, i_exact = order_by_distance_then_row(d_exact, i_exact)
-    row["flat_batch_ms"] = 1000 * t_batch / args.queries
-    row["flat_single_ms_threads"] = single_query_ms(lambda q: index.search(q, args.k), queries, args.single)
-    with faiss_threads(1):  # as search.py runs a single query
-        row["flat_single_ms"] = single_query_ms(lambda q: index.search(q, args.k), queries, args.single)
-    row["bytes_per_item"] = index.code_size
-    print(f"IndexBinaryFlat exact top-{args.k}: {row['flat_batch_ms']:.3f} ms/query in batches of {args.queries}, "
-          f"{row['flat_single_ms']:.2f} ms for one query alone on 1 thread as search.py "
-          f"({row['flat_single_ms_threads']:.2f} ms on {args.threads}); {index.code_size} bytes per item "
-          f"({n * index.code_size / 2**20:.0f} MiB)")
+    build, (flat, _) = timed(lambda: make_binary_index(codes, "flat"))
+    with faiss_threads(args.threads):
+        t, (d_flat, i_flat) = timed(lambda: flat.search(batch, args.k))
+    d_flat, i_flat = order_by_distance_then_row(d_flat, i_flat)
+    with faiss_threads(1):  # one query alone runs on one thread, as search.py does
+        single = alone_ms(lambda q: flat.search(q, args.k), queries, args.single if n < 50_000_000 else 20)
+    row["flat"] = {"build_s": build, "alone_ms": single, "batch_ms": 1000 * t / len(batch), "memory_x": 1.0}
+    print(f"flat (faiss IndexBinaryFlat, exact): {single:.2f} ms alone, {row['flat']['batch_ms']:.3f} ms/query in a "
+          f"batch of {len(batch)} ({args.threads} threads); build {build:.1f} s", flush=True)
+    flat = None  # its memory back before the next index
 
-    if n <= args.numpy_max:
-        codes64 = codes.view(np.uint64) if args.bits % 64 == 0 else codes
-        q64 = queries.view(np.uint64) if args.bits % 64 == 0 else queries
-        t_np = single_query_ms(lambda q: numpy_hamming_topk(codes64, q, args.k), q64, max(5, args.single // 5))
-        same = all(np.array_equal(numpy_hamming_topk(codes64, q64[i:i + 1], args.k), i_exact[i]) for i in range(5))
-        row["numpy_single_ms"] = t_np
-        print(f"numpy brute force (bitwise_count, 1 thread): {t_np:.2f} ms for one query; faiss is "
-              f"{t_np / row['flat_single_ms']:.1f}x faster alone; same top-{args.k} incl. tie order: {same}")
+    words, q_words = code_words(codes), code_words(queries)
+    build, tables = timed(lambda: MultiIndex.build(words, args.bits))
+    exact_topk(words, q_words[:2], args.k, tables, threads=1)  # compiled before the clock runs
+    single = alone_ms(lambda q: exact_topk(words, code_words(q), args.k, tables, threads=1), queries, args.single)
+    t, (d_mih, i_mih) = timed(lambda: exact_topk(words, code_words(batch), args.k, tables, threads=args.threads))
+    same = np.array_equal(d_mih, d_flat) and np.array_equal(i_mih, i_flat)
+    memory = (codes.nbytes + tables.nbytes()) / codes.nbytes
+    row["mih"] = {"build_s": build, "alone_ms": single, "batch_ms": 1000 * t / len(batch), "memory_x": memory,
+                  "same_as_flat": bool(same), **tables.to_json()}
+    print(f"mih (exact, {len(tables.lengths)} substrings of {tables.lengths.tolist()} bits): {single:.3f} ms alone, "
+          f"{row['mih']['batch_ms']:.3f} ms/query batched; build {build:.1f} s; memory {memory:.2f}x the codes; "
+          f"same rows and distances as flat for all {len(batch)} queries: {same}; "
+          f"{row['flat']['alone_ms'] / single:.1f}x faster alone", flush=True)
+    tables = None
 
-    nlist = args.nlist or max(1, min(int(4 * np.sqrt(n)), args.train_size // 39))  # >= 39 training codes per list
-    train = codes[rng.choice(n, min(n, args.train_size), replace=False)]
-    start = time.perf_counter()
-    quantizer = faiss.IndexBinaryFlat(args.bits)
-    ivf = faiss.IndexBinaryIVF(quantizer, args.bits, nlist)
-    ivf.train(train)
-    ivf.add(codes)
-    build = time.perf_counter() - start
-    kth = d_exact[:, -1:]
-    print(f"IndexBinaryIVF nlist {nlist} (trained on {len(train):,} codes, built in {build:.1f} s):")
-    row["ivf"] = []
-    for nprobe in args.nprobe:
-        ivf.nprobe = nprobe
-        t, (d, i) = timed(lambda: ivf.search(queries, args.k), args.repeat)
+    kth = d_flat[:, -1:]
+    if n <= args.ivf_max:
+        nlist = max(1, min(int(4 * np.sqrt(n)), args.train_size // 39))
+        train = codes[rng.choice(n, min(n, args.train_size), replace=False)]
+
+        def build_ivf():
+            ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(args.bits), args.bits, nlist)
+            ivf.train(train)
+            ivf.add(codes)
+            return ivf
+
+        with faiss_threads(args.threads):
+            build, ivf = timed(build_ivf)
+        row["ivf"] = []
+        for nprobe in args.nprobe:
+            ivf.nprobe = nprobe
+            with faiss_threads(1):
+                single = alone_ms(lambda q: ivf.search(q, args.k), queries, args.single)
+            with faiss_threads(args.threads):
+                t, (_, i) = timed(lambda: ivf.search(batch, args.k))
+            recall = recall_at_k(i, codes, batch, kth)
+            row["ivf"].append({"nprobe": nprobe, "alone_ms": single, "batch_ms": 1000 * t / len(batch),
+                               "recall": recall, "build_s": build})
+            print(f"ivf (approximate, nlist {nlist}, nprobe {nprobe}): {single:.3f} ms alone, "
+                  f"{1000 * t / len(batch):.3f} ms/query batched, recall@{args.k} {recall:.3f}; build {build:.1f} s",
+                  flush=True)
+        ivf = None
+    if n <= args.hnsw_max:
+        def build_hnsw():
+            hnsw = faiss.IndexBinaryHNSW(args.bits, 16)
+            hnsw.add(codes)
+            return hnsw
+
+        with faiss_threads(args.threads):
+            build, hnsw = timed(build_hnsw)
+        hnsw.hnsw.efSearch = 64
         with faiss_threads(1):
-            single = single_query_ms(lambda q: ivf.search(q, args.k), queries, args.single)
-        # recall@k against exact: a returned item counts if it is one of the exact top k, or ties with the k-th
-        true_d = np.bitwise_count(codes[np.maximum(i, 0)] ^ queries[:, None, :]).sum(axis=2)
-        tie_recall = float(((true_d <= kth) & (i >= 0)).sum() / i_exact.size)
-        id_recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(i.tolist(), i_exact.tolist())]))
-        row["ivf"].append({"nprobe": nprobe, "batch_ms": 1000 * t / args.queries, "single_ms": single,
-                           "recall_ties": tie_recall, "recall_ids": id_recall})
-        print(f"  nprobe {nprobe:4d}: {1000 * t / args.queries:.4f} ms/query batched, {single:.3f} ms alone, "
-              f"recall@{args.k} {tie_recall:.3f} (ties counted; same rows as exact: {id_recall:.3f}), "
-              f"speed-up alone {row['flat_single_ms'] / single:.1f}x")
+            single = alone_ms(lambda q: hnsw.search(q, args.k), queries, args.single)
+        with faiss_threads(args.threads):
+            t, (_, i) = timed(lambda: hnsw.search(batch, args.k))
+        recall = recall_at_k(i, codes, batch, kth)
+        row["hnsw"] = {"alone_ms": single, "batch_ms": 1000 * t / len(batch), "recall": recall, "build_s": build}
+        print(f"hnsw (approximate, M 16, efSearch 64): {single:.3f} ms alone, {1000 * t / len(batch):.3f} ms/query "
+              f"batched, recall@{args.k} {recall:.3f}; build {build:.1f} s", flush=True)
+        hnsw = None
+    if kind == args.startup_kind and n <= args.startup_max:
+        row["startup"] = bench_startup(codes, args)
     return row
 
 
-def bench_float(n: int, args, rng) -> dict:
-    import faiss
+def bench_startup(codes: np.ndarray, args) -> dict:
+    """An index folder of these codes (``--codes``-style: no model), then the wall time of a fresh
+    ``search.py query --row`` and of ``SearchService`` opening it, each in a new process."""
+    from utils.search import writer
+    from utils.search.codes_index import _rows
+    from utils.search.segments import write_segment
 
-    dim = args.dim
-    print(f"\n== float cosine search, {n:,} x {dim} float32 features ({n * dim * 4 / 2**20:.0f} MiB)")
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = rng.standard_normal((args.queries, dim), dtype=np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(dim)
-    index.add(x)
-    t_batch, _ = timed(lambda: index.search(q, args.k))
-    with faiss_threads(1):  # one query alone, as the codes
-        single = single_query_ms(lambda a: index.search(a, args.k), q, args.single)
+    n = len(codes)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        out = Path(tmp)
+        start = time.perf_counter()
+        labels = [str(c) for c in range(21)]
+        names = _LazyLabels(labels, n)
+        segments = {"images": [write_segment(out, "images", 0, 0, codes, None, "auto")],
+                    "captions": [write_segment(out, "captions", 0, 0, codes[:1000], None, "auto")]}
+        metadata = writer.write_fresh_metadata(out, {"images": _rows("images", n, names, names),
+                                                     "captions": _rows("captions", 1000, names, names)})
+        manifest = {"bit": args.bits, "run": None, "checkpoint": None, "encoders": {"image": None, "text": None},
+                    "source": {"codes": "benchmark"}, "segments": segments, "metadata": metadata,
+                    "removed": {"images": {"file": None, "rows": 0}, "captions": {"file": None, "rows": 0}}}
+        writer.commit(out, manifest)
+        build = time.perf_counter() - start
+        size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+        query = [sys.executable, str(ROOT / "search.py"), "query", "--index", str(out), "--row", "5", "--modality",
+                 "image", "--quiet"]
+        serve = [sys.executable, "-c", "import sys, time; t = time.perf_counter(); "
+                 "from utils.search.server import SearchService; "
+                 "s = SearchService(sys.argv[1], 'cpu', preload='background'); "
+                 "print(time.perf_counter() - t)", str(out)]
+        times = {}
+        for name, cmd in (("query", query), ("serve_open", serve)):
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                runs.append(time.perf_counter() - t0 if name == "query" else float(done.stdout.strip() or "nan"))
+                if done.returncode:
+                    raise SystemExit(done.stderr)
+            times[name] = min(runs)
+        python = min(timed(lambda: subprocess.run([sys.executable, "-c", "pass"]))[0] for _ in range(3))
+        print(f"index folder of {n:,} rows: written in {build:.1f} s ({size:,.0f} MiB with the metadata); "
+              f"search.py query --row, whole command: {times['query']:.2f} s (a bare Python start: {python:.2f} s); "
+              f"SearchService opening it: {times['serve_open']:.3f} s", flush=True)
+        return {"write_s": build, "folder_mib": size, "query_command_s": times["query"],
+                "serve_open_s": times["serve_open"], "python_s": python}
 
-    def numpy_topk(a):
-        scores = a @ x.T
-        return np.argpartition(-scores, args.k, axis=1)[:, :args.k]
 
-    t_np_batch, _ = timed(lambda: [numpy_topk(q[s:s + 100]) for s in range(0, len(q), 100)])
-    np_single = single_query_ms(numpy_topk, q, max(5, args.single // 5))
-    row = {"n": n, "flatip_batch_ms": 1000 * t_batch / len(q), "flatip_single_ms": single,
-           "numpy_batch_ms": 1000 * t_np_batch / len(q), "numpy_single_ms": np_single, "bytes_per_item": dim * 4}
-    print(f"faiss IndexFlatIP: {row['flatip_batch_ms']:.3f} ms/query batched, {single:.2f} ms alone; numpy brute "
-          f"force: {row['numpy_batch_ms']:.3f} ms/query batched, {np_single:.2f} ms alone; {dim * 4} bytes per item")
-    return row
+class _LazyLabels:
+    """Row i's class name without a list of n names."""
+
+    def __init__(self, labels, n):
+        self.labels, self.n = labels, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.labels[i % len(self.labels)]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000],
-                        help="archive sizes of the code benchmark")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000, 100_000_000])
+    parser.add_argument("--kinds", nargs="+", choices=("classes", "uniform"), default=["classes", "uniform"])
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--queries", type=int, default=1000, help="queries of a batch")
+    parser.add_argument("--queries", type=int, default=1000, help="queries generated (a batch of --batch of them)")
+    parser.add_argument("--batch", type=int, default=1000, help="queries of a batch (a tenth of it from 50M rows)")
     parser.add_argument("--single", type=int, default=100, help="queries timed one by one (median)")
-    parser.add_argument("--repeat", type=int, default=3, help="batched timings: best of")
-    parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
-    parser.add_argument("--centres", type=int, default=4096, help="clusters of the synthetic codes")
-    parser.add_argument("--nlist", type=int, default=None,
-                        help="IVF lists (default 4 sqrt(n), at most train-size / 39)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--threads", type=int, default=2, help="threads of batched searches")
+    parser.add_argument("--centres", type=int, default=4096, help="clusters of the class-structured codes")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--train-size", type=int, default=50_000, help="codes the IVF quantizer is trained on")
-    parser.add_argument("--numpy-max", type=int, default=2_000_000,
-                        help="largest size for the numpy Hamming brute force")
-    parser.add_argument("--float-size", type=int, default=1_000_000,
-                        help="items of the float cosine benchmark (0: skip)")
-    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--ivf-max", type=int, default=10_000_000, help="largest size with an IVF index")
+    parser.add_argument("--hnsw-max", type=int, default=1_000_000, help="largest size with an HNSW index")
+    parser.add_argument("--startup-kind", default="classes", help="codes kind whose index folder is timed")
+    parser.add_argument("--startup-max", type=int, default=100_000_000, help="largest size whose start-up is timed")
+    parser.add_argument("--tmp", default=None, help="folder for the index folders (default: the system's)")
     args = parser.parse_args()
     if args.bits % 8:
         parser.error("--bits must be a multiple of 8")
-
     import faiss
 
-    faiss.omp_set_num_threads(args.threads)
-    print(f"faiss {faiss.__version__}, {args.threads} threads, numpy {np.__version__}; exact top-{args.k}")
+    print(f"faiss {faiss.__version__}, numpy {np.__version__}; exact top-{args.k}; one query alone on 1 thread, "
+          f"batches on {args.threads}", flush=True)
     rng = np.random.default_rng(0)
-    rows = [bench_codes(n, args, rng) for n in args.sizes]
-    floats = bench_float(args.float_size, args, rng) if args.float_size else None
+    centres = rng.integers(0, 256, (args.centres, args.bits // 8), dtype=np.uint8)
+    rows = [bench_size(n, kind, args, rng, centres) for n in args.sizes for kind in args.kinds]
 
-    print("\n== summary")
+    print("\n== summary (ms per query; memory as a multiple of the packed codes)")
+    print("| rows | codes | flat alone | mih alone | flat batched | mih batched | mih build s | mih memory "
+          "| same as flat | ivf nprobe 32 alone / recall | hnsw alone / recall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        line = (f"{r['n']:>12,} codes: exact {r['flat_batch_ms']:.3f} ms/query batched, "
-                f"{r['flat_single_ms']:.2f} ms alone")
-        if floats:
-            scale = r["n"] / floats["n"]
-            line += (f"; float IndexFlatIP at this size (scaled from {floats['n']:,}): "
-                     f"{floats['flatip_batch_ms'] * scale:.2f} ms/query batched, "
-                     f"{floats['flatip_single_ms'] * scale:.1f} ms alone "
-                     f"-> codes {floats['flatip_batch_ms'] * scale / r['flat_batch_ms']:.0f}x / "
-                     f"{floats['flatip_single_ms'] * scale / r['flat_single_ms']:.0f}x faster")
-        print(line)
-    if floats:
-        print(f"memory: {rows[0]['bytes_per_item']} bytes per code vs {floats['bytes_per_item']} per {args.dim}-d "
-              f"float feature: {floats['bytes_per_item'] / rows[0]['bytes_per_item']:.0f}x less")
+        ivf = next((v for v in r.get("ivf", []) if v["nprobe"] == 32), None)
+        ivf_s = f"{ivf['alone_ms']:.3f} / {ivf['recall']:.3f}" if ivf else "-"
+        hnsw = r.get("hnsw")
+        hnsw_s = f"{hnsw['alone_ms']:.3f} / {hnsw['recall']:.3f}" if hnsw else "-"
+        print(f"| {r['n']:,} | {r['kind']} | {r['flat']['alone_ms']:.2f} | {r['mih']['alone_ms']:.3f} | "
+              f"{r['flat']['batch_ms']:.3f} | {r['mih']['batch_ms']:.3f} | {r['mih']['build_s']:.1f} | "
+              f"{r['mih']['memory_x']:.2f}x | {r['mih']['same_as_flat']} | {ivf_s} | {hnsw_s} |")
+    for r in rows:
+        if "startup" in r:
+            s = r["startup"]
+            print(f"start-up at {r['n']:,} rows: search.py query --row {s['query_command_s']:.2f} s whole command "
+                  f"(bare Python {s['python_s']:.2f} s), SearchService open {s['serve_open_s']:.3f} s, folder "
+                  f"{s['folder_mib']:,.0f} MiB written in {s['write_s']:.0f} s")
 
 
 if __name__ == "__main__":

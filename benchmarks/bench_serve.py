@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.search.index import MANIFEST_NAME, index_file_names, make_binary_index  # noqa: E402
+from utils.search.archive import MANIFEST_NAME  # noqa: E402
 
 SENTENCES = ["a river flows through green fields", "many cars are parked in a parking lot", "a beach next to the sea",
              "dense green forest", "houses with red roofs along a street", "farmland divided into stripes",
@@ -41,15 +41,21 @@ SENTENCES = ["a river flows through green fields", "many cars are parked in a pa
 
 
 def inflate(source: Path, out: Path, size: int, seed: int = 0) -> dict:
-    """An index folder at ``out``: ``source``'s captions as they are, its images grown to ``size`` rows."""
+    """An index folder at ``out``: ``source``'s captions as they are, its images grown to ``size`` rows (a flat
+    segment, as the release before the multi-index had)."""
+    from utils.search import writer
+    from utils.search.archive import SearchIndex
+    from utils.search.segments import write_segment
+
     rng = np.random.default_rng(seed)
+    index = SearchIndex.open(source)
     manifest = json.loads((source / MANIFEST_NAME).read_text())
     out.mkdir(parents=True, exist_ok=True)
-    for name in index_file_names("captions").values():
-        shutil.copyfile(source / name, out / name)
-    names = index_file_names("images")
-    codes = np.load(source / names["codes"])
-    meta = [json.loads(line) for line in (source / names["metadata"]).read_text().splitlines()]
+    for record in manifest["segments"]["captions"]:
+        for name in record["files"].values():
+            shutil.copyfile(source / name, out / name)
+    codes = np.asarray(index.codes["images"])
+    meta = source_rows(source, "images")
     n = len(codes)
     parents = np.concatenate([np.arange(n), rng.integers(0, n, size - n)]) if size > n else np.arange(size)
     flips = rng.integers(0, 256, (size, codes.shape[1]), dtype=np.uint8)
@@ -59,24 +65,28 @@ def inflate(source: Path, out: Path, size: int, seed: int = 0) -> dict:
     new_codes = codes[parents] ^ flips
     signs = np.unpackbits(new_codes, axis=1)[:, :manifest["bit"]].astype(np.float16) * 2 - 1
     outputs = signs * rng.uniform(0.2, 1.0, signs.shape).astype(np.float16)
-    np.save(out / names["codes"], new_codes)
-    np.save(out / names["outputs"], outputs)
-    import faiss
 
-    faiss.write_index_binary(make_binary_index(new_codes, "flat")[0], str(out / names["faiss"]))
-    with open(out / names["metadata"], "w", encoding="utf-8") as f:
+    def image_rows():
         for row, parent in enumerate(parents.tolist()):
             m = meta[parent]
-            record = {"row": row, "filename": m["filename"] if row < n else f"synthetic/{row:07d}.png",
-                      "class": m["class"],
-                      "split": m["split"] if row < n else "db", "path": m["path"], "captions": m["captions"][:1]}
-            f.write(json.dumps(record) + "\n")
-    manifest["counts"] = {**manifest["counts"], "images": size}
-    flat = {"type": "flat", "faiss_class": "IndexBinaryFlat", "exact": True}
-    manifest["index"] = {**manifest["index"], "type": "flat", "images": flat}
+            yield {"row": row, "filename": m["filename"] if row < n else f"synthetic/{row:07d}.png",
+                   "class": m["class"], "split": m["split"] if row < n else "db", "path": m["path"],
+                   "captions": m["captions"][:1]}
+
+    manifest["segments"] = {"images": [write_segment(out, "images", 0, 0, new_codes, outputs, "flat")],
+                            "captions": manifest["segments"]["captions"]}
+    manifest["metadata"] = writer.write_fresh_metadata(out, {"images": image_rows(),
+                                                             "captions": source_rows(source, "captions")})
+    manifest["removed"] = {m: {"file": None, "rows": 0} for m in ("images", "captions")}
     manifest["synthetic"] = f"images inflated from {n} to {size} rows by benchmarks/bench_serve.py"
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
-    return manifest
+    return writer.commit(out, manifest)
+
+
+def source_rows(index_dir: Path, modality: str) -> list[dict]:
+    from utils.search.archive import SearchIndex
+
+    index = SearchIndex.open(index_dir)
+    return [index.metadata[modality][r] for r in range(index.size(modality))]
 
 
 class Server:
@@ -186,8 +196,7 @@ def main():
         server = Server(work / "index", args.device)
         print(f"server: {server.loaded} (process start to ready: {time.perf_counter() - start:.1f} s)")
         try:
-            meta_file = source / index_file_names("images")["metadata"]
-            meta = [json.loads(line) for line in meta_file.read_text().splitlines()]
+            meta = source_rows(source, "images")
             images = [Path(m["path"]).read_bytes() for m in meta[:16] if m.get("path") and Path(m["path"]).is_file()]
             a_class = meta[0]["class"]
             rng = np.random.default_rng(1)

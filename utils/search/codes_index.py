@@ -43,13 +43,16 @@ def _class_names(labels: np.ndarray | None, n: int) -> tuple[list, list]:
     return [";".join(str(c) for c in np.flatnonzero(row)) or None for row in labels], [None] * n
 
 
-def _rows(modality: str, n: int, names: list, codes: list) -> list[dict]:
-    if modality == "images":
-        return [{"row": i, "filename": None, "class": names[i], "class_code": codes[i], "split": CODES_SPLIT,
-                 "path": None, "captions": []} for i in range(n)]
-    return [{"row": i, "image_row": i if i < len(names) else None, "sentence": 0, "filename": None,
-             "class": names[i] if i < len(names) else None, "class_code": codes[i] if i < len(codes) else None,
-             "split": CODES_SPLIT, "path": None, "caption": None, "split_caption": False} for i in range(n)]
+def _rows(modality: str, n: int, names: list, codes: list):
+    """The metadata rows of one modality, one at a time."""
+    for i in range(n):
+        if modality == "images":
+            yield {"row": i, "filename": None, "class": names[i], "class_code": codes[i], "split": CODES_SPLIT,
+                   "path": None, "captions": []}
+        else:
+            yield {"row": i, "image_row": i if i < len(names) else None, "sentence": 0, "filename": None,
+                   "class": names[i] if i < len(names) else None, "class_code": codes[i] if i < len(codes) else None,
+                   "split": CODES_SPLIT, "path": None, "caption": None, "split_caption": False}
 
 
 def build_from_codes(opts, out: Path) -> dict:

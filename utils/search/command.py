@@ -44,7 +44,7 @@ def run_index(args: argparse.Namespace) -> dict:
     ctx = distributed.init_from_env(args.device) if distributed.torchrun_world_size() > 1 else distributed.context()
     start = time.perf_counter()
     try:
-        manifest = build_index(opts)
+        manifest = build_index(opts, index_action(opts))
         distributed.finish()
     finally:
         distributed.shutdown()
@@ -63,6 +63,20 @@ def run_index(args: argparse.Namespace) -> dict:
           f"{manifest['checkpoint']['path']} (epoch {manifest['checkpoint']['epoch']}), in "
           f"{time.perf_counter() - start:.1f} s -> {out}")
     return manifest
+
+
+def index_action(opts: IndexOptions):
+    """What search.py index does besides building a run's index: None (the build), or the function of --codes or
+    --add / --remove."""
+    if opts.codes is not None:
+        from utils.search.codes_index import build_from_codes
+
+        return build_from_codes
+    if opts.add or opts.remove:
+        from utils.search.grow import grow_index
+
+        return grow_index
+    return None
 
 
 def run_query(args: argparse.Namespace) -> list[dict]:

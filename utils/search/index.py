@@ -409,8 +409,9 @@ def index_folder(opts: IndexOptions) -> Path:
     return Path(opts.run_dir) / "index"
 
 
-def build_index(opts: IndexOptions) -> dict:
-    """Build the index folder of a run; returns the manifest.
+def build_index(opts: IndexOptions, action=None) -> dict:
+    """Build the index folder of a run; returns the manifest. ``action(opts, out)``: what runs under the lock
+    instead (``--codes``, ``--add``, ``--remove``: utils.search.codes_index, utils.search.grow).
 
     One writer at a time (a lock beside the folder); an --overwrite first removes the old manifest, so an
     interrupted rebuild leaves an unfinished index, never the old manifest beside new files; the new
@@ -419,22 +420,14 @@ def build_index(opts: IndexOptions) -> dict:
     from utils.locks import OutputLock
 
     opts.check()
-    if opts.codes is None and not (opts.add or opts.remove):
+    if action is None:
         TrainedRun.open(opts.run_dir, opts.checkpoint)  # a mistyped --run is named before any folder is made
     out = index_folder(opts)
     lock = OutputLock(out, "index folder") if distributed.context().is_main else None
     if lock is not None:
         lock.acquire()
     try:
-        if opts.codes is not None:
-            from utils.search.codes_index import build_from_codes
-
-            return build_from_codes(opts, out)
-        if opts.add or opts.remove:
-            from utils.search.grow import grow_index
-
-            return grow_index(opts, out)
-        return _build_index(opts)
+        return _build_index(opts) if action is None else action(opts, out)
     finally:
         if lock is not None:
             lock.release()

@@ -65,15 +65,27 @@ def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first
         con.close()
 
 
-def name_counts(rows: Iterable[dict]) -> dict[str, dict[str, int]]:
-    """{"class": {name: rows}, "split": {...}} of some rows (the manifest keeps them: the filters' choices)."""
-    out: dict[str, dict[str, int]] = {f: {} for f in FILTER_FIELDS}
+def counted(rows: Iterable[dict], counts: dict) -> Iterable[dict]:
+    """``rows`` passed on one by one while ``counts`` ({} to start) becomes their ``name_counts``: one pass over
+    rows that may be too many to hold."""
+    for f in FILTER_FIELDS:
+        counts.setdefault(f, {})
     for row in rows:
         for f in FILTER_FIELDS:
             value = row.get(f)
             if value:
-                out[f][str(value)] = out[f].get(str(value), 0) + 1
-    return {f: dict(sorted(counts.items())) for f, counts in out.items()}
+                counts[f][str(value)] = counts[f].get(str(value), 0) + 1
+        yield row
+    for f in FILTER_FIELDS:
+        counts[f] = dict(sorted(counts[f].items()))
+
+
+def name_counts(rows: Iterable[dict]) -> dict[str, dict[str, int]]:
+    """{"class": {name: rows}, "split": {...}} of some rows (the manifest keeps them: the filters' choices)."""
+    counts: dict = {}
+    for _ in counted(rows, counts):
+        pass
+    return counts
 
 
 def add_counts(a: dict, b: dict) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from utils.fingerprints import fingerprint
 from utils.io import atomic_path, write_json
 from utils.search.archive import FORMAT, FORMAT_VERSION, MANIFEST_NAME, MODALITIES
-from utils.search.metadata import METADATA_NAME, name_counts, write_rows
+from utils.search.metadata import METADATA_NAME, counted, write_rows
 from utils.search.segments import DEFAULT_NPROBE, save_npy, write_segment
 
 # the files an index folder's writers make (what pruning may delete; nothing else in the folder is touched)
@@ -42,11 +42,13 @@ def write_first_segments(out: Path, codes: dict, outputs: dict, index_type: str,
 
 
 def write_fresh_metadata(out: Path, rows: dict) -> dict:
-    """A new metadata file (renamed into place) of ``rows`` ({modality: row dicts}); its manifest record."""
+    """A new metadata file (renamed into place) of ``rows`` ({modality: row dicts, a list or any iterable, read
+    once}); its manifest record."""
     build_id = new_build_id()
+    names: dict = {m: {} for m in MODALITIES}
     with atomic_path(out / METADATA_NAME) as tmp:
-        write_rows(Path(tmp), build_id, rows)
-    return {"file": METADATA_NAME, "build_id": build_id, "names": {m: name_counts(rows[m]) for m in MODALITIES}}
+        write_rows(Path(tmp), build_id, {m: counted(rows[m], names[m]) for m in MODALITIES})
+    return {"file": METADATA_NAME, "build_id": build_id, "names": names}
 
 
 def referenced_files(manifest: dict) -> list[str]:
