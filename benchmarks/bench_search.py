@@ -159,63 +159,69 @@ def bench_size(n: int, kind: str, args, rng, centres) -> dict:
 
 
 def bench_startup(codes: np.ndarray, args) -> dict:
-    """An index folder of these codes (``--codes``-style: no model), then the wall time of a fresh
-    ``search.py query --row`` and of ``SearchService`` opening it, each in a new process."""
+    """Index folders of these codes, then the wall time of a fresh ``search.py query --row`` and of
+    ``SearchService`` opening them, each in a new process: metadata as a codes file's index keeps it (a
+    memory-mapped column of class codes), and, up to --sqlite-max rows, as a run's index keeps it (a SQLite row
+    per image with file name, class, split, path and caption)."""
     from utils.search import writer
-    from utils.search.codes_index import _rows
+    from utils.search.codes_index import write_label_columns
     from utils.search.segments import write_segment
 
     n = len(codes)
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        out = Path(tmp)
-        start = time.perf_counter()
-        labels = [str(c) for c in range(21)]
-        names = _LazyLabels(labels, n)
-        segments = {"images": [write_segment(out, "images", 0, 0, codes, None, "auto")],
-                    "captions": [write_segment(out, "captions", 0, 0, codes[:1000], None, "auto")]}
-        metadata = writer.write_fresh_metadata(out, {"images": _rows("images", n, names, names),
-                                                     "captions": _rows("captions", 1000, names, names)})
-        manifest = {"bit": args.bits, "run": None, "checkpoint": None, "encoders": {"image": None, "text": None},
-                    "source": {"codes": "benchmark"}, "segments": segments, "metadata": metadata,
-                    "removed": {"images": {"file": None, "rows": 0}, "captions": {"file": None, "rows": 0}}}
-        writer.commit(out, manifest)
-        build = time.perf_counter() - start
-        size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
-        query = [sys.executable, str(ROOT / "search.py"), "query", "--index", str(out), "--row", "5", "--modality",
-                 "image", "--quiet"]
-        serve = [sys.executable, "-c", "import sys, time; t = time.perf_counter(); "
-                 "from utils.search.server import SearchService; "
-                 "s = SearchService(sys.argv[1], 'cpu', preload='background'); "
-                 "print(time.perf_counter() - t)", str(out)]
-        times = {}
-        for name, cmd in (("query", query), ("serve_open", serve)):
-            runs = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-                runs.append(time.perf_counter() - t0 if name == "query" else float(done.stdout.strip() or "nan"))
-                if done.returncode:
-                    raise SystemExit(done.stderr)
-            times[name] = min(runs)
-        python = min(timed(lambda: subprocess.run([sys.executable, "-c", "pass"]))[0] for _ in range(3))
-        print(f"index folder of {n:,} rows: written in {build:.1f} s ({size:,.0f} MiB with the metadata); "
-              f"search.py query --row, whole command: {times['query']:.2f} s (a bare Python start: {python:.2f} s); "
-              f"SearchService opening it: {times['serve_open']:.3f} s", flush=True)
-        return {"write_s": build, "folder_mib": size, "query_command_s": times["query"],
-                "serve_open_s": times["serve_open"], "python_s": python}
+    out_rows = {}
+    for kind in ("columns", "sqlite"):
+        if kind == "sqlite" and n > args.sqlite_max:
+            continue
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            out = Path(tmp)
+            start = time.perf_counter()
+            segments = {"images": [write_segment(out, "images", 0, 0, codes, None, "auto")],
+                        "captions": [write_segment(out, "captions", 0, 0, codes[:1000], None, "auto")]}
+            counts = {"images": n, "captions": 1000}
+            if kind == "columns":
+                metadata = write_label_columns(out, np.arange(n, dtype=np.int64) % 21, counts)
+            else:
+                metadata = writer.write_fresh_metadata(out, {m: run_like_rows(m, counts[m]) for m in counts})
+            manifest = {"bit": args.bits, "run": None, "checkpoint": None, "encoders": {"image": None, "text": None},
+                        "source": {"codes": "benchmark"}, "dataset": {"image_dir": "/archive"},
+                        "segments": segments, "metadata": metadata,
+                        "removed": {"images": {"file": None, "rows": 0}, "captions": {"file": None, "rows": 0}}}
+            writer.commit(out, manifest)
+            build = time.perf_counter() - start
+            size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+            query = [sys.executable, str(ROOT / "search.py"), "query", "--index", str(out), "--row", "5",
+                     "--modality", "image", "--class", "3", "--quiet"]
+            serve = [sys.executable, "-c", "import sys, time; t = time.perf_counter(); "
+                     "from utils.search.server import SearchService; "
+                     "s = SearchService(sys.argv[1], 'cpu', preload='background'); "
+                     "print(time.perf_counter() - t)", str(out)]
+            times = {}
+            for name, cmd in (("query", query[:-3] + ["--quiet"]), ("query_class", query), ("serve_open", serve)):
+                runs = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(done.stderr)
+                    runs.append(float(done.stdout.strip()) if name == "serve_open" else time.perf_counter() - t0)
+                times[name] = min(runs)
+            print(f"index folder of {n:,} rows, metadata as {kind}: written in {build:.1f} s ({size:,.0f} MiB); "
+                  f"search.py query --row, whole command: {times['query']:.2f} s, with --class: "
+                  f"{times['query_class']:.2f} s; SearchService opening it: {times['serve_open']:.3f} s", flush=True)
+            out_rows[kind] = {"write_s": build, "folder_mib": size, **times}
+    out_rows["python_s"] = min(timed(lambda: subprocess.run([sys.executable, "-c", "pass"]))[0] for _ in range(3))
+    return out_rows
 
 
-class _LazyLabels:
-    """Row i's class name without a list of n names."""
-
-    def __init__(self, labels, n):
-        self.labels, self.n = labels, n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return self.labels[i % len(self.labels)]
+def run_like_rows(modality: str, n: int):
+    """Rows as a run's index writes them (a file name, a class, a split, a path and a caption each)."""
+    for i in range(n):
+        base = {"row": i, "filename": f"scene_{i:09d}.tif", "class": str(i % 21), "class_code": i % 21,
+                "split": "db", "path": f"/archive/scene_{i:09d}.tif"}
+        if modality == "images":
+            yield {**base, "captions": ["a caption of this scene"]}
+        else:
+            yield {**base, "image_row": i, "sentence": 0, "caption": "a caption of this scene", "split_caption": True}
 
 
 def main():
@@ -235,6 +241,8 @@ def main():
     parser.add_argument("--hnsw-max", type=int, default=1_000_000, help="largest size with an HNSW index")
     parser.add_argument("--startup-kind", default="classes", help="codes kind whose index folder is timed")
     parser.add_argument("--startup-max", type=int, default=100_000_000, help="largest size whose start-up is timed")
+    parser.add_argument("--sqlite-max", type=int, default=10_000_000,
+                        help="largest size whose start-up is also timed with a SQLite row per image")
     parser.add_argument("--tmp", default=None, help="folder for the index folders (default: the system's)")
     args = parser.parse_args()
     if args.bits % 8:
@@ -260,12 +268,13 @@ def main():
               f"{r['flat']['batch_ms']:.3f} | {r['mih']['batch_ms']:.3f} | {r['mih']['build_s']:.1f} | "
               f"{r['mih']['memory_x']:.2f}x | {r['mih']['same_as_flat']} | {ivf_s} | {hnsw_s} |")
     for r in rows:
-        if "startup" in r:
-            s = r["startup"]
-            print(f"start-up at {r['n']:,} rows: search.py query --row {s['query_command_s']:.2f} s whole command "
-                  f"(bare Python {s['python_s']:.2f} s), SearchService open {s['serve_open_s']:.3f} s, folder "
-                  f"{s['folder_mib']:,.0f} MiB written in {s['write_s']:.0f} s")
-
+        for kind in ("columns", "sqlite"):
+            s = r.get("startup", {}).get(kind)
+            if s:
+                print(f"start-up at {r['n']:,} rows, metadata as {kind}: search.py query --row {s['query']:.2f} s "
+                      f"whole command ({s['query_class']:.2f} s with --class; bare Python "
+                      f"{r['startup']['python_s']:.2f} s), SearchService open {s['serve_open']:.3f} s; folder "
+                      f"{s['folder_mib']:,.0f} MiB written in {s['write_s']:.0f} s")
 
 if __name__ == "__main__":
     main()

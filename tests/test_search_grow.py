@@ -74,6 +74,22 @@ def test_codes_file_index_is_searched_by_rows(tmp_path, capsys, index_type):
     with pytest.raises(SystemExit):
         run_search("index", "--codes", tmp_path / "codes.npz", "--no-progress")
     assert "needs --out" in one_line(capsys)
+    # class codes are a memory-mapped column; multi-hot labels the names of each row's labels
+    assert (out / "labels_images.npy").is_file() and not (out / "metadata.sqlite").exists()
+    multi = np.zeros((40, 3), np.int8)
+    multi[np.arange(40), labels] = 1
+    multi[0, 0] = multi[0, 2] = 1
+    np.savez(tmp_path / "multi.npz", db_img=db_img, db_txt=db_txt, db_labels=multi)
+    run_search("index", "--codes", tmp_path / "multi.npz", "--out", tmp_path / "multi", "--no-progress")
+    from utils.search.query import SearchIndex
+
+    multi_index = SearchIndex.open(tmp_path / "multi")
+    assert multi_index.metadata["images"][0]["class"] == "0;2" and (tmp_path / "multi" / "metadata.sqlite").is_file()
+    # a removed row of a codes index is never returned, in either modality
+    run_search("index", "--out", out, "--remove", "3", "--no-progress")
+    again = run_search("query", "--index", out, "--row", 0, "--modality", "image", "--target", "captions", "-k", 40,
+                       "--quiet")[0]
+    assert 3 not in [r["row"] for r in again["results"]] and len(again["results"]) == 39
     np.savez(tmp_path / "bad.npz", db_img=np.full((4, 8), 3))
     with pytest.raises(SystemExit):
         run_search("index", "--codes", tmp_path / "bad.npz", "--out", tmp_path / "bad", "--no-progress")

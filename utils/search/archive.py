@@ -18,7 +18,7 @@ import numpy as np
 from utils.errors import DUCHError, did_you_mean
 from utils.fingerprints import difference
 from utils.io import read_json, read_npy
-from utils.search.metadata import FILTER_FIELDS, METADATA_NAME, MetadataStore, RowView
+from utils.search.metadata import FILTER_FIELDS, METADATA_NAME, ColumnStore, MetadataStore, RowView
 from utils.search.segments import (
     FEW_QUERIES,
     MAX_NPROBE,
@@ -78,7 +78,10 @@ class SearchIndex:
         if not all(isinstance(c, int) for names in self.names.values() for f in names.values() for c in f.values()):
             raise ValueError("metadata names: counts are not integers")
         self._folders = self._image_folders()
-        self.store = MetadataStore(self._file(METADATA_NAME), str(meta["build_id"]), counts)
+        if meta.get("kind") == "columns":  # an index of a codes file with class codes
+            self.store = ColumnStore(index_dir, dict(meta["files"]), counts)
+        else:
+            self.store = MetadataStore(self._file(METADATA_NAME), str(meta["build_id"]), counts)
         self.metadata = {m: RowView(self.store, m, self._check_path) for m in MODALITIES}
 
     def _removed_mask(self, modality: str, n: int) -> np.ndarray | None:

@@ -55,6 +55,27 @@ def _rows(modality: str, n: int, names: list, codes: list):
                    "split": CODES_SPLIT, "path": None, "caption": None, "split_caption": False}
 
 
+def write_label_columns(out: Path, labels: np.ndarray | None, counts: dict[str, int]) -> dict:
+    """The metadata of an index of codes with class codes (or none): ``labels_<modality>.npy`` (caption row i
+    takes image row i's class); its manifest record."""
+    from utils.search.metadata import LABELS_FILE, column_names
+    from utils.search.segments import save_npy
+
+    files, names = {}, {}
+    for modality in MODALITIES:
+        n = counts[modality]
+        column = None
+        if labels is not None:
+            column = np.full(n, -1, np.int64)
+            column[:min(n, len(labels))] = labels[:n]
+            files[modality] = LABELS_FILE.format(modality)
+            save_npy(out / files[modality], column)
+        else:
+            files[modality] = None
+        names[modality] = column_names(column, n)
+    return {"kind": "columns", "files": files, "names": names}
+
+
 def build_from_codes(opts, out: Path) -> dict:
     """Write the index folder of a codes file; returns the manifest."""
     from utils.retrieval.evaluation import read_codes_npz
@@ -82,8 +103,12 @@ def build_from_codes(opts, out: Path) -> dict:
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     segments = {m: [write_segment(out, m, 0, 0, packed[m], None, opts.index_type, opts.nlist, opts.nprobe)]
                 for m in MODALITIES}
-    metadata = writer.write_fresh_metadata(out, {m: _rows(m, len(packed[m]), names, class_codes)
-                                                 for m in MODALITIES})
+    if labels is None or labels.ndim == 1:  # class codes: a column per modality, memory-mapped
+        metadata = write_label_columns(out, None if labels is None else labels.astype(np.int64),
+                                       {m: len(packed[m]) for m in MODALITIES})
+    else:  # multi-hot rows: the names of each row's labels, in the SQLite file
+        metadata = writer.write_fresh_metadata(out, {m: _rows(m, len(packed[m]), names, class_codes)
+                                                     for m in MODALITIES})
     manifest = {
         "bit": int(bits), "bytes_per_code": int((bits + 7) // 8),
         "run": None, "checkpoint": None, "features": None, "encoders": {"image": None, "text": None},

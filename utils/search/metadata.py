@@ -1,4 +1,5 @@
-"""Per-row metadata of an index in one SQLite file (``metadata.sqlite``), read a row at a time.
+"""Per-row metadata of an index: one SQLite file (``metadata.sqlite``), read a row at a time, or, for an index
+of a codes file, a memory-mapped column of class codes per modality (``ColumnStore``).
 
 A table per modality (``images``, ``captions``), keyed by row, with indexes on class, split and file
 name: opening costs nothing at any size, a result's fields are one lookup, and the class / split
@@ -39,9 +40,13 @@ def _indexes(modality: str) -> list[str]:
 
 
 def _values(modality: str, row: dict) -> tuple:
-    return tuple(json.dumps(row.get(f) or [], ensure_ascii=False) if f in JSON_FIELDS else
-                 (int(row[f]) if f == "split_caption" and row.get(f) is not None else row.get(f))
-                 for f in FIELDS[modality])
+    def value(f):
+        v = row.get(f)
+        if f in JSON_FIELDS:
+            return json.dumps(v, ensure_ascii=False) if v else "[]"
+        return int(v) if f == "split_caption" and v is not None else v
+
+    return tuple(value(f) for f in FIELDS[modality])
 
 
 def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first_rows: dict[str, int] | None = None,
@@ -49,6 +54,10 @@ def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first
     """Write ``rows`` ({modality: row dicts}) into ``path``. ``fresh``: a new file (the caller renames it into
     place); else rows from ``first_rows[modality]`` on are replaced in the existing file, in one transaction."""
     con = sqlite3.connect(str(path), timeout=60)
+    if fresh:  # a file no reader sees until it is renamed into place: no journal needed while it is written
+        con.execute("PRAGMA journal_mode = OFF")
+        con.execute("PRAGMA synchronous = OFF")
+    con.execute("PRAGMA cache_size = -262144")  # 256 MiB: the indexes are sorted in memory
     try:
         with con:
             con.execute("CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT)")
@@ -187,3 +196,75 @@ class RowView:
         if self.check is not None:
             self.check(self.modality, out)
         return out
+
+
+LABELS_FILE = "labels_{}.npy"
+CODES_SPLIT = "db"
+
+
+class ColumnStore:
+    """The metadata of an index of a codes file (``search.py index --codes``): every row is of split ``db``, its
+    class the code in ``labels_<modality>.npy`` (-1: none), memory-mapped; caption row i belongs to image row i.
+    No row is written one by one, so an index of 100 million codes is written and opened at once."""
+
+    def __init__(self, folder: Path, files: dict, counts: dict[str, int]):
+        from utils.io import read_npy
+
+        self.path, self.counts = folder, counts
+        self.labels = {}
+        for modality, name in files.items():
+            if name is None:
+                self.labels[modality] = None
+                continue
+            labels = read_npy(folder / name, "class codes", mmap=True)
+            if labels.shape != (counts[modality],) or labels.dtype.kind not in "iu":
+                raise DUCHError(f"{folder / name} holds {labels.dtype} {labels.shape}, not the class codes of "
+                                f"{counts[modality]} rows; rebuild the index with --overwrite")
+            self.labels[modality] = labels
+
+    def close(self) -> None:
+        pass
+
+    def row(self, modality: str, row: int) -> dict:
+        if not 0 <= row < self.counts[modality]:
+            raise DUCHError(f"{self.path}: {modality} row {row} is missing; rebuild the index with --overwrite")
+        labels = self.labels.get(modality)
+        code = int(labels[row]) if labels is not None and labels[row] >= 0 else None
+        base = {"row": int(row), "filename": None, "class": None if code is None else str(code), "class_code": code,
+                "split": CODES_SPLIT, "path": None}
+        if modality == "images":
+            return {**base, "captions": []}
+        image_row = int(row) if row < self.counts["images"] else None
+        return {**base, "image_row": image_row, "sentence": 0, "caption": None, "split_caption": False}
+
+    def matching_rows(self, modality: str, classes: Sequence[str] | None, splits: Sequence[str] | None) -> np.ndarray:
+        n = self.counts[modality]
+        if splits is not None and CODES_SPLIT not in splits:
+            return np.zeros(0, np.int64)
+        if classes is None:
+            return np.arange(n, dtype=np.int64)
+        labels = self.labels.get(modality)
+        wanted = [int(c) for c in classes if c.lstrip("-").isdigit()]
+        if labels is None or not wanted:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(np.isin(labels, wanted)).astype(np.int64)
+
+    def rows_of_files(self, names: Sequence[str]) -> np.ndarray:
+        return np.zeros(0, np.int64)  # rows of a codes file have no file names
+
+    def caption_rows_of_images(self, image_rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(image_rows, np.int64)
+        return rows[rows < self.counts["captions"]]
+
+    def image_paths(self) -> set[str]:
+        return set()
+
+
+def column_names(labels: np.ndarray | None, n: int) -> dict[str, dict[str, int]]:
+    """``name_counts`` of ``n`` rows whose class codes are ``labels`` (-1: none; None: no classes), all ``db``."""
+    split = {CODES_SPLIT: int(n)} if n else {}
+    if labels is None:
+        return {"class": {}, "split": split}
+    values, counts = np.unique(labels[labels >= 0], return_counts=True)
+    return {"class": dict(sorted((str(v), int(c)) for v, c in zip(values.tolist(), counts.tolist()))),
+            "split": split}

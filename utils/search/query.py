@@ -56,9 +56,16 @@ class QueryEncoder:
 
     def __init__(self, index: SearchIndex, device="auto", batch_size: int = 64):
         self.index = index
-        self.device = resolve_device(device)
+        self._device_name, self._device = device, None
         self.batch_size = batch_size
         self._model = self._text_model = self._image_model = None
+
+    @property
+    def device(self):
+        """The torch device, resolved on first use: a search by stored rows never imports torch (start-up)."""
+        if self._device is None:
+            self._device = resolve_device(self._device_name)
+        return self._device
 
     def feature_stats(self, which: str) -> FeatureStats:
         self.require_model()

@@ -412,7 +412,7 @@ def serve(index_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     try:
         counts = service.describe()["counts"]
         print(f"loaded {counts['images']} images and {counts['captions']} captions ({service.index.bits}-bit codes, "
-              f"{service.encoder.device}) in {service.load_seconds:.1f} s; the query models load in the background "
+              f"device {device}) in {service.load_seconds:.1f} s; the query models load in the background "
               f"(/api/health says when they are ready)")
         if allowed_hosts(host) is None or host not in LOCAL_HOSTS:
             print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can search this "

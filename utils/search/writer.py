@@ -22,7 +22,8 @@ from utils.search.segments import DEFAULT_NPROBE, save_npy, write_segment
 
 # the files an index folder's writers make (what pruning may delete; nothing else in the folder is touched)
 OWN_FILES = re.compile(r"^(codes|outputs|mih_ids|mih_offsets)_(images|captions)(\.s\d+)?\.npy$"
-                       r"|^index_(images|captions)(\.s\d+)?\.faiss$|^removed_(images|captions)\.g\d+\.npy$")
+                       r"|^index_(images|captions)(\.s\d+)?\.faiss$|^removed_(images|captions)\.g\d+\.npy$"
+                       r"|^labels_(images|captions)\.npy$")
 
 
 def file_digests(folder: Path, names) -> dict:
@@ -48,12 +49,14 @@ def write_fresh_metadata(out: Path, rows: dict) -> dict:
     names: dict = {m: {} for m in MODALITIES}
     with atomic_path(out / METADATA_NAME) as tmp:
         write_rows(Path(tmp), build_id, {m: counted(rows[m], names[m]) for m in MODALITIES})
-    return {"file": METADATA_NAME, "build_id": build_id, "names": names}
+    return {"kind": "sqlite", "file": METADATA_NAME, "build_id": build_id, "names": names}
 
 
 def referenced_files(manifest: dict) -> list[str]:
     names = [name for m in MODALITIES for record in manifest["segments"][m] for name in record["files"].values()]
     names += [r["file"] for r in (manifest.get("removed") or {}).values() if r and r.get("file")]
+    if manifest["metadata"].get("kind") == "columns":
+        names += [name for name in manifest["metadata"]["files"].values() if name]
     return names
 
 
