@@ -201,9 +201,15 @@ def test_grow_refusals(tiny_run, tmp_path, capsys):
 def test_server_answers_rows_while_the_models_load(tiny_run):
     from utils.search.server import SearchService
 
+    from utils.search.api import SearchParams
+    from utils.search.query import Query, SearchIndex, search
+
     service = SearchService(tiny_run["index"], "cpu", preload="background")
     try:
         assert service.health()["models"]["state"] in ("loading", "ready", "not loaded")
+        answer = service.search(SearchParams(row=4, modality="image", k=5))  # needs no model, waits for none
+        index = SearchIndex.open(tiny_run["index"])
+        assert answer == search(index, None, [Query("row", row=4, modality="image")], k=5)[0]
         assert service.models_ready.wait(120)
         health = service.health()["models"]
         assert health == {"state": "ready", "text": True, "image": True}

@@ -38,7 +38,7 @@ def _new_images(index: SearchIndex, image_dir: Path) -> tuple[list[Path], int]:
     paths = find_image_files(image_dir)
     if not paths:
         raise DUCHError(f"no images (tif, tiff, png, jpg) found under {image_dir}")
-    known = index.store.image_paths()
+    known = index.store.known_paths([str(p.resolve()) for p in paths])
     new = [p for p in paths if str(p.resolve()) not in known]
     return new, len(paths) - len(new)
 

@@ -36,7 +36,7 @@ def _schema(modality: str) -> str:
 
 def _indexes(modality: str) -> list[str]:
     return [f'CREATE INDEX IF NOT EXISTS "{modality}_{f}" ON "{modality}" ("{f}")'
-            for f in (*FILTER_FIELDS, "filename")]
+            for f in (*FILTER_FIELDS, "filename", "path")]
 
 
 def _values(modality: str, row: dict) -> tuple:
@@ -177,9 +177,14 @@ class MetadataStore:
                                               f'({", ".join("?" * len(chunk))})', [self.counts["captions"], *chunk])]
         return np.unique(np.asarray(out, np.int64))
 
-    def image_paths(self) -> set[str]:
-        return {r[0] for r in self._query('SELECT "path" FROM images WHERE "row" < ? AND "path" IS NOT NULL',
-                                          (self.counts["images"],))}
+    def known_paths(self, paths: Sequence[str]) -> set[str]:
+        """Those of ``paths`` that an image row of the index has (one indexed lookup per 500)."""
+        out: set[str] = set()
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start:start + 500])
+            out |= {r[0] for r in self._query(f'SELECT "path" FROM images WHERE "row" < ? AND "path" IN '
+                                              f'({", ".join("?" * len(chunk))})', [self.counts["images"], *chunk])}
+        return out
 
 
 class RowView:
@@ -256,8 +261,8 @@ class ColumnStore:
         rows = np.asarray(image_rows, np.int64)
         return rows[rows < self.counts["captions"]]
 
-    def image_paths(self) -> set[str]:
-        return set()
+    def known_paths(self, paths: Sequence[str]) -> set[str]:
+        return set()  # rows of a codes file have no image files
 
 
 def column_names(labels: np.ndarray | None, n: int) -> dict[str, dict[str, int]]:

@@ -142,6 +142,10 @@ class SearchService:
         """The run's networks and the query encoders, each under its lock (a query of that kind waits for it)."""
         self.models_state = "loading"
         try:
+            if any(seg.type == "mih" for segs in self.index.segments.values() for seg in segs):
+                from utils.search.mih import compile_kernels
+
+                compile_kernels()  # numba's cached kernels loaded now, not by the first request (about a second)
             with self.locks["text"], self.locks["image"]:
                 if self.index.manifest.get("checkpoint"):
                     from transformers.utils import logging as hf_logging
