@@ -20,9 +20,10 @@ from utils.io import atomic_path, read_npy
 SEGMENT_TYPES = ("flat", "mih", "ivf")
 INDEX_TYPES = ("auto", *SEGMENT_TYPES)
 # ``auto``: the multi-index from this many rows on; below it the flat index. Measured on 2 cores
-# (benchmarks/bench_search.py, 64-bit uniform random codes, the case least kind to the multi-index): alone,
-# top-10, it takes 1.75 ms against faiss's 1.38 ms at 1M rows and 8.4 ms against 25 ms at 10M.
-MIH_MIN_ROWS = 2_000_000
+# (benchmarks/bench_search.py, 64-bit uniform random codes, the case least kind to the multi-index, top 10, one
+# query alone): flat / mih 1.15 / 1.94 ms at 1M rows, 2.39 / 3.09 at 2M, 3.48 / 2.85 at 3M, 7.31 / 4.92 at 5M,
+# 13.8 / 8.1 at 10M. On codes clustered like trained ones the multi-index is faster from 1M on (2.45 / 0.66 ms).
+MIH_MIN_ROWS = 3_000_000
 DEFAULT_NPROBE = 16
 MAX_NPROBE = 1 << 16  # inverted lists visited per query: more than any index has (faiss takes a C int)
 FEW_QUERIES = 8  # below this, one thread: as fast alone, and no OpenMP spin-waits on a busy machine
