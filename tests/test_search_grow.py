@@ -199,10 +199,9 @@ def test_grow_refusals(tiny_run, tmp_path, capsys):
 
 
 def test_server_answers_rows_while_the_models_load(tiny_run):
-    from utils.search.server import SearchService
-
     from utils.search.api import SearchParams
     from utils.search.query import Query, SearchIndex, search
+    from utils.search.server import SearchService
 
     service = SearchService(tiny_run["index"], "cpu", preload="background")
     try:

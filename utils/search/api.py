@@ -6,6 +6,8 @@ A bad request is a ``RequestError`` with its status; ``utils/search/server.py`` 
 """
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -179,3 +181,39 @@ def allowed_hosts(host: str) -> set[str] | None:
     if host in ("0.0.0.0", "::", ""):
         return None
     return {*LOCAL_HOSTS, host.lower().strip("[]")}
+
+
+# an upload is decoded only when its header shows at most this many pixels (a query image is resized to 224 x 224
+# anyway): a 250 KB PNG can declare 90 megapixels, 690 MB once decoded
+MAX_UPLOAD_PIXELS = 36_000_000
+# image formats an upload may be: PIL's raster decoders only (PIL's EPS plugin would run Ghostscript)
+UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp", "GIF": ".gif"}
+
+
+def decode_upload(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[str, tuple[int, int]]:
+    """(format, size) of an uploaded image, fully decoded; anything else is a RequestError. The pixel count is
+    read from the header and checked before anything is decoded. It runs in the service's upload pool
+    (``SearchService.search_image_queued``), so at most DECODE_SLOTS of the server decode at once."""
+    from PIL import Image
+
+    if not data:
+        raise RequestError("empty upload: send the image file as the request body (curl --data-binary @FILE)")
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as image:  # reads the header only
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise Image.DecompressionBombError(f"{width} x {height}")
+                image.load()
+                return image.format, image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestError(f"the uploaded image has too many pixels (over {max_pixels:,}); send a smaller one "
+                           f"(it is resized to 224 x 224 anyway)", 413) from None
+    except Exception as err:  # noqa: BLE001 (any decoder failure: the upload is not an image)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RequestError(f"the upload is not a readable image ({', '.join(UPLOAD_FORMATS)}): {reason}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved

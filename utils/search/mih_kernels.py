@@ -84,6 +84,24 @@ def _keep(buf_d, buf_r, fill, k):
     return top
 
 
+@njit(inline="always")
+def _take(buf_d, buf_r, hist, fill, within, bound, d, row, k):
+    """Keep (d, row) in the buffer (sorted down to k entries when full); ``hist`` counts the kept distances and
+    ``bound``, the distance beyond which no row can enter the top k, falls as soon as k rows lie below it.
+    Returns the new (fill, within, bound)."""
+    if fill == buf_d.shape[0]:
+        fill = _keep(buf_d, buf_r, fill, k)
+    buf_d[fill] = d
+    buf_r[fill] = row
+    fill += 1
+    hist[d] += 1
+    within += 1
+    while within - hist[bound] >= k:
+        within -= hist[bound]
+        bound -= 1
+    return fill, within, bound
+
+
 @njit(nogil=True, cache=True)
 def mih_search(words, queries, q_begin, q_end, k, starts, lengths, ids, offsets, removed, has_removed,
                budget_probes, budget_candidates, out_d, out_r, out_n):
@@ -142,16 +160,7 @@ def mih_search(words, queries, q_begin, q_end, k, starts, lengths, ids, offsets,
                                 break
                         if not first:
                             continue
-                        if fill == cap:
-                            fill = _keep(buf_d, buf_r, fill, k)
-                        buf_d[fill] = d
-                        buf_r[fill] = row
-                        fill += 1
-                        hist[d] += 1
-                        within += 1
-                        while within - hist[bound] >= k:
-                            within -= hist[bound]
-                            bound -= 1
+                        fill, within, bound = _take(buf_d, buf_r, hist, fill, within, bound, d, row, k)
                     if mask == 0:
                         break
                     low = mask & (~mask + np.uint64(1))  # Gosper: the next value with the same number of bits
@@ -196,16 +205,7 @@ def scan_search(words, queries, q_begin, q_end, k, removed, has_removed, out_d, 
                 continue
             if d == bound and within >= k:  # rows come in ascending order: a tie at the bound is already beaten
                 continue
-            if fill == cap:
-                fill = _keep(buf_d, buf_r, fill, k)
-            buf_d[fill] = d
-            buf_r[fill] = row
-            fill += 1
-            hist[d] += 1
-            within += 1
-            while within - hist[bound] >= k:
-                within -= hist[bound]
-                bound -= 1
+            fill, within, bound = _take(buf_d, buf_r, hist, fill, within, bound, d, row, k)
         top = _keep(buf_d, buf_r, fill, k)
         out_d[qi, :top] = buf_d[:top]
         out_r[qi, :top] = buf_r[:top]

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -41,12 +40,15 @@ from utils.search.api import (
     LOCAL_HOSTS,
     MAX_K,
     MAX_SHORTLIST,
+    MAX_UPLOAD_PIXELS,  # noqa: F401 (the upload limit, named here with the other limits of the server)
+    UPLOAD_FORMATS,
     GuardMiddleware,
     RequestError,
     SearchParams,
     allowed_hosts,
     check_parameters,
     check_same_origin,
+    decode_upload,
     parse_search_params,
     request_int,
 )
@@ -55,9 +57,6 @@ from utils.search.query import TARGETS, Query, QueryEncoder, SearchIndex, search
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 16.0
 MAX_UPLOAD_MB = 1024.0
-# an upload is decoded only when its header shows at most this many pixels (a query image is resized to 224 x 224
-# anyway): a 250 KB PNG can declare 90 megapixels, 690 MB once decoded
-MAX_UPLOAD_PIXELS = 36_000_000
 DECODE_SLOTS = 2  # uploads decoded and encoded at once, in a pool of their own; the others wait their turn
 MAX_WAITING_UPLOADS = 32  # beyond this many uploads waiting, a new one is answered 503 (try again)
 # content types an image upload may carry; a "simple" type (text/plain, forms) is what a page of any other origin
@@ -68,41 +67,10 @@ THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (about 10 KB each)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
-# image formats an upload may be: PIL's raster decoders only (PIL's EPS plugin would run Ghostscript)
-UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp", "GIF": ".gif"}
 
 
 # ----------------------------------------------------------------------------------------------
 # the service
-
-
-def decode_upload(data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[str, tuple[int, int]]:
-    """(format, size) of an uploaded image, fully decoded; anything else is a RequestError. The pixel count is
-    read from the header and checked before anything is decoded. It runs in the service's upload pool
-    (``SearchService.search_image_queued``), so at most DECODE_SLOTS uploads decode at once."""
-    from PIL import Image
-
-    if not data:
-        raise RequestError("empty upload: send the image file as the request body (curl --data-binary @FILE)")
-    saved = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)) as image:  # reads the header only
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise Image.DecompressionBombError(f"{width} x {height}")
-                image.load()
-                return image.format, image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(f"the uploaded image has too many pixels (over {max_pixels:,}); send a smaller one "
-                           f"(it is resized to 224 x 224 anyway)", 413) from None
-    except Exception as err:  # noqa: BLE001 (any decoder failure: the upload is not an image)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RequestError(f"the upload is not a readable image ({', '.join(UPLOAD_FORMATS)}): {reason}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 class SearchService:
