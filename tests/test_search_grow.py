@@ -90,6 +90,15 @@ def test_codes_file_index_is_searched_by_rows(tmp_path, capsys, index_type):
     again = run_search("query", "--index", out, "--row", 0, "--modality", "image", "--target", "captions", "-k", 40,
                        "--quiet")[0]
     assert 3 not in [r["row"] for r in again["results"]] and len(again["results"]) == 39
+    from utils.search.server import SearchService
+
+    served = SearchService(out, "cpu")  # the page's description of an index without a model
+    try:
+        described = served.describe()
+        assert described["checkpoint"] is None and described["codes"] == str((tmp_path / "codes.npz").resolve())
+        assert not described["encoders"]["text"]["available"] and described["removed"]["images"] == 1
+    finally:
+        served.close()
     np.savez(tmp_path / "bad.npz", db_img=np.full((4, 8), 3))
     with pytest.raises(SystemExit):
         run_search("index", "--codes", tmp_path / "bad.npz", "--out", tmp_path / "bad", "--no-progress")
@@ -206,6 +215,7 @@ def test_server_answers_rows_while_the_models_load(tiny_run):
     service = SearchService(tiny_run["index"], "cpu", preload="background")
     try:
         assert service.health()["models"]["state"] in ("loading", "ready", "not loaded")
+        assert service.describe()["encoders"]["text"]["available"]  # the page keeps its text box while they load
         answer = service.search(SearchParams(row=4, modality="image", k=5))  # needs no model, waits for none
         index = SearchIndex.open(tiny_run["index"])
         assert answer == search(index, None, [Query("row", row=4, modality="image")], k=5)[0]

@@ -650,3 +650,32 @@ def test_page_upload_and_escaping(served, page, tiny_run):
     page.dispatch_event("#k", "change")  # a refused request is shown as one line, in the page
     page.wait_for_function("() => document.querySelector('#status').classList.contains('error')")
     assert "k must be 1..1000" in page.inner_text("#status")
+
+
+def test_page_of_a_codes_index_searches_by_rows(browser, tmp_path):
+    """An index of a codes file (no model, no images): the page says what it holds, offers no text box, and a
+    row search from the address shows its results."""
+    from tests.test_search_grow import write_codes_file
+    from utils.search.server import SearchService, create_app
+
+    write_codes_file(tmp_path / "codes.npz", np.random.default_rng(3))
+    run_search("index", "--codes", tmp_path / "codes.npz", "--out", tmp_path / "index", "--no-progress")
+    service = SearchService(tmp_path / "index", "cpu")
+    server = Served(service, create_app(service))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    errors = []
+    tab.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        tab.goto(server.url + "/?row=3&modality=image&k=6")
+        expected = server.get("/api/search", row=3, modality="image", k=6)[1]
+        tab.wait_for_function(SHOWS_ROWS, arg=",".join(str(r["row"]) for r in expected["results"]))
+        assert "codes of" in tab.inner_text("#about") and tab.is_disabled("#text") and tab.is_disabled("#rerank")
+        assert not tab.is_visible("#drop")  # no image encoder: no drop zone
+        assert tab.locator("#results .card .missing").count() == 6  # no image files: a placeholder each
+        assert "null" not in tab.inner_text("#results")
+        tab.screenshot(path=str(tmp_path / "codes_page.png"))
+    finally:
+        context.close()
+        server.stop()
+    assert not errors, errors

@@ -156,6 +156,15 @@ class SearchService:
                 "models": {"state": self.models_state, "text": self.available["text"],
                            "image": self.available["image"]}}
 
+    def can_encode(self, kind: str) -> bool:
+        """Whether queries of this kind ("text", "image") can be encoded: the model is loaded, or the index records
+        it and it is still loading (such a query waits for it)."""
+        if self.available[kind]:
+            return True
+        manifest = self.index.manifest
+        return (self.models_state in ("loading", "not loaded") and bool(manifest.get("checkpoint"))
+                and bool((manifest.get("encoders") or {}).get(kind)))
+
     def describe(self) -> dict:
         m = self.index.manifest
         labels = self.index.labels("images")
@@ -170,9 +179,10 @@ class SearchService:
             "removed": {t: self.index.removed_count(t) for t in TARGETS},
             "targets": list(TARGETS),
             "index": m.get("index"),
-            "encoders": {"text": {"available": self.available["text"], "model": text.get("model")},
-                         "image": {"available": self.available["image"], "weights": image.get("weights"),
-                                   "img_aug": image.get("img_aug")}},
+            "encoders": {"text": {"available": self.can_encode("text"), "model": text.get("model")},
+                         "image": {"available": self.can_encode("image"), "weights": image.get("weights"),
+                                   "img_aug": image.get("img_aug")},
+                         "state": self.models_state},
             "checkpoint": {"which": checkpoint["which"], "epoch": checkpoint["epoch"], "sha256": checkpoint["sha256"],
                            "file": Path(checkpoint["path"]).name} if checkpoint else None,
             "run": Path(m["run"]["dir"]).name if m.get("run") else None,

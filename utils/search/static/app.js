@@ -81,13 +81,20 @@ function describe(d) {
   const ix = d.index || {};
   $("about").textContent =
     `${d.counts.images.toLocaleString()} images and ${d.counts.captions.toLocaleString()} captions as ${d.bit}-bit codes` +
-    ` · ${ix.type || "flat"} index · run ${d.run} (${d.checkpoint.which} checkpoint, epoch ${d.checkpoint.epoch})`;
+    ` · ${ix.type || "flat"} index · ` +
+    (d.checkpoint ? `run ${d.run} (${d.checkpoint.which} checkpoint, epoch ${d.checkpoint.epoch})`
+                  : `codes of ${d.codes} (no model: click a result to search by it)`);
   for (const c of d.classes) chip($("classes"), c.name, c.images);
   for (const s of d.splits) chip($("splits"), s.name, s.images);
   $("k").max = String(d.limits.max_k);
   if (!d.encoders.text.available) {
     $("text").disabled = true;
-    $("text").placeholder = "this index records no text encoder: search by image or click a result";
+    $("text").placeholder = d.checkpoint ? "this index records no text encoder: search by image or click a result"
+                                         : "this index holds codes and no model: click a result to search by it";
+  }
+  if (!d.checkpoint) {  // codes of a codes file: no continuous outputs to re-rank by
+    $("rerank").checked = false;
+    $("rerank").disabled = true;
   }
   if (!d.encoders.image.available) {
     $("drop").hidden = true;
@@ -132,7 +139,7 @@ function card(r, target) {
   top.append(el("span", "rank", `#${r.rank}`));
   top.append(el("span", "dist", `Hamming ${r.distance}` + (r.cosine !== undefined ? ` · cos ${r.cosine.toFixed(3)}` : "")));
   node.append(top);
-  node.append(el("div", "file", `${r.filename} (row ${r.row})`));
+  node.append(el("div", "file", r.filename ? `${r.filename} (row ${r.row})` : `row ${r.row}`));
   const cls = el("div", "cls", r.class === null || r.class === undefined ? "no class" : r.class);
   if (r.split) cls.append(el("span", "split", ` · ${r.split}`));
   node.append(cls);
