@@ -1,8 +1,9 @@
 """Exact Hamming k-NN without a linear scan: multi-index hashing over packed codes (``mih_kernels``).
 
 ``MultiIndex.build`` splits every code into m substrings (m about bits / log2(n), each at most
-MAX_SUBSTRING_BITS long) and keeps, per substring, the rows grouped by its value as two arrays: ``ids``
-(m, n) and ``offsets`` (m, 2^L + 1). Both are plain ``.npy`` files that open memory-mapped, so an index
+MAX_SUBSTRING_BITS long) and keeps, per substring, the rows grouped by its value as two arrays: the row
+ids, packed ceil(log2 n) bits each (27 bits at 100M rows), and the first slot of each value (2^L + 1 per
+table). Both are plain ``.npy`` files that open memory-mapped, so an index
 of any size opens at once. ``search`` gives the same (distance, row) lists as a linear scan (ties by
 row); a query whose search radius would cost more than a scan of the rows is scanned instead (uniform
 random codes of few rows, far queries), so it is never much slower than the flat index.
@@ -56,14 +57,27 @@ def _numba_kernels():
     return mih_kernels
 
 
+def id_bits(n: int) -> int:
+    """Bits of a packed row id: enough for rows 0..n-1."""
+    return max(1, int(n - 1).bit_length())
+
+
 @dataclass
 class MultiIndex:
-    """The tables of one set of codes (see the module's docstring)."""
+    """The tables of one set of codes (see the module's docstring): ``ids`` (m, words) holds each table's row ids
+    packed ``width`` bits each; ``offsets`` the first slot of every value of every table, table j's values from
+    ``bases[j]`` on (2^length_j + 1 entries each)."""
 
     starts: np.ndarray
     lengths: np.ndarray
+    width: int
     ids: np.ndarray
     offsets: np.ndarray
+    rows: int
+
+    @property
+    def bases(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum((1 << self.lengths) + 1)[:-1]]).astype(np.int64)
 
     @classmethod
     def build(cls, words: np.ndarray, code_bits: int | None = None) -> "MultiIndex":
@@ -71,20 +85,23 @@ class MultiIndex:
         kernels = _numba_kernels()
         n = len(words)
         starts, lengths = substring_plan(code_bits or 64 * words.shape[1], n)
-        id_type = np.uint32 if n < 2**32 else np.int64
-        ids = np.empty((len(starts), n), id_type)
-        offsets = np.zeros((len(starts), (1 << int(lengths.max())) + 1), id_type)
+        width = id_bits(n)
+        ids = np.zeros((len(starts), -(-n * width // 64) + 1), np.uint64)
+        offsets = np.zeros(int(((1 << lengths) + 1).sum()), np.uint32 if n < 2**32 else np.int64)
         keys = np.empty(n, np.uint64)
+        base = 0
         for j, (start, length) in enumerate(zip(starts, lengths)):
+            size = (1 << int(length)) + 1
+            table = offsets[base:base + size]
             kernels.substring_keys(words, start, length, keys)
-            counts = np.bincount(keys.astype(np.int64), minlength=1 << int(length))
-            offsets[j, 1:len(counts) + 1] = np.cumsum(counts)
-            offsets[j, len(counts) + 1:] = n
-            kernels.fill_bucket_ids(keys, offsets[j, :(1 << int(length)) + 1], ids[j])
-        return cls(starts, lengths, ids, offsets)
+            table[1:] = np.cumsum(np.bincount(keys.astype(np.int64), minlength=size - 1))
+            kernels.fill_bucket_ids(keys, table, ids[j], width)
+            base += size
+        return cls(starts, lengths, width, ids, offsets, n)
 
     def to_json(self) -> dict:
-        return {"substrings": len(self.starts), "lengths": self.lengths.tolist(), "starts": self.starts.tolist()}
+        return {"substrings": len(self.starts), "lengths": self.lengths.tolist(), "starts": self.starts.tolist(),
+                "id_bits": self.width, "rows": self.rows}
 
     def save(self, paths: dict) -> None:
         """``paths``: {"mih_ids": Path, "mih_offsets": Path}; each written atomically."""
@@ -104,10 +121,14 @@ class MultiIndex:
         offsets = read_npy(paths["mih_offsets"], "multi-index offsets", mmap=True)
         starts = np.asarray(record["starts"], np.int64)
         lengths = np.asarray(record["lengths"], np.int64)
-        if ids.shape != (len(starts), n) or offsets.shape != (len(starts), (1 << int(lengths.max())) + 1):
+        width = int(record["id_bits"])
+        fits = (int(record["rows"]) == n and width == id_bits(n) and ids.dtype == np.uint64
+                and ids.shape == (len(starts), -(-n * width // 64) + 1)
+                and offsets.ndim == 1 and len(offsets) == int(((1 << lengths) + 1).sum()))
+        if not fits:
             raise DUCHError(f"{paths['mih_ids']}: the multi-index tables do not fit {n} codes; rebuild the index "
                             f"with --overwrite")
-        return cls(starts, lengths, ids, offsets)
+        return cls(starts, lengths, width, ids, offsets, n)
 
     def nbytes(self) -> int:
         return int(self.ids.nbytes + self.offsets.nbytes)
@@ -136,11 +157,12 @@ def exact_topk(words: np.ndarray, queries: np.ndarray, k: int, tables: MultiInde
     n = len(words)
 
     budget_probes, budget_candidates = int(max(n // PROBE_SHARE, 64)), int(max(n // CANDIDATE_SHARE, 1024))
+    bases = tables.bases if tables is not None else None
 
     def run(a: int, b: int) -> None:
         if tables is not None:
-            kernels.mih_search(words, queries, a, b, k, tables.starts, tables.lengths, tables.ids, tables.offsets,
-                               removed, has_removed, budget_probes, budget_candidates,
+            kernels.mih_search(words, queries, a, b, k, tables.starts, tables.lengths, tables.ids, tables.width,
+                               tables.offsets, bases, removed, has_removed, budget_probes, budget_candidates,
                                out_d, out_r, out_n)
             for i in np.flatnonzero(out_n[a:b] == kernels.GIVE_UP) + a:
                 kernels.scan_search(words, queries, i, i + 1, k, removed, has_removed, out_d, out_r, out_n)

@@ -3,7 +3,8 @@
 Codes are rows of 64-bit words (``words[row, w]``, little-endian views of the packed bytes). A substring
 is ``length`` consecutive bits from bit ``start`` of that word stream. Multi-index hashing (Norouzi,
 Punjani and Fleet, CVPR 2012) keeps, per substring j, every row sorted by its substring value (a bucket
-per value: ``offsets[j, v] .. offsets[j, v + 1]`` in ``ids[j]``). A query probes, for r = 0, 1, ..., the
+per value: slots ``offsets[bases[j] + v] .. offsets[bases[j] + v + 1]`` of ``ids[j]``, whose row ids are
+packed ``width`` bits each). A query probes, for r = 0, 1, ..., the
 buckets whose value differs from its own substring in exactly r bits, in every table. After radius r,
 every row at full distance below m (r + 1) has been seen (pigeonhole: if each of the m substrings
 differed in more than r bits the codes would differ in at least m (r + 1)), so the search stops as
@@ -50,14 +51,31 @@ def substring_keys(words, start, length, out):
         out[row] = _substring(words, row, start, length)
 
 
+@njit(inline="always")
+def _get_id(ids, p, width):
+    """Slot p of a table of row ids packed ``width`` bits each into 64-bit words (one spare word at the end)."""
+    bit = np.int64(p) * np.int64(width)  # int64 throughout: numba would make uint64 x int64 a float
+    w = bit >> 6
+    s = np.uint64(bit & 63)
+    # both words, without a branch (the spare word makes w + 1 safe; two shifts, as a shift by 64 is undefined)
+    v = (ids[w] >> s) | ((ids[w + 1] << (np.uint64(63) - s)) << np.uint64(1))
+    return np.int64(v & ((np.uint64(1) << np.uint64(width)) - np.uint64(1)))
+
+
 @njit(nogil=True, cache=True)
-def fill_bucket_ids(keys, offsets, ids):
+def fill_bucket_ids(keys, offsets, ids, width):
     """Row ids grouped by key in ascending key order, ascending rows within a key (a counting sort:
-    ``offsets`` holds each key's first slot and is left unchanged)."""
+    ``offsets`` holds each key's first slot and is left unchanged), packed ``width`` bits each into ``ids``
+    (zeroed words)."""
     cursor = offsets[:-1].copy()
     for row in range(keys.shape[0]):
         key = keys[row]
-        ids[cursor[key]] = row
+        bit = np.int64(cursor[key]) * np.int64(width)
+        w = bit >> 6
+        s = bit & 63
+        ids[w] |= np.uint64(row) << np.uint64(s)
+        if s + width > 64:
+            ids[w + 1] |= np.uint64(row) >> np.uint64(64 - s)
         cursor[key] += 1
 
 
@@ -103,7 +121,7 @@ def _take(buf_d, buf_r, hist, fill, within, bound, d, row, k):
 
 
 @njit(nogil=True, cache=True)
-def mih_search(words, queries, q_begin, q_end, k, starts, lengths, ids, offsets, removed, has_removed,
+def mih_search(words, queries, q_begin, q_end, k, starts, lengths, ids, width, offsets, bases, removed, has_removed,
                budget_probes, budget_candidates, out_d, out_r, out_n):
     """Exact top-k of queries[q_begin:q_end] by (distance, row); out_n[i] = results found, or GIVE_UP when
     the search would probe more than ``budget_probes`` buckets or verify more than ``budget_candidates`` rows
@@ -138,12 +156,15 @@ def mih_search(words, queries, q_begin, q_end, k, starts, lengths, ids, offsets,
                 length = lengths[j]
                 if radius > length:
                     continue
+                table = ids[j]
+                base = bases[j]
                 top = np.uint64(1) << np.uint64(length)
                 mask = (np.uint64(1) << np.uint64(radius)) - np.uint64(1)
                 while mask < top:
                     bucket = qkeys[j] ^ mask
-                    for p in range(offsets[j, bucket], offsets[j, bucket + 1]):
-                        row = ids[j, p]
+                    at = base + np.int64(bucket)
+                    for p in range(offsets[at], offsets[at + 1]):
+                        row = _get_id(table, p, width)
                         candidates += 1
                         if has_removed and removed[row]:
                             continue
