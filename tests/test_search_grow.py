@@ -38,6 +38,13 @@ def test_mih_index_ranks_as_the_flat_index(tiny_run, tmp_path):
             ours = search(mih, None, queries, target=target, k=60)[0]
             assert ours["results"] == search(flat, None, queries, target=target, k=60)[0]["results"]
             assert_equals_brute_force(ours, np.asarray(mih.codes[target]), 60)
+    a_class = mih.metadata["images"][3]["class"]
+    for target in ("images", "captions"):  # a filter, with the top k cut after it
+        queries = [Query("row", row=5, modality="caption")]
+        ours = search(mih, None, queries, target=target, k=20, classes=[a_class], splits=["db", "train"])[0]
+        assert ours["results"] and all(r["class"] == a_class for r in ours["results"])
+        assert ours["results"] == search(flat, None, queries, target=target, k=20, classes=[a_class],
+                                         splits=["db", "train"])[0]["results"]
     text = run_search("query", "--index", tmp_path / "mih", "--text", "a river", "-k", 12, "--quiet")[0]
     assert_equals_brute_force(text, np.asarray(mih.codes["images"]), 12)
 

@@ -21,8 +21,9 @@ SEGMENT_TYPES = ("flat", "mih", "ivf")
 INDEX_TYPES = ("auto", *SEGMENT_TYPES)
 # ``auto``: the multi-index from this many rows on; below it the flat index. Measured on 2 cores
 # (benchmarks/bench_search.py, 64-bit uniform random codes, the case least kind to the multi-index, top 10, one
-# query alone): flat / mih 1.15 / 1.94 ms at 1M rows, 2.39 / 3.09 at 2M, 3.48 / 2.85 at 3M, 7.31 / 4.92 at 5M,
-# 13.8 / 8.1 at 10M. On codes clustered like trained ones the multi-index is faster from 1M on (2.45 / 0.66 ms).
+# query alone): flat / mih 1.26 / 2.51 ms at 1M rows, about 2.4-3.4 / 4.1-9.7 at 2M, 7.25 / 5.52 at 3M,
+# 8.55 / 5.16 at 5M, 13.1 / 10.1 at 10M. On codes clustered like trained ones the multi-index is faster from
+# 1M on (1.18 / 0.49 ms).
 MIH_MIN_ROWS = 3_000_000
 DEFAULT_NPROBE = 16
 MAX_NPROBE = 1 << 16  # inverted lists visited per query: more than any index has (faiss takes a C int)
