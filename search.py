@@ -35,6 +35,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ix.add_argument("--captions", default=None, metavar="FILE",
                     help="with --add: new sentences, one per line as IMAGE<TAB>SENTENCE (IMAGE: an indexed image's "
                          "file name or path)")
+    ix.add_argument("--compact", action="store_true",
+                    help="merge the segments that --add made into one (rows and their numbers unchanged)")
     ix.add_argument("--remove", nargs="+", default=None, metavar="NAME_OR_ROW",
                     help="leave these images (file names, paths or image row numbers) and their captions out of every "
                          "search from now on")

@@ -166,6 +166,14 @@ def test_add_images_and_captions_then_remove(tiny_run, tmp_path, capsys):
         assert not {r["row"] for r in filtered["results"]} & gone
     with pytest.raises(DUCHError, match="was removed"):
         search(shrunk, None, [Query("row", row=12, modality="image")])
+    # --compact: one segment per modality, the same answers, removed rows still left out
+    queries = [Query("row", row=r, modality=m) for r, m in ((0, "image"), (13, "image"), (61, "caption"))]
+    answers = {t: search(shrunk, None, queries, target=t, k=70) for t in ("images", "captions")}
+    run_search("index", "--out", out, "--compact", "--no-progress")
+    compacted = SearchIndex.open(out)
+    assert [len(compacted.segments[t]) for t in ("images", "captions")] == [1, 1]
+    assert all(search(compacted, None, queries, target=t, k=70) == answers[t] for t in answers)
+    assert compacted.segments["images"][0].record["files"]["codes"] == "codes_images.s2.npy"
     # the reader opened first still answers from the index it opened: all 12 rows, none removed
     old = search(before, None, [Query("row", row=0, modality="image")], k=100)[0]
     assert sorted(r["row"] for r in old["results"]) == list(range(12))
@@ -204,6 +212,7 @@ def test_grow_refusals(tiny_run, tmp_path, capsys):
     for flags, message in ((["--add"], "--add needs --image-dir"),
                            (["--add", "--overwrite", "--image-dir", tmp_path], "without --codes and --overwrite"),
                            (["--captions", tmp_path / "c.txt"], "use it with --add"),
+                           (["--compact", "--remove", "1"], "a step of its own"),
                            (["--remove", "99"], "no such image row")):
         with pytest.raises(SystemExit):
             run_search("index", "--out", out, *flags, "--no-progress")

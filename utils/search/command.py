@@ -19,15 +19,18 @@ def run_index(args: argparse.Namespace) -> dict:
     """search.py index: encode a run's dataset (and --image-dir images) into an index folder."""
     if args.codes and args.run:
         raise DUCHError("give --run (index a trained run) or --codes (index a codes file), not both")
-    if (args.add or args.remove) and (args.codes or args.overwrite):
-        raise DUCHError("--add / --remove change an existing index: without --codes and --overwrite")
+    if (args.add or args.remove or args.compact) and (args.codes or args.overwrite):
+        raise DUCHError("--add / --remove / --compact change an existing index: without --codes and --overwrite")
+    if args.compact and (args.add or args.remove):
+        raise DUCHError("--compact is a step of its own: run it after --add / --remove")
     if args.captions and not args.add:
         raise DUCHError("--captions adds sentences to an index: use it with --add")
-    if not (args.run or args.codes or ((args.add or args.remove) and args.out)):
-        raise DUCHError("search.py index needs --run RUN_DIR (or --codes FILE.npz --out DIR; --add / --remove need "
-                        "--run or --out)")
+    if not (args.run or args.codes or ((args.add or args.remove or args.compact) and args.out)):
+        raise DUCHError("search.py index needs --run RUN_DIR (or --codes FILE.npz --out DIR; --add / --remove / "
+                        "--compact need --run or --out)")
     opts = IndexOptions(
         run_dir=Path(args.run) if args.run else None, codes=args.codes, add=args.add, remove=args.remove or [],
+        compact=args.compact,
         captions=args.captions, data_dir=args.data_dir, out=args.out, checkpoint=args.checkpoint,
         index_type=args.index_type,
         nlist=args.nlist, nprobe=args.nprobe, image_dir=args.image_dir, dataset_image_dir=args.dataset_image_dir,
@@ -52,7 +55,7 @@ def run_index(args: argparse.Namespace) -> dict:
         return {}
     counts = manifest["counts"]
     out = Path(args.out) if args.out else Path(args.run) / "index"
-    if args.add or args.remove:  # grow_index printed what it changed
+    if args.add or args.remove or args.compact:  # grow_index / compact_index printed what they changed
         return manifest
     if args.codes:
         print(f"{counts['images']} image rows and {counts['captions']} caption rows, {manifest['bit']} bits, "
@@ -76,6 +79,10 @@ def index_action(opts: IndexOptions):
         from utils.search.grow import grow_index
 
         return grow_index
+    if opts.compact:
+        from utils.search.grow import compact_index
+
+        return compact_index
     return None
 
 

@@ -5,7 +5,9 @@ standardisation, only the images below DIR that the index does not hold yet (by 
 resumable shards, and appends them as a new segment. ``--add --captions FILE`` appends sentences of
 images the index holds (lines ``IMAGE<TAB>SENTENCE``; IMAGE is a file name as the index records it, or a
 path). ``--remove NAME_OR_ROW ...`` leaves images out of every search from then on, with their captions
-(a number is an image row, anything else a file name or path); rows keep their numbers.
+(a number is an image row, anything else a file name or path); rows keep their numbers. ``--compact`` merges
+each modality's segments into one (rows and their numbers unchanged), so that a search visits one structure
+again after many additions.
 
 The new segment files get names no manifest uses, the metadata rows past the manifest's counts (never
 read by a reader of the old manifest), and the new manifest is written last, in one rename: readers see
@@ -174,3 +176,35 @@ def grow_index(opts, out: Path) -> dict:
           f"captions; the index now holds {manifest['counts']['images']} image rows "
           f"({manifest['removed']['images']['rows']} removed) -> {out}")
     return manifest
+
+
+def compact_index(opts, out: Path) -> dict:
+    """Merge each modality's segments into one new segment (codes and outputs concatenated, the structure
+    ``--index-type`` picks for the total); returns the new manifest."""
+    index = SearchIndex.open(out, verify_checkpoint=False)
+    previous = index.manifest
+    manifest = copy.deepcopy(previous)
+    merged = {}
+    for modality in MODALITIES:
+        segments = index.segments[modality]
+        if len(segments) < 2:
+            continue
+        number = max(_segment_number(s.record) for s in segments) + 1
+        codes = np.concatenate([np.asarray(s.codes) for s in segments])
+        outputs = (np.concatenate([np.asarray(s.outputs()) for s in segments])
+                   if index.has_outputs(modality) else None)
+        manifest["segments"][modality] = [write_segment(out, modality, number, 0, codes, outputs, opts.index_type,
+                                                        opts.nlist, opts.nprobe)]
+        merged[modality] = len(segments)
+    manifest["generation"] = int(manifest.get("generation", 0)) + 1
+    manifest = writer.commit(out, manifest, previous)
+    said = ", ".join(f"{n} {m} segments into one" for m, n in merged.items()) or "nothing to merge (one segment each)"
+    print(f"compacted {said} -> {out}")
+    return manifest
+
+
+def _segment_number(record: dict) -> int:
+    """The N of a segment's files (``codes_<m>.sN.npy``; 0 for the plain names)."""
+    name = record["files"]["codes"]
+    parts = name.split(".")
+    return int(parts[-2][1:]) if len(parts) == 3 and parts[-2].startswith("s") else 0

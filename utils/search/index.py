@@ -115,6 +115,7 @@ class IndexOptions:
     codes: Path | None = None  # --codes FILE.npz: index these codes instead of a run's
     add: bool = False
     remove: list = field(default_factory=list)
+    compact: bool = False
     captions: Path | None = None  # --add --captions FILE: new captions of indexed images
     dataset_image_dir: Path | None = None
     # the image encoder when the image features carry no record of theirs
