@@ -240,3 +240,27 @@ def test_server_answers_rows_while_the_models_load(tiny_run):
         assert health == {"state": "ready", "text": True, "image": True}
     finally:
         service.close()
+
+
+def test_server_follows_the_index_as_it_grows(tiny_run, tmp_path, monkeypatch):
+    """A running server answers from the index it opened until the manifest is replaced, then from the new
+    one (whole: counts, rows and removals together), keeping its models when the run is the same."""
+    from utils.search import server as server_module
+    from utils.search.api import SearchParams
+    from utils.search.server import SearchService
+
+    monkeypatch.setattr(server_module, "REFRESH_SECONDS", 0.0)
+    out = copy_index(tiny_run, tmp_path)
+    service = SearchService(out, "cpu", preload="none")
+    try:
+        encoder = service.encoder
+        assert service.describe()["counts"]["images"] == 12
+        run_search("index", "--out", out, "--add", "--image-dir", _new_images(tmp_path, tiny_run), "--no-progress")
+        run_search("index", "--out", out, "--remove", "0", "--no-progress")
+        described = service.describe()
+        assert described["counts"]["images"] == 14 and described["removed"]["images"] == 1
+        rows = [r["row"] for r in service.search(SearchParams(row=13, modality="image", k=20))["results"]]
+        assert 13 in rows and 0 not in rows and len(rows) == 13
+        assert service.encoder is encoder  # the same run: the models stay
+    finally:
+        service.close()

@@ -63,6 +63,7 @@ MAX_WAITING_UPLOADS = 32  # beyond this many uploads waiting, a new one is answe
 # can POST without the browser asking first, so those are refused
 UPLOAD_CONTENT_TYPES = ("application/octet-stream", "image/")
 THUMBNAIL_SIZE = 256  # longest side, pixels
+REFRESH_SECONDS = 1.0  # how often a request looks whether the index's manifest was replaced (one stat)
 THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (about 10 KB each)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -82,8 +83,14 @@ class SearchService:
         at once; a sentence or an image waits for its model; /api/health says which are ready), "none" on first
         use."""
         start = time.perf_counter()
-        self.index = SearchIndex.open(index_dir)
-        self.encoder = QueryEncoder(self.index, device)
+        self.index_dir, self.device = Path(index_dir), device
+        self._index = SearchIndex.open(index_dir)
+        self._seen = self._manifest_stat()
+        self._checked = time.monotonic()
+        self._swap_lock = threading.Lock()
+        self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        self.encoder = QueryEncoder(self._index, device)
         self.max_upload_bytes = int(max_upload_bytes or DEFAULT_MAX_UPLOAD_MB * 2**20)
         self.available = {"text": False, "image": False}
         self.locks = {"text": threading.Lock(), "image": threading.Lock()}
@@ -93,8 +100,6 @@ class SearchService:
             self._load_models(background=False)
         elif preload == "background":
             threading.Thread(target=self._load_models, args=(True,), name="duch-models", daemon=True).start()
-        self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
-        self._thumb_lock = threading.Lock()
         self._upload_dir = Path(tempfile.mkdtemp(prefix="duch-serve-"))
         # uploads run in a pool of their own: a burst of them never takes the threads that answer rows, text
         # queries and thumbnails (FastAPI's pool)
@@ -105,6 +110,55 @@ class SearchService:
         self._uploads_lock = threading.Lock()
         self.started = time.time()
         self.load_seconds = time.perf_counter() - start
+
+    # the index, followed as search.py index --add / --remove / --compact / --overwrite replaces it ---------------
+    @property
+    def index(self) -> SearchIndex:
+        """The index as its manifest now stands: checked at most once per REFRESH_SECONDS (one stat); a new
+        manifest is opened and swapped in whole, so every request answers from one index, old or new."""
+        now = time.monotonic()
+        if now - self._checked >= REFRESH_SECONDS:
+            self._checked = now
+            stat = self._manifest_stat()
+            if stat is not None and stat != self._seen:
+                self._swap(stat)
+        return self._index
+
+    def _manifest_stat(self):
+        from utils.search.archive import MANIFEST_NAME
+
+        try:
+            st = (self.index_dir / MANIFEST_NAME).stat()
+        except OSError:
+            return None  # a rebuild in progress: keep answering from the index opened
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _swap(self, stat) -> None:
+        with self._swap_lock:
+            if stat == self._seen:
+                return
+            try:
+                new = SearchIndex.open(self.index_dir)
+            except DUCHError as err:  # half-written or damaged: keep the index opened, say why once
+                print(f"warning: {self.index_dir} changed but cannot be opened ({err}); still answering from the "
+                      f"index opened before", file=sys.stderr)
+                self._seen = stat
+                return
+            old = self._index
+            same_models = all(new.manifest.get(key) == old.manifest.get(key)
+                              for key in ("checkpoint", "encoders", "features"))
+            if same_models:
+                self.encoder.index = new
+            else:  # another run or encoder: its models are loaded afresh, in the background
+                self.encoder = QueryEncoder(new, self.device)
+                self.available = {"text": False, "image": False}
+                self.models_ready = threading.Event()
+                threading.Thread(target=self._load_models, args=(True,), name="duch-models", daemon=True).start()
+            with self._thumb_lock:
+                self._thumbnails.clear()
+            self._index, self._seen = new, stat
+            print(f"reloaded {self.index_dir}: {new.size('images')} images and {new.size('captions')} captions",
+                  file=sys.stderr)
 
     def _load_models(self, background: bool) -> None:
         """The run's networks and the query encoders, each under its lock (a query of that kind waits for it)."""
@@ -201,8 +255,10 @@ class SearchService:
             self.encoder.text_spec()  # the clear error of an index without a text-model record
         if query.kind == "image" and not self.available["image"]:
             self.encoder.image_spec()
+        index = self.index
+
         def run() -> dict:
-            return search(self.index, self.encoder, [query], target=p.target, k=p.k, rerank=p.rerank,
+            return search(index, self.encoder, [query], target=p.target, k=p.k, rerank=p.rerank,
                           shortlist=p.shortlist, nprobe=p.nprobe, classes=p.classes, splits=p.splits)[0]
 
         lock = self.locks.get(query.kind)
@@ -233,7 +289,8 @@ class SearchService:
     # thumbnails --------------------------------------------------------------------------------
     def thumbnail(self, row: int) -> bytes:
         """JPEG thumbnail of image row ``row`` (the file the index's metadata names for it)."""
-        n = self.index.size("images")
+        index = self.index
+        n = index.size("images")
         if not 0 <= row < n:
             raise RequestError(f"no image row {row}: the index holds image rows 0..{n - 1}", 404)
         with self._thumb_lock:
@@ -241,7 +298,7 @@ class SearchService:
                 self._thumbnails.move_to_end(row)
                 return self._thumbnails[row]
         try:
-            path = self.index.metadata["images"][row].get("path")
+            path = index.metadata["images"][row].get("path")
         except DUCHError:
             raise RequestError(f"the image file of row {row} cannot be read", 404) from None
         if not path or not Path(path).is_file():
@@ -250,7 +307,7 @@ class SearchService:
         from utils.data.images import load_image
 
         try:
-            image = load_image(path, roots=self.index.image_folders())  # checked at every read, not only at start
+            image = load_image(path, roots=index.image_folders())  # checked at every read, not only at start
         except DUCHError:
             raise RequestError(f"the image file of row {row} cannot be read", 404) from None
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
