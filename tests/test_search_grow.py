@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.conftest import index_rows
 from tests.test_search import assert_equals_brute_force, brute_force, run_search
 from utils.errors import DUCHError
 
@@ -143,12 +144,14 @@ def test_add_images_and_captions_then_remove(tiny_run, tmp_path, capsys):
     run_search("index", "--out", out, "--add", "--image-dir", folder, "--no-progress")
     assert SearchIndex.open(out).size("images") == 14 and "0 images (2 already indexed" in capsys.readouterr().out
     capsys.readouterr()
-    (tmp_path / "captions.txt").write_text("a.png\tthere are green fields next to a river\n1.png\ta red roof\n")
+    lines = "a.png\tthere are green fields next to a river\n1.png\ta red roof près de l'eau\n"
+    (tmp_path / "captions.txt").write_text(lines, encoding="utf-8")
     run_search("index", "--out", out, "--add", "--captions", tmp_path / "captions.txt", "--no-progress")
     grown = SearchIndex.open(out)
     assert grown.size("captions") == 62 and grown.metadata["captions"][60]["image_row"] == 12
     assert grown.metadata["captions"][61]["image_row"] == 0
-    assert grown.metadata["captions"][61]["caption"] == "a red roof"
+    assert grown.metadata["captions"][61]["caption"] == "a red roof près de l'eau"  # non-ASCII kept as written
+    assert grown.metadata["images"][0]["captions"] == index_rows(tiny_run["index"], "images")[0]["captions"]
     text = run_search("query", "--index", out, "--text", "a red roof", "--target", "captions", "-k", 62, "--quiet")[0]
     assert_equals_brute_force(text, np.asarray(grown.codes["captions"]), 62)
     # remove by file name and by row: never returned again, with their captions; row numbers stay

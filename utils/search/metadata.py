@@ -39,14 +39,31 @@ def _indexes(modality: str) -> list[str]:
             for f in (*FILTER_FIELDS, "filename", "path")]
 
 
-def _values(modality: str, row: dict) -> tuple:
-    def value(f):
-        v = row.get(f)
-        if f in JSON_FIELDS:
-            return json.dumps(v, ensure_ascii=False) if v else "[]"
-        return int(v) if f == "split_caption" and v is not None else v
+def _values(modality: str, rows: Iterable[dict]) -> Iterable[tuple]:
+    """The column values of each row, in ``_column_order``: one tuple per row, made with C-level helpers (a row
+    of a run's index in about 1.5 microseconds; json.dumps with ensure_ascii=False alone took 5)."""
+    from operator import itemgetter
 
-    return tuple(value(f) for f in FIELDS[modality])
+    plain = [f for f in FIELDS[modality] if f not in JSON_FIELDS and f != "split_caption"]
+    take, dumps = itemgetter(*plain), json.JSONEncoder().encode  # ASCII escapes: json.loads gives the same text
+    for row in rows:
+        try:
+            values = take(row)
+        except KeyError:  # a row without some field: None there
+            values = tuple(row.get(f) for f in plain)
+        if modality == "images":
+            captions = row.get("captions")
+            yield (*values, dumps(captions) if captions else "[]")
+        else:
+            flag = row.get("split_caption")
+            yield (*values, None if flag is None else int(flag))
+
+
+def _column_order(modality: str) -> list[str]:
+    """The columns in the order ``_values`` gives them: the plain ones, then the JSON list or the flag."""
+    fields = FIELDS[modality]
+    return [f for f in fields if f not in JSON_FIELDS and f != "split_caption"] + \
+        [f for f in fields if f in JSON_FIELDS or f == "split_caption"]
 
 
 def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first_rows: dict[str, int] | None = None,
@@ -67,7 +84,8 @@ def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first
                 if not fresh:
                     con.execute(f'DELETE FROM "{modality}" WHERE "row" >= ?', ((first_rows or {})[modality],))
                 marks = ", ".join("?" * len(FIELDS[modality]))
-                con.executemany(f'INSERT INTO "{modality}" VALUES ({marks})', (_values(modality, r) for r in items))
+                columns = ", ".join(f'"{f}"' for f in _column_order(modality))
+                con.executemany(f'INSERT INTO "{modality}" ({columns}) VALUES ({marks})', _values(modality, items))
                 for statement in _indexes(modality):
                     con.execute(statement)
     finally:
@@ -77,16 +95,17 @@ def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first
 def counted(rows: Iterable[dict], counts: dict) -> Iterable[dict]:
     """``rows`` passed on one by one while ``counts`` ({} to start) becomes their ``name_counts``: one pass over
     rows that may be too many to hold."""
-    for f in FILTER_FIELDS:
-        counts.setdefault(f, {})
+    from collections import Counter
+
+    tallies = {f: Counter() for f in FILTER_FIELDS}
+    classes, splits = tallies["class"], tallies["split"]
     for row in rows:
-        for f in FILTER_FIELDS:
-            value = row.get(f)
-            if value:
-                counts[f][str(value)] = counts[f].get(str(value), 0) + 1
+        get = row.get
+        classes[get("class")] += 1
+        splits[get("split")] += 1
         yield row
-    for f in FILTER_FIELDS:
-        counts[f] = dict(sorted(counts[f].items()))
+    for f in FILTER_FIELDS:  # rows without a value (None, "") are not a name
+        counts[f] = dict(sorted((str(name), n) for name, n in tallies[f].items() if name))
 
 
 def name_counts(rows: Iterable[dict]) -> dict[str, dict[str, int]]:
