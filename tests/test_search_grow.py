@@ -248,11 +248,11 @@ def test_server_answers_rows_while_the_models_load(tiny_run):
 def test_server_follows_the_index_as_it_grows(tiny_run, tmp_path, monkeypatch):
     """A running server answers from the index it opened until the manifest is replaced, then from the new
     one (whole: counts, rows and removals together), keeping its models when the run is the same."""
-    from utils.search import server as server_module
+    from utils.search import archive
     from utils.search.api import SearchParams
     from utils.search.server import SearchService
 
-    monkeypatch.setattr(server_module, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(archive, "REFRESH_SECONDS", 0.0)
     out = copy_index(tiny_run, tmp_path)
     service = SearchService(out, "cpu", preload="none")
     try:

@@ -8,7 +8,9 @@ the smaller row (checked against brute force in the tests and re-asserted for ev
 """
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -250,6 +252,53 @@ class SearchIndex:
             while len(self._filters) > FILTER_CACHE:
                 self._filters.popitem(last=False)
             return entry
+
+
+REFRESH_SECONDS = 1.0  # how often a LiveIndex looks whether the manifest was replaced (one stat)
+
+
+class LiveIndex:
+    """An index folder followed as ``search.py index --add / --remove / --compact / --overwrite`` replaces its
+    manifest: ``current()`` stats the manifest at most once per REFRESH_SECONDS and, when it was replaced, opens
+    the new index and swaps it in whole (``on_swap(new, old)`` runs first), so each caller works on one index,
+    old or new. A manifest that cannot be opened leaves the index opened before in place, said once."""
+
+    def __init__(self, index_dir: Path, on_swap=None):
+        self.dir, self.on_swap = index_dir, on_swap
+        self._index = SearchIndex.open(index_dir)
+        self._seen, self._checked = self._stat(), time.monotonic()
+        self._lock = threading.Lock()
+
+    def _stat(self):
+        try:
+            st = (self.dir / MANIFEST_NAME).stat()
+        except OSError:
+            return None  # a rebuild in progress: the index opened goes on answering
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def current(self) -> SearchIndex:
+        now = time.monotonic()
+        if now - self._checked >= REFRESH_SECONDS:
+            self._checked = now
+            stat = self._stat()
+            if stat is not None and stat != self._seen:
+                self._swap(stat)
+        return self._index
+
+    def _swap(self, stat) -> None:
+        with self._lock:
+            if stat == self._seen:
+                return
+            self._seen = stat
+            try:
+                new = SearchIndex.open(self.dir)
+            except DUCHError as err:
+                print(f"warning: {self.dir} changed but cannot be opened ({err}); still answering from the index "
+                      f"opened before", file=sys.stderr)
+                return
+            if self.on_swap is not None:
+                self.on_swap(new, self._index)
+            self._index = new
 
 
 def checkpoint_file(manifest: dict, index_dir: Path) -> Path:

@@ -2,7 +2,7 @@
 
 ``SearchService`` holds the index, the run's networks and the query encoders, loaded once; it parses and
 checks the parameters of a request and answers with the same JSON as ``search.py query --json``. ``create_app``
-puts it behind a FastAPI app (served by uvicorn, ``serve``):
+(``utils/search/app.py``) puts it behind a FastAPI app (served by uvicorn, ``serve``):
 
     GET  /                       the search page (utils/search/static/: plain HTML, CSS and JavaScript)
     GET  /api/health             {"status": "ok", ...}
@@ -14,7 +14,8 @@ puts it behind a FastAPI app (served by uvicorn, ``serve``):
 Common search parameters: target (images|captions), k, rerank, shortlist, nprobe, class and split (repeatable:
 only results of those classes / splits, applied before the top k is cut). A bad request gets a 4xx JSON
 ``{"error": "one line"}``; an unexpected failure a 500 of the same form, and the server goes on answering.
-The parameters and the guards of a request are in ``utils/search/api.py``.
+The parameters and the guards of a request are in ``utils/search/api.py``. The index is followed as it is
+replaced (``utils.search.archive.LiveIndex``); the models load in the background (``preload``).
 
 Models: row queries use no model; a text query runs the text encoder and the text net, under a lock of its
 own (tokenizers are not thread-safe); an image query the image encoder and the image net under another, so
@@ -42,16 +43,13 @@ from utils.search.api import (
     MAX_SHORTLIST,
     MAX_UPLOAD_PIXELS,  # noqa: F401 (the upload limit, named here with the other limits of the server)
     UPLOAD_FORMATS,
-    GuardMiddleware,
     RequestError,
     SearchParams,
     allowed_hosts,
-    check_parameters,
-    check_same_origin,
     decode_upload,
-    parse_search_params,
-    request_int,
 )
+from utils.search.app import create_app  # noqa: F401 (the app of a service, named here for its callers)
+from utils.search.archive import LiveIndex
 from utils.search.query import TARGETS, Query, QueryEncoder, SearchIndex, search
 
 DEFAULT_PORT = 8000
@@ -59,15 +57,8 @@ DEFAULT_MAX_UPLOAD_MB = 16.0
 MAX_UPLOAD_MB = 1024.0
 DECODE_SLOTS = 2  # uploads decoded and encoded at once, in a pool of their own; the others wait their turn
 MAX_WAITING_UPLOADS = 32  # beyond this many uploads waiting, a new one is answered 503 (try again)
-# content types an image upload may carry; a "simple" type (text/plain, forms) is what a page of any other origin
-# can POST without the browser asking first, so those are refused
-UPLOAD_CONTENT_TYPES = ("application/octet-stream", "image/")
 THUMBNAIL_SIZE = 256  # longest side, pixels
-REFRESH_SECONDS = 1.0  # how often a request looks whether the index's manifest was replaced (one stat)
 THUMBNAIL_CACHE = 4096  # thumbnails kept in memory (about 10 KB each)
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
-                ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,14 +74,11 @@ class SearchService:
         at once; a sentence or an image waits for its model; /api/health says which are ready), "none" on first
         use."""
         start = time.perf_counter()
-        self.index_dir, self.device = Path(index_dir), device
-        self._index = SearchIndex.open(index_dir)
-        self._seen = self._manifest_stat()
-        self._checked = time.monotonic()
-        self._swap_lock = threading.Lock()
+        self.device = device
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
-        self.encoder = QueryEncoder(self._index, device)
+        self.live = LiveIndex(Path(index_dir), self._adopt)
+        self.encoder = QueryEncoder(self.live.current(), device)
         self.max_upload_bytes = int(max_upload_bytes or DEFAULT_MAX_UPLOAD_MB * 2**20)
         self.available = {"text": False, "image": False}
         self.locks = {"text": threading.Lock(), "image": threading.Lock()}
@@ -111,54 +99,25 @@ class SearchService:
         self.started = time.time()
         self.load_seconds = time.perf_counter() - start
 
-    # the index, followed as search.py index --add / --remove / --compact / --overwrite replaces it ---------------
     @property
     def index(self) -> SearchIndex:
-        """The index as its manifest now stands: checked at most once per REFRESH_SECONDS (one stat); a new
-        manifest is opened and swapped in whole, so every request answers from one index, old or new."""
-        now = time.monotonic()
-        if now - self._checked >= REFRESH_SECONDS:
-            self._checked = now
-            stat = self._manifest_stat()
-            if stat is not None and stat != self._seen:
-                self._swap(stat)
-        return self._index
+        """The index as its manifest now stands (``LiveIndex``): every request answers from one index."""
+        return self.live.current()
 
-    def _manifest_stat(self):
-        from utils.search.archive import MANIFEST_NAME
-
-        try:
-            st = (self.index_dir / MANIFEST_NAME).stat()
-        except OSError:
-            return None  # a rebuild in progress: keep answering from the index opened
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
-    def _swap(self, stat) -> None:
-        with self._swap_lock:
-            if stat == self._seen:
-                return
-            try:
-                new = SearchIndex.open(self.index_dir)
-            except DUCHError as err:  # half-written or damaged: keep the index opened, say why once
-                print(f"warning: {self.index_dir} changed but cannot be opened ({err}); still answering from the "
-                      f"index opened before", file=sys.stderr)
-                self._seen = stat
-                return
-            old = self._index
-            same_models = all(new.manifest.get(key) == old.manifest.get(key)
-                              for key in ("checkpoint", "encoders", "features"))
-            if same_models:
-                self.encoder.index = new
-            else:  # another run or encoder: its models are loaded afresh, in the background
-                self.encoder = QueryEncoder(new, self.device)
-                self.available = {"text": False, "image": False}
-                self.models_ready = threading.Event()
-                threading.Thread(target=self._load_models, args=(True,), name="duch-models", daemon=True).start()
-            with self._thumb_lock:
-                self._thumbnails.clear()
-            self._index, self._seen = new, stat
-            print(f"reloaded {self.index_dir}: {new.size('images')} images and {new.size('captions')} captions",
-                  file=sys.stderr)
+    def _adopt(self, new: SearchIndex, old: SearchIndex) -> None:
+        """A replaced index swapped in: the models stay when the run is the same, else load again."""
+        same_models = all(new.manifest.get(key) == old.manifest.get(key)
+                          for key in ("checkpoint", "encoders", "features"))
+        if same_models:
+            self.encoder.index = new
+        else:  # another run or encoder: its models are loaded afresh, in the background
+            self.encoder = QueryEncoder(new, self.device)
+            self.available = {"text": False, "image": False}
+            self.models_ready = threading.Event()
+            threading.Thread(target=self._load_models, args=(True,), name="duch-models", daemon=True).start()
+        with self._thumb_lock:
+            self._thumbnails.clear()
+        print(f"reloaded {new.dir}: {new.size('images')} images and {new.size('captions')} captions", file=sys.stderr)
 
     def _load_models(self, background: bool) -> None:
         """The run's networks and the query encoders, each under its lock (a query of that kind waits for it)."""
@@ -323,105 +282,6 @@ class SearchService:
 
 # ----------------------------------------------------------------------------------------------
 # the app
-
-
-def create_app(service: SearchService, host: str = DEFAULT_HOST):
-    """The FastAPI app of a loaded ``SearchService``: the page, the API and the JSON errors."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, Response
-
-    app = FastAPI(title="DUCH search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
-    static = {p.name: (p.read_bytes(), STATIC_TYPES[p.suffix]) for p in sorted(STATIC_DIR.iterdir())
-              if p.is_file() and p.suffix in STATIC_TYPES}
-
-    def error(message: str, status: int) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.exception_handler(DUCHError)
-    async def user_error(request: Request, err: DUCHError):
-        return error(str(err), getattr(err, "status", 400))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        return error(f"{where}: {first.get('msg', 'invalid value')}", 400)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException):
-        message = f"not found: {request.url.path}" if err.status_code == 404 else str(err.detail)
-        return error(message, err.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception):
-        print(f"error answering {request.method} {request.url.path}: {type(err).__name__}: {err}", file=sys.stderr)
-        return error(f"internal error ({type(err).__name__}); the request failed, the server goes on", 500)
-
-    def no_parameters(request: Request) -> None:
-        check_parameters(request.query_params.multi_items(), (), request.url.path)
-
-    @app.get("/", include_in_schema=False)
-    def page(request: Request):
-        body, kind = static["index.html"]
-        return Response(body, media_type=kind, headers={"cache-control": "no-cache"})
-
-    @app.get("/static/{name}", include_in_schema=False)
-    def static_file(name: str):
-        if name not in static:
-            raise RequestError(f"not found: /static/{name}", 404)
-        body, kind = static[name]
-        return Response(body, media_type=kind, headers={"cache-control": "no-cache"})
-
-    @app.get("/api/health")
-    def health(request: Request):
-        no_parameters(request)
-        return JSONResponse(service.health())
-
-    @app.get("/api/index")
-    def describe(request: Request):
-        no_parameters(request)
-        return JSONResponse(service.describe())
-
-    @app.get("/api/search")
-    def search_get(request: Request):
-        """Search by text=SENTENCE or row=N&modality=image|caption (and target, k, rerank, shortlist, nprobe,
-        class, split)."""
-        params = parse_search_params(request.query_params.multi_items())
-        return JSONResponse(service.search(params))
-
-    @app.post("/api/search")
-    async def search_post(request: Request):
-        """Search by an image: the request body is the image file; the parameters are in the URL, as for GET."""
-        params = parse_search_params(request.query_params.multi_items(), image=True)
-        check_same_origin(request.headers)
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not kind.startswith(UPLOAD_CONTENT_TYPES):
-            raise RequestError("send the image file itself as the request body with Content-Type "
-                               "application/octet-stream or image/... (curl --data-binary @FILE -H 'Content-Type: "
-                               f"application/octet-stream'), not {kind or 'no content type'}", 415)
-        limit = service.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestError(f"the upload is {int(declared):,} bytes; the limit is {limit:,}", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(f"the upload is over the limit of {limit:,} bytes", 413)
-            chunks.append(chunk)
-        return JSONResponse(await service.search_image_queued(params, b"".join(chunks)))
-
-    @app.get("/api/thumbnail/{row}")
-    def thumbnail(row: str, request: Request):
-        """JPEG thumbnail of an image row of the index."""
-        no_parameters(request)
-        data = service.thumbnail(request_int("thumbnail row", row, 0))
-        return Response(data, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
-
-    app.state.service = service
-    return GuardMiddleware(app, allowed_hosts(host))
 
 
 def check_port_free(host: str, port: int) -> None:
