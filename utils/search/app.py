@@ -3,8 +3,6 @@
 ``create_app`` puts a ``SearchService`` (``utils/search/server.py``) behind the endpoints listed there; the
 parameters and guards of a request are in ``utils/search/api.py``.
 """
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ from utils.search.api import (
     request_int,
 )
 
+# no ``from __future__ import annotations`` here: FastAPI reads the routes' annotations (Request) as objects
 if TYPE_CHECKING:  # for the annotation only: the service's module imports this one
     from utils.search.server import SearchService
 
@@ -32,7 +31,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=
 UPLOAD_CONTENT_TYPES = ("application/octet-stream", "image/")
 
 
-def create_app(service: SearchService, host: str = DEFAULT_HOST):
+def create_app(service: "SearchService", host: str = DEFAULT_HOST):
     """The FastAPI app of a loaded ``SearchService``: the page, the API and the JSON errors."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
