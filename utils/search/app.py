@@ -5,7 +5,6 @@ parameters and guards of a request are in ``utils/search/api.py``.
 """
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from utils.errors import DUCHError
 from utils.search.api import (
@@ -20,8 +19,6 @@ from utils.search.api import (
 )
 
 # no ``from __future__ import annotations`` here: FastAPI reads the routes' annotations (Request) as objects
-if TYPE_CHECKING:  # for the annotation only: the service's module imports this one
-    from utils.search.server import SearchService
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -31,8 +28,9 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=
 UPLOAD_CONTENT_TYPES = ("application/octet-stream", "image/")
 
 
-def create_app(service: "SearchService", host: str = DEFAULT_HOST):
-    """The FastAPI app of a loaded ``SearchService``: the page, the API and the JSON errors."""
+def create_app(service, host: str = DEFAULT_HOST):
+    """The FastAPI app of a loaded ``utils.search.server.SearchService`` (not imported here: that module imports
+    this one): the page, the API and the JSON errors."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
