@@ -8,6 +8,7 @@ the smaller row (checked against brute force in the tests and re-asserted for ev
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -80,6 +81,9 @@ class SearchIndex:
         if not all(isinstance(c, int) for names in self.names.values() for f in names.values() for c in f.values()):
             raise ValueError("metadata names: counts are not integers")
         self._folders = self._image_folders()
+        # the folders as written and resolved (paths are stored resolved), normalised once for _check_path
+        self._allowed = sorted({os.path.normpath(os.path.abspath(f)) for f in self._folders}
+                               | {os.path.realpath(f) for f in self._folders})
         if meta.get("kind") == "columns":  # an index of a codes file with class codes
             self.store = ColumnStore(index_dir, dict(meta["files"]), counts)
         else:
@@ -121,18 +125,15 @@ class SearchIndex:
     def _check_path(self, modality: str, meta: dict) -> None:
         """A row's image path lies inside the index's image folders as written: a hand-edited or damaged metadata
         row cannot make a results page embed another file (links are resolved where the file is read)."""
-        import os
-
-        def below(path: str, folder: str) -> bool:  # as written: a link is followed where the file is read
-            path, folder = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(folder))
-            return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
         path = meta.get("path")
-        folders = self.image_folders()
-        folders += [os.path.realpath(f) for f in folders]  # paths are stored resolved
-        if path is not None and not (isinstance(path, str) and any(below(path, f) for f in folders)):
-            raise DUCHError(f"{self.dir}: {modality} row {meta.get('row')} names the image {path!r}, outside the "
-                            f"index's image folders; refused (rebuild the index with --overwrite)")
+        if path is None:
+            return
+        if isinstance(path, str):
+            path = os.path.normpath(os.path.abspath(path))
+            if any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in self._allowed):
+                return
+        raise DUCHError(f"{self.dir}: {modality} row {meta.get('row')} names the image {path!r}, outside the "
+                        f"index's image folders; refused (rebuild the index with --overwrite)")
 
     @classmethod
     def open(cls, index_dir: str | Path, verify_checkpoint: bool = True) -> "SearchIndex":

@@ -152,11 +152,24 @@ class MetadataStore:
 
     def row(self, modality: str, row: int) -> dict:
         """The fields of one row (``captions``: a list)."""
-        found = self._query(f'SELECT * FROM "{modality}" WHERE "row" = ?', (int(row),)) \
-            if 0 <= row < self.counts[modality] else []
-        if not found:
-            raise DUCHError(f"{self.path}: {modality} row {row} is missing; rebuild the index with --overwrite")
-        out = dict(zip(FIELDS[modality], found[0]))
+        return self.rows(modality, [row])[0]
+
+    def rows(self, modality: str, rows: Sequence[int]) -> list[dict]:
+        """The fields of each of ``rows``, in their order: one query for all of them (a result list)."""
+        wanted = [int(r) for r in rows]
+        bad = next((r for r in wanted if not 0 <= r < self.counts[modality]), None)
+        found = {} if bad is not None else {
+            r[0]: r for r in self._query(f'SELECT * FROM "{modality}" WHERE "row" IN '
+                                         f'({", ".join("?" * len(set(wanted)))})', sorted(set(wanted)))}
+        out = []
+        for row in wanted:
+            if row not in found:
+                raise DUCHError(f"{self.path}: {modality} row {row} is missing; rebuild the index with --overwrite")
+            out.append(self._decoded(modality, row, found[row]))
+        return out
+
+    def _decoded(self, modality: str, row: int, values: tuple) -> dict:
+        out = dict(zip(FIELDS[modality], values))
         for f in JSON_FIELDS & set(out):
             try:
                 out[f] = json.loads(out[f])
@@ -216,9 +229,14 @@ class RowView:
         return self.store.counts[self.modality]
 
     def __getitem__(self, row: int) -> dict:
-        out = self.store.row(self.modality, int(row))
+        return self.many([row])[0]
+
+    def many(self, rows: Sequence[int]) -> list[dict]:
+        """Several rows in one lookup, in their order."""
+        out = self.store.rows(self.modality, rows) if rows else []
         if self.check is not None:
-            self.check(self.modality, out)
+            for meta in out:
+                self.check(self.modality, meta)
         return out
 
 
@@ -260,6 +278,9 @@ class ColumnStore:
             return {**base, "captions": []}
         image_row = int(row) if row < self.counts["images"] else None
         return {**base, "image_row": image_row, "sentence": 0, "caption": None, "split_caption": False}
+
+    def rows(self, modality: str, rows: Sequence[int]) -> list[dict]:
+        return [self.row(modality, int(r)) for r in rows]
 
     def matching_rows(self, modality: str, classes: Sequence[str] | None, splits: Sequence[str] | None) -> np.ndarray:
         n = self.counts[modality]

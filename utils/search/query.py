@@ -247,12 +247,14 @@ def search(index: SearchIndex, encoder: QueryEncoder | None, queries: Sequence[Q
     out = []
     for i, q in enumerate(queries):
         results = []
-        for rank, j in enumerate(np.flatnonzero(rows[i] >= 0)[:k]):
+        places = np.flatnonzero(rows[i] >= 0)[:k]
+        metas = index.metadata[target].many([int(rows[i, j]) for j in places])  # one lookup for the list
+        for rank, (j, meta) in enumerate(zip(places, metas)):
             row = int(rows[i, j])
             item = {"rank": rank + 1, "row": row, "distance": int(distances[i, j])}
             if cosines is not None:
                 item["cosine"] = round(float(cosines[i, j]), 6)
-            item.update(describe(index.metadata[target][row], target))
+            item.update(describe(meta, target))
             results.append(item)
         record = q.to_json()
         if q.kind == "row":  # what the stored row is, for the table and the page
