@@ -186,6 +186,32 @@ def test_add_images_and_captions_then_remove(tiny_run, tmp_path, capsys):
     assert "not in the index: 'nothing.png'" in one_line(capsys)
 
 
+def test_additions_after_a_compaction_take_new_file_names(tiny_run, tmp_path):
+    """An --add after --compact, then another: each new segment gets files of its own (never those of the
+    compacted segment the index still reads), and the index ranks as brute force over every row."""
+    from PIL import Image
+
+    from utils.search.query import Query, SearchIndex, search
+
+    out = copy_index(tiny_run, tmp_path)
+    folders = []
+    for n, source in enumerate((2, 4, 8)):
+        folder = tmp_path / f"batch{n}"
+        folder.mkdir()
+        Image.open(tiny_run["data"] / "images" / f"{source}.png").save(folder / f"n{n}.png")
+        folders.append(folder)
+    run_search("index", "--out", out, "--add", "--image-dir", folders[0], "--no-progress")
+    run_search("index", "--out", out, "--compact", "--no-progress")
+    for folder in folders[1:]:
+        run_search("index", "--out", out, "--add", "--image-dir", folder, "--no-progress")
+    index = SearchIndex.open(out)
+    records = index.manifest["segments"]["images"]
+    assert [r["number"] for r in records] == [2, 3, 4] and index.size("images") == 15
+    assert len({r["files"]["codes"] for r in records}) == 3
+    result = search(index, None, [Query("row", row=14, modality="image")], k=15)[0]
+    assert_equals_brute_force(result, np.asarray(index.codes["images"]), 15)
+
+
 def test_interrupted_add_leaves_the_old_index(tiny_run, tmp_path, monkeypatch):
     from utils.search import grow
     from utils.search.query import SearchIndex

@@ -26,7 +26,7 @@ from utils.errors import DUCHError
 from utils.search import writer
 from utils.search.archive import MODALITIES, SearchIndex
 from utils.search.metadata import add_counts, name_counts, write_rows
-from utils.search.segments import write_segment
+from utils.search.segments import next_segment_number, write_segment
 
 ADD_SHARDS_DIR = "added_features"
 ADDED_SPLIT = "new"
@@ -145,7 +145,7 @@ def grow_index(opts, out: Path) -> dict:
 
     rows_written = {}
     for modality, (outputs_m, meta_rows) in new_segments.items():
-        number = len(manifest["segments"][modality])
+        number = next_segment_number(manifest["segments"][modality])
         record = write_segment(out, modality, number, counts[modality], pack_outputs(outputs_m), outputs_m,
                                opts.index_type, opts.nlist, opts.nprobe)
         manifest["segments"][modality].append(record)
@@ -189,7 +189,7 @@ def compact_index(opts, out: Path) -> dict:
         segments = index.segments[modality]
         if len(segments) < 2:
             continue
-        number = max(_segment_number(s.record) for s in segments) + 1
+        number = next_segment_number([s.record for s in segments])
         codes = np.concatenate([np.asarray(s.codes) for s in segments])
         outputs = (np.concatenate([np.asarray(s.outputs()) for s in segments])
                    if index.has_outputs(modality) else None)
@@ -202,9 +202,3 @@ def compact_index(opts, out: Path) -> dict:
     print(f"compacted {said} -> {out}")
     return manifest
 
-
-def _segment_number(record: dict) -> int:
-    """The N of a segment's files (``codes_<m>.sN.npy``; 0 for the plain names)."""
-    name = record["files"]["codes"]
-    parts = name.split(".")
-    return int(parts[-2][1:]) if len(parts) == 3 and parts[-2].startswith("s") else 0

@@ -112,7 +112,14 @@ def write_segment(out: Path, modality: str, number: int, start: int, codes: np.n
         index, params = make_binary_index(codes, kind, nlist, nprobe)
         with atomic_path(out / names["faiss"]) as tmp:
             faiss.write_index_binary(index, str(tmp))
-    return {"start": int(start), "rows": int(len(codes)), "type": kind, "files": names, "params": params}
+    return {"number": int(number), "start": int(start), "rows": int(len(codes)), "type": kind, "files": names,
+            "params": params}
+
+
+def next_segment_number(records: list[dict]) -> int:
+    """The number a new segment's files get: one past every number the modality's segments use, so a new
+    segment never takes the file names of one the index still reads (a compacted index keeps a high number)."""
+    return max((int(r["number"]) for r in records), default=-1) + 1
 
 
 def _read_faiss(path: Path):
@@ -136,6 +143,7 @@ class Segment:
 
     def __post_init__(self):
         self.start, self.rows, self.type = int(self.record["start"]), int(self.record["rows"]), self.record["type"]
+        self.number = int(self.record["number"])
         if self.type not in SEGMENT_TYPES:
             raise ValueError(f"segment type {self.type!r}")
         files = self.record["files"]
