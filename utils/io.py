@@ -283,6 +283,12 @@ def _check_size(shape, dtype, what: str, max_bytes: int, stored: int | None = No
     return nbytes
 
 
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """One .npy array, written atomically (a reader sees the old file or the whole new one)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
 def read_npy(path: str | Path, what: str = "array file", max_bytes: int = MAX_ARRAY_BYTES,
              mmap: bool = False) -> np.ndarray:
     """One .npy array, its header (shape, dtype, no objects, size within ``max_bytes``, not truncated) checked

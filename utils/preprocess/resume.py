@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.io import atomic_path, read_json, write_h5_rows, write_json
+from utils.io import atomic_path, read_json, write_h5_rows, write_json, write_npy
 
 PLAN_NAME = "plan.json"
 
@@ -149,8 +149,7 @@ class ShardFolder:
         return [i for i in range(len(self.starts)) if not self.complete(i)]
 
     def save(self, i: int, features: np.ndarray) -> None:
-        with atomic_path(self.paths[i]) as tmp, open(tmp, "wb") as f:
-            np.save(f, features)
+        write_npy(self.paths[i], features)
 
     def load_all(self) -> np.ndarray:
         return np.concatenate([np.load(p) for p in self.paths])

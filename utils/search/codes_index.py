@@ -58,8 +58,8 @@ def _rows(modality: str, n: int, names: list, codes: list):
 def write_label_columns(out: Path, labels: np.ndarray | None, counts: dict[str, int]) -> dict:
     """The metadata of an index of codes with class codes (or none): ``labels_<modality>.npy`` (caption row i
     takes image row i's class); its manifest record."""
+    from utils.io import write_npy
     from utils.search.metadata import LABELS_FILE, column_names
-    from utils.search.segments import save_npy
 
     files, names = {}, {}
     for modality in MODALITIES:
@@ -69,7 +69,7 @@ def write_label_columns(out: Path, labels: np.ndarray | None, counts: dict[str, 
             column = np.full(n, -1, np.int64)
             column[:min(n, len(labels))] = labels[:n]
             files[modality] = LABELS_FILE.format(modality)
-            save_npy(out / files[modality], column)
+            write_npy(out / files[modality], column)
         else:
             files[modality] = None
         names[modality] = column_names(column, n)

@@ -105,12 +105,10 @@ class MultiIndex:
 
     def save(self, paths: dict) -> None:
         """``paths``: {"mih_ids": Path, "mih_offsets": Path}; each written atomically."""
-        from utils.io import atomic_path
+        from utils.io import write_npy
 
         for key, array in (("mih_ids", self.ids), ("mih_offsets", self.offsets)):
-            with atomic_path(paths[key]) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, array)
+            write_npy(paths[key], array)
 
     @classmethod
     def load(cls, paths: dict, record: dict, n: int) -> "MultiIndex":

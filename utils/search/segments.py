@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.errors import DUCHError
-from utils.io import atomic_path, read_npy
+from utils.io import atomic_path, read_npy, write_npy
 
 SEGMENT_TYPES = ("flat", "mih", "ivf")
 INDEX_TYPES = ("auto", *SEGMENT_TYPES)
@@ -84,22 +84,16 @@ def make_binary_index(codes: np.ndarray, index_type: str = "flat", nlist: int | 
     return index, params
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
 def write_segment(out: Path, modality: str, number: int, start: int, codes: np.ndarray, outputs: np.ndarray | None,
                   index_type: str = "auto", nlist: int | None = None, nprobe: int = DEFAULT_NPROBE) -> dict:
     """Write one segment's files (each atomically) and return its manifest record."""
     kind = resolve_index_type(index_type, len(codes))
     names = segment_files(modality, number, kind)
-    save_npy(out / names["codes"], codes)
+    write_npy(out / names["codes"], codes)
     if outputs is None:  # codes made elsewhere (search.py index --codes): no continuous outputs
         del names["outputs"]
     else:
-        save_npy(out / names["outputs"], outputs.astype(np.float16))
+        write_npy(out / names["outputs"], outputs.astype(np.float16))
     if kind == "mih":
         from utils.search.mih import MultiIndex, code_words
 

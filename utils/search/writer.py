@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from utils.fingerprints import fingerprint
-from utils.io import atomic_path, write_json
+from utils.io import atomic_path, write_json, write_npy
 from utils.search.archive import FORMAT, FORMAT_VERSION, MANIFEST_NAME, MODALITIES
 from utils.search.metadata import METADATA_NAME, counted, write_rows
-from utils.search.segments import DEFAULT_NPROBE, save_npy, write_segment
+from utils.search.segments import DEFAULT_NPROBE, write_segment
 
 # the files an index folder's writers make (what pruning may delete; nothing else in the folder is touched)
 OWN_FILES = re.compile(r"^(codes|outputs|mih_ids|mih_offsets)_(images|captions)(\.s\d+)?\.npy$"
@@ -87,5 +87,6 @@ def write_removed(out: Path, modality: str, rows: np.ndarray, generation: int) -
     if not len(rows):
         return {"file": None, "rows": 0}
     name = f"removed_{modality}.g{generation}.npy"
-    save_npy(out / name, np.unique(np.asarray(rows, np.int64)))
-    return {"file": name, "rows": int(len(np.unique(rows)))}
+    rows = np.unique(np.asarray(rows, np.int64))
+    write_npy(out / name, rows)
+    return {"file": name, "rows": int(len(rows))}
