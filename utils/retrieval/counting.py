@@ -101,7 +101,7 @@ def _query_ranges(n_q: int, threads: int, tile: int = 8) -> list[tuple[int, int]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-def _run_on_threads(work, ranges, threads: int) -> None:
+def run_on_threads(work, ranges, threads: int) -> None:
     """``work(a, b)`` for each query range; the numba kernels release the GIL, so threads run in parallel."""
     if threads == 1 or len(ranges) == 1:
         for a, b in ranges:
@@ -133,7 +133,7 @@ def _kernel_numba(q: CodeWords, db: CodeWords, ql: np.ndarray, dl: np.ndarray, p
     def count(a, b):
         nb.count_pairs(q0[a:b], second_word(a, b), w0, w1, ql[a:b], dl, bits, counts[a:b])
 
-    _run_on_threads(count, ranges, threads)
+    run_on_threads(count, ranges, threads)
     hist = counts.reshape(n_q, bits + 1, 2)
     m, dmax, before_all, before_rel = _second_pass_inputs(hist, plan)
     sums = RankSums.zeros(n_q, plan)
@@ -143,7 +143,7 @@ def _kernel_numba(q: CodeWords, db: CodeWords, ql: np.ndarray, dl: np.ndarray, p
                      m[a:b], plan.map_ks, plan.bin_of_rank, sums.ap[a:b], sums.cut[a:b], sums.cut_hits[a:b],
                      sums.hits_bin[a:b])
 
-    _run_on_threads(rank, ranges, threads)
+    run_on_threads(rank, ranges, threads)
     return hist, m, sums
 
 

@@ -80,13 +80,22 @@ def as_code_words(codes, bits: int | None = None, name: str = "codes") -> CodeWo
     return CodeWords(packed_to_words(packed), int(bits))
 
 
-def packed_to_words(packed: np.ndarray) -> np.ndarray:
-    """Packed uint8 rows -> uint64 words, word-major (n_words, n), zero-padded to whole words."""
+def code_words(packed: np.ndarray) -> np.ndarray:
+    """Packed uint8 codes (n, bytes) as rows of 64-bit words (n, words), zero-padded to whole words: a view when
+    the rows are whole words already (64, 128, ... bits; memory-mapped codes stay mapped), else a copy."""
+    packed = np.asarray(packed)
     n, width = packed.shape
-    n_words = (width + 7) // 8
-    padded = np.zeros((n, 8 * n_words), np.uint8)
+    if width % 8 == 0 and packed.flags.c_contiguous:
+        return packed.view(np.uint64).reshape(n, width // 8)
+    padded = np.zeros((n, 8 * -(-width // 8)), np.uint8)
     padded[:, :width] = packed
-    return np.ascontiguousarray(padded.view(np.uint64).T)
+    return padded.view(np.uint64)
+
+
+def packed_to_words(packed: np.ndarray) -> np.ndarray:
+    """Packed uint8 rows -> uint64 words, word-major (n_words, n): ``code_words`` transposed, each word column
+    contiguous for the counting kernels."""
+    return np.ascontiguousarray(code_words(packed).T)
 
 
 def hamming_distances(query: CodeWords, db: CodeWords, out: np.ndarray | None = None) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import DUCHError
+from utils.retrieval.hamming import code_words  # noqa: F401 (the word view the kernels take, named here for callers)
 
 MAX_SUBSTRING_BITS = 24  # a table's offsets: 2^24 + 1 entries at most (64 MiB)
 # a query gives up on the tables once it would probe more than n / PROBE_SHARE buckets or verify more than
@@ -24,18 +25,6 @@ MAX_SUBSTRING_BITS = 24  # a table's offsets: 2^24 + 1 entries at most (64 MiB)
 PROBE_SHARE = 64
 CANDIDATE_SHARE = 16
 FILE_KEYS = ("mih_ids", "mih_offsets")
-
-
-def code_words(packed: np.ndarray) -> np.ndarray:
-    """Packed uint8 codes (n, bytes) as rows of 64-bit words (n, words): a view when the rows are whole words
-    (64, 128, ... bits; memory-mapped codes stay mapped), a zero-padded copy otherwise."""
-    packed = np.asarray(packed)
-    n, width = packed.shape
-    if width % 8 == 0 and packed.flags.c_contiguous:
-        return packed.view(np.uint64).reshape(n, width // 8)
-    padded = np.zeros((n, 8 * -(-width // 8)), np.uint8)
-    padded[:, :width] = packed
-    return padded.view(np.uint64)
 
 
 def substring_plan(code_bits: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +130,8 @@ def exact_topk(words: np.ndarray, queries: np.ndarray, k: int, tables: MultiInde
     """(distances int32, rows int64), each (n_queries, k), ordered by (distance, row); -1 rows (and distance
     -1) where fewer than k rows exist. ``words``/``queries``: ``code_words`` of the codes and the queries.
     ``tables``: multi-index of ``words`` (None: linear scan). ``removed``: uint8 per row, 1 = left out."""
+    from utils.retrieval.counting import run_on_threads
+
     kernels = _numba_kernels()
     n_q = len(queries)
     k = int(k)
@@ -169,19 +160,8 @@ def exact_topk(words: np.ndarray, queries: np.ndarray, k: int, tables: MultiInde
 
     threads = min(threads or search_threads(), n_q)
     bounds = [n_q * i // threads for i in range(threads + 1)]
-    ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
-    if len(ranges) == 1:
-        run(*ranges[0])
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(ranges)) as pool:
-            for done in [pool.submit(run, a, b) for a, b in ranges]:
-                done.result()
-    for i in range(n_q):  # rows not filled stay -1
-        out_d[i, out_n[i]:] = -1
-        out_r[i, out_n[i]:] = -1
-    return out_d.astype(np.int32), out_r
+    run_on_threads(run, [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b], threads)
+    return out_d.astype(np.int32), out_r  # the kernels fill the first out_n places of a row; the rest stay -1
 
 
 def compile_kernels() -> None:
