@@ -75,7 +75,9 @@ class SearchIndex:
             self.segments[modality] = segments
             self.codes[modality] = SegmentedRows([s.codes for s in segments], [s.start for s in segments])
             counts[modality] = expected
-            self.removed[modality] = self._removed_mask(modality, expected)
+            self.removed[modality] = mask = self._removed_mask(modality, expected)
+            for segment in segments:  # each segment's share, found once here rather than at every search
+                segment.set_removed(None if mask is None else mask[segment.start:segment.start + segment.rows])
         meta = manifest["metadata"]
         self.names = {m: {f: dict(meta["names"][m][f]) for f in FILTER_FIELDS} for m in MODALITIES}
         if not all(isinstance(c, int) for names in self.names.values() for f in names.values() for c in f.values()):
@@ -109,8 +111,7 @@ class SearchIndex:
         return mask is not None and bool(mask[row])
 
     def removed_count(self, modality: str) -> int:
-        mask = self.removed[modality]
-        return 0 if mask is None else int(mask.sum())
+        return sum(segment.removed_count for segment in self.segments[modality])
 
     def image_folders(self) -> list[str]:
         """The folders whose images the index may show: the dataset's image folder and every --image-dir."""
@@ -212,13 +213,7 @@ class SearchIndex:
                 distances, rows = index.search(query_codes, k)
             rows = np.where(rows >= 0, matching[np.maximum(rows, 0)], -1)  # rows of the filtered index -> the index's
             return order_by_distance_then_row(distances, rows)
-        removed = self.removed[target]
-        parts = []
-        for segment in self.segments[target]:
-            mask = None if removed is None else removed[segment.start:segment.start + segment.rows]
-            if mask is not None and not mask.any():
-                mask = None
-            parts.append(segment.search(query_codes, int(k), mask, nprobe, threads))
+        parts = [segment.search(query_codes, int(k), nprobe, threads) for segment in self.segments[target]]
         return merge_topk(parts, n_q, int(k))
 
     def labels(self, target: str) -> dict[str, dict[str, int]]:

@@ -147,6 +147,7 @@ class Segment:
             raise DUCHError(f"{self.folder}: {files['codes']} holds {self.codes.dtype} of shape {self.codes.shape}, "
                             f"not packed {self.bits}-bit codes ({self.rows} rows); rebuild the index with --overwrite")
         self._outputs = None
+        self.removed, self.removed_count = None, 0
         if self.type == "mih":
             from utils.search.mih import MultiIndex, code_words
 
@@ -162,6 +163,11 @@ class Segment:
             if nprobe and hasattr(self.structure, "nprobe"):
                 self.structure.nprobe = int(nprobe)
 
+    def set_removed(self, mask: np.ndarray | None) -> None:
+        """This segment's rows left out by ``--remove`` (uint8 per row; None or all zero: none)."""
+        count = 0 if mask is None else int(np.count_nonzero(mask))
+        self.removed, self.removed_count = (mask if count else None), count
+
     def path(self, name: str) -> Path:
         path = self.folder / name
         if not path.is_file():
@@ -176,9 +182,11 @@ class Segment:
             self._outputs = read_npy(self.path(self.record["files"]["outputs"]), "index outputs", mmap=True)
         return self._outputs
 
-    def search(self, queries: np.ndarray, k: int, removed: np.ndarray | None, nprobe: int | None,
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None,
                threads: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, rows of the whole index) of this segment's top ``k``; unfilled places are row -1."""
+        """(distances, rows of the whole index) of this segment's top ``k``, removed rows left out; unfilled
+        places are row -1."""
+        removed = self.removed
         k = min(k, self.rows)
         if k == 0:
             return np.zeros((len(queries), 0), np.int32), np.zeros((len(queries), 0), np.int64)
@@ -190,7 +198,7 @@ class Segment:
             distances, rows = exact_topk(words, code_words(queries), k, tables, removed, threads)
         else:
             params = None
-            extra = 0 if removed is None else int(removed.sum())  # removed rows are dropped after the search
+            extra = self.removed_count  # removed rows are dropped after the search
             if nprobe is not None and hasattr(self.structure, "nprobe"):
                 import faiss
 
