@@ -19,11 +19,10 @@ from utils.retrieval.codes import pack_codes
 from utils.search import writer
 from utils.search.archive import MANIFEST_NAME, MODALITIES
 from utils.search.encoders import sha256_of
-from utils.search.segments import write_segment
+from utils.search.metadata import codes_row
 
 CODE_KEYS = {"images": ("db_img", "db"), "captions": ("db_txt",)}
 LABEL_KEY = "db_labels"
-CODES_SPLIT = "db"
 
 
 def _packed(array: np.ndarray, name: str) -> np.ndarray:
@@ -46,13 +45,8 @@ def _class_names(labels: np.ndarray | None, n: int) -> tuple[list, list]:
 def _rows(modality: str, n: int, names: list, codes: list):
     """The metadata rows of one modality, one at a time."""
     for i in range(n):
-        if modality == "images":
-            yield {"row": i, "filename": None, "class": names[i], "class_code": codes[i], "split": CODES_SPLIT,
-                   "path": None, "captions": []}
-        else:
-            yield {"row": i, "image_row": i if i < len(names) else None, "sentence": 0, "filename": None,
-                   "class": names[i] if i < len(names) else None, "class_code": codes[i] if i < len(codes) else None,
-                   "split": CODES_SPLIT, "path": None, "caption": None, "split_caption": False}
+        named = i < len(names)
+        yield codes_row(modality, i, names[i] if named else None, codes[i] if named else None, len(names))
 
 
 def write_label_columns(out: Path, labels: np.ndarray | None, counts: dict[str, int]) -> dict:
@@ -81,8 +75,7 @@ def build_from_codes(opts, out: Path) -> dict:
     from utils.retrieval.evaluation import read_codes_npz
 
     path = Path(opts.codes)
-    if (out / MANIFEST_NAME).exists() and not opts.overwrite:
-        raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
+    writer.refuse_existing(out, opts.overwrite)
     arrays = read_codes_npz(path)
     found = {m: next((arrays[k] for k in keys if k in arrays), None) for m, keys in CODE_KEYS.items()}
     if all(a is None for a in found.values()):
@@ -101,8 +94,8 @@ def build_from_codes(opts, out: Path) -> dict:
     names, class_codes = _class_names(labels, n_images)
     check_writable_dir(out, "index folder")
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    segments = {m: [write_segment(out, m, 0, 0, packed[m], None, opts.index_type, opts.nlist, opts.nprobe)]
-                for m in MODALITIES}
+    segments = writer.write_first_segments(out, packed, {m: None for m in MODALITIES}, opts.index_type, opts.nlist,
+                                           opts.nprobe)
     if labels is None or labels.ndim == 1:  # class codes: a column per modality, memory-mapped
         metadata = write_label_columns(out, None if labels is None else labels.astype(np.int64),
                                        {m: len(packed[m]) for m in MODALITIES})
@@ -114,8 +107,7 @@ def build_from_codes(opts, out: Path) -> dict:
         "run": None, "checkpoint": None, "features": None, "encoders": {"image": None, "text": None},
         "source": {"codes": str(path.resolve()), "sha256": sha256_of(path)},
         "dataset": None, "image_dir": None,
-        "segments": segments, "metadata": metadata, "removed": {m: {"file": None, "rows": 0} for m in MODALITIES},
-        "generation": 0, "added": [], "counts": {},
+        "segments": segments, "metadata": metadata, "counts": {},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return writer.commit(out, manifest)

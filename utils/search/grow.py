@@ -45,7 +45,7 @@ def _new_images(index: SearchIndex, image_dir: Path) -> tuple[list[Path], int]:
     return new, len(paths) - len(new)
 
 
-def _encode_images(index: SearchIndex, encoder, image_dir: Path, paths: list[Path], out: Path, opts) -> np.ndarray:
+def _encode_images(encoder, image_dir: Path, paths: list[Path], out: Path, opts) -> np.ndarray:
     """Continuous image-net outputs of ``paths``, their raw features cached in resumable shards."""
     from utils.search.encoders import hash_outputs
     from utils.search.index import encode_image_dir
@@ -119,7 +119,7 @@ def grow_index(opts, out: Path) -> dict:
             image_dir = Path(opts.image_dir)
             paths, added["skipped_images"] = _new_images(index, image_dir)
             if paths:
-                outputs["images"] = _encode_images(index, encoder, image_dir, paths, out, opts)
+                outputs["images"] = _encode_images(encoder, image_dir, paths, out, opts)
                 image_rows = [{"row": counts["images"] + i, "filename": p.relative_to(image_dir).as_posix(),
                                "class": None, "class_code": None, "split": ADDED_SPLIT, "path": str(p.resolve()),
                                "captions": []} for i, p in enumerate(paths)]

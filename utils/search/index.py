@@ -444,8 +444,7 @@ def _build_index(opts: IndexOptions) -> dict:
     run = TrainedRun.open(opts.run_dir, opts.checkpoint)
     cfg = run.config
     out = index_folder(opts)
-    if (out / MANIFEST_NAME).exists() and not opts.overwrite:
-        raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
+    writer.refuse_existing(out, opts.overwrite)
     check_writable_dir(out, "index folder")
     ds = get_dataset(cfg["dataset"], cfg.get("name"))
     paths = _feature_paths(cfg, ds, Path(opts.data_dir) if opts.data_dir else None)
@@ -528,9 +527,6 @@ def _build_index(opts: IndexOptions) -> dict:
             "shards": SHARDS_DIR, "shard_size": opts.shard_size},
         "segments": segments,
         "metadata": metadata,
-        "removed": {m: {"file": None, "rows": 0} for m in segments},
-        "generation": 0,
-        "added": [],
         "counts": {"dataset_images": n, "new_images": len(new_paths)},
         "device": str(device),
         "versions": {**versions(), "faiss": faiss.__version__, "torch_threads": torch.get_num_threads()},

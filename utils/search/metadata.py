@@ -44,7 +44,7 @@ def _values(modality: str, rows: Iterable[dict]) -> Iterable[tuple]:
     of a run's index in about 1.5 microseconds; json.dumps with ensure_ascii=False alone took 5)."""
     from operator import itemgetter
 
-    plain = [f for f in FIELDS[modality] if f not in JSON_FIELDS and f != "split_caption"]
+    plain = _column_order(modality)[:-1]  # the last column is the JSON list (images) or the flag (captions)
     take, dumps = itemgetter(*plain), json.JSONEncoder().encode  # ASCII escapes: json.loads gives the same text
     for row in rows:
         try:
@@ -60,10 +60,10 @@ def _values(modality: str, rows: Iterable[dict]) -> Iterable[tuple]:
 
 
 def _column_order(modality: str) -> list[str]:
-    """The columns in the order ``_values`` gives them: the plain ones, then the JSON list or the flag."""
-    fields = FIELDS[modality]
-    return [f for f in fields if f not in JSON_FIELDS and f != "split_caption"] + \
-        [f for f in fields if f in JSON_FIELDS or f == "split_caption"]
+    """The columns in the order ``_values`` gives them: the plain ones, then the one converted (the JSON list of
+    an image row, the flag of a caption row)."""
+    converted = "captions" if modality == "images" else "split_caption"
+    return [f for f in FIELDS[modality] if f != converted] + [converted]
 
 
 def write_rows(path: Path, build_id: str, rows: dict[str, Iterable[dict]], first_rows: dict[str, int] | None = None,
@@ -154,13 +154,24 @@ class MetadataStore:
         """The fields of one row (``captions``: a list)."""
         return self.rows(modality, [row])[0]
 
+    def _select_in(self, sql: str, values: Sequence, args: Sequence = ()) -> list[tuple]:
+        """The rows of ``sql``, whose ``{marks}`` (any number of times) stand for one chunk of ``values`` after
+        ``args``; 500 values a query (SQLite bounds the values of one statement)."""
+        out: list[tuple] = []
+        values = list(values)
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            sql_chunk = sql.format(marks=", ".join("?" * len(chunk)))
+            out += self._query(sql_chunk, [*args, *chunk * sql.count("{marks}")])
+        return out
+
     def rows(self, modality: str, rows: Sequence[int]) -> list[dict]:
         """The fields of each of ``rows``, in their order: one query for all of them (a result list)."""
         wanted = [int(r) for r in rows]
         bad = next((r for r in wanted if not 0 <= r < self.counts[modality]), None)
         found = {} if bad is not None else {
-            r[0]: r for r in self._query(f'SELECT * FROM "{modality}" WHERE "row" IN '
-                                         f'({", ".join("?" * len(set(wanted)))})', sorted(set(wanted)))}
+            r[0]: r for r in self._select_in(f'SELECT * FROM "{modality}" WHERE "row" IN ({{marks}})',
+                                             sorted(set(wanted)))}
         out = []
         for row in wanted:
             if row not in found:
@@ -192,31 +203,19 @@ class MetadataStore:
 
     def rows_of_files(self, names: Sequence[str]) -> np.ndarray:
         """Image rows whose file name (as the index records it) or absolute path is one of ``names``."""
-        out: list[int] = []
-        for start in range(0, len(names), 500):
-            chunk = list(names[start:start + 500])
-            marks = ", ".join("?" * len(chunk))
-            out += [r[0] for r in self._query(f'SELECT "row" FROM images WHERE "row" < ? AND ("filename" IN ({marks}) '
-                                              f'OR "path" IN ({marks}))', [self.counts["images"], *chunk, *chunk])]
-        return np.unique(np.asarray(out, np.int64))
+        found = self._select_in('SELECT "row" FROM images WHERE "row" < ? AND ("filename" IN ({marks}) OR "path" '
+                                'IN ({marks}))', names, [self.counts["images"]])
+        return np.unique(np.asarray([r[0] for r in found], np.int64))
 
     def caption_rows_of_images(self, image_rows: np.ndarray) -> np.ndarray:
-        out: list[int] = []
-        rows = [int(r) for r in image_rows]
-        for start in range(0, len(rows), 500):
-            chunk = rows[start:start + 500]
-            out += [r[0] for r in self._query(f'SELECT "row" FROM captions WHERE "row" < ? AND "image_row" IN '
-                                              f'({", ".join("?" * len(chunk))})', [self.counts["captions"], *chunk])]
-        return np.unique(np.asarray(out, np.int64))
+        found = self._select_in('SELECT "row" FROM captions WHERE "row" < ? AND "image_row" IN ({marks})',
+                                [int(r) for r in image_rows], [self.counts["captions"]])
+        return np.unique(np.asarray([r[0] for r in found], np.int64))
 
     def known_paths(self, paths: Sequence[str]) -> set[str]:
         """Those of ``paths`` that an image row of the index has (one indexed lookup per 500)."""
-        out: set[str] = set()
-        for start in range(0, len(paths), 500):
-            chunk = list(paths[start:start + 500])
-            out |= {r[0] for r in self._query(f'SELECT "path" FROM images WHERE "row" < ? AND "path" IN '
-                                              f'({", ".join("?" * len(chunk))})', [self.counts["images"], *chunk])}
-        return out
+        return {r[0] for r in self._select_in('SELECT "path" FROM images WHERE "row" < ? AND "path" IN ({marks})',
+                                              paths, [self.counts["images"]])}
 
 
 class RowView:
@@ -242,6 +241,17 @@ class RowView:
 
 LABELS_FILE = "labels_{}.npy"
 CODES_SPLIT = "db"
+
+
+def codes_row(modality: str, row: int, class_name: str | None, class_code: int | None, n_images: int) -> dict:
+    """The metadata of row ``row`` of an index of a codes file: no file, split ``db``, caption row i belonging to
+    image row i (while there is one)."""
+    base = {"row": row, "filename": None, "class": class_name, "class_code": class_code, "split": CODES_SPLIT,
+            "path": None}
+    if modality == "images":
+        return {**base, "captions": []}
+    return {**base, "image_row": row if row < n_images else None, "sentence": 0, "caption": None,
+            "split_caption": False}
 
 
 class ColumnStore:
@@ -272,12 +282,7 @@ class ColumnStore:
             raise DUCHError(f"{self.path}: {modality} row {row} is missing; rebuild the index with --overwrite")
         labels = self.labels.get(modality)
         code = int(labels[row]) if labels is not None and labels[row] >= 0 else None
-        base = {"row": int(row), "filename": None, "class": None if code is None else str(code), "class_code": code,
-                "split": CODES_SPLIT, "path": None}
-        if modality == "images":
-            return {**base, "captions": []}
-        image_row = int(row) if row < self.counts["images"] else None
-        return {**base, "image_row": image_row, "sentence": 0, "caption": None, "split_caption": False}
+        return codes_row(modality, int(row), None if code is None else str(code), code, self.counts["images"])
 
     def rows(self, modality: str, rows: Sequence[int]) -> list[dict]:
         return [self.row(modality, int(r)) for r in rows]

@@ -32,6 +32,14 @@ def file_digests(folder: Path, names) -> dict:
     return {name: {k: v for k, v in fingerprint(folder / name, digest=True).items() if k != "path"} for name in names}
 
 
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """A new build does not replace an index unasked."""
+    from utils.errors import DUCHError
+
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise DUCHError(f"{out} already holds an index; pass --overwrite to rebuild it, or choose another --out")
+
+
 def new_build_id() -> str:
     return uuid.uuid4().hex
 
@@ -70,6 +78,9 @@ def commit(out: Path, manifest: dict, previous: dict | None = None) -> dict:
     """Vouch for the manifest's files, write it (the one rename that publishes the index), then delete the files
     neither it nor ``previous`` names."""
     manifest["format"], manifest["format_version"] = FORMAT, FORMAT_VERSION
+    manifest.setdefault("removed", {m: {"file": None, "rows": 0} for m in MODALITIES})  # a new build: none yet
+    manifest.setdefault("generation", 0)
+    manifest.setdefault("added", [])
     manifest["counts"] = {**manifest.get("counts", {}),
                           **{m: int(sum(r["rows"] for r in manifest["segments"][m])) for m in MODALITIES}}
     manifest["index"] = summary(manifest["segments"])
