@@ -20,12 +20,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{index,query,serve}")
 
     ix = commands.add_parser("index",
-                             help="encode a run's dataset (and new images) into packed codes and faiss indexes",
+                             help="encode a run's dataset (and new images) into packed codes and search structures",
                              description="Encode every image and caption of a run's dataset with its checkpoint; "
-                                         "write packed codes, faiss binary indexes, metadata and a manifest.")
+                                         "write packed codes, search structures (faiss binary indexes or exact "
+                                         "multi-index tables), metadata and a manifest. Also indexes a codes file, "
+                                         "and grows, shrinks or compacts an index.")
     ix.add_argument("--run", default=None, metavar="RUN_DIR",
                     help="run folder of main.py, e.g. checkpoints/ucm_64_test_default (needed to build an index; "
-                         "--add and --remove read it from the index)")
+                         "--add, --remove and --compact read it from the index)")
     ix.add_argument("--codes", default=None, metavar="FILE.npz",
                     help="index the database codes of a codes file instead (db_img, db_txt, optional db_labels, as "
                          "evaluate.py reads them); searched by stored rows; needs --out")

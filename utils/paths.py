@@ -19,11 +19,15 @@ _SAFE_NAME = re.compile(rf"^[{_SAFE_CHARS}]+$")
 MAX_NAME_LENGTH = 128
 
 
+def below(path: str, base: str) -> bool:
+    """Whether the normalised path ``path`` is the normalised folder ``base`` or lies below it, as written."""
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def is_inside(path: str | Path, folder: str | Path, folder_real: str | None = None) -> bool:
     """Whether ``path``, resolved (symlinks followed), is ``folder`` itself or lies below it
     (``folder_real``: ``os.path.realpath(folder)`` when the caller has it)."""
-    real, base = os.path.realpath(path), folder_real or os.path.realpath(folder)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+    return below(os.path.realpath(path), folder_real or os.path.realpath(folder))
 
 
 def _plainly_below(base_real: str, relative: str) -> bool:

@@ -126,12 +126,14 @@ class SearchIndex:
     def _check_path(self, modality: str, meta: dict) -> None:
         """A row's image path lies inside the index's image folders as written: a hand-edited or damaged metadata
         row cannot make a results page embed another file (links are resolved where the file is read)."""
+        from utils.paths import below
+
         path = meta.get("path")
         if path is None:
             return
         if isinstance(path, str):
             path = os.path.normpath(os.path.abspath(path))
-            if any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in self._allowed):
+            if any(below(path, folder) for folder in self._allowed):
                 return
         raise DUCHError(f"{self.dir}: {modality} row {meta.get('row')} names the image {path!r}, outside the "
                         f"index's image folders; refused (rebuild the index with --overwrite)")

@@ -8,6 +8,7 @@ their top k by (distance, row), so the answer is the one a single flat index of 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,28 +213,23 @@ class Segment:
         return distances, rows
 
 
+@contextlib.contextmanager
 def faiss_threads(n: int | None):
     """faiss's OpenMP threads set to ``n`` inside the block (None: unchanged).
 
     Measured on 2 cores (benchmarks/bench_search.py): one query over 1M codes takes the same time on one
     thread as on two, while two threads on a machine busy with other work spin-wait for each other (100x slower)."""
-    import contextlib
+    import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
 
-    @contextlib.contextmanager
-    def block():
-        import faiss  # lazy: a heavy import, paid only where it is used (start-up time)
-
-        if n is None:
-            yield
-            return
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(n)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(before)
-
-    return block()
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def order_by_distance_then_row(distances: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
