@@ -1,6 +1,7 @@
-"""Encode a dataset's images with ResNet18 under one transform set: ``image_emb_DS_aug_<set>.h5``.
+"""Encode a dataset's images with ResNet18 (or ``--encoder``) under one transform set: ``image_emb_DS_aug_<set>.h5``.
 
-Defaults follow the paper (eval mode, ImageNet normalisation); ``--original-quirks`` reproduces the
+``--encoder`` names another torchvision network or a CLIP-family checkpoint (docs/encoders.md); its files
+carry its tag. Defaults follow the paper (eval mode, ImageNet normalisation); ``--original-quirks`` reproduces the
 authors' release: its encoding order (``np.random.seed(42)``, a permutation, consecutive batches of
 525 for UCM / 500 for RSICD), training-mode batch norm and no normalisation.
 """
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 from configs.datasets import DATASETS
+from configs.encoders import DEFAULT_IMAGE_ENCODER
 from utils.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from utils.data.transforms import IMAGE_AUG_SETS
 from utils.errors import exit_on_user_error
@@ -26,7 +28,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Encode a dataset's images with ResNet18 (512-d features) under one image transform set.",
+        description="Encode a dataset's images with ResNet18 (512-d features) or another encoder under one image "
+                    "transform set.",
         formatter_class=_HelpFormatter, add_help=add_help,
     )
     parser.add_argument("--dataset", default="ucm", metavar="DATASET",
@@ -52,9 +55,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--image-dir", default=None,
                         help="image folder, flat or with class subfolders (default: <data-dir>/<the dataset's image "
                              "folder>)")
+    parser.add_argument("--encoder", default=DEFAULT_IMAGE_ENCODER, metavar="NAME",
+                        help="resnet18 (the paper's), another torchvision classification model (resnet50, vit_b_16, "
+                             "...), or a CLIP-family checkpoint: a Hugging Face hub id (namespace/name) or a local "
+                             "folder (docs/encoders.md)")
     parser.add_argument("--weights", default="imagenet",
-                        help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1), a ResNet18 state-dict "
-                             ".pth file, or 'none' (random weights: tests and offline demos only)")
+                        help="torchvision encoders: 'imagenet' (ResNet18_Weights.IMAGENET1K_V1 for resnet18, the "
+                             "builder's DEFAULT weights for the others), a weights enum member (IMAGENET1K_V2), a "
+                             "state-dict .pth file, or 'none' (random weights: tests and offline demos only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:0, ...")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"images per batch (default: {DEFAULT_BATCH_SIZE}; with --original-quirks the "

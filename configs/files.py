@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from configs.datasets import DatasetInfo
+from configs.encoders import encoder_tag
 
 # the image transform sets (utils/data/transforms.py builds them); a set's name is part of its file name
 IMAGE_AUG_SETS = (
@@ -119,18 +120,26 @@ def augment_command(ds: DatasetInfo, txt_aug: str = "rule-based", data_dir: str 
             + (" --overwrite" if overwrite else ""))
 
 
+def _with_encoder(stem: str, encoder: str | None) -> str:
+    """``stem.h5``, or ``stem.<encoder tag>.h5`` for features of an encoder other than the paper's."""
+    tag = encoder_tag(encoder)
+    return f"{stem}.{tag}.h5" if tag else f"{stem}.h5"
+
+
 def image_emb_name(
     ds: DatasetInfo,
     img_aug: str = "no_aug",
     rot_deg: Sequence[float] = (-10, -5),
     blur_val: Sequence[float] = (3, 3, 1.1, 1.3),
     jit_str: float = 0.5,
+    encoder: str | None = None,
 ) -> str:
     """``image_emb_DS_aug_<set>[_<params>].h5``, exactly as the original writes it (docs/formats.md).
 
     ``no_aug`` -> ``image_emb_DS_aug_no_aug.h5``; rotation degrees as integers (the original's
     ``--rot-deg`` is ``type=int``), blur kernel as integers and sigmas as floats (``3_3_1.1_1.3``),
-    jitter strength as a float (``0.5``, ``1.0``).
+    jitter strength as a float (``0.5``, ``1.0``). Another ``encoder`` than ResNet18 adds its tag:
+    ``image_emb_DS_aug_no_aug.resnet50.h5``.
     """
     params: list[str] = []
     if img_aug == "rotation_cc":
@@ -139,17 +148,20 @@ def image_emb_name(
         params = [_int_name(k) for k in blur_val[:2]] + [_float_name(s) for s in blur_val[2:]]
     elif img_aug == "jitter_cc":
         params = [_float_name(jit_str)]
-    return "_".join([f"image_emb_{ds.name}_aug", img_aug, *params]) + ".h5"
+    return _with_encoder("_".join([f"image_emb_{ds.name}_aug", img_aug, *params]), encoder)
 
 
 def image_emb_names(ds: DatasetInfo, img_aug: str = "no_aug", rot_deg: Sequence[float] = (-10, -5),
-                    blur_val: Sequence[float] = (3, 3, 1.1, 1.3), jit_str: float = 0.5) -> list[str]:
+                    blur_val: Sequence[float] = (3, 3, 1.1, 1.3), jit_str: float = 0.5,
+                    encoder: str | None = None) -> list[str]:
     """Every name a reader accepts for these features, the written one first.
 
     Also read: ``image_emb_DS_aug.h5`` for ``no_aug`` (named in the original's config, never written by
     it) and the names earlier versions of this project wrote (integral floats without ``.0``).
     """
-    names = [image_emb_name(ds, img_aug, rot_deg, blur_val, jit_str)]
+    names = [image_emb_name(ds, img_aug, rot_deg, blur_val, jit_str, encoder)]
+    if encoder_tag(encoder):
+        return names
     if img_aug == "no_aug":
         names.append(f"image_emb_{ds.name}_aug.h5")
     elif img_aug in ("blur_cc", "jitter_cc"):
@@ -165,10 +177,23 @@ def find_image_emb(data_dir: str | Path, ds: DatasetInfo, img_aug: str = "no_aug
 
 
 def parse_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
-    """The images_augment.py settings a file name stands for, or None: for fix-it hints."""
+    """The images_augment.py settings a file name stands for (``encoder``: the tag of another encoder than
+    ResNet18), or None: for fix-it hints."""
+    name = Path(name).name
+    plain = _parse_plain_image_emb_name(ds, name)
+    if plain is not None or not name.endswith(".h5"):
+        return plain
+    for i in sorted((i for i, c in enumerate(name[:-3]) if c == "."), reverse=True):  # ``<stem>.<encoder tag>.h5``
+        plain = _parse_plain_image_emb_name(ds, name[:i] + ".h5")
+        if plain is not None and name[i + 1:-3]:
+            return {**plain, "encoder": name[i + 1:-3]}
+    return None
+
+
+def _parse_plain_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
     import re
 
-    match = re.fullmatch(rf"image_emb_{re.escape(ds.name)}_aug(?:_(.+))?\.h5", Path(name).name)
+    match = re.fullmatch(rf"image_emb_{re.escape(ds.name)}_aug(?:_(.+))?\.h5", name)
     if not match:
         return None
     rest = match.group(1) or "no_aug"
@@ -183,12 +208,13 @@ def parse_image_emb_name(ds: DatasetInfo, name: str) -> dict | None:
     return {"img_aug": rest} if rest in IMAGE_AUG_SETS else None
 
 
-def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY) -> str:
-    """``caption_emb_DS_aug.h5`` for raw captions, ``caption_emb_DS_aug_rb.h5`` for ``aug_rb``, ..."""
+def caption_emb_name(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY, encoder: str | None = None) -> str:
+    """``caption_emb_DS_aug.h5`` for raw captions, ``caption_emb_DS_aug_rb.h5`` for ``aug_rb``, ...; another
+    ``encoder`` than the paper's BERT pooling adds its tag (``caption_emb_DS_aug.<tag>.h5``)."""
     if sentence_key == RAW_CAPTION_KEY:
-        return f"caption_emb_{ds.name}_aug.h5"
+        return _with_encoder(f"caption_emb_{ds.name}_aug", encoder)
     suffix = sentence_key[len("aug_"):] if sentence_key.startswith("aug_") else sentence_key
-    return f"caption_emb_{ds.name}_aug_{suffix}.h5"
+    return _with_encoder(f"caption_emb_{ds.name}_aug_{suffix}", encoder)
 
 
 def dataset_flag(ds: DatasetInfo) -> str:
@@ -203,11 +229,15 @@ def _data_dir_flag(ds: DatasetInfo, data_dir: str | Path | None) -> str:
     return f" --data-dir {shlex.quote(str(data_dir))}"
 
 
+def _encoder_flag(encoder: str | None) -> str:
+    return f" --encoder {shlex.quote(str(encoder))}" if encoder_tag(encoder) else ""
+
+
 def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", data_dir: str | Path | None = None, *,
                       rot_deg: Sequence[float] | None = None, blur_val: Sequence[float] | None = None,
-                      jit_str: float | None = None) -> str:
+                      jit_str: float | None = None, encoder: str | None = None) -> str:
     """The command that writes an image feature file (for error messages), keeping a non-default --data-dir."""
-    command = f"python images_augment.py --dataset {dataset_flag(ds)}"
+    command = f"python images_augment.py --dataset {dataset_flag(ds)}{_encoder_flag(encoder)}"
     if img_aug != "no_aug":
         command += f" --img-aug {img_aug}"
     if img_aug == "rotation_cc" and rot_deg is not None:
@@ -230,10 +260,10 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str 
 
 
 def caption_emb_command(ds: DatasetInfo, sentence_key: str = RAW_CAPTION_KEY,
-                        data_dir: str | Path | None = None) -> str:
+                        data_dir: str | Path | None = None, encoder: str | None = None) -> str:
     """The command(s) that write a caption feature file (for error messages)."""
     where = _data_dir_flag(ds, data_dir)
-    embed = f"python captions_embed.py --dataset {dataset_flag(ds)}{where}"
+    embed = f"python captions_embed.py --dataset {dataset_flag(ds)}{_encoder_flag(encoder)}{where}"
     if sentence_key == RAW_CAPTION_KEY:
         return embed
     txt_aug = TXT_AUG_BY_KEY.get(sentence_key, "rule-based")

@@ -104,14 +104,20 @@ def uses_crop(name: str) -> bool:
     return name != "no_aug"
 
 
-def build_transform(name: str, params: AugParams = AugParams(), normalize: bool = True) -> Callable:
-    """PIL image -> float tensor (3, 224, 224) for transform set ``name`` (not ``each_img_random``)."""
+def build_transform(name: str, params: AugParams = AugParams(), normalize: bool = True,
+                    preprocess: Callable | None = None) -> Callable:
+    """PIL image -> float tensor (3, 224, 224) for transform set ``name`` (not ``each_img_random``).
+
+    ``preprocess``: an encoder's own preprocessing (PIL image -> tensor: its resize, crop and normalisation),
+    applied after the set's augmentations in place of the paper's resize and ImageNet normalisation."""
     import torch
     from torchvision.transforms import v2
 
     check_image_aug_set(name)
     if name == "each_img_random":
         raise ValueError("each_img_random picks a set per image: use SeededTransform")
+    if preprocess is not None:
+        return v2.Compose(_augmentations(name, params) + [preprocess])
     steps = _augmentations(name, params) + [
         v2.Resize(OUTPUT_SIZE, antialias=True),
         v2.ToImage(),
@@ -144,17 +150,18 @@ class SeededTransform:
     """Transform set ``name`` applied to image ``index`` with randomness seeded from (seed, index).
 
     ``each_img_random`` picks its set per image from the same seed, or from ``choices`` ({index: set},
-    e.g. ``original_each_img_random_choices``). Torch's global generator is forked, so the caller's
+    e.g. ``original_each_img_random_choices``). ``preprocess``: an encoder's own preprocessing (see
+    ``build_transform``). Torch's global generator is forked, so the caller's
     random state is left as it was.
     """
 
     def __init__(self, name: str, params: AugParams = AugParams(), normalize: bool = True, seed: int = 42,
-                 choices: Mapping[int, str] | None = None):
+                 choices: Mapping[int, str] | None = None, preprocess: Callable | None = None):
         check_image_aug_set(name)
         self.name, self.seed = name, seed
         self.choices = dict(choices) if choices is not None else None
         names = EACH_IMG_RANDOM_CHOICES if name == "each_img_random" else (name,)
-        self.transforms = {n: build_transform(n, params, normalize) for n in names}
+        self.transforms = {n: build_transform(n, params, normalize, preprocess) for n in names}
 
     def set_for(self, index: int) -> tuple[str, int]:
         """(transform set, torch seed) used for image ``index``."""

@@ -1,6 +1,8 @@
-"""Image features: a dataset's images encoded by ResNet18 under one transform set, ``image_emb_DS_aug_<set>.h5``.
+"""Image features: a dataset's images encoded under one transform set, ``image_emb_DS_aug_<set>.h5``.
 
-Defaults follow the paper (eval mode, ImageNet normalisation); ``original_quirks`` reproduces the
+The encoder is the paper's ResNet18, or another (``--encoder``: a torchvision network or a CLIP-family
+checkpoint, configs/encoders.py), whose files carry its tag (``image_emb_DS_aug_<set>.<tag>.h5``) and whose
+own preprocessing follows the set's augmentations. Defaults follow the paper (eval mode, ImageNet normalisation); ``original_quirks`` reproduces the
 authors' release: its encoding order (``np.random.seed(42)``, a permutation, consecutive batches of
 525 for UCM / 500 for RSICD), training-mode batch norm and no normalisation. ``images_augment.py`` is
 the command line of ``encode_images``; the flags are described in docs/scripts.md.
@@ -18,8 +20,9 @@ import numpy as np
 
 from configs.checks import check_seed
 from configs.datasets import DatasetInfo, get_dataset
+from configs.encoders import DEFAULT_IMAGE_ENCODER, encoder_tag, image_encoder_kind
 from configs.files import IMAGE_EMB_KEY, image_emb_name, source_dataset_json
-from models.image_encoder import build_image_encoder, encode_image_files
+from models.image_encoder import build_image_backbone, encode_image_files
 from utils.data.dataset_json import load_dataset_json, warn_dropped
 from utils.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -64,6 +67,7 @@ class ImageFeatureOptions(ScriptOptions):
     jit_str: float = 0.5
     data_dir: str | Path | None = None  # default: the dataset's
     image_dir: str | Path | None = None  # default: <data_dir>/<the dataset's image folder>
+    encoder: str = DEFAULT_IMAGE_ENCODER  # configs/encoders.py
     weights: str = "imagenet"
     device: str = "auto"
     batch_size: int | None = None  # default: DEFAULT_BATCH_SIZE, or the original's with original_quirks
@@ -146,6 +150,9 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     img_aug = check_image_aug_set(opts.img_aug)
     params = AugParams.checked(opts.crop_size, opts.rot_deg, opts.blur_val, opts.jit_str)
     quirks = bool(opts.original_quirks)
+    if quirks and image_encoder_kind(opts.encoder) != "paper":
+        raise DUCHError(f"--original-quirks reproduces the original release's ResNet18 encoding (batch statistics, no "
+                        f"normalisation); it does not apply to --encoder {opts.encoder}")
     check_seed(opts.seed)
     batch_size = opts.batch_size
     if batch_size is None:  # 0 is an error below, not the default
@@ -156,7 +163,7 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
         raise DUCHError(f"--bit-depth is the significant bits of 16-bit images: 9..16, got {opts.bit_depth}")
     data_dir = Path(opts.data_dir or ds.default_data_dir)
     image_dir = Path(opts.image_dir) if opts.image_dir else data_dir / ds.image_dir
-    out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str)
+    out_path = data_dir / image_emb_name(ds, img_aug, params.rot_deg, params.blur_val, params.jit_str, opts.encoder)
     refuse_overwrite(out_path, opts.overwrite)
     json_path = source_dataset_json(ds, data_dir)
     data = load_dataset_json(json_path, hint=f"pass --data-dir to the folder that holds {json_path.name}", ds=ds)
@@ -166,19 +173,26 @@ def _checked_job(opts: ImageFeatureOptions) -> _Job:
     return _Job(ds, img_aug, params, quirks, batch_size, data_dir, out_path, json_path, data, paths, image_dir)
 
 
-def _provenance(opts: ImageFeatureOptions, job: _Job, weights_description: str, choices, formats: dict,
+def _provenance(opts: ImageFeatureOptions, job: _Job, backbone, choices, formats: dict,
                 high_bit_depth: int, world_size: int) -> dict:
     """The HDF5 attributes of the feature file: how its rows were made."""
     quirks, params, img_aug, n = job.quirks, job.params, job.img_aug, len(job.paths)
+    paper = backbone.kind == "paper"
+    own = {} if paper else {"encoder_name": opts.encoder, "encoder_kind": backbone.kind,
+                            "encoder_tag": encoder_tag(opts.encoder), "weights_flag": opts.weights,
+                            "preprocessing": backbone.preprocessing, "width": backbone.width}
     return {
         "dataset": job.ds.name,
         "dataset_json": str(job.json_path),
         "num_images": n,
-        "encoder": "torchvision resnet18, fc = Identity (global-average-pool output)",
-        "weights": weights_description,
+        "encoder": ("torchvision resnet18, fc = Identity (global-average-pool output)" if paper else
+                    f"torchvision {opts.encoder}, last linear layer = Identity" if backbone.kind == "torchvision" else
+                    f"CLIP-family checkpoint {opts.encoder}: vision tower and projection"),
+        **own,
+        "weights": backbone.weights,
         "original_quirks": quirks,
         "network_mode": "train (batch-norm batch statistics)" if quirks else "eval",
-        "normalization": "none" if quirks else "imagenet mean/std",
+        "normalization": ("none" if quirks else "imagenet mean/std") if paper else "the encoder's own (preprocessing)",
         "memory_format": "channels_last",
         "batch_size": job.batch_size,
         "encoding_order": (f"original: np.random.seed({opts.seed}); np.random.permutation({n}); "
@@ -190,7 +204,7 @@ def _provenance(opts: ImageFeatureOptions, job: _Job, weights_description: str, 
         "jit_str": params.jit_str,
         "each_img_random_choice": (f"original: random.seed({opts.seed}), random.choice per image in encoding order"
                                    if choices is not None else "per image from (seed, index)"),
-        "resize": list(OUTPUT_SIZE),
+        "resize": list(OUTPUT_SIZE) if paper else "the encoder's own (preprocessing)",
         "seed": opts.seed,
         "image_formats": dict(formats),
         "high_bit_depth_conversion": (high_bit_depth_rule(opts.bit_depth) if high_bit_depth
@@ -232,9 +246,11 @@ def _encode(opts: ImageFeatureOptions) -> Path:
               f"converted to 8 bits as documented: {high_bit_depth_rule(opts.bit_depth)}", file=sys.stderr)
 
     seed_everything(opts.seed)  # also makes --weights none reproducible
-    model, weights_description = build_image_encoder(opts.weights)
-    transform = SeededTransform(job.img_aug, job.params, normalize=not quirks, seed=opts.seed, choices=choices)
-    attrs = _provenance(opts, job, weights_description, choices, formats, high_bit_depth, ctx.world_size)
+    backbone = build_image_backbone(opts.encoder, opts.weights)
+    model, weights_description = backbone.model, backbone.weights
+    transform = SeededTransform(job.img_aug, job.params, normalize=not quirks, seed=opts.seed, choices=choices,
+                                preprocess=backbone.preprocess)
+    attrs = _provenance(opts, job, backbone, choices, formats, high_bit_depth, ctx.world_size)
 
     # an interrupted run resumes from its saved rows when every setting that shapes them is the same
     fingerprint = json.dumps({k: attrs[k] for k in attrs if k != "versions"} | {  # images' size and mtime included:
