@@ -87,8 +87,8 @@ def load_clip_checkpoint(name: str, device="cpu", *, images: bool = True, text: 
     if path.is_dir():
         source = str(path.resolve())
         if not (path / "config.json").is_file():
-            raise DUCHError(f"encoder folder {path} has no config.json: not a saved checkpoint (--encoder takes a folder "
-                            "written by save_pretrained, or a Hugging Face hub id)")
+            raise DUCHError(f"encoder folder {path} has no config.json: not a saved checkpoint (--encoder takes a "
+                            "folder written by save_pretrained, or a Hugging Face hub id)")
         if images and not any((path / f).is_file() for f in PROCESSOR_FILES):
             raise DUCHError(f"encoder folder {path} has no preprocessor_config.json: the image preprocessing of the "
                             "checkpoint is unknown (save its image processor into the folder with save_pretrained)")
@@ -227,9 +227,10 @@ def build_random_clip(out_dir: str | Path, family: str = "clip", *, width: int =
     vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
                   image_size=image_size, patch_size=patch)
     if family == "clip":
-        config = CLIPConfig(text_config={**text, "eos_token_id": vocab["<|endoftext|>"],
-                                         "bos_token_id": vocab["<|startoftext|>"], "pad_token_id": vocab["<|endoftext|>"]},
-                            vision_config=vision, projection_dim=width, **{RANDOM_WEIGHTS_MARKER: True})
+        ids = {"eos_token_id": vocab["<|endoftext|>"], "bos_token_id": vocab["<|startoftext|>"],
+               "pad_token_id": vocab["<|endoftext|>"]}
+        config = CLIPConfig(text_config={**text, **ids}, vision_config=vision, projection_dim=width,
+                            **{RANDOM_WEIGHTS_MARKER: True}, **ids)
         model_cls = CLIPModel
         processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                        crop_size={"height": image_size, "width": image_size})

@@ -2,10 +2,11 @@
 
 The encoder is the paper's ResNet18, or another (``--encoder``: a torchvision network or a CLIP-family
 checkpoint, configs/encoders.py), whose files carry its tag (``image_emb_DS_aug_<set>.<tag>.h5``) and whose
-own preprocessing follows the set's augmentations. Defaults follow the paper (eval mode, ImageNet normalisation); ``original_quirks`` reproduces the
-authors' release: its encoding order (``np.random.seed(42)``, a permutation, consecutive batches of
-525 for UCM / 500 for RSICD), training-mode batch norm and no normalisation. ``images_augment.py`` is
-the command line of ``encode_images``; the flags are described in docs/scripts.md.
+own preprocessing follows the set's augmentations. Defaults follow the paper (eval mode, ImageNet
+normalisation); ``original_quirks`` reproduces the authors' release: its encoding order
+(``np.random.seed(42)``, a permutation, consecutive batches of 525 for UCM / 500 for RSICD),
+training-mode batch norm and no normalisation. ``images_augment.py`` is the command line of
+``encode_images``; the flags are described in docs/scripts.md.
 """
 from __future__ import annotations
 
