@@ -2,6 +2,7 @@
 
     python captions_embed.py --dataset ucm
     python captions_embed.py --dataset ucm --model /path/to/bert-base-uncased --original-quirks
+    python captions_embed.py --dataset ucm --encoder openai/clip-vit-base-patch32
 
 Writes ``caption_emb_DS_aug.h5`` (raw captions) and ``caption_emb_DS_aug_<set>.h5`` for each of
 ``aug_rb``, ``aug_bt_prob``, ``aug_bt_chain`` present, key ``caption_emb``, shape (5N, width),
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from configs.datasets import DATASETS
+from configs.encoders import DEFAULT_TEXT_ENCODER
 from models.text_encoder import DEFAULT_HIDDEN_STATES, DEFAULT_MAX_LENGTH, DEFAULT_TEXT_MODEL, OPERATORS
 from utils.errors import exit_on_user_error
 from utils.preprocess.caption_features import DEFAULT_BATCH_SIZE, CaptionFeatureOptions, embed_caption_sets
@@ -28,8 +30,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="a dataset file's name in output file names (default: the JSON's stem)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the dataset JSON and the feature files (default: the dataset's, e.g. data)")
+    parser.add_argument("--encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME",
+                        help="bert: the paper's pooling of the hidden states of --model; or a CLIP-family checkpoint "
+                             "(a Hugging Face hub id namespace/name, or a local folder), whose text tower, projection "
+                             "and tokenizer embed the captions and whose files carry its tag; --model, --max-length, "
+                             "--hidden-states and --operator then do not apply (docs/encoders.md) (default: "
+                             "%(default)s)")
     parser.add_argument("--model", default=DEFAULT_TEXT_MODEL,
-                        help="Hugging Face model name or local folder (default: %(default)s)")
+                        help="with --encoder bert: Hugging Face model name or local folder (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="tokens per caption, longer ones truncated (default: %(default)s)")
     parser.add_argument("--hidden-states", type=int, default=DEFAULT_HIDDEN_STATES,

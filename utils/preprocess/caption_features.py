@@ -2,8 +2,10 @@
 
 Writes ``caption_emb_DS_aug.h5`` (raw captions) and ``caption_emb_DS_aug_<set>.h5`` for each of
 ``aug_rb``, ``aug_bt_prob``, ``aug_bt_chain`` present, key ``caption_emb``, shape (5N, width),
-row ``5*j + i`` = sentence i of image j (docs/formats.md). ``captions_embed.py`` is the command line of
-``embed_caption_sets``; the flags are described in docs/scripts.md.
+row ``5*j + i`` = sentence i of image j (docs/formats.md). The paper's encoder pools BERT hidden states
+(``--model``); ``--encoder`` names a CLIP-family checkpoint instead, whose text tower and projection embed the
+captions as its tokenizer takes them, into files that carry its tag (``caption_emb_DS_aug.<tag>.h5``).
+``captions_embed.py`` is the command line of ``embed_caption_sets``; the flags are described in docs/scripts.md.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs.datasets import get_dataset
+from configs.encoders import DEFAULT_TEXT_ENCODER, encoder_tag, text_encoder_kind
 from configs.files import (
     CAPTION_AUG_KEYS,
     CAPTION_EMB_KEY,
@@ -48,6 +51,7 @@ class CaptionFeatureOptions(ScriptOptions):
     dataset: str = "ucm"  # a dataset name or the path of a captions JSON
     name: str | None = None  # a dataset file's name in file names (default: its stem)
     data_dir: str | Path | None = None  # default: the dataset's
+    encoder: str = DEFAULT_TEXT_ENCODER  # configs/encoders.py: the paper's BERT pooling, or a CLIP-family checkpoint
     model: str = DEFAULT_TEXT_MODEL
     max_length: int = DEFAULT_MAX_LENGTH
     hidden_states: int = DEFAULT_HIDDEN_STATES
@@ -116,6 +120,10 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
     if opts.max_length < 2:
         raise DUCHError(f"--max-length must be at least 2 (got {opts.max_length})")
 
+    kind = text_encoder_kind(opts.encoder)
+    if kind == "checkpoint" and opts.original_quirks:
+        raise DUCHError(f"--original-quirks reproduces the original release's BERT pooling; it does not apply to "
+                        f"--encoder {opts.encoder}")
     json_path = find_dataset_json(ds, data_dir)
     data = load_dataset_json(json_path, ds=ds)
     warn_dropped(data)
@@ -123,9 +131,12 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
         raise DUCHError(f"{json_path}: not every sentence has a {RAW_CAPTION_KEY!r} caption")
     keys = [RAW_CAPTION_KEY] + sentence_keys_present(data, CAPTION_AUG_KEYS.values())
     texts = {key: captions(data, key) for key in keys}  # every caption checked before the model loads
-    outputs = {key: data_path(data_dir, caption_emb_name(ds, key)) for key in keys}
-    settings = {"model": opts.model, "max_length": opts.max_length, "hidden_states": opts.hidden_states,
-                "operator": opts.operator, "original_quirks": int(opts.original_quirks)}
+    outputs = {key: data_path(data_dir, caption_emb_name(ds, key, opts.encoder)) for key in keys}
+    if kind == "paper":
+        settings = {"model": opts.model, "max_length": opts.max_length, "hidden_states": opts.hidden_states,
+                    "operator": opts.operator, "original_quirks": int(opts.original_quirks)}
+    else:  # the checkpoint fixes its tokenizer, caption length and pooling
+        settings = {"model": opts.encoder, "encoder_kind": kind}
 
     # per caption set: a finished file made with these settings is kept; anything else in the way is named now
     todo = dict(outputs) if opts.overwrite else {}
@@ -158,57 +169,86 @@ def _run(opts: CaptionFeatureOptions, progress: dict) -> dict[str, Path]:
         distributed.shutdown()
 
 
+def _text_encoder(opts: CaptionFeatureOptions, device, ds, say) -> tuple:
+    """(embed(texts, **kw), width, provenance attributes, random weights) of the encoder the options name."""
+    if text_encoder_kind(opts.encoder) == "checkpoint":
+        from models.clip_encoder import embed_texts, load_clip_checkpoint
+
+        checkpoint = load_clip_checkpoint(opts.encoder, device, images=False, text=True)
+        attrs = {"model_source": checkpoint.source, "encoder_name": opts.encoder,
+                 "encoder_tag": encoder_tag(opts.encoder), "encoder": checkpoint.describe("text"),
+                 "max_length": checkpoint.max_tokens,
+                 "pooling": ("the last position, captions padded to the full length (SigLIP)"
+                             if checkpoint.pads_to_max_length else "the end-of-text token (CLIP)"),
+                 "preprocessing": f"the checkpoint's tokenizer ({type(checkpoint.tokenizer).__name__}), truncated "
+                                  f"to {checkpoint.max_tokens} tokens"}
+
+        def embed(texts, **kwargs):
+            return embed_texts(checkpoint, texts, batch_size=opts.batch_size, **kwargs)
+
+        return embed, checkpoint.width, attrs, checkpoint.random_weights
+    text_model = load_text_model(opts.model, device)
+    width = text_model.width(opts.hidden_states, opts.operator)
+    if ds.caption_dim is not None and width != ds.caption_dim:
+        say(f"warning: width {width} differs from the {ds.caption_dim} the {ds.name} features normally have",
+            file=sys.stderr)
+    attrs = {"model_source": text_model.source,
+             "pooling": (f"mean over all {opts.max_length} positions, padding included (original quirk)"
+                         if opts.original_quirks else "mean over real tokens (attention mask)"),
+             "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}"}
+
+    def embed(texts, **kwargs):
+        return embed_captions(text_model, texts, max_length=opts.max_length, hidden_states=opts.hidden_states,
+                              operator=opts.operator, original_quirks=opts.original_quirks,
+                              batch_size=opts.batch_size, **kwargs)
+
+    return embed, width, attrs, text_model.random_weights
+
+
 def _embed_all(opts: CaptionFeatureOptions, ds, json_path: Path, data: dict, texts: dict, outputs: dict, todo: dict,
                settings: dict,
                progress: dict, ctx) -> dict[str, Path]:
     """Under torchrun each rank embeds its run of the one-process batches into a part file; rank 0 merges them."""
     device = ctx.device if ctx.distributed else resolve_device(opts.device)
-    text_model = load_text_model(opts.model, device)
-    width = text_model.width(opts.hidden_states, opts.operator)
     say = print if ctx.is_main else (lambda *a, **k: None)
+    embed, width, encoder_attrs, random_weights = _text_encoder(opts, device, ds, say)
     launch = f"; {ctx.world_size} ranks" if ctx.distributed else ""
     say(f"{json_path}: {len(data['images'])} images, caption sets to embed: {', '.join(todo)}; "
-        f"model {opts.model} on {device}{launch}, width {width}")
-    if ds.caption_dim is not None and width != ds.caption_dim and ctx.is_main:
-        print(f"warning: width {width} differs from the {ds.caption_dim} the {ds.name} features normally have",
-              file=sys.stderr)
-
-    if text_model.random_weights and ctx.is_main:
-        warnings.warn(f"--model {opts.model}: the text encoder has RANDOM weights (its config.json says so); its "
-                      "features are not those of a pretrained model (fine for tests and the offline demo, not for "
-                      "results)",
+        f"model {opts.model if text_encoder_kind(opts.encoder) == 'paper' else opts.encoder} on {device}{launch}, "
+        f"width {width}")
+    if random_weights and ctx.is_main:
+        warnings.warn(f"{opts.encoder if text_encoder_kind(opts.encoder) != 'paper' else '--model ' + opts.model}: the "
+                      "text encoder has RANDOM weights (its config.json says so); its features are not those of a "
+                      "pretrained model (fine for tests and the offline demo, not for results)",
                       UserWarning, stacklevel=2)
     attrs = {
         **settings,
-        "model_source": text_model.source,
-        "random_weights": text_model.random_weights,
-        "pooling": (f"mean over all {opts.max_length} positions, padding included (original quirk)"
-                    if opts.original_quirks else "mean over real tokens (attention mask)"),
-        "preprocessing": f"lower-case, remove {' '.join(PUNCTUATION_REMOVED)}",
+        **encoder_attrs,
+        "random_weights": random_weights,
         "source_json": str(json_path),
         "world_size": ctx.world_size,
     }
     for key, path in todo.items():
-        embed_kwargs = dict(max_length=opts.max_length, hidden_states=opts.hidden_states, operator=opts.operator,
-                            original_quirks=opts.original_quirks, batch_size=opts.batch_size,
-                            progress=opts.progress and ctx.is_main, desc=f"embed {key}")
+        kwargs = dict(progress=opts.progress and ctx.is_main, desc=f"embed {key}")
         if not ctx.distributed:
-            emb = embed_captions(text_model, texts[key], **embed_kwargs)
+            emb = embed(texts[key], **kwargs)
             write_h5(path, CAPTION_EMB_KEY, emb, {**attrs, "sentence_key": key})
         else:
-            _embed_shard(text_model, texts[key], path, {**attrs, "sentence_key": key}, embed_kwargs, ctx)
+            _embed_shard(embed, width, texts[key], path, {**attrs, "sentence_key": key}, opts, kwargs, ctx)
         progress["done"].append(key)
         say(f"wrote {path}: {CAPTION_EMB_KEY} {len(texts[key])} x {width} float32 ({key}{launch})")
     return outputs
 
 
-def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict, ctx) -> None:
+def _embed_shard(embed, width: int, texts, path: Path, attrs: dict, opts: CaptionFeatureOptions, kwargs: dict,
+                 ctx) -> None:
     """This rank's part file (kept from an interrupted run with the same settings), then rank 0's merge."""
     import json
 
     from utils import distributed
 
-    kept = {k: v for k, v in embed_kwargs.items() if k not in ("progress", "desc")}
+    kept = {"max_length": opts.max_length, "hidden_states": opts.hidden_states, "operator": opts.operator,
+            "original_quirks": opts.original_quirks, "batch_size": opts.batch_size}
     digest = _texts_digest(texts)
 
     def fingerprint(rank):
@@ -217,7 +257,7 @@ def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict,
 
     part = resume.part_path(path, ctx.rank, ctx.world_size)
     if resume.load_piece(part, fingerprint(ctx.rank)) is None:
-        rows, emb = embed_captions(text_model, texts, shard=(ctx.rank, ctx.world_size), **embed_kwargs)
+        rows, emb = embed(texts, shard=(ctx.rank, ctx.world_size), **kwargs)
         resume.save_piece(part, fingerprint(ctx.rank), rows=rows, features=emb)
     else:
         print(f"rank {ctx.rank}: {part} holds this rank's {path.name} rows already", file=sys.stderr)
@@ -229,7 +269,6 @@ def _embed_shard(text_model, texts, path: Path, attrs: dict, embed_kwargs: dict,
         saved = resume.load_piece(part_file, fingerprint(rank))
         return None if saved is None else (saved["rows"], saved["features"])
 
-    width = text_model.width(attrs["hidden_states"], attrs["operator"])
     resume.merge_parts(path, CAPTION_EMB_KEY, (len(texts), width), ctx.world_size, attrs, load, "is missing")
 
 
