@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from configs.datasets import DATASETS
+from configs.encoders import DEFAULT_IMAGE_ENCODER
 from configs.presets import PRESETS
 from configs.train import METHODS, MODELS, SELECT_METRICS, TrainConfig
 from utils.errors import exit_on_user_error
@@ -72,6 +73,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--tau", type=float, default=d.tau,
                         help="NT-Xent temperature of the contrastive loss; 1 is the original's formula (default: "
                              "%(default)s)")
+    parser.add_argument("--encoder", default=DEFAULT_IMAGE_ENCODER, metavar="NAME",
+                        help="the encoder of the feature files to read, as images_augment.py --encoder took it: "
+                             "resnet18 (the paper's), a torchvision name, or a CLIP-family checkpoint, which also "
+                             "names the caption features (docs/encoders.md) (default: %(default)s)")
+    parser.add_argument("--text-encoder", default=None, metavar="NAME",
+                        help="the encoder of the caption feature files, as captions_embed.py --encoder took it: bert "
+                             "(the paper's) or a CLIP-family checkpoint (default: --encoder when it is a checkpoint, "
+                             "else bert)")
     parser.add_argument("--img-aug-emb", default=None,
                         help="overrides the augmented image feature file: a path, or a name in --data-dir (default: "
                              "the preset's)")

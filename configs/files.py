@@ -250,9 +250,12 @@ def image_emb_command(ds: DatasetInfo, img_aug: str = "no_aug", data_dir: str | 
     return command + _data_dir_flag(ds, data_dir)
 
 
-def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str | Path | None = None) -> str:
+def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str | Path | None = None,
+                                encoder: str | None = None) -> str:
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
+    if settings is not None and "encoder" in settings:
+        settings["encoder"] = encoder if encoder_tag(encoder) == settings["encoder"] else settings["encoder"]
     if settings is None:
         return (f"python images_augment.py --dataset {dataset_flag(ds)} --img-aug <set>{_data_dir_flag(ds, data_dir)} "
                 f"(which writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")

@@ -5,11 +5,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from configs.datasets import SPLIT_PROTOCOLS, get_dataset, is_dataset_file
+from configs.encoders import (
+    DEFAULT_IMAGE_ENCODER,
+    DEFAULT_TEXT_ENCODER,
+    encoder_tag,
+    image_encoder_kind,
+    text_encoder_kind,
+)
 from configs.errors import DUCHError, did_you_mean
 from configs.presets import get_preset
 
 MODELS = ("duch",)  # --model names, lower case (any case is accepted)
-METHODS = ("duch", "djsrh", "jdsh")  # --method: DUCH, or a baseline of the paper's tables (configs/baselines.py)
+# --method: DUCH, a baseline of the paper's tables (configs/baselines.py), or float: the features' own retrieval by
+# cosine similarity, the reference row (no training, no bits)
+METHODS = ("duch", "djsrh", "jdsh", "float")
+TRAINED_METHODS = ("duch", "djsrh", "jdsh")
+FLOAT_METHOD = "float"
 # --select: the validation score that keeps the best model: mAP@map_k averaged over the four directions, or the
 # tie-aware mean recall (mR) of instance-level retrieval (the RSITMD/RSICD papers' figure)
 SELECT_METRICS = ("map", "mr")
@@ -57,6 +68,9 @@ class TrainConfig:
     select: str | None = None  # map or mr; None: map where the dataset has labels, mr where it has none
     # a baseline's hyperparameters (configs/baselines.py, with --param overrides); empty for DUCH
     method_params: dict = field(default_factory=dict)
+    # the encoders that made the feature files (configs/encoders.py); runs made before they were named: the paper's
+    encoder: str = DEFAULT_IMAGE_ENCODER
+    text_encoder: str = DEFAULT_TEXT_ENCODER
 
     def dataset_key(self) -> str:
         """The dataset's name in run folders: its CLI name, or --name / the JSON's stem (lower case)."""
@@ -64,10 +78,20 @@ class TrainConfig:
             return (self.name or Path(self.dataset).stem).lower()
         return self.dataset
 
+    def encoders_part(self) -> str:
+        """``""`` for the paper's encoders, else ``@<tag>`` (one checkpoint for both) or ``@<image>+<text>``."""
+        image, text = encoder_tag(self.encoder), encoder_tag(self.text_encoder)
+        if image is None and text is None:
+            return ""
+        return f"@{image}" if image == text else f"@{image or DEFAULT_IMAGE_ENCODER}+{text or DEFAULT_TEXT_ENCODER}"
+
     def run_name(self) -> str:
         """``<dataset>_<bit>_<tag>_<preset>`` for DUCH, ``<method>_<dataset>_<bit>_<tag>_<preset>`` for a
-        baseline: the run folder under ``out_dir``."""
-        name = f"{self.dataset_key()}_{self.bit}_{self.tag}_{self.preset}"
+        baseline, ``float_<dataset>_<tag>_<preset>`` for the float reference (no bits); features of other
+        encoders than the paper's add ``encoders_part``: the run folder under ``out_dir``."""
+        if self.method == FLOAT_METHOD:
+            return f"{FLOAT_METHOD}_{self.dataset_key()}_{self.tag}_{self.preset}{self.encoders_part()}"
+        name = f"{self.dataset_key()}_{self.bit}_{self.tag}_{self.preset}{self.encoders_part()}"
         return name if self.method == "duch" else f"{self.method}_{name}"
 
     def to_json(self) -> dict:
@@ -97,6 +121,11 @@ def check_config(cfg: TrainConfig) -> None:
             raise DUCHError(f"--{name} must be at least {low}, got {value}")
     if len(cfg.contrastive_weights) != 3:
         raise DUCHError("--contrastive-weights takes three numbers: INTER INTRA_IMG INTRA_TXT")
+    image_encoder_kind(cfg.encoder)
+    text_encoder_kind(cfg.text_encoder)
+    if cfg.original_quirks and (cfg.encoder, cfg.text_encoder) != (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER):
+        raise DUCHError("--original-quirks reproduces the original release, on the paper's ResNet18 and BERT features; "
+                        "drop --encoder / --text-encoder, or --original-quirks")
     check_values(cfg)
 
 
@@ -123,7 +152,7 @@ def check_values(cfg: TrainConfig) -> None:
     for i, b in enumerate(cfg.discriminator_betas):
         check_finite(f"discriminator_betas (number {i + 1})", b, 0.0)
     check_finite("--tau", cfg.tau, MIN_TAU)
-    for name in ("dataset", "preset", "model", "tag", "data_dir", "out_dir", "device"):
+    for name in ("dataset", "preset", "model", "tag", "data_dir", "out_dir", "device", "encoder", "text_encoder"):
         if not isinstance(getattr(cfg, name), str):
             raise DUCHError(f"{name} must be a string, got {getattr(cfg, name)!r}")
     import re

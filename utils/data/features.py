@@ -67,25 +67,26 @@ class Features:
         return {"image": int(self.image.shape[1]), "caption": int(self.caption.shape[1])}
 
 
-def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str,
-                  img_aug_emb: str | None = None) -> FeatureFiles:
-    """The files of a preset (docs/formats.md); ``--img-aug-emb`` overrides the augmented image file."""
+def resolve_files(ds: DatasetInfo, data_dir: str | Path, preset_name: str, img_aug_emb: str | None = None,
+                  encoder: str | None = None, text_encoder: str | None = None) -> FeatureFiles:
+    """The files of a preset (docs/formats.md) made by ``encoder`` / ``text_encoder`` (default: the paper's);
+    ``--img-aug-emb`` overrides the augmented image file."""
     data_dir = Path(data_dir)
     preset = get_preset(preset_name)
     json_path = files.current_dataset_json(ds, data_dir)  # labels are the same in both JSON files
     if not json_path.exists():
         json_path = data_dir / files.augmented_json_name(ds)  # the one the presets expect, for the error
-    image_aug = data_dir / files.image_emb_name(ds, preset.aug_image_set)
+    image_aug = data_dir / files.image_emb_name(ds, preset.aug_image_set, encoder=encoder)
     if img_aug_emb:
         image_aug = Path(img_aug_emb)
         if not image_aug.is_absolute() and not image_aug.exists():
             image_aug = data_dir / img_aug_emb
     return FeatureFiles(
         dataset_json=json_path,
-        image=data_dir / files.image_emb_name(ds, BASE_IMAGE_SET),
+        image=data_dir / files.image_emb_name(ds, BASE_IMAGE_SET, encoder=encoder),
         image_aug=image_aug,
-        caption=data_dir / files.caption_emb_name(ds, BASE_CAPTION_KEY),
-        caption_aug=data_dir / files.caption_emb_name(ds, preset.aug_caption_key),
+        caption=data_dir / files.caption_emb_name(ds, BASE_CAPTION_KEY, text_encoder),
+        caption_aug=data_dir / files.caption_emb_name(ds, preset.aug_caption_key, text_encoder),
     )
 
 
@@ -166,11 +167,13 @@ def random_encoder_warning(path: Path, key: str) -> str | None:
 
 
 def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, original_quirks: bool = False,
-                  labels_csv: str | None = None) -> Features:
-    """Load, validate and standardise the four views and the labels.
+                  labels_csv: str | None = None, encoder: str | None = None, text_encoder: str | None = None,
+                  standardised: bool = True) -> Features:
+    """Load, validate and standardise the four views and the labels (``standardised=False``: the encoders'
+    own values, for their retrieval by cosine).
 
     Any feature width is accepted (another backbone or text model) as long as the two files of a
-    modality agree; fix-it commands keep the user's ``--data-dir``.
+    modality agree; fix-it commands keep the user's ``--data-dir`` and name the encoders.
     """
     preset = get_preset(preset_name)
     data_dir = paths.image.parent
@@ -181,12 +184,13 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     resolved = resolve_labels(data, ds, paths.dataset_json, labels_csv)
     offsets = caption_offsets(data)
     n_captions = int(offsets[-1])
-    img_hint = files.image_emb_command(ds, BASE_IMAGE_SET, data_dir)
+    img_hint = files.image_emb_command(ds, BASE_IMAGE_SET, data_dir, encoder=encoder)
     image = load_feature_file(paths.image, files.IMAGE_EMB_KEY, n, img_hint, "image feature")
     image_aug = load_feature_file(paths.image_aug, files.IMAGE_EMB_KEY, n,
-                                  files.image_emb_command_for_file(ds, paths.image_aug, data_dir=data_dir),
+                                  files.image_emb_command_for_file(ds, paths.image_aug, data_dir=data_dir,
+                                                                   encoder=encoder),
                                   "image feature", width=image.shape[1])
-    cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY, data_dir)
+    cap_hint = files.caption_emb_command(ds, BASE_CAPTION_KEY, data_dir, text_encoder)
     caption = load_feature_file(paths.caption, files.CAPTION_EMB_KEY, n, cap_hint, "caption feature",
                                 n_captions=n_captions)
     read = [(paths.image, files.IMAGE_EMB_KEY), (paths.image_aug, files.IMAGE_EMB_KEY),
@@ -196,17 +200,18 @@ def load_features(ds: DatasetInfo, paths: FeatureFiles, preset_name: str, origin
     else:
         caption_aug = load_feature_file(
             paths.caption_aug, files.CAPTION_EMB_KEY, n,
-            files.caption_emb_command(ds, preset.aug_caption_key, data_dir),
+            files.caption_emb_command(ds, preset.aug_caption_key, data_dir, text_encoder),
             "caption feature", width=caption.shape[1], n_captions=n_captions,
         )
         read.append((paths.caption_aug, files.CAPTION_EMB_KEY))
     warnings = [w for w in (random_encoder_warning(path, key) for path, key in dict.fromkeys(read)) if w]
     warnings += [w for w in [dropped_warning(data), *resolved.warnings] if w]
+    scale = standardise if standardised else (lambda x: x)
     return Features(
-        image=standardise(image),
-        image_aug=standardise(image_aug),
-        caption=standardise(caption),
-        caption_aug=standardise(caption_aug) if caption_aug is not caption else None,
+        image=scale(image),
+        image_aug=scale(image_aug),
+        caption=scale(caption),
+        caption_aug=scale(caption_aug) if caption_aug is not caption else None,
         labels=resolved.values,
         n_classes=resolved.n_classes,
         warnings=warnings,

@@ -160,10 +160,12 @@ def _feature_paths(cfg: dict, ds, data_dir: Path | None):
     if data_dir is not None:
         if not data_dir.is_dir():
             raise DUCHError(f"--data-dir {data_dir}: no such folder")
-        return resolve_files(ds, data_dir, cfg["preset"], cfg.get("img_aug_emb"))
+        return resolve_files(ds, data_dir, cfg["preset"], cfg.get("img_aug_emb"), cfg.get("encoder"),
+                             cfg.get("text_encoder"))
     recorded = cfg.get("files") or {}
     if not recorded:
-        return resolve_files(ds, cfg.get("data_dir", ds.default_data_dir), cfg["preset"], cfg.get("img_aug_emb"))
+        return resolve_files(ds, cfg.get("data_dir", ds.default_data_dir), cfg["preset"], cfg.get("img_aug_emb"),
+                             cfg.get("encoder"), cfg.get("text_encoder"))
     return FeatureFiles(**{k: Path(v) for k, v in recorded.items() if k in FeatureFiles.__dataclass_fields__})
 
 

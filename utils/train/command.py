@@ -11,7 +11,8 @@ import sys
 from typing import Callable
 
 from configs.datasets import get_dataset, is_dataset_file
-from configs.train import METHODS, TrainConfig, check_config
+from configs.encoders import DEFAULT_IMAGE_ENCODER, text_encoder_of
+from configs.train import FLOAT_METHOD, METHODS, TrainConfig, check_config
 from utils.errors import DUCHError
 from utils.logs import setup_logger
 from utils.paths import safe_name
@@ -89,6 +90,8 @@ def config_from_args(args: argparse.Namespace, grid: bool = False, parser: Parse
         valid_freq=flags["valid_freq"],
         original_quirks=args.original_quirks, data_dir=data_dir, out_dir=args.out_dir,
         img_aug_emb=args.img_aug_emb, device=args.device,
+        encoder=getattr(args, "encoder", None) or DEFAULT_IMAGE_ENCODER,
+        text_encoder=text_encoder_of(getattr(args, "encoder", None), getattr(args, "text_encoder", None)),
     )
 
 
@@ -134,11 +137,12 @@ def _ensure_demo(cfg: TrainConfig) -> None:
 
 
 def grid_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
-    """Every (dataset, method, bit) the flags name, in that nesting order, without repeats."""
+    """Every (dataset, method, bit) the flags name, in that nesting order, without repeats; the float reference
+    has no bits: one cell per dataset."""
     datasets = list(dict.fromkeys(_dataset_value(v) for v in _values(args.dataset)))
     methods = list(dict.fromkeys(str(v).lower() for v in _values(getattr(args, "method", "duch"))))
     bits = list(dict.fromkeys(int(v) for v in _values(args.bit)))
-    return [(d, m, b) for d in datasets for m in methods for b in bits]
+    return [(d, m, b) for d in datasets for m in methods for b in (bits[:1] if m == FLOAT_METHOD else bits)]
 
 
 def cell_args(args: argparse.Namespace, dataset: str, method: str, bit: int) -> argparse.Namespace:
@@ -170,6 +174,20 @@ def describe(cfg: TrainConfig, out: str, overwrite: bool = False) -> dict:
     print(printable(describe_table(report), keep="\n"))
     print(f"wrote {path}")
     return report
+
+
+def _float(cfg: TrainConfig, args: argparse.Namespace, typed: set[str]) -> dict:
+    """--method float: the features' own retrieval by cosine similarity (utils/train/float_run.py)."""
+    from utils import distributed
+    from utils.train.float_run import float_run
+
+    if args.resume:
+        raise DUCHError("--method float trains nothing, so there is nothing to --resume; run it again with --overwrite")
+    if distributed.torchrun_world_size() > 1:
+        raise DUCHError("--method float scores in one process: run it with python main.py, not torchrun")
+    if cfg.dataset == "demo" and args.data_dir is None and not args.test:
+        _ensure_demo(cfg)
+    return float_run(cfg, typed, test=args.test, overwrite=args.overwrite)
 
 
 def run(args: argparse.Namespace, parser: ParserFactory) -> dict:
@@ -212,6 +230,9 @@ def run(args: argparse.Namespace, parser: ParserFactory) -> dict:
     if getattr(args, "describe", None):
         return describe(cfg, args.describe, args.overwrite)
     from utils import distributed
+
+    if cfg.method == FLOAT_METHOD:
+        return _float(cfg, args, typed)
     from utils.train import runner
 
     if distributed.torchrun_world_size() > 1:  # launched by torchrun: one process per device

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from configs.train import TrainConfig
+from configs.train import FLOAT_METHOD, TrainConfig
 from utils.logs import setup_logger
 from utils.train import runner
 from utils.train.checkpoints import LAST_NAME
@@ -21,6 +21,8 @@ from utils.train.run_config import read_run_config
 def run_state(cfg: TrainConfig) -> str:
     """ "new", "interrupted" (epochs left), "untested" (all epochs, no metrics.json) or "finished"."""
     run_dir = runner.run_dir_of(cfg)
+    if cfg.method == FLOAT_METHOD:  # nothing trained: finished once scored
+        return "finished" if (run_dir / "metrics.json").is_file() else "new"
     if not (run_dir / LAST_NAME).exists():
         return "new"
     history = runner.read_history(run_dir)
@@ -44,7 +46,11 @@ def run_grid(configs: list[TrainConfig], typed: set[str] | frozenset = frozenset
         logger.info(f"grid {i}/{len(configs)}: {run_dir} ({state})")
         if state == "finished":
             continue
-        if state == "untested":
+        if cfg.method == FLOAT_METHOD:
+            from utils.train.float_run import float_run
+
+            float_run(cfg, typed)
+        elif state == "untested":
             runner.test_run(cfg, typed)
         else:
             runner.train(cfg, resume=state == "interrupted", typed=typed)

@@ -14,7 +14,7 @@ from utils.fingerprints import check_unchanged, fingerprints
 from utils.io import read_json
 
 # settings that name the run folder: they must agree with config.json whether typed or not
-RUN_IDENTITY = ("dataset", "bit", "preset", "method")
+RUN_IDENTITY = ("dataset", "bit", "preset", "method", "encoder", "text_encoder")
 
 
 def input_fingerprints(cfg: TrainConfig, paths: FeatureFiles) -> dict:

@@ -75,11 +75,13 @@ def instance_rows(images: list[int], offsets: np.ndarray) -> tuple[np.ndarray, n
 class RunData:
     """Features, split and the device tensors of one run."""
 
-    def __init__(self, cfg: TrainConfig, device):
+    def __init__(self, cfg: TrainConfig, device, standardised: bool = True):
         ds = get_dataset(cfg.dataset, cfg.name)
-        self.paths = resolve_files(ds, cfg.data_dir, cfg.preset, cfg.img_aug_emb)
+        self.paths = resolve_files(ds, cfg.data_dir, cfg.preset, cfg.img_aug_emb, cfg.encoder, cfg.text_encoder)
         cfg.files = self.paths.to_json()
-        self.features: Features = load_features(ds, self.paths, cfg.preset, cfg.original_quirks, labels_csv=cfg.labels)
+        self.features: Features = load_features(ds, self.paths, cfg.preset, cfg.original_quirks, labels_csv=cfg.labels,
+                                                encoder=cfg.encoder, text_encoder=cfg.text_encoder,
+                                                standardised=standardised)
         cfg.select = selection_metric(cfg, self.features.labels is not None)
         self.select = cfg.select
         self.protocol = split_protocol(cfg)

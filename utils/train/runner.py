@@ -75,7 +75,7 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text(run_dir / HISTORY_NAME, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings: list[str], **extra) -> dict:
+def config_record(cfg: TrainConfig, device, mode: str, data: RunData, warnings: list[str], **extra) -> dict:
     return {
         **cfg.to_json(), "inputs": input_fingerprints(cfg, data.paths),
         "feature_widths": data.features.widths, "resolved_device": str(device), "mode": mode,
@@ -286,7 +286,7 @@ def _train(cfg: TrainConfig, run_dir: Path, saved: dict | None, publish_to: Path
     trainer = _trainer_class(cfg, ctx.distributed)(cfg, data.train_views, data.valid_query, data.valid_db, device)
     trainer.instance = data.valid_instance
     history: list[dict] = []
-    record = _config_record(cfg, device, "train", data, warnings, **ctx.record())
+    record = config_record(cfg, device, "train", data, warnings, **ctx.record())
     if saved is not None:
         state = load_checkpoint(last_path)  # on the CPU: RNG states must stay CPU tensors
         _check_widths(state, data, last_path)
@@ -419,7 +419,7 @@ def test(cfg: TrainConfig, run_dir: Path | None = None, data: RunData | None = N
         warnings = run_warnings(cfg, data)
         _log_warnings(logger, warnings)
         write_json(run_dir / f"test_config{suffix}.json",
-                   _config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
+                   config_record(cfg, device, "test", data, warnings, checkpoint=ckpt_path.name))
     if str(payload.get("method", "duch")) != cfg.method:
         raise DUCHError(f"{ckpt_path} holds a {payload.get('method', 'duch')} model but the run is set to "
                         f"--method {cfg.method}; the checkpoint does not belong to this run folder")
