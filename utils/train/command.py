@@ -71,14 +71,15 @@ def config_from_args(args: argparse.Namespace, grid: bool = False, parser: Parse
     data_dir = args.data_dir or get_dataset(dataset, name).default_data_dir
     split, split_file = parse_split(getattr(args, "split", None))
     schedule, params = {}, {}
-    if method in METHODS and method != "duch":
+    if method in METHODS and method not in ("duch", FLOAT_METHOD):
         from configs.baselines import SCHEDULE_FLAGS, method_params, parse_overrides
 
         params = parse_overrides(method, method_params(method, dataset), getattr(args, "param", []))
         typed = typed_settings(args, parser)
         schedule = {k: params[k] for k in SCHEDULE_FLAGS if k not in typed}
     elif getattr(args, "param", None) and not grid:
-        raise DUCHError("--param sets a baseline's hyperparameters (--method djsrh or jdsh); DUCH has its own flags")
+        raise DUCHError("--param sets a baseline's hyperparameters (--method djsrh or jdsh); DUCH has its own flags, "
+                        "the float reference none")
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "valid_freq": args.valid_freq, **schedule}
     return TrainConfig(
         dataset=dataset, name=name, split=split, split_file=split_file, labels=getattr(args, "labels", None),

@@ -38,6 +38,8 @@ class RunResult:
     avg: float | None
     curves: dict = field(default_factory=dict)  # p@k, precision_radius, recall_radius by direction
     select: str = "map"  # the validation score that kept the model (--select; runs made before: map)
+    i2i: float | None = None
+    t2t: float | None = None
     encoders: str = ""  # "" for the paper's features, else "@<tag>" (TrainConfig.encoders_part)
     bytes_per_item: int | None = None  # float reference: image + caption float32 bytes
 
@@ -105,6 +107,7 @@ def load_result(run_dir: str | Path) -> RunResult:
     result.curves = {k: metrics[k] for k in ("p@k", "precision_radius", "recall_radius", "precision_rank",
                                               "recall_rank") if k in metrics}
     result.select = str(config.get("select") or "map")
+    result.i2i, result.t2t = four[2], four[3]
     from configs.train import TrainConfig
 
     result.encoders = TrainConfig(encoder=str(config.get("encoder") or TrainConfig.encoder),
@@ -160,7 +163,7 @@ def cells(results: list[RunResult]) -> dict[str, dict[str, dict[int, Cell]]]:
             cell = (
                 out.setdefault(r.dataset, {})
                 .setdefault(r.row, {})
-                .setdefault(bit, Cell({"i2t": [], "t2i": [], "avg": []}, [], bytes_per_item=r.bytes_per_item))
+                .setdefault(bit, Cell({k: [] for k in CELL_KEYS}, [], bytes_per_item=r.bytes_per_item))
             )
             if r.seed in cell.seeds:
                 raise DUCHError(
@@ -169,13 +172,18 @@ def cells(results: list[RunResult]) -> dict[str, dict[str, dict[int, Cell]]]:
                 )
             cell.seeds.append(r.seed)
             cell.selects.add(r.select)
-            for key in ("i2t", "t2i", "avg"):
+            for key in CELL_KEYS:
                 cell.values[key].append(getattr(r, key))
     return out
 
 
+CELL_KEYS = ("i2t", "t2i", "avg", "i2i", "t2t")
+
+
 def _fmt(cell: Cell, key: str) -> str:
     if not cell.defined(key):
+        if key == "avg" and cell.defined("i2i") and cell.defined("t2t"):  # float embeddings of two spaces
+            return f"n/a (I->I {_fmt(cell, 'i2i')}, T->T {_fmt(cell, 't2t')})"
         return "n/a"
     return f"{cell.mean(key):.3f}" if cell.n == 1 else f"{cell.mean(key):.3f} ± {cell.std(key):.3f}"
 
