@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from models.image_encoder import build_image_encoder, encode_image_files
+from configs.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, text_encoder_kind
+from models.image_encoder import FEATURE_DIM, build_image_backbone, encode_image_files
 from models.text_encoder import embed_captions, load_text_model
 from utils.data.images import check_images_readable
 from utils.data.transforms import AugParams, SeededTransform, check_image_aug_set
@@ -62,7 +63,7 @@ class FeatureStats:
 
 @dataclass(frozen=True)
 class ImageEncoderSpec:
-    """How ResNet18 features were made: weights, transform set and its parameters, normalisation."""
+    """How image features were made: encoder, weights, transform set and its parameters, normalisation."""
 
     weights: str  # 'imagenet', 'none' (random init from torch seed ``seed``) or a state-dict file
     img_aug: str = "center_crop_only"
@@ -76,6 +77,8 @@ class ImageEncoderSpec:
     features_train_mode: bool = False  # the features were made with batch statistics (--original-quirks)
     bit_depth: int = 16  # significant bits of 16-bit images (images_augment.py --bit-depth)
     source: str = "feature file attributes"
+    encoder: str = DEFAULT_IMAGE_ENCODER  # images_augment.py --encoder (configs/encoders.py)
+    width: int = FEATURE_DIM  # of the features it makes
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -90,7 +93,11 @@ class ImageEncoderSpec:
         """The spec recorded by ``images_augment.py``, or None when the file does not say its weights."""
         description = str(attrs.get("weights", ""))
         sha = None
-        if description.startswith("torchvision ResNet18_Weights"):
+        if attrs.get("encoder_name"):  # another encoder than ResNet18: named as given, weights flag as given
+            weights = str(attrs.get("weights_flag", "imagenet"))
+            if (match := _FILE_WEIGHTS.match(description)):
+                sha = match["sha"]
+        elif description.startswith("torchvision ResNet18_Weights"):
             weights = "imagenet"
         elif description.startswith("none"):
             weights = "none"
@@ -112,6 +119,8 @@ class ImageEncoderSpec:
             weights_sha256=sha,
             features_train_mode=bool(attrs.get("original_quirks", False)),
             bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(conversion)) else 16,
+            encoder=str(attrs.get("encoder_name") or DEFAULT_IMAGE_ENCODER),
+            width=int(attrs.get("width", FEATURE_DIM)),
         )
 
     @classmethod
@@ -123,7 +132,7 @@ class ImageEncoderSpec:
                    normalize=normalize, weights_sha256=sha, bit_depth=bit_depth, source="flags (--weights, --img-aug)")
 
     def build(self, device):
-        """(ResNet18 in eval mode on ``device``, transform (PIL image, index) -> tensor)."""
+        """(the encoder in eval mode on ``device``, transform (PIL image, index) -> tensor)."""
         if self.weights_sha256 and self.weights not in ("imagenet", "none"):
             path = Path(self.weights)
             if path.is_file() and sha256_of(path) != self.weights_sha256:
@@ -139,13 +148,17 @@ class ImageEncoderSpec:
             torch.manual_seed(self.seed)  # images_augment.py seeds before building: same random weights
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the random-weights warning was given when the features were made
-                model, _ = build_image_encoder(self.weights)
+                backbone = build_image_backbone(self.encoder, self.weights)
+        if backbone.width != self.width:
+            raise DUCHError(f"image encoder {self.encoder} now makes {backbone.width}-d features, the index's are "
+                            f"{self.width}-d: it is not the encoder the features were made with")
         params = AugParams(tuple(self.crop_size), tuple(self.rot_deg), tuple(self.blur_val), self.jit_str)
-        transform = SeededTransform(self.img_aug, params, normalize=self.normalize, seed=self.seed)
-        return model.to(device).eval(), transform
+        transform = SeededTransform(self.img_aug, params, normalize=self.normalize, seed=self.seed,
+                                    preprocess=backbone.preprocess)
+        return backbone.model.to(device).eval(), transform
 
     def encode(self, encoder, paths: Sequence[Path], device, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-        """Raw 512-d features of image files, rows in order, as images_augment.py computes them; ``encoder`` from
+        """Raw features of image files, rows in order, as images_augment.py computes them; ``encoder`` from
         ``build``."""
         model, transform = encoder
         return encode_image_files(model, transform, list(paths), device, batch_size, num_workers,
@@ -171,7 +184,8 @@ def find_image_files(folder: str | Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class TextEncoderSpec:
-    """How caption features were made by ``captions_embed.py``: model, hidden states, operator, pooling."""
+    """How caption features were made by ``captions_embed.py``: the paper's BERT pooling (model, hidden states,
+    operator) or a CLIP-family checkpoint (``encoder``, which fixes the rest)."""
 
     model: str
     max_length: int = 64
@@ -180,6 +194,7 @@ class TextEncoderSpec:
     original_quirks: bool = False
     model_source: str | None = None
     source: str = "feature file attributes"
+    encoder: str = DEFAULT_TEXT_ENCODER  # captions_embed.py --encoder (configs/encoders.py)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -197,14 +212,23 @@ class TextEncoderSpec:
             hidden_states=int(attrs.get("hidden_states", 4)), operator=str(attrs.get("operator", "sum")),
             original_quirks=bool(attrs.get("original_quirks", False)),
             model_source=str(attrs["model_source"]) if attrs.get("model_source") else None,
+            encoder=str(attrs.get("encoder_name") or DEFAULT_TEXT_ENCODER),
         )
 
     def load(self, device):
         # the resolved folder when it still exists (a hub name resolves through the cache again)
         name = self.model_source if self.model_source and Path(self.model_source).is_dir() else self.model
+        if text_encoder_kind(self.encoder) == "checkpoint":
+            from models.clip_encoder import load_clip_checkpoint
+
+            return load_clip_checkpoint(name, device, images=False, text=True)
         return load_text_model(name, device)
 
     def embed(self, text_model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if text_encoder_kind(self.encoder) == "checkpoint":
+            from models.clip_encoder import embed_texts
+
+            return embed_texts(text_model, list(texts), batch_size=batch_size)
         return embed_captions(text_model, list(texts), max_length=self.max_length, hidden_states=self.hidden_states,
                               operator=self.operator, original_quirks=self.original_quirks, batch_size=batch_size,
                               progress=False)

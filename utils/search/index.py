@@ -26,7 +26,6 @@ import numpy as np
 from configs import files
 from configs.datasets import get_dataset
 from configs.presets import BASE_IMAGE_SET
-from models.image_encoder import FEATURE_DIM
 from utils.data.dataset_json import caption_offsets, load_dataset_json
 from utils.data.features import FeatureFiles, load_feature_file, resolve_files
 from utils.data.images import find_image
@@ -341,7 +340,7 @@ def encode_image_dir(image_dir: Path, spec: ImageEncoderSpec, out_dir: Path, dev
     plan = {"image_dir": str(image_dir.resolve()), "files": [p.relative_to(image_dir).as_posix() for p in paths],
             "encoder": spec.to_json(), "shard_size": opts.shard_size,
             "inputs": {p.relative_to(image_dir).as_posix(): v for p, v in zip(paths, file_stats(paths).values())}}
-    shards = resume.ShardFolder(shard_dir, len(paths), opts.shard_size, FEATURE_DIM)
+    shards = resume.ShardFolder(shard_dir, len(paths), opts.shard_size, spec.width)
     other_plan = shards.plan_differs(plan)
     if other_plan and not opts.overwrite:
         old = read_json(shard_dir / resume.PLAN_NAME, "shard plan")
@@ -396,10 +395,10 @@ def _usable_image_spec(spec: ImageEncoderSpec | None, path: Path, width: int,
         raise DUCHError(f"the image features {path} carry no record of their encoder, so --image-dir cannot "
                         "encode new images the same way; name it with --weights (imagenet, none or a .pth file) and "
                         "--img-aug (the transform set the features were made with, e.g. center_crop_only)")
-    if spec is not None and width != FEATURE_DIM:
+    if spec is not None and width != spec.width:
         if opts.image_dir is not None or opts.weights:
-            raise DUCHError(f"the image features {path} are {width} wide, not ResNet18's "
-                            f"{FEATURE_DIM}: new images cannot be encoded like them")
+            raise DUCHError(f"the image features {path} are {width} wide, not the {spec.width} of their encoder "
+                            f"({spec.encoder}): new images cannot be encoded like them")
         return None
     return spec
 
