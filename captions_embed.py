@@ -31,11 +31,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="folder with the dataset JSON and the feature files (default: the dataset's, e.g. data)")
     parser.add_argument("--encoder", default=DEFAULT_TEXT_ENCODER, metavar="NAME",
-                        help="bert: the paper's pooling of the hidden states of --model; or a CLIP-family checkpoint "
-                             "(a Hugging Face hub id namespace/name, or a local folder), whose text tower, projection "
-                             "and tokenizer embed the captions and whose files carry its tag; --model, --max-length, "
-                             "--hidden-states and --operator then do not apply (docs/encoders.md) (default: "
-                             "%(default)s)")
+                        help="bert: the paper's pooling (the flags below), or a CLIP-family checkpoint, a hub id "
+                             "namespace/name or a local folder, whose text tower embeds the captions (docs/encoders.md)"
+                             " (default: %(default)s)")
     parser.add_argument("--model", default=DEFAULT_TEXT_MODEL,
                         help="with --encoder bert: Hugging Face model name or local folder (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,

@@ -204,7 +204,7 @@ def test_clip_features_train_test_float_compare_and_search(setting, tmp_path):
     compare = compare_runs([run_dir, float_dir], tmp_path / "compare")
     table = (tmp_path / "compare" / "compare_demo.md").read_text()
     assert "| duch @tiny-clip |" in table and "float @tiny-clip (float32, 128 B/item)" in table
-    assert "16 bits (2 B/item)" in table and compare["figures"]
+    assert "16 bits 2 B" in table and compare["figures"]
     run_search("index", "--run", run_dir, "--no-progress")
     manifest = json.loads((run_dir / "index" / "manifest.json").read_text())
     assert manifest["encoders"]["image"]["encoder"] == str(clip) and manifest["encoders"]["image"]["width"] == 16

@@ -194,9 +194,10 @@ def markdown_table(dataset: str, by_method: dict[str, dict[int, Cell]]) -> str:
     multi = any(c.n > 1 for per_bit in by_method.values() for c in per_bit.values())
     selects = sorted({x for per_bit in by_method.values() for c in per_bit.values() for x in c.selects} - {"-"})
     mixed = len(selects) > 1
-    head = ["method"] + [h for b in bits for h in (f"{b} bits ({b / 8:g} B/item) I->T / T->I", f"{b} bits avg")]
+    head = ["method"] + [h for b in bits for h in (f"{b} bits I->T / T->I", f"{b} bits avg")]
     lines = [
-        f"mAP@20 on {dataset} (I->T / T->I; avg: mean of I->T, T->I, I->I, T->T; [paper])"
+        f"mAP@20 on {dataset} (I->T / T->I; avg: mean of I->T, T->I, I->I, T->T; [paper]; a B-bit code takes B/8 "
+        f"bytes per item: {', '.join(f'{b} bits {b / 8:g} B' for b in bits)})"
         + ("; mean ± std over seeds (n)" if multi else "")
         + (f"; models selected on validation {SELECT_NAMES.get(selects[0], selects[0])}" if not mixed else
            "; models selected on validation mAP@20 or mR, as each cell says"),
