@@ -209,12 +209,21 @@ def test_clip_features_train_test_float_compare_and_search(setting, tmp_path):
     manifest = json.loads((run_dir / "index" / "manifest.json").read_text())
     assert manifest["encoders"]["image"]["encoder"] == str(clip) and manifest["encoders"]["image"]["width"] == 16
     assert manifest["encoders"]["text"]["encoder"] == str(clip)
-    from utils.search.query import QueryEncoder  # noqa: F401 (the page's and the CLI's encoder of new queries)
+    text = run_search("query", "--index", run_dir / "index", "--text", "a river", "-k", "3", "--quiet")[0]
+    image = run_search("query", "--index", run_dir / "index", "--image", sorted((data / "images").iterdir())[0],
+                       "-k", "3", "--quiet")[0]
+    assert len(text["results"]) == 3 and len(image["results"]) == 3
+    # the service encodes a sentence with the same tower: the same answer as the command line
+    from tests.test_serve import Served
+    from utils.search.server import SearchService, create_app
 
-    text = run_search("query", "--index", run_dir / "index", "--text", "a river", "--k", "3")
-    image = run_search("query", "--index", run_dir / "index", "--image",
-                       next((data / "images").iterdir()), "--k", "3")
-    assert text and image
+    service = SearchService(run_dir / "index", "cpu")
+    server = Served(service, create_app(service))
+    try:
+        status, answer = server.get("/api/search", text="a river", target="images", k=3)
+    finally:
+        server.stop()
+    assert status == 200 and answer == json.loads(json.dumps(text))
 
 
 def test_float_reference_of_two_spaces_reports_unimodal_directions(setting, tmp_path):
