@@ -241,12 +241,9 @@ def build_random_clip(out_dir: str | Path, family: str = "clip", *, width: int =
         processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     else:
         raise ValueError(f"family must be clip or siglip, got {family!r}")
-    state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         model = model_cls(config)
-    finally:
-        torch.random.set_rng_state(state)
     model.save_pretrained(str(out_dir))
     processor.save_pretrained(str(out_dir))
     return out_dir

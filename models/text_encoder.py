@@ -310,11 +310,8 @@ def build_random_bert(
         num_attention_heads=num_heads, intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings, pad_token_id=0, **{RANDOM_WEIGHTS_MARKER: True},
     )
-    generator_state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(seed)
         model = BertModel(config)
-    finally:
-        torch.random.set_rng_state(generator_state)
     model.save_pretrained(str(out_dir))
     return out_dir
