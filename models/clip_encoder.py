@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from configs.encoders import CLIP_FAMILY
-from models.hub import from_pretrained_local_first
+from models.hub import from_pretrained_local_first, missing_model_error, one_line
 from models.text_encoder import RANDOM_WEIGHTS_MARKER, TOKENIZER_FILES
 from utils.errors import DUCHError
 
@@ -63,17 +63,11 @@ class ClipCheckpoint:
 
 
 def _missing(name: str, reason: str) -> DUCHError:
-    return DUCHError(
-        f"cannot load CLIP-family checkpoint {name!r} ({reason}). Provide it one of two ways: download it once with "
-        f"network (python -c \"from transformers import AutoModel, AutoProcessor; AutoModel.from_pretrained('{name}');"
-        f" AutoProcessor.from_pretrained('{name}')\") so it is in the Hugging Face cache, or pass --encoder "
-        f"/path/to/folder, a folder written by save_pretrained (config.json, weights, preprocessor_config.json, "
-        f"tokenizer files)"
-    )
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())[:300] or type(err).__name__
+    return missing_model_error(
+        "CLIP-family checkpoint", name, reason[:300], f"from transformers import AutoModel, AutoProcessor; "
+        f"AutoModel.from_pretrained('{name}'); AutoProcessor.from_pretrained('{name}')", "--encoder",
+        "/path/to/folder, a folder written by save_pretrained (config.json, weights, preprocessor_config.json, "
+        "tokenizer files)")
 
 
 def load_clip_checkpoint(name: str, device="cpu", *, images: bool = True, text: bool = True) -> ClipCheckpoint:
@@ -103,7 +97,7 @@ def load_clip_checkpoint(name: str, device="cpu", *, images: bool = True, text: 
     try:
         config = from_pretrained_local_first(AutoConfig, source)
     except (OSError, ValueError) as err:
-        raise _missing(name, _one_line(err)) from None
+        raise _missing(name, one_line(err)) from None
     model_type = str(getattr(config, "model_type", ""))
     if model_type not in CLIP_FAMILY:
         raise DUCHError(f"--encoder {name}: a {model_type or 'model'} checkpoint, not a CLIP-family one "
@@ -116,7 +110,7 @@ def load_clip_checkpoint(name: str, device="cpu", *, images: bool = True, text: 
         try:
             loaded[key] = from_pretrained_local_first(cls, source)
         except (OSError, ValueError, TypeError) as err:
-            raise _missing(name, f"its {key.replace('_', ' ')}: {_one_line(err)}") from None
+            raise _missing(name, f"its {key.replace('_', ' ')}: {one_line(err)}") from None
     model = loaded.pop("model").eval().to(torch.device(device))
     return ClipCheckpoint(name=name, source=source, model=model, model_type=model_type, **loaded)
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.errors import did_you_mean
+from utils.errors import DUCHError, did_you_mean
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -51,3 +51,18 @@ def suggest_model(name: str) -> str:
 
     known = [*model2layers, *cached_model_names()]
     return "" if name in known else did_you_mean(name, known)
+
+
+def one_line(err: Exception) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def missing_model_error(what: str, name: str, reason: str, download: str, flag: str, folder: str,
+                        hint: str = "") -> DUCHError:
+    """One error for a model that cannot be loaded: what and why, and the two ways to provide it (the Hugging
+    Face cache, filled by the ``download`` code, or a folder given by ``flag``)."""
+    return DUCHError(
+        f"cannot load {what} {name!r} ({reason}){hint}. Provide it one of two ways: download it once with network "
+        f"(python -c \"{download}\") so it is in the Hugging Face cache, or pass {flag} {folder}"
+    )

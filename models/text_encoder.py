@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.hub import from_pretrained_local_first, suggest_model
+from models.hub import from_pretrained_local_first, missing_model_error, one_line, suggest_model
 from utils.errors import DUCHError
 
 DEFAULT_TEXT_MODEL = "bert-base-uncased"
@@ -93,18 +93,12 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def _missing_model_error(name: str, reason: str) -> DUCHError:
-    return DUCHError(
-        f"cannot load text model {name!r} ({reason}){suggest_model(name)}. Provide it one of two ways: download it "
-        f"once with network (python -c \"from transformers import AutoModel, AutoTokenizer; "
-        f"AutoTokenizer.from_pretrained('{name}'); AutoModel.from_pretrained('{name}')\") so it is in "
-        f"the Hugging Face cache, or pass --model /path/to/local/dir, a folder holding config.json, "
-        f"the weights and the tokenizer files (as written by save_pretrained)"
-    )
+    return missing_model_error(
+        "text model", name, reason, f"from transformers import AutoModel, AutoTokenizer; "
+        f"AutoTokenizer.from_pretrained('{name}'); AutoModel.from_pretrained('{name}')", "--model",
+        "/path/to/local/dir, a folder holding config.json, the weights and the tokenizer files (as written by "
+        "save_pretrained)", hint=suggest_model(name))
 
 
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
@@ -137,15 +131,15 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device="cpu") -> TextModel:
         tokenizer = from_pretrained_local_first(AutoTokenizer, source)
     except (OSError, ValueError, TypeError) as err:
         if is_folder:  # transformers' message whole, on one line, and what usually causes it
-            raise DUCHError(f"cannot load the tokenizer of text model folder {path}: {_one_line(err)} (save the "
+            raise DUCHError(f"cannot load the tokenizer of text model folder {path}: {one_line(err)} (save the "
                             "tokenizer into the folder with save_pretrained, which writes tokenizer.json)") from None
-        raise _missing_model_error(name, _one_line(err)[:300]) from None
+        raise _missing_model_error(name, one_line(err)[:300]) from None
     try:
         model = from_pretrained_local_first(AutoModel, source)
     except (OSError, ValueError) as err:
         if is_folder:
-            raise DUCHError(f"cannot load the weights of text model folder {path}: {_one_line(err)[:300]}") from None
-        raise _missing_model_error(name, _one_line(err)[:300]) from None
+            raise DUCHError(f"cannot load the weights of text model folder {path}: {one_line(err)[:300]}") from None
+        raise _missing_model_error(name, one_line(err)[:300]) from None
     if not getattr(model.config, "hidden_size", None) or not getattr(model.config, "num_hidden_layers", None):
         raise DUCHError(f"text model {name!r} is not a BERT-style encoder (its config has no "
                         "hidden_size/num_hidden_layers)")
