@@ -17,7 +17,7 @@ from configs.errors import DUCHError
 DEFAULT_IMAGE_ENCODER = "resnet18"  # the paper's: its feature files keep the authors' names
 DEFAULT_TEXT_ENCODER = "bert"  # the paper's hidden-state pooling of a BERT-style --model
 # model_type values of the checkpoints whose towers share one embedding space (config.json)
-CLIP_FAMILY = ("clip", "siglip", "siglip2")
+CLIP_FAMILY = ("clip", "siglip")
 ENCODER_KINDS = ("paper", "torchvision", "checkpoint")
 
 

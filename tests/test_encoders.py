@@ -19,7 +19,7 @@ from configs.files import IMAGE_EMB_KEY, caption_emb_name, image_emb_name, parse
 from models.clip_encoder import build_random_clip, embed_texts, load_clip_checkpoint
 from tests.conftest import run_main
 from utils.errors import DUCHError
-from utils.io import read_h5
+from utils.io import read_h5, read_h5_attrs
 
 DEMO = get_dataset("demo")
 
@@ -102,6 +102,30 @@ def test_torchvision_network_with_its_own_preprocessing(setting):
     scale = np.abs(expected).max()  # random weights: tiny activations, so tolerances scale with them
     np.testing.assert_allclose(features[0], expected, rtol=1e-4, atol=1e-4 * scale)
     assert np.abs(other - expected).max() > 1e-2 * scale
+
+
+@pytest.mark.parametrize("encoder", ["mobilenet_v3_small", "clip"])
+def test_search_encodes_new_images_and_sentences_as_the_files_were_made(setting, encoder):
+    """The recipes search.py reads from a feature file's attributes give back the file's own rows."""
+    from utils.search.encoders import ImageEncoderSpec, TextEncoderSpec
+
+    data = setting["data"]
+    name = setting.get(encoder, encoder)
+    out, features, attrs = encode_images(data, name, "--img-aug", "center_crop_only",
+                                         weights="none" if encoder != "clip" else None)
+    spec = ImageEncoderSpec.from_attrs(read_h5_attrs(out, IMAGE_EMB_KEY))
+    assert spec.encoder == str(name) and spec.width == features.shape[1]
+    images = json.loads((data / "DEMO.json").read_text())["images"]
+    paths = [data / "images" / images[i]["filename"] for i in (0, 7)]
+    again = spec.encode(spec.build("cpu"), paths, "cpu")
+    scale = np.abs(features).max()
+    np.testing.assert_allclose(again, features[[0, 7]], rtol=1e-4, atol=1e-4 * scale)
+    if encoder == "clip":
+        written = embed_captions(data, name)
+        rows = read_h5(written["raw"], "caption_emb")[:2]
+        text_spec = TextEncoderSpec.from_attrs(read_h5_attrs(written["raw"], "caption_emb"))
+        sentences = [s["raw"] for s in images[0]["sentences"][:2]]
+        np.testing.assert_allclose(text_spec.embed(text_spec.load("cpu"), sentences), rows, rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_torchvision_name_and_paper_only_flags(setting, capsys):
