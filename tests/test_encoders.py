@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -37,7 +38,7 @@ def setting(tmp_path_factory):
 
 def encode_images(data, encoder, *extra, weights=None):
     args = ["--dataset", "demo", "--data-dir", str(data), "--encoder", str(encoder), "--num-workers", "0",
-            "--no-progress", "--device", "cpu", *extra]
+            "--no-progress", "--device", "cpu", "--overwrite", *extra]  # tests share the data folder, in any order
     if weights:
         args += ["--weights", weights]
     with warnings.catch_warnings():
@@ -249,15 +250,33 @@ def test_clip_features_train_test_float_compare_and_search(setting, tmp_path):
     server = Served(service, create_app(service))
     try:
         status, answer = server.get("/api/search", text="a river", target="images", k=3)
+        described = server.get("/api/index")[1]["encoders"]
     finally:
         server.stop()
     assert status == 200 and answer == json.loads(json.dumps(text))
+    assert described["image"]["encoder"] == described["text"]["encoder"] == str(clip)
+
+
+def test_grid_scores_the_float_reference_once_for_every_bit_length(setting, tmp_path):
+    data, clip = setting["data"], setting["clip"]
+    encode_images(data, clip, "--img-aug", "center_crop_only")
+    embed_captions(data, clip)
+    argv = ["--dataset", "demo", "--preset", "no_aug", "--data-dir", str(data), "--out-dir", str(tmp_path),
+            "--encoder", str(clip), "--method", "duch", "float", "--bit", "8", "16", "--epochs", "1",
+            "--batch-size", "4"]
+    first = run_main(*argv)
+    assert sorted(Path(run).name for run in first["runs"]) == [
+        "demo_16_test_no_aug@tiny-clip", "demo_8_test_no_aug@tiny-clip", "float_demo_test_no_aug@tiny-clip"]
+    assert set(run_main(*argv)["runs"].values()) == {"finished"}  # nothing scored or trained again
+    table = (tmp_path / "compare_test_no_aug_demo.md").read_text()
+    float_row = next(line for line in table.splitlines() if line.startswith("| float @tiny-clip"))
+    assert float_row.count(" / ") == 2  # the same reference in the 8-bit and the 16-bit column
 
 
 def test_float_reference_of_two_spaces_reports_unimodal_directions(setting, tmp_path):
     """ResNet18 images with CLIP captions: no shared space, so I->T and T->I are n/a and no recall is claimed."""
     data = setting["data"]
-    encode_images(data, "resnet18", "--img-aug", "center_crop_only", "--overwrite", weights="none")
+    encode_images(data, "resnet18", "--img-aug", "center_crop_only", weights="none")
     embed_captions(data, setting["clip"])
     metrics = run_main("--dataset", "demo", "--preset", "no_aug", "--data-dir", str(data), "--out-dir",
                        str(tmp_path), "--text-encoder", str(setting["clip"]), "--method", "float")

@@ -35,6 +35,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from configs.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER
 from utils.errors import DUCHError
 from utils.search.api import (
     DEFAULT_HOST,
@@ -192,9 +193,11 @@ class SearchService:
             "removed": {t: self.index.removed_count(t) for t in TARGETS},
             "targets": list(TARGETS),
             "index": m.get("index"),
-            "encoders": {"text": {"available": self.can_encode("text"), "model": text.get("model")},
+            "encoders": {"text": {"available": self.can_encode("text"), "model": text.get("model"),
+                                  "encoder": text.get("encoder", DEFAULT_TEXT_ENCODER) if text else None},
                          "image": {"available": self.can_encode("image"), "weights": image.get("weights"),
-                                   "img_aug": image.get("img_aug")},
+                                   "img_aug": image.get("img_aug"),
+                                   "encoder": image.get("encoder", DEFAULT_IMAGE_ENCODER) if image else None},
                          "state": self.models_state},
             "checkpoint": {"which": checkpoint["which"], "epoch": checkpoint["epoch"], "sha256": checkpoint["sha256"],
                            "file": Path(checkpoint["path"]).name} if checkpoint else None,
