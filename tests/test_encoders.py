@@ -166,6 +166,11 @@ def test_checkpoint_text_follows_the_checkpoint(setting):
     together = embed_texts(clip, texts, batch_size=3)
     alone = np.concatenate([embed_texts(clip, [t], batch_size=1) for t in texts])
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    # a torchrun rank's share: its run of the one-process batches, with their rows
+    shares = [embed_texts(clip, texts, batch_size=1, shard=(rank, 2)) for rank in (0, 1)]
+    rows = np.concatenate([r for r, _ in shares])
+    assert sorted(rows.tolist()) == [0, 1, 2]
+    np.testing.assert_allclose(np.concatenate([v for _, v in shares]), alone[rows], rtol=1e-4, atol=1e-5)
     siglip = load_clip_checkpoint(str(setting["siglip"]), images=False)
     assert siglip.pads_to_max_length and siglip.max_tokens == 32
     tokens = siglip.tokenizer(texts[:1], padding="max_length", max_length=32, truncation=True, return_tensors="pt")
