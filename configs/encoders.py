@@ -63,14 +63,13 @@ def text_encoder_of(encoder: str | None, text_encoder: str | None) -> str:
 
 def encoder_tag(name: str | None) -> str | None:
     """The part of a feature file's name that says its encoder; None for the paper's encoders (their files keep
-    the authors' names). A folder gives its name, a hub id its ``namespace--name`` (the Hub cache's spelling)."""
+    the authors' names). The last part of the name as written: a torchvision name itself, a hub id's model name
+    (``openai/clip-vit-base-patch32`` -> ``clip-vit-base-patch32``), a folder's name. It depends on the name
+    only, so a run finds its files from any working folder."""
     if name is None or name in (DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER):
         return None
-    name = str(name).rstrip("/\\")
-    path = Path(name).expanduser()
-    if path.is_dir() or name.startswith((".", "~")) or path.is_absolute() or name.count("/") > 1 or "\\" in name:
-        raw = path.resolve().name if path.is_dir() else path.name
-    else:
-        raw = name.replace("/", "--")
+    raw = re.split(r"[/\\]", str(name).rstrip("/\\"))[-1]
+    if raw in ("", ".", "..", "~"):  # a folder named by a relative mark: its own name
+        raw = Path(str(name)).expanduser().resolve().name
     tag = re.sub(r"[^A-Za-z0-9_.+=,-]", "_", raw).strip(".") or "encoder"
     return tag[:80]

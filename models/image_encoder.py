@@ -191,6 +191,7 @@ class ImageBackbone:
     weights: str  # description, for provenance
     preprocess: object = None
     preprocessing: str = ""
+    source: str | None = None  # a checkpoint's resolved folder (or its hub id)
 
     @property
     def width(self) -> int:
@@ -222,7 +223,7 @@ def build_image_backbone(encoder: str = DEFAULT_IMAGE_ENCODER, weights: str = "i
                          f"{checkpoint.describe('vision')} ({checkpoint.source})"
                          + (" (random weights)" if checkpoint.random_weights else ""),
                          ClipPreprocess(processor), f"the checkpoint's {type(processor).__name__}: "
-                         f"{processor_summary(processor)}")
+                         f"{processor_summary(processor)}", checkpoint.source)
 
 
 def processor_summary(processor) -> str:

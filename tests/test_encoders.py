@@ -62,7 +62,7 @@ def test_names_kinds_and_tags(tmp_path):
     assert image_encoder_kind("openai/clip-vit-base-patch32") == "checkpoint"
     assert image_encoder_kind(str(tmp_path)) == "checkpoint"
     assert encoder_tag("resnet18") is None and encoder_tag("bert") is None
-    assert encoder_tag("openai/clip-vit-base-patch32") == "openai--clip-vit-base-patch32"
+    assert encoder_tag("openai/clip-vit-base-patch32") == "clip-vit-base-patch32"
     assert encoder_tag(str(tmp_path / "georsclip")) == "georsclip"
     assert text_encoder_of("resnet50", None) == "bert"
     assert text_encoder_of("org/clip", None) == "org/clip"
@@ -70,7 +70,8 @@ def test_names_kinds_and_tags(tmp_path):
     # the paper's files keep the authors' names; another encoder's never meet them
     assert image_emb_name(DEMO, "aug_center") == "image_emb_DEMO_aug_aug_center.h5"
     assert image_emb_name(DEMO, "aug_center", encoder="resnet50") == "image_emb_DEMO_aug_aug_center.resnet50.h5"
-    assert caption_emb_name(DEMO, "aug_rb", "org/clip") == "caption_emb_DEMO_aug_rb.org--clip.h5"
+    assert caption_emb_name(DEMO, "aug_rb", "org/clip") == "caption_emb_DEMO_aug_rb.clip.h5"
+    assert encoder_tag("weights/rsclip") == encoder_tag("/elsewhere/rsclip/") == "rsclip"  # the name, not the cwd
     assert parse_image_emb_name(DEMO, "image_emb_DEMO_aug_blur_cc_3_3_1.1_1.3.resnet50.h5") == {
         "img_aug": "blur_cc", "blur_val": [3.0, 3.0, 1.1, 1.3], "encoder": "resnet50"}
 
@@ -106,14 +107,19 @@ def test_torchvision_network_with_its_own_preprocessing(setting):
 
 
 @pytest.mark.parametrize("encoder", ["mobilenet_v3_small", "clip"])
-def test_search_encodes_new_images_and_sentences_as_the_files_were_made(setting, encoder):
-    """The recipes search.py reads from a feature file's attributes give back the file's own rows."""
+def test_search_encodes_new_images_and_sentences_as_the_files_were_made(setting, encoder, monkeypatch, tmp_path):
+    """The recipes search.py reads from a feature file's attributes give back the file's own rows; a checkpoint
+    named by a relative folder is found again from another working folder."""
     from utils.search.encoders import ImageEncoderSpec, TextEncoderSpec
 
     data = setting["data"]
     name = setting.get(encoder, encoder)
+    if encoder == "clip":
+        monkeypatch.chdir(setting["root"])
+        name = "./tiny-clip"
     out, features, attrs = encode_images(data, name, "--img-aug", "center_crop_only",
                                          weights="none" if encoder != "clip" else None)
+    monkeypatch.chdir(tmp_path)
     spec = ImageEncoderSpec.from_attrs(read_h5_attrs(out, IMAGE_EMB_KEY))
     assert spec.encoder == str(name) and spec.width == features.shape[1]
     images = json.loads((data / "DEMO.json").read_text())["images"]
@@ -122,7 +128,7 @@ def test_search_encodes_new_images_and_sentences_as_the_files_were_made(setting,
     scale = np.abs(features).max()
     np.testing.assert_allclose(again, features[[0, 7]], rtol=1e-4, atol=1e-4 * scale)
     if encoder == "clip":
-        written = embed_captions(data, name)
+        written = embed_captions(data, setting["clip"])
         rows = read_h5(written["raw"], "caption_emb")[:2]
         text_spec = TextEncoderSpec.from_attrs(read_h5_attrs(written["raw"], "caption_emb"))
         sentences = [s["raw"] for s in images[0]["sentences"][:2]]

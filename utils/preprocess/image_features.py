@@ -181,7 +181,8 @@ def _provenance(opts: ImageFeatureOptions, job: _Job, backbone, choices, formats
     paper = backbone.kind == "paper"
     own = {} if paper else {"encoder_name": opts.encoder, "encoder_kind": backbone.kind,
                             "encoder_tag": encoder_tag(opts.encoder), "weights_flag": opts.weights,
-                            "preprocessing": backbone.preprocessing, "width": backbone.width}
+                            "preprocessing": backbone.preprocessing, "width": backbone.width,
+                            **({"encoder_source": backbone.source} if backbone.source else {})}
     return {
         "dataset": job.ds.name,
         "dataset_json": str(job.json_path),

@@ -79,6 +79,7 @@ class ImageEncoderSpec:
     source: str = "feature file attributes"
     encoder: str = DEFAULT_IMAGE_ENCODER  # images_augment.py --encoder (configs/encoders.py)
     width: int = FEATURE_DIM  # of the features it makes
+    encoder_source: str | None = None  # a checkpoint's resolved folder, used while it exists
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -121,6 +122,7 @@ class ImageEncoderSpec:
             bit_depth=int(match["bits"]) if (match := _BIT_DEPTH.search(conversion)) else 16,
             encoder=str(attrs.get("encoder_name") or DEFAULT_IMAGE_ENCODER),
             width=int(attrs.get("width", FEATURE_DIM)),
+            encoder_source=str(attrs["encoder_source"]) if attrs.get("encoder_source") else None,
         )
 
     @classmethod
@@ -148,7 +150,8 @@ class ImageEncoderSpec:
             torch.manual_seed(self.seed)  # images_augment.py seeds before building: same random weights
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the random-weights warning was given when the features were made
-                backbone = build_image_backbone(self.encoder, self.weights)
+                source = self.encoder_source if self.encoder_source and Path(self.encoder_source).is_dir() else None
+                backbone = build_image_backbone(source or self.encoder, self.weights)
         if backbone.width != self.width:
             raise DUCHError(f"image encoder {self.encoder} now makes {backbone.width}-d features, the index's are "
                             f"{self.width}-d: it is not the encoder the features were made with")
