@@ -220,17 +220,17 @@ def build_random_clip(out_dir: str | Path, family: str = "clip", *, width: int =
                 num_attention_heads=2, max_position_embeddings=32 if family == "siglip" else 40)
     vision = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
                   image_size=image_size, patch_size=patch)
+    ids = {"eos_token_id": vocab["<|endoftext|>"], "bos_token_id": vocab["<|startoftext|>"],
+           "pad_token_id": vocab["<|endoftext|>"]}
     if family == "clip":
-        ids = {"eos_token_id": vocab["<|endoftext|>"], "bos_token_id": vocab["<|startoftext|>"],
-               "pad_token_id": vocab["<|endoftext|>"]}
         config = CLIPConfig(text_config={**text, **ids}, vision_config=vision, projection_dim=width,
                             **{RANDOM_WEIGHTS_MARKER: True}, **ids)
         model_cls = CLIPModel
         processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                        crop_size={"height": image_size, "width": image_size})
     elif family == "siglip":
-        config = SiglipConfig(text_config={**text, "pad_token_id": vocab["<|endoftext|>"]}, vision_config=vision,
-                              **{RANDOM_WEIGHTS_MARKER: True})
+        config = SiglipConfig(text_config={**text, **ids}, vision_config=vision, **{RANDOM_WEIGHTS_MARKER: True},
+                              **ids)
         model_cls = SiglipModel
         processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     else:
