@@ -20,18 +20,16 @@ RESNET18_CHECKPOINT = "resnet18-f37072fd.pth"  # the file torchvision downloads 
 FEATURE_DIM = 512
 
 
-def imagenet_cache_path() -> Path:
-    """Where torchvision keeps the ImageNet checkpoint: ``$TORCH_HOME/hub/checkpoints/``."""
+def imagenet_cache_path(file_name: str = RESNET18_CHECKPOINT) -> Path:
+    """Where torchvision keeps an ImageNet checkpoint (default: ResNet18's): ``$TORCH_HOME/hub/checkpoints/``."""
     import torch  # lazy: a heavy import, paid only where it is used (start-up time)
 
-    return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_CHECKPOINT
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
 
 def _imagenet_state_dict(weights=None) -> dict:
     """The state dict of a torchvision weights enum member (default: ResNet18's IMAGENET1K_V1), from torchvision's
     cache or downloaded; a failure is one error naming the file and where to put it."""
-    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
-
     if weights is None:
         from torchvision.models import ResNet18_Weights  # lazy: a heavy import (start-up time)
 
@@ -42,10 +40,9 @@ def _imagenet_state_dict(weights=None) -> dict:
     except Exception as err:  # offline (URLError), bad cache file (RuntimeError), disk (OSError), ...
         raise DUCHError(
             f"the ImageNet weights (torchvision {weights}) are not cached and could not be downloaded from "
-            f"{weights.url} ({type(err).__name__}: {err}); put the file at "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints' / file_name} (torchvision's cache, "
-            f"$TORCH_HOME/hub/checkpoints/{file_name}), or pass --weights PATH to a state-dict file, or --weights none "
-            f"for random weights"
+            f"{weights.url} ({type(err).__name__}: {err}); put the file at {imagenet_cache_path(file_name)} "
+            f"(torchvision's cache, $TORCH_HOME/hub/checkpoints/{file_name}), or pass --weights PATH to a state-dict "
+            f"file, or --weights none for random weights"
         ) from None
 
 
@@ -90,26 +87,40 @@ def build_image_encoder(weights: str = "imagenet"):
         )
         return model, "none (random initialisation)"
     if weights == "imagenet":
-        state, description = _imagenet_state_dict(), f"torchvision ResNet18_Weights.{IMAGENET_WEIGHTS}"
-        source = f"ResNet18_Weights.{IMAGENET_WEIGHTS}"
+        from torchvision.models import ResNet18_Weights  # lazy: a heavy import (start-up time)
+
+        member = ResNet18_Weights[IMAGENET_WEIGHTS]
+    else:
+        member = None
+    return model, _load_weights(model, weights, member, "fc", "a torchvision ResNet18")
+
+
+def _load_weights(model, weights: str, member, classifier: str, label: str) -> str:
+    """Load into ``model`` (built on the meta device, its classifier replaced) the weights of a torchvision enum
+    ``member``, or else of the state-dict file ``weights``; returns their description for provenance. The
+    ``classifier``'s entries are left out (and a ``module.`` prefix); every other tensor must fit, all of them."""
+    import torch  # lazy: a heavy import, paid only where it is used (start-up time)
+
+    if member is not None:
+        state, description, source = _imagenet_state_dict(member), f"torchvision {member}", str(member)
     else:
         path = Path(weights)
         state = _local_state_dict(path)
         description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k,
-             v in state.items() if not k.startswith("fc.")}
+             v in state.items() if not k.startswith(f"{classifier}.")}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[:3]
-        raise DUCHError(f"weights {source} do not fit a torchvision ResNet18: {' '.join(first)}") from None
-    return model, description
+        raise DUCHError(f"weights {source} do not fit {label}: {' '.join(first)}") from None
+    return description
 
 
-def _drop_last_linear(model, name: str) -> int:
-    """Replace the network's last linear layer (its classifier) by Identity; returns that layer's input width,
-    the width of the features left."""
+def _drop_last_linear(model, name: str) -> tuple[str, int]:
+    """Replace the network's last linear layer (its classifier) by Identity; returns that layer's name and input
+    width, the width of the features left."""
     import torch
 
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -119,7 +130,7 @@ def _drop_last_linear(model, name: str) -> int:
     path, layer = linears[-1]
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
     setattr(parent, path.rpartition(".")[2], torch.nn.Identity())
-    return int(layer.in_features)
+    return path, int(layer.in_features)
 
 
 def build_torchvision_encoder(name: str, weights: str = "imagenet"):
@@ -145,7 +156,7 @@ def build_torchvision_encoder(name: str, weights: str = "imagenet"):
         chosen = None
     with torch.device("meta") if weights != "none" else contextlib.nullcontext():
         model = models.get_model(name, weights=None)
-    width = _drop_last_linear(model, name)
+    classifier, width = _drop_last_linear(model, name)
     meta = chosen or enum.DEFAULT
     preprocess = meta.transforms()
     described = (f"resize {list(preprocess.resize_size)} ({preprocess.interpolation.value}), centre crop "
@@ -156,25 +167,7 @@ def build_torchvision_encoder(name: str, weights: str = "imagenet"):
                       "(fine for tests and offline demos, not for results)", UserWarning, stacklevel=2)
         model.feature_width = width
         return model, "none (random initialisation)", preprocess, described
-    if chosen is not None:
-        state, description, source = _imagenet_state_dict(chosen), f"torchvision {chosen}", str(chosen)
-    else:
-        path = Path(weights)
-        state = _local_state_dict(path)
-        description, source = f"file {path} (sha256 {sha256_of(path)})", str(path)
-    wanted = set(model.state_dict())  # the removed classifier's entries are left out
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()
-             if k in wanted}
-    try:
-        model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[:3]
-        raise DUCHError(f"weights {source} do not fit torchvision {name}: {' '.join(first)}") from None
-    missing = [k for k, v in model.state_dict().items() if v.is_meta]
-    if missing:
-        raise DUCHError(f"weights {source} do not fit torchvision {name}: {len(missing)} tensors missing, e.g. "
-                        f"{missing[0]}")
+    description = _load_weights(model, weights, chosen, classifier, f"torchvision {name}")
     model.feature_width = width
     return model, description, preprocess, described
 
@@ -186,7 +179,7 @@ class ImageBackbone:
     normalisation, utils.data.transforms)."""
 
     encoder: str  # the --encoder name
-    kind: str  # configs.encoders.ENCODER_KINDS
+    kind: str  # paper, torchvision or checkpoint (configs.encoders.image_encoder_kind)
     model: object
     weights: str  # description, for provenance
     preprocess: object = None
