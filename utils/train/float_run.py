@@ -130,7 +130,7 @@ def _score(cfg: TrainConfig, run_dir: Path, saved: dict | None) -> dict:
     seed_everything(cfg.seed)
     device = torch.device("cpu")  # numpy does the ranking
     data = RunData(cfg, device, standardised=False)
-    warnings = [w for w in run_warnings(cfg, data) if "--bit" not in w and "--batch-size" not in w]
+    warnings = run_warnings(cfg, data, trained=False)
     for warning in warnings:
         logger.warning(f"warning: {warning}")
     shared = shared_space(cfg, data.features.widths)

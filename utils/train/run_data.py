@@ -23,8 +23,8 @@ def check_data_dir(cfg: TrainConfig, source: str = "--data-dir") -> None:
                         "feature files")
 
 
-def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
-    """Settings and data that run but probably not as the user meant: said on the console and kept in config.json."""
+def _training_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
+    """Code lengths and batch sizes that train, but probably not as the user meant."""
     out = []
     if cfg.bit < 8:
         out.append(f"--bit {cfg.bit} is below 8: at most {2 ** cfg.bit} distinct codes to rank a database with; the "
@@ -36,6 +36,13 @@ def run_warnings(cfg: TrainConfig, data: "RunData") -> list[str]:
     if cfg.batch_size > n_train:
         out.append(f"--batch-size {cfg.batch_size} is larger than the {n_train} training images: every epoch is one "
                    f"batch of {n_train}")
+    return out
+
+
+def run_warnings(cfg: TrainConfig, data: "RunData", trained: bool = True) -> list[str]:
+    """Settings and data that run but probably not as the user meant: said on the console and kept in config.json.
+    ``trained=False`` (the float reference, which makes no codes and no batches): those about the data only."""
+    out = _training_warnings(cfg, data) if trained else []
     labels = data.features.labels
     if labels is None:
         why = LABEL_RULES if data.features.label_rule == "none" else "--labels none"
