@@ -18,7 +18,6 @@ DEFAULT_IMAGE_ENCODER = "resnet18"  # the paper's: its feature files keep the au
 DEFAULT_TEXT_ENCODER = "bert"  # the paper's hidden-state pooling of a BERT-style --model
 # model_type values of the checkpoints whose towers share one embedding space (config.json)
 CLIP_FAMILY = ("clip", "siglip")
-ENCODER_KINDS = ("paper", "torchvision", "checkpoint")
 
 
 def is_checkpoint(name: str) -> bool:

@@ -152,16 +152,13 @@ def image_emb_name(
 
 
 def image_emb_names(ds: DatasetInfo, img_aug: str = "no_aug", rot_deg: Sequence[float] = (-10, -5),
-                    blur_val: Sequence[float] = (3, 3, 1.1, 1.3), jit_str: float = 0.5,
-                    encoder: str | None = None) -> list[str]:
+                    blur_val: Sequence[float] = (3, 3, 1.1, 1.3), jit_str: float = 0.5) -> list[str]:
     """Every name a reader accepts for these features, the written one first.
 
     Also read: ``image_emb_DS_aug.h5`` for ``no_aug`` (named in the original's config, never written by
     it) and the names earlier versions of this project wrote (integral floats without ``.0``).
     """
-    names = [image_emb_name(ds, img_aug, rot_deg, blur_val, jit_str, encoder)]
-    if encoder_tag(encoder):
-        return names
+    names = [image_emb_name(ds, img_aug, rot_deg, blur_val, jit_str)]
     if img_aug == "no_aug":
         names.append(f"image_emb_{ds.name}_aug.h5")
     elif img_aug in ("blur_cc", "jitter_cc"):
@@ -254,8 +251,8 @@ def image_emb_command_for_file(ds: DatasetInfo, path: str | Path, data_dir: str 
                                 encoder: str | None = None) -> str:
     """A fix-it hint for a missing image feature file that the user named (``--img-aug-emb``)."""
     settings = parse_image_emb_name(ds, Path(path).name)
-    if settings is not None and "encoder" in settings:
-        settings["encoder"] = encoder if encoder_tag(encoder) == settings["encoder"] else settings["encoder"]
+    if settings is not None and "encoder" in settings and encoder_tag(encoder) == settings["encoder"]:
+        settings["encoder"] = encoder  # the name the user gave, not only its tag
     if settings is None:
         return (f"python images_augment.py --dataset {dataset_flag(ds)} --img-aug <set>{_data_dir_flag(ds, data_dir)} "
                 f"(which writes image_emb_{ds.name}_aug_<set>.h5, not {Path(path).name}: check the --img-aug-emb path)")

@@ -19,7 +19,6 @@ MODELS = ("duch",)  # --model names, lower case (any case is accepted)
 # --method: DUCH, a baseline of the paper's tables (configs/baselines.py), or float: the features' own retrieval by
 # cosine similarity, the reference row (no training, no bits)
 METHODS = ("duch", "djsrh", "jdsh", "float")
-TRAINED_METHODS = ("duch", "djsrh", "jdsh")
 FLOAT_METHOD = "float"
 # --select: the validation score that keeps the best model: mAP@map_k averaged over the four directions, or the
 # tie-aware mean recall (mR) of instance-level retrieval (the RSITMD/RSICD papers' figure)

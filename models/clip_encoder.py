@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.encoders import CLIP_FAMILY
 from models.hub import from_pretrained_local_first, missing_model_error, one_line
-from models.text_encoder import RANDOM_WEIGHTS_MARKER, TOKENIZER_FILES
+from models.text_encoder import RANDOM_WEIGHTS_MARKER, TOKENIZER_FILES, _looks_like_path
 from utils.errors import DUCHError
 
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -89,7 +89,7 @@ def load_clip_checkpoint(name: str, device="cpu", *, images: bool = True, text: 
         if text and not any((path / f).is_file() for f in TOKENIZER_FILES):
             raise DUCHError(f"encoder folder {path} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
                             "save the tokenizer into the folder with save_pretrained")
-    elif name.startswith((".", "~")) or path.is_absolute() or name.count("/") > 1 or "\\" in name:
+    elif _looks_like_path(name):  # the text model's rule: one name, one reading
         raise DUCHError(f"encoder folder {path} does not exist (--encoder); pass a folder written by save_pretrained, "
                         "or a Hugging Face hub id such as openai/clip-vit-base-patch32")
     else:

@@ -213,13 +213,13 @@ def _embed_all(opts: CaptionFeatureOptions, ds, json_path: Path, data: dict, tex
     say = print if ctx.is_main else (lambda *a, **k: None)
     embed, width, encoder_attrs, random_weights = _text_encoder(opts, device, ds, say)
     launch = f"; {ctx.world_size} ranks" if ctx.distributed else ""
+    paper = text_encoder_kind(opts.encoder) == "paper"
     say(f"{json_path}: {len(data['images'])} images, caption sets to embed: {', '.join(todo)}; "
-        f"model {opts.model if text_encoder_kind(opts.encoder) == 'paper' else opts.encoder} on {device}{launch}, "
-        f"width {width}")
+        f"model {opts.model if paper else opts.encoder} on {device}{launch}, width {width}")
     if random_weights and ctx.is_main:
-        warnings.warn(f"{opts.encoder if text_encoder_kind(opts.encoder) != 'paper' else '--model ' + opts.model}: the "
-                      "text encoder has RANDOM weights (its config.json says so); its features are not those of a "
-                      "pretrained model (fine for tests and the offline demo, not for results)",
+        warnings.warn(f"{'--model ' + opts.model if paper else opts.encoder}: the text encoder has RANDOM weights "
+                      "(its config.json says so); its features are not those of a pretrained model (fine for tests "
+                      "and the offline demo, not for results)",
                       UserWarning, stacklevel=2)
     attrs = {
         **settings,

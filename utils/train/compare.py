@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.published import published
-from configs.train import FLOAT_METHOD, METHODS
+from configs.train import FLOAT_METHOD, METHODS, TrainConfig
 from utils.errors import DUCHError
 from utils.io import read_json, write_text
 
@@ -108,8 +108,6 @@ def load_result(run_dir: str | Path) -> RunResult:
                                               "recall_rank") if k in metrics}
     result.select = str(config.get("select") or "map")
     result.i2i, result.t2t = four[2], four[3]
-    from configs.train import TrainConfig
-
     result.encoders = TrainConfig(encoder=str(config.get("encoder") or TrainConfig.encoder),
                                   text_encoder=str(config.get("text_encoder") or TrainConfig.text_encoder)
                                   ).encoders_part()
